@@ -1,0 +1,36 @@
+//! The runtime's error type: PJRT failures keep their {call, code, message}; everything else
+//! names the file, argument or shape at fault.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A failure reported by the plugin or the loader (call, code and message inside).
+    #[error(transparent)]
+    Pjrt(#[from] xla_sys::Error),
+    #[error("unknown plugin {0:?}: expected cpu, cuda, tpu or a path to a PJRT plugin .so")]
+    BadPluginSpec(String),
+    #[error("PJRT plugin file {0} does not exist")]
+    PluginMissing(PathBuf),
+    #[error("no {what} PJRT plugin found; looked in: {looked}. {hint}")]
+    PluginNotFound { what: &'static str, looked: String, hint: String },
+    #[error("cannot install the CPU PJRT plugin: {reason}. Run this yourself, then retry:\n  {command}")]
+    Install { reason: String, command: String },
+    #[error("{0}")]
+    Io(String),
+    #[error("the program needs {needed} devices but the client has {available}{hint}")]
+    NotEnoughDevices { needed: usize, available: usize, hint: String },
+    #[error("{0}")]
+    Argument(String),
+    #[error("bad sharding: {0}")]
+    Sharding(#[from] sharding::Error),
+    #[error("invalid program: {0}")]
+    Program(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(context: impl std::fmt::Display, e: std::io::Error) -> Error {
+        Error::Io(format!("{context}: {e}"))
+    }
+}
