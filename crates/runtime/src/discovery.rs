@@ -95,6 +95,9 @@ fn python() -> String {
 }
 
 fn find_or_install_cpu() -> Result<PathBuf> {
+    // One install at a time in this process; other processes are handled by the rename.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let cached = cpu_install_dir().join(CPU_SO);
     if cached.is_file() {
         return Ok(cached);
@@ -144,7 +147,10 @@ pub fn install_cpu_plugin(dest: &Path) -> Result<()> {
     if !pip_ok {
         return Err(fail(format!("pip is not available (tried `{} -m pip`)", python())));
     }
-    let tmp = parent.join(format!(".tmp-{CPU_PACKAGE}-{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = parent.join(format!(".tmp-{CPU_PACKAGE}-{}-{nanos}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| fail(format!("cannot create {}: {e}", tmp.display())))?;
     let req = tmp.join("requirements.txt");

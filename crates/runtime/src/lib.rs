@@ -1,1 +1,22 @@
+//! The safe PJRT runtime: plugin discovery and installation, clients and devices, host
+//! arrays and device buffers, compile options, and executables that run SPMD programs on
+//! whole host arrays. Takes program bytes; knows nothing of graphs or models.
 #![forbid(unsafe_code)]
+
+mod client;
+pub mod discovery;
+mod error;
+mod executable;
+mod host;
+mod options;
+mod program;
+
+pub use client::{download, Client, PluginInfo};
+pub use discovery::PluginSpec;
+pub use error::{Error, Result};
+pub use executable::{Executable, ShardedOutput};
+pub use host::{Element, HostArray};
+pub use options::{CompileOptions, Partitioner};
+pub use program::{parse_tensor_type, Program, ProgramFormat, TensorType};
+pub use sharding::OpSharding;
+pub use xla_sys::{Buffer, Device, ElementType, ErrorCode, NamedValue};

@@ -1,0 +1,123 @@
+//! The runtime's client: a loaded plugin plus a PJRT client, with plugin facts for
+//! `gemma-xla devices`, compilation, and host <-> device copies of `HostArray`s.
+use crate::discovery::PluginSpec;
+use crate::error::{Error, Result};
+use crate::executable::Executable;
+use crate::host::HostArray;
+use crate::options::CompileOptions;
+use crate::program::Program;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use xla_sys::{Api, Buffer, Device, NamedValue};
+
+/// What a plugin says about itself.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    pub path: PathBuf,
+    pub api_version: (i32, i32),
+    pub attributes: Vec<(String, NamedValue)>,
+}
+
+impl PluginInfo {
+    pub fn attribute(&self, name: &str) -> Option<&NamedValue> {
+        self.attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
+pub struct Client {
+    inner: xla_sys::Client,
+    info: PluginInfo,
+}
+
+impl Client {
+    /// Finds (or installs) the plugin and creates a client. `devices` sets the CPU plugin's
+    /// `cpu_device_count`; on other plugins it is checked against the devices present.
+    pub fn open(spec: &PluginSpec, devices: Option<usize>) -> Result<Client> {
+        let path = spec.resolve()?;
+        let mut options = Vec::new();
+        if let (true, Some(n)) = (spec.is_cpu() || is_cpu_plugin_file(&path), devices) {
+            options.push(("cpu_device_count".to_string(), NamedValue::Int64(n as i64)));
+        }
+        let client = Client::with_options(&path, &options)?;
+        if let Some(n) = devices {
+            let have = client.devices()?.len();
+            if have < n {
+                return Err(Error::NotEnoughDevices { needed: n, available: have, hint: String::new() });
+            }
+        }
+        Ok(client)
+    }
+
+    /// Loads the plugin at `path` and creates a client with raw create options.
+    pub fn with_options(path: &Path, options: &[(String, NamedValue)]) -> Result<Client> {
+        let api = Api::load(path)?;
+        let info = plugin_info(&api)?;
+        let inner = xla_sys::Client::create(&api, options)?;
+        Ok(Client { inner, info })
+    }
+
+    pub fn plugin(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    pub fn platform_name(&self) -> Result<String> {
+        Ok(self.inner.platform_name()?)
+    }
+
+    pub fn platform_version(&self) -> Result<String> {
+        Ok(self.inner.platform_version()?)
+    }
+
+    pub fn devices(&self) -> Result<Vec<Device>> {
+        Ok(self.inner.addressable_devices()?)
+    }
+
+    /// Buffers of this client currently alive: tests end by checking it is back to zero.
+    pub fn live_buffers(&self) -> usize {
+        self.inner.live_buffers()
+    }
+
+    pub fn compile(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
+        let have = self.devices()?.len();
+        if options.num_devices() > have {
+            return Err(Error::NotEnoughDevices {
+                needed: options.num_devices(),
+                available: have,
+                hint: if self.info.path.to_string_lossy().contains("cpu") {
+                    format!(" (ask for more with --devices {})", options.num_devices())
+                } else {
+                    String::new()
+                },
+            });
+        }
+        let exe = self.inner.compile(&program.bytes, program.pjrt_format(), &options.encode())?;
+        Executable::new(exe, program)
+    }
+
+    /// Copies `array` to `device`.
+    pub fn upload(&self, array: &HostArray, device: &Device) -> Result<Buffer> {
+        Ok(self.inner.buffer_from_host(array.bytes(), array.dtype(), array.dims(), device)?)
+    }
+}
+
+/// Copies a buffer back to the host; a donated or deleted buffer is a clear error.
+pub fn download(buffer: &Buffer) -> Result<HostArray> {
+    if buffer.is_deleted()? {
+        return Err(Error::Argument(
+            "this buffer was donated to an execution (or deleted) and cannot be used again".into(),
+        ));
+    }
+    let dtype = buffer.element_type()?;
+    let dims = buffer.dims()?;
+    let mut data = vec![0u8; crate::host::element_count(&dims)? * dtype.size_bytes()];
+    buffer.copy_to_host(&mut data)?;
+    HostArray::from_bytes(dtype, &dims, data)
+}
+
+fn is_cpu_plugin_file(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.to_string_lossy().contains("cpu"))
+}
+
+fn plugin_info(api: &Arc<Api>) -> Result<PluginInfo> {
+    Ok(PluginInfo { path: api.path().to_path_buf(), api_version: api.version(), attributes: api.attributes()? })
+}

@@ -1,0 +1,147 @@
+//! Host arrays: dense row-major bytes with an element type and dimensions, convertible to
+//! and from `ndarray` arrays of the matching Rust type.
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+use ndarray::{ArrayD, IxDyn};
+use xla_sys::ElementType;
+
+/// A Rust type that maps to one PJRT element type.
+pub trait Element: Copy + 'static {
+    const TYPE: ElementType;
+    fn to_bytes(values: &[Self]) -> Vec<u8>;
+    fn from_bytes(bytes: &[u8]) -> Vec<Self>;
+}
+
+macro_rules! pod_element {
+    ($($t:ty => $e:ident),*) => {$(
+        impl Element for $t {
+            const TYPE: ElementType = ElementType::$e;
+            fn to_bytes(values: &[Self]) -> Vec<u8> {
+                bytemuck::cast_slice(values).to_vec()
+            }
+            fn from_bytes(bytes: &[u8]) -> Vec<Self> {
+                bytemuck::pod_collect_to_vec(bytes)
+            }
+        }
+    )*};
+}
+pod_element!(f32 => F32, f64 => F64, f16 => F16, bf16 => Bf16, i8 => S8, i16 => S16,
+             i32 => S32, i64 => S64, u8 => U8, u16 => U16, u32 => U32, u64 => U64);
+
+impl Element for bool {
+    const TYPE: ElementType = ElementType::Pred;
+    fn to_bytes(values: &[Self]) -> Vec<u8> {
+        values.iter().map(|&b| b as u8).collect()
+    }
+    fn from_bytes(bytes: &[u8]) -> Vec<Self> {
+        bytes.iter().map(|&b| b != 0).collect()
+    }
+}
+
+/// A dense row-major array in host memory.
+#[derive(Clone, PartialEq)]
+pub struct HostArray {
+    dtype: ElementType,
+    dims: Vec<i64>,
+    data: Vec<u8>,
+}
+
+impl HostArray {
+    pub fn from_bytes(dtype: ElementType, dims: &[i64], data: Vec<u8>) -> Result<HostArray> {
+        let count = element_count(dims)?;
+        if count * dtype.size_bytes() != data.len() {
+            return Err(Error::Argument(format!(
+                "{} bytes do not make a {dtype}{dims:?} array ({} bytes)",
+                data.len(),
+                count * dtype.size_bytes()
+            )));
+        }
+        Ok(HostArray { dtype, dims: dims.to_vec(), data })
+    }
+
+    pub fn from_vec<T: Element>(dims: &[i64], values: Vec<T>) -> Result<HostArray> {
+        Self::from_bytes(T::TYPE, dims, T::to_bytes(&values))
+    }
+
+    pub fn from_ndarray<T: Element>(array: &ArrayD<T>) -> HostArray {
+        let dims: Vec<i64> = array.shape().iter().map(|&d| d as i64).collect();
+        let values: Vec<T> = array.iter().copied().collect(); // row-major, whatever the layout
+        HostArray { dtype: T::TYPE, dims, data: T::to_bytes(&values) }
+    }
+
+    pub fn dtype(&self) -> ElementType {
+        self.dtype
+    }
+    pub fn dims(&self) -> &[i64] {
+        &self.dims
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+    pub fn len(&self) -> usize {
+        self.data.len() / self.dtype.size_bytes()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The values as a Vec of `T`; `T` must be this array's element type.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if T::TYPE != self.dtype {
+            return Err(Error::Argument(format!(
+                "array holds {} but {} was requested",
+                self.dtype,
+                T::TYPE
+            )));
+        }
+        Ok(T::from_bytes(&self.data))
+    }
+
+    pub fn to_ndarray<T: Element>(&self) -> Result<ArrayD<T>> {
+        let shape: Vec<usize> = self.dims.iter().map(|&d| d as usize).collect();
+        ArrayD::from_shape_vec(IxDyn(&shape), self.to_vec()?)
+            .map_err(|e| Error::Argument(format!("internal shape error: {e}")))
+    }
+
+    /// Values converted to f64, for summaries and comparisons of any numeric type.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        let d = &self.data;
+        match self.dtype {
+            ElementType::Pred => d.iter().map(|&b| (b != 0) as u8 as f64).collect(),
+            ElementType::S8 => i8::from_bytes(d).into_iter().map(f64::from).collect(),
+            ElementType::S16 => i16::from_bytes(d).into_iter().map(f64::from).collect(),
+            ElementType::S32 => i32::from_bytes(d).into_iter().map(f64::from).collect(),
+            ElementType::S64 => i64::from_bytes(d).into_iter().map(|v| v as f64).collect(),
+            ElementType::U8 => d.iter().map(|&v| v as f64).collect(),
+            ElementType::U16 => u16::from_bytes(d).into_iter().map(f64::from).collect(),
+            ElementType::U32 => u32::from_bytes(d).into_iter().map(f64::from).collect(),
+            ElementType::U64 => u64::from_bytes(d).into_iter().map(|v| v as f64).collect(),
+            ElementType::F16 => f16::from_bytes(d).into_iter().map(f64::from).collect(),
+            ElementType::Bf16 => bf16::from_bytes(d).into_iter().map(f64::from).collect(),
+            ElementType::F32 => f32::from_bytes(d).into_iter().map(f64::from).collect(),
+            ElementType::F64 => f64::from_bytes(d),
+        }
+    }
+
+    /// `f32[4,2]`
+    pub fn type_string(&self) -> String {
+        let dims: Vec<String> = self.dims.iter().map(|d| d.to_string()).collect();
+        format!("{}[{}]", self.dtype, dims.join(","))
+    }
+}
+
+impl std::fmt::Debug for HostArray {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let values = self.to_f64_vec();
+        let shown: Vec<String> = values.iter().take(8).map(|v| format!("{v}")).collect();
+        let more = if values.len() > 8 { ", ..." } else { "" };
+        write!(f, "{} [{}{more}]", self.type_string(), shown.join(", "))
+    }
+}
+
+pub(crate) fn element_count(dims: &[i64]) -> Result<usize> {
+    if dims.iter().any(|&d| d < 0) {
+        return Err(Error::Argument(format!("negative dimension in {dims:?}")));
+    }
+    Ok(dims.iter().product::<i64>() as usize)
+}

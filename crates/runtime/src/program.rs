@@ -1,0 +1,259 @@
+//! A program to compile: its bytes and PJRT format, and what can be read from StableHLO text
+//! without MLIR: the module's partition/replica counts, which sharding annotations it uses,
+//! and the types of `@main`'s parameters and results.
+use crate::error::{Error, Result};
+use crate::options::Partitioner;
+use std::path::Path;
+use xla_sys::ElementType;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramFormat {
+    /// StableHLO (or MHLO) as MLIR text.
+    MlirText,
+    /// MLIR bytecode (StableHLO portable artifact).
+    MlirBytecode,
+    /// A serialized xla.HloModuleProto.
+    HloProto,
+}
+
+/// A tensor type from a program signature, e.g. `tensor<4x2xf32>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorType {
+    pub dims: Vec<i64>,
+    pub dtype: ElementType,
+}
+
+impl std::fmt::Display for TensorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> = self.dims.iter().map(|d| d.to_string()).collect();
+        write!(f, "{}[{}]", self.dtype, dims.join(","))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub bytes: Vec<u8>,
+    pub format: ProgramFormat,
+    /// `mhlo.num_partitions` of the module (text only).
+    pub num_partitions: Option<i64>,
+    /// `mhlo.num_replicas` of the module (text only).
+    pub num_replicas: Option<i64>,
+    /// Parameter and result types of `@main` (text only).
+    pub params: Option<Vec<TensorType>>,
+    pub results: Option<Vec<TensorType>>,
+    /// The partitioner the annotations are written for, if any are present.
+    pub annotations: Option<Partitioner>,
+}
+
+const MLIR_BYTECODE_MAGIC: &[u8] = b"ML\xefR";
+
+impl Program {
+    /// Reads a program file; the format comes from the extension (.mlir, .mlirbc, .pb),
+    /// or, for other names, from the content.
+    pub fn from_file(path: &Path) -> Result<Program> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read program {}", path.display()), e))?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let format = match ext {
+            "mlirbc" => ProgramFormat::MlirBytecode,
+            "pb" => ProgramFormat::HloProto,
+            "mlir" => ProgramFormat::MlirText,
+            _ if bytes.starts_with(MLIR_BYTECODE_MAGIC) => ProgramFormat::MlirBytecode,
+            _ if std::str::from_utf8(&bytes).is_ok() => ProgramFormat::MlirText,
+            _ => ProgramFormat::HloProto,
+        };
+        Program::new(bytes, format).map_err(|e| match e {
+            Error::Program(m) => Error::Program(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn from_text(text: &str) -> Result<Program> {
+        Program::new(text.as_bytes().to_vec(), ProgramFormat::MlirText)
+    }
+
+    pub fn new(bytes: Vec<u8>, format: ProgramFormat) -> Result<Program> {
+        let mut p = Program {
+            bytes,
+            format,
+            num_partitions: None,
+            num_replicas: None,
+            params: None,
+            results: None,
+            annotations: None,
+        };
+        match format {
+            ProgramFormat::MlirText => {
+                let text = std::str::from_utf8(&p.bytes)
+                    .map_err(|e| Error::Program(format!("MLIR text is not UTF-8: {e}")))?
+                    .to_string();
+                p.num_partitions = module_int_attr(&text, "mhlo.num_partitions");
+                p.num_replicas = module_int_attr(&text, "mhlo.num_replicas");
+                p.annotations = if text.contains("sdy.sharding") || text.contains("sdy.mesh") {
+                    Some(Partitioner::Shardy)
+                } else if text.contains("mhlo.sharding") {
+                    Some(Partitioner::Gspmd)
+                } else {
+                    None
+                };
+                // A signature we cannot read is left to the compiler to judge.
+                if let Some((params, results)) = main_signature(&text) {
+                    p.params = Some(params);
+                    p.results = Some(results);
+                }
+            }
+            ProgramFormat::MlirBytecode => {
+                if !p.bytes.starts_with(MLIR_BYTECODE_MAGIC) {
+                    return Err(Error::Program("not MLIR bytecode (missing the ML\\xefR magic)".into()));
+                }
+                if contains(&p.bytes, b"sdy.") {
+                    p.annotations = Some(Partitioner::Shardy);
+                } else if contains(&p.bytes, b"mhlo.sharding") {
+                    p.annotations = Some(Partitioner::Gspmd);
+                }
+            }
+            ProgramFormat::HloProto => {}
+        }
+        Ok(p)
+    }
+
+    /// The format name PJRT_Client_Compile expects.
+    pub fn pjrt_format(&self) -> &'static str {
+        match self.format {
+            ProgramFormat::MlirText | ProgramFormat::MlirBytecode => "mlir",
+            ProgramFormat::HloProto => "hlo",
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `mhlo.num_partitions = 2 : i32` -> 2
+fn module_int_attr(text: &str, name: &str) -> Option<i64> {
+    let at = text.find(name)? + name.len();
+    let rest = text[at..].trim_start().strip_prefix('=')?.trim_start();
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// Splits `s` at top-level commas (outside <>, (), [], {} and strings).
+fn split_top_level(s: &str) -> Vec<&str> {
+    let (mut depth, mut in_str, mut start) = (0i32, false, 0);
+    let mut parts = Vec::new();
+    let mut prev = ' ';
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' if prev != '\\' => in_str = !in_str,
+            '<' | '(' | '[' | '{' if !in_str => depth += 1,
+            '>' | ')' | ']' | '}' if !in_str && prev != '-' => depth -= 1,
+            ',' if !in_str && depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        prev = c;
+    }
+    if !s[start..].trim().is_empty() {
+        parts.push(&s[start..]);
+    }
+    parts
+}
+
+/// The text between the bracket at `open` and its matching close.
+fn bracketed(s: &str, open: usize) -> Option<&str> {
+    let (o, c) = match s[open..].chars().next()? {
+        '(' => ('(', ')'),
+        '<' => ('<', '>'),
+        _ => return None,
+    };
+    let mut depth = 0;
+    let mut prev = ' ';
+    for (i, ch) in s[open..].char_indices() {
+        if ch == o {
+            depth += 1;
+        } else if ch == c && !(c == '>' && prev == '-') {
+            depth -= 1;
+            if depth == 0 {
+                return Some(&s[open + 1..open + i]);
+            }
+        }
+        prev = ch;
+    }
+    None
+}
+
+/// `tensor<4x2xf32>` -> dims [4, 2], f32.
+pub fn parse_tensor_type(t: &str) -> Option<TensorType> {
+    let t = t.trim();
+    let inner = t.strip_prefix("tensor<")?;
+    let inner = &inner[..inner.find('>')?];
+    let inner = inner.split(',').next()?.trim(); // drop an encoding such as `, #sdy...`
+    let mut parts: Vec<&str> = inner.split('x').collect();
+    let dtype = ElementType::from_name(parts.pop()?)?;
+    let dims: Option<Vec<i64>> = parts.iter().map(|d| d.parse().ok()).collect();
+    Some(TensorType { dims: dims?, dtype })
+}
+
+/// Parameter and result types of `func.func ... @main(...) -> (...)`.
+fn main_signature(text: &str) -> Option<(Vec<TensorType>, Vec<TensorType>)> {
+    let at = text.find("@main(")? + "@main".len();
+    let args = bracketed(text, at)?;
+    let mut params = Vec::new();
+    for arg in split_top_level(args) {
+        let ty = arg.split_once(':')?.1.trim();
+        params.push(parse_tensor_type(ty)?);
+    }
+    let after = text[at + args.len() + 2..].trim_start();
+    let results = match after.strip_prefix("->") {
+        None => Vec::new(),
+        Some(r) => {
+            let r = r.trim_start();
+            let list = if r.starts_with('(') {
+                split_top_level(bracketed(r, 0)?)
+            } else {
+                vec![&r[..r.find('{').unwrap_or(r.len())]]
+            };
+            let mut out = Vec::new();
+            for item in list {
+                out.push(parse_tensor_type(&item[..item.find('{').unwrap_or(item.len())])?);
+            }
+            out
+        }
+    };
+    Some((params, results))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_signature_and_module_attributes() {
+        let text = r#"module @m attributes {mhlo.num_partitions = 2 : i32, mhlo.num_replicas = 1 : i32} {
+  sdy.mesh @mesh = <["x"=2]>
+  func.func public @main(%arg0: tensor<4x2xf32> {sdy.sharding = #sdy.sharding<@mesh, [{"x"}, {}]>}, %arg1: tensor<i32>) -> (tensor<4x2xf32> {jax.result_info = "out"}, tensor<2xi1>) {
+    return %arg0, %arg1 : tensor<4x2xf32>, tensor<i32>
+  }
+}"#;
+        let p = Program::from_text(text).unwrap();
+        assert_eq!(p.num_partitions, Some(2));
+        assert_eq!(p.num_replicas, Some(1));
+        assert_eq!(p.annotations, Some(Partitioner::Shardy));
+        let params = p.params.unwrap();
+        assert_eq!(params[0], TensorType { dims: vec![4, 2], dtype: ElementType::F32 });
+        assert_eq!(params[1], TensorType { dims: vec![], dtype: ElementType::S32 });
+        let results = p.results.unwrap();
+        assert_eq!(results[1], TensorType { dims: vec![2], dtype: ElementType::Pred });
+    }
+
+    #[test]
+    fn single_result_without_parentheses() {
+        let text = "func.func @main(%a: tensor<3xbf16>) -> tensor<3xbf16> {\n return %a : tensor<3xbf16>\n}";
+        let p = Program::from_text(text).unwrap();
+        assert_eq!(p.results.unwrap()[0].dtype, ElementType::Bf16);
+        assert_eq!(p.num_partitions, None);
+        assert!(Program::new(b"garbage".to_vec(), ProgramFormat::MlirBytecode).is_err());
+    }
+}
