@@ -1,1 +1,106 @@
-fn main() {}
+//! The gemma-xla command line. Subcommands ask `runtime` to load a plugin, compile and run
+//! programs, and move arrays between files and devices.
+#![forbid(unsafe_code)]
+
+mod files;
+mod npy;
+mod run;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use runtime::{Client, NamedValue, PluginSpec};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "gemma-xla", version, about = "Gemma on XLA from Rust: compile and run StableHLO through PJRT plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Plugin selection shared by every subcommand that runs something.
+#[derive(clap::Args, Clone)]
+struct PluginArgs {
+    /// cpu, cuda, tpu, or the path of a PJRT plugin .so [env: GEMMA_XLA_PLUGIN; default: cpu]
+    #[arg(long)]
+    plugin: Option<String>,
+    /// Number of devices (the CPU plugin creates this many) [default: the plugin's own, or what the program needs]
+    #[arg(long)]
+    devices: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the plugin, its PJRT C API and StableHLO versions, and its devices.
+    Devices {
+        #[command(flatten)]
+        plugin: PluginArgs,
+    },
+    /// Run a StableHLO (.mlir, .mlirbc) or HloModuleProto (.pb) program on .npy arguments.
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    // The plugins log INFO lines through absl; keep warnings and errors unless the user
+    // chose a level. Set before any thread exists or any plugin is loaded.
+    if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
+        std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "1");
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Devices { plugin } => devices(&plugin),
+        Command::Run(args) => run::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl PluginArgs {
+    /// Opens the plugin with `--devices`, else with `needed` devices (None: the plugin's default).
+    fn open(&self, needed: Option<usize>) -> Result<Client> {
+        let spec = PluginSpec::from_flag_or_env(self.plugin.as_deref())?;
+        Ok(Client::open(&spec, self.devices.or(needed))?)
+    }
+}
+
+fn devices(args: &PluginArgs) -> Result<()> {
+    let client = args.open(None)?;
+    let info = client.plugin();
+    let attr = |name: &str| info.attribute(name).map(NamedValue::to_string).unwrap_or_else(|| "unknown".into());
+    println!("plugin: {}", info.path.display());
+    println!("platform: {} ({})", client.platform_name()?, client.platform_version()?);
+    println!(
+        "pjrt_c_api: {}.{} (gemma-xla bindings: 0.{})",
+        info.api_version.0,
+        info.api_version.1,
+        xla_sys_minor()
+    );
+    println!("xla_version: {}", attr("xla_version"));
+    println!(
+        "stablehlo: {} to {} (minimum to current)",
+        attr("stablehlo_minimum_version"),
+        attr("stablehlo_current_version")
+    );
+    let devices = client.devices()?;
+    println!("devices: {}", devices.len());
+    for d in &devices {
+        println!(
+            "  device {}: kind={} process={} local_hardware_id={} {}",
+            d.id()?,
+            d.kind()?,
+            d.process_index()?,
+            d.local_hardware_id()?,
+            d.debug_string()?
+        );
+    }
+    Ok(())
+}
+
+fn xla_sys_minor() -> i32 {
+    runtime::BINDINGS_MINOR
+}

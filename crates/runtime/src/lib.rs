@@ -19,4 +19,5 @@ pub use host::{Element, HostArray};
 pub use options::{CompileOptions, Partitioner};
 pub use program::{parse_tensor_type, Program, ProgramFormat, TensorType};
 pub use sharding::OpSharding;
+pub use xla_sys::BINDINGS_MINOR;
 pub use xla_sys::{Buffer, Device, ElementType, ErrorCode, NamedValue};

@@ -1,0 +1,86 @@
+//! .npy files <-> host arrays (via npyz). Inputs may be any numeric or bool dtype, C or
+//! Fortran order; outputs are written atomically. bf16 has no .npy dtype, so bf16 outputs
+//! are written as f32 (exactly: every bf16 is an f32).
+use anyhow::{bail, Context, Result};
+use half::{bf16, f16};
+use npyz::{Order, TypeChar};
+use runtime::{Element, ElementType, HostArray};
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+fn read_typed<T, R>(npy: npyz::NpyFile<R>, dims: &[i64]) -> Result<HostArray>
+where
+    T: Element + npyz::Deserialize,
+    R: Read,
+{
+    let fortran = npy.order() == Order::Fortran;
+    let values: Vec<T> = npy.into_vec()?;
+    if !fortran {
+        return Ok(HostArray::from_vec(dims, values)?);
+    }
+    // Fortran order: the data is the row-major array of the reversed shape, transposed.
+    let rev: Vec<usize> = dims.iter().rev().map(|&d| d as usize).collect();
+    let a = ndarray::ArrayD::from_shape_vec(rev, values)?;
+    let t = a.reversed_axes();
+    Ok(HostArray::from_ndarray(&t.as_standard_layout().to_owned()))
+}
+
+/// Reads a .npy file; errors name the file.
+pub fn read(path: &Path) -> Result<HostArray> {
+    let inner = || -> Result<HostArray> {
+        let file = std::fs::File::open(path)?;
+        let npy = npyz::NpyFile::new(BufReader::new(file))?;
+        let dims: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
+        let npyz::DType::Plain(ts) = npy.dtype() else {
+            bail!("structured dtypes are not supported (got {})", npy.dtype().descr());
+        };
+        match (ts.type_char(), ts.size_field()) {
+            (TypeChar::Float, 2) => read_typed::<f16, _>(npy, &dims),
+            (TypeChar::Float, 4) => read_typed::<f32, _>(npy, &dims),
+            (TypeChar::Float, 8) => read_typed::<f64, _>(npy, &dims),
+            (TypeChar::Int, 1) => read_typed::<i8, _>(npy, &dims),
+            (TypeChar::Int, 2) => read_typed::<i16, _>(npy, &dims),
+            (TypeChar::Int, 4) => read_typed::<i32, _>(npy, &dims),
+            (TypeChar::Int, 8) => read_typed::<i64, _>(npy, &dims),
+            (TypeChar::Uint, 1) => read_typed::<u8, _>(npy, &dims),
+            (TypeChar::Uint, 2) => read_typed::<u16, _>(npy, &dims),
+            (TypeChar::Uint, 4) => read_typed::<u32, _>(npy, &dims),
+            (TypeChar::Uint, 8) => read_typed::<u64, _>(npy, &dims),
+            (TypeChar::Bool, 1) => read_typed::<bool, _>(npy, &dims),
+            _ => bail!("dtype {ts} is not supported"),
+        }
+    };
+    inner().with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn encode<T: Element + npyz::Serialize + npyz::AutoSerialize>(a: &HostArray) -> Result<Vec<u8>> {
+    let shape: Vec<u64> = a.dims().iter().map(|&d| d as u64).collect();
+    let mut bytes = Vec::new();
+    use npyz::WriterBuilder;
+    let mut w = npyz::WriteOptions::<T>::new().default_dtype().shape(&shape).writer(&mut bytes).begin_nd()?;
+    w.extend(a.to_vec::<T>()?)?;
+    w.finish()?;
+    Ok(bytes)
+}
+
+/// The .npy encoding of `a` (bf16 as f32).
+pub fn encode_array(a: &HostArray) -> Result<Vec<u8>> {
+    match a.dtype() {
+        ElementType::F16 => encode::<f16>(a),
+        ElementType::F32 => encode::<f32>(a),
+        ElementType::F64 => encode::<f64>(a),
+        ElementType::S8 => encode::<i8>(a),
+        ElementType::S16 => encode::<i16>(a),
+        ElementType::S32 => encode::<i32>(a),
+        ElementType::S64 => encode::<i64>(a),
+        ElementType::U8 => encode::<u8>(a),
+        ElementType::U16 => encode::<u16>(a),
+        ElementType::U32 => encode::<u32>(a),
+        ElementType::U64 => encode::<u64>(a),
+        ElementType::Pred => encode::<bool>(a),
+        ElementType::Bf16 => {
+            let f: Vec<f32> = a.to_vec::<bf16>()?.into_iter().map(f32::from).collect();
+            encode::<f32>(&HostArray::from_vec(a.dims(), f)?)
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `gemma-xla run`: compile a program file, place .npy arguments on the devices as the
+//! program's shardings say, execute, and write each whole output as DIR/out_<i>.npy.
+use crate::{files, npy, PluginArgs};
+use anyhow::{bail, Context, Result};
+use runtime::{CompileOptions, HostArray, OpSharding, Partitioner, Program};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The program: StableHLO text (.mlir), MLIR bytecode (.mlirbc) or a serialized HloModuleProto (.pb)
+    program: PathBuf,
+    /// An argument as a .npy file, in parameter order (repeat for each parameter)
+    #[arg(long = "arg", value_name = "FILE.npy")]
+    args: Vec<PathBuf>,
+    /// Directory for out_<i>.npy
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// SPMD partitions, for programs whose text does not say (`mhlo.num_partitions`)
+    #[arg(long)]
+    partitions: Option<i64>,
+    /// Partitioner for the sharding annotations [default: from the annotations found]
+    #[arg(long, value_parser = ["shardy", "gspmd"])]
+    partitioner: Option<String>,
+    #[command(flatten)]
+    plugin: PluginArgs,
+}
+
+pub fn run(a: &RunArgs) -> Result<()> {
+    let program = Program::from_file(&a.program)?;
+    if program.num_replicas.unwrap_or(1) != 1 {
+        bail!(
+            "{}: mhlo.num_replicas = {} is not supported; express data parallelism with partitions",
+            a.program.display(),
+            program.num_replicas.unwrap_or(1)
+        );
+    }
+    let partitions = match (a.partitions, program.num_partitions) {
+        (Some(flag), Some(text)) if flag != text => bail!(
+            "--partitions {flag} disagrees with mhlo.num_partitions = {text} in {}",
+            a.program.display()
+        ),
+        (Some(p), _) | (None, Some(p)) => p,
+        (None, None) => 1,
+    };
+    if partitions < 1 {
+        bail!("the number of partitions must be at least 1, got {partitions}");
+    }
+    let options = if partitions == 1 {
+        CompileOptions::single_device()
+    } else {
+        let partitioner = match a.partitioner.as_deref() {
+            Some("gspmd") => Partitioner::Gspmd,
+            Some(_) => Partitioner::Shardy,
+            None => program.annotations.unwrap_or(Partitioner::Shardy),
+        };
+        CompileOptions::spmd(partitions, partitioner)
+    };
+    // Read everything the user named before the (slow) compile, so bad input fails fast.
+    let args: Vec<HostArray> = a.args.iter().map(|p| npy::read(p)).collect::<Result<_>>()?;
+    files::ensure_writable_dir(&a.out)?;
+    let client = a.plugin.open(Some(partitions as usize))?;
+    let exe = client
+        .compile(&program, &options)
+        .with_context(|| format!("cannot compile {}", a.program.display()))?;
+    if let Err(e) = exe.check_args(&args) {
+        bail!("{}", name_argument(&e.to_string(), &a.args));
+    }
+    let outputs = exe.run_sharded(&client, &args).with_context(|| format!("cannot run {}", a.program.display()))?;
+    println!("{}: {} output(s) on {} device(s)", a.program.display(), outputs.len(), exe.devices().len());
+    for (i, out) in outputs.iter().enumerate() {
+        let path = a.out.join(format!("out_{i}.npy"));
+        files::write_atomic(&path, &npy::encode_array(&out.array)?)?;
+        let note = if out.array.dtype() == runtime::ElementType::Bf16 { " (saved as f32)" } else { "" };
+        let sharding = if exe.devices().len() > 1 { format!(" sharding={}", describe(&out.sharding)) } else { String::new() };
+        println!("  {} {}{note}{sharding} {}", path.display(), out.array.type_string(), first_values(&out.array));
+    }
+    Ok(())
+}
+
+/// Puts the file name into an "argument i: ..." message.
+fn name_argument(message: &str, files: &[PathBuf]) -> String {
+    if let Some(rest) = message.strip_prefix("argument ") {
+        if let Some((index, tail)) = rest.split_once(':') {
+            if let Some(path) = index.parse::<usize>().ok().and_then(|i| files.get(i)) {
+                return format!("--arg {} (argument {index}):{tail}", path.display());
+            }
+        }
+    }
+    message.to_string()
+}
+
+fn describe(s: &OpSharding) -> String {
+    s.describe()
+}
+
+fn first_values(a: &HostArray) -> String {
+    let values = a.to_f64_vec();
+    let shown: Vec<String> = values.iter().take(6).map(|v| format!("{v}")).collect();
+    let more = if values.len() > 6 { ", ..." } else { "" };
+    format!("[{}{more}]", shown.join(", "))
+}

@@ -1,0 +1,205 @@
+//! `gemma-xla devices` and `gemma-xla run` as a user runs them: real programs on the real
+//! CPU plugin, and every kind of bad input giving a clear error and a non-zero exit.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn gemma_xla(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gemma-xla")).args(args).current_dir(repo()).output().expect("spawn gemma-xla")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gemma-xla-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn read_f32(path: &Path) -> (Vec<u64>, Vec<f32>) {
+    let npy = npyz::NpyFile::new(std::fs::File::open(path).unwrap()).unwrap();
+    let shape = npy.shape().to_vec();
+    (shape, npy.into_vec::<f32>().unwrap())
+}
+
+fn write_npy<T: npyz::AutoSerialize + npyz::Serialize + Clone>(path: &Path, shape: &[u64], values: &[T]) {
+    use npyz::WriterBuilder;
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::<T>::new().default_dtype().shape(shape).writer(f).begin_nd().unwrap();
+    w.extend(values.iter().cloned()).unwrap();
+    w.finish().unwrap();
+}
+
+/// Runs a command that must fail; returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let o = gemma_xla(args);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "expected exit 1 for {args:?}\nstdout: {out}\nstderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+const EXAMPLE: [&str; 8] = [
+    "run",
+    "examples/spmd_matmul.mlir",
+    "--arg",
+    "examples/x.npy",
+    "--arg",
+    "examples/w.npy",
+    "--arg",
+    "examples/b.npy",
+];
+
+#[test]
+fn devices_lists_the_plugin_and_eight_devices() {
+    let o = gemma_xla(&["devices", "--devices", "8"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("platform: cpu"), "{out}");
+    assert!(out.contains("pjrt_c_api: 0.115 (gemma-xla bindings: 0.114)"), "{out}");
+    assert!(out.contains("stablehlo: 0.9.0 to 1.20.0"), "{out}");
+    assert!(out.contains("devices: 8"), "{out}");
+    assert!(out.contains("  device 7: kind=cpu"), "{out}");
+}
+
+#[test]
+fn run_the_shipped_spmd_example_over_eight_devices() {
+    let dir = scratch("example");
+    let out_dir = dir.join("out");
+    let mut args = EXAMPLE.to_vec();
+    args.extend(["--out", out_dir.to_str().unwrap()]);
+    let o = gemma_xla(&args);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("2 output(s) on 8 device(s)"), "{out}");
+    assert!(out.contains("f32[4,4] sharding={devices=[2,1,4]0,1,2,3,4,5,6,7 last_tile_dim_replicate} [0.5, -1, 3, 0.625, 0.5, -0.5, ...]"), "{out}");
+    assert!(out.contains("f32[] sharding={replicated} [15]"), "{out}");
+    // numpy's results, written by examples/make_inputs.py.
+    let (shape, y) = read_f32(&out_dir.join("out_0.npy"));
+    let (_, expected) = read_f32(&repo().join("examples/expected_y.npy"));
+    assert_eq!(shape, vec![4, 4]);
+    assert_eq!(y, expected);
+    let (shape, sum) = read_f32(&out_dir.join("out_1.npy"));
+    assert_eq!(shape, Vec::<u64>::new());
+    assert_eq!(sum, vec![15.0]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn run_a_single_device_program_with_int_and_bool_arrays() {
+    let dir = scratch("single");
+    let prog = dir.join("select.mlir");
+    std::fs::write(&prog, r#"func.func public @main(%c: tensor<3xi1>, %a: tensor<3xi32>, %b: tensor<3xi64>) -> (tensor<3xi64>, tensor<3xf64>) {
+  %a64 = stablehlo.convert %a : (tensor<3xi32>) -> tensor<3xi64>
+  %s = stablehlo.select %c, %a64, %b : tensor<3xi1>, tensor<3xi64>
+  %f = stablehlo.convert %s : (tensor<3xi64>) -> tensor<3xf64>
+  return %s, %f : tensor<3xi64>, tensor<3xf64>
+}"#).unwrap();
+    write_npy(&dir.join("c.npy"), &[3], &[true, false, true]);
+    write_npy(&dir.join("a.npy"), &[3], &[1i32, 2, 3]);
+    write_npy(&dir.join("b.npy"), &[3], &[-10i64, -20, -30]);
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let o = gemma_xla(&["run", &p("select.mlir"), "--arg", &p("c.npy"), "--arg", &p("a.npy"), "--arg", &p("b.npy"), "--out", &p("o")]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("s64[3] [1, -20, 3]"), "{out}");
+    let npy = npyz::NpyFile::new(std::fs::File::open(dir.join("o/out_1.npy")).unwrap()).unwrap();
+    assert_eq!(npy.into_vec::<f64>().unwrap(), vec![1.0, -20.0, 3.0]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn missing_and_bogus_plugins() {
+    let err = fails(&["devices", "--plugin", "/nonexistent/libpjrt.so"]);
+    assert!(err.contains("PJRT plugin file /nonexistent/libpjrt.so does not exist"), "{err}");
+    let dir = scratch("plugin");
+    let fake = dir.join("fake.so");
+    std::fs::write(&fake, "hello").unwrap();
+    let err = fails(&["devices", "--plugin", fake.to_str().unwrap()]);
+    assert!(err.contains(&format!("cannot load PJRT plugin {}", fake.display())), "{err}");
+    let err = fails(&["devices", "--plugin", "rocm"]);
+    assert!(err.contains("unknown plugin \"rocm\""), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_program_with_a_syntax_error_shows_the_compiler_message() {
+    let dir = scratch("syntax");
+    let prog = dir.join("bad.mlir");
+    std::fs::write(&prog, "func.func public @main(%a: tensor<2xf32>) -> tensor<2xf32> {\n  %0 = stablehlo.add %a, %a : tensor<2xf32>\n  return %0 : tensor<2xf32\n}\n").unwrap();
+    let err = fails(&["run", prog.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
+    assert!(err.contains(&format!("cannot compile {}", prog.display())), "{err}");
+    assert!(err.contains("PJRT_Client_Compile failed with"), "{err}");
+    assert!(err.contains("3:"), "the message should point at line 3: {err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn wrong_arguments_name_the_file() {
+    let dir = scratch("args");
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    write_npy(&dir.join("x_f64.npy"), &[4, 8], &[0f64; 32]);
+    write_npy(&dir.join("x_short.npy"), &[4, 7], &[0f32; 28]);
+    let out = p("o");
+    // Too few arguments.
+    let err = fails(&["run", "examples/spmd_matmul.mlir", "--arg", "examples/x.npy", "--out", &out]);
+    assert!(err.contains("the program takes 3 arguments but 1 were given"), "{err}");
+    // Wrong dtype.
+    let err = fails(&["run", "examples/spmd_matmul.mlir", "--arg", &p("x_f64.npy"), "--arg", "examples/w.npy", "--arg", "examples/b.npy", "--out", &out]);
+    assert!(err.contains(&format!("--arg {} (argument 0): the program expects f32[4,8], got f64[4,8]", p("x_f64.npy"))), "{err}");
+    // Wrong shape.
+    let err = fails(&["run", "examples/spmd_matmul.mlir", "--arg", &p("x_short.npy"), "--arg", "examples/w.npy", "--arg", "examples/b.npy", "--out", &out]);
+    assert!(err.contains("(argument 0): the program expects f32[4,8], got f32[4,7]"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn broken_npy_files_name_the_file() {
+    let dir = scratch("npy");
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let good = std::fs::read(repo().join("examples/x.npy")).unwrap();
+    std::fs::write(dir.join("truncated.npy"), &good[..good.len() - 10]).unwrap();
+    std::fs::write(dir.join("text.npy"), "x,y\n1,2\n").unwrap();
+    // A byte-string array ('|S2'), as numpy writes np.array([b"ab", b"cd"]).
+    let header = "{'descr': '|S2', 'fortran_order': False, 'shape': (2,), }";
+    let mut strings = b"\x93NUMPY\x01\x00".to_vec();
+    let padded = format!("{header:<117}\n");
+    strings.extend((padded.len() as u16).to_le_bytes());
+    strings.extend(padded.as_bytes());
+    strings.extend(b"abcd");
+    std::fs::write(dir.join("strings.npy"), strings).unwrap();
+    for (file, why) in [("truncated.npy", ""), ("text.npy", ""), ("strings.npy", "not supported"), ("missing.npy", "No such file")] {
+        let err = fails(&["run", "examples/spmd_matmul.mlir", "--arg", &p(file), "--out", &p("o")]);
+        assert!(err.contains(&format!("cannot read {}", p(file))), "{file}: {err}");
+        assert!(err.contains(why), "{file}: {err}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn more_partitions_than_devices() {
+    let mut args = EXAMPLE.to_vec();
+    args.extend(["--devices", "2", "--out", "/tmp/gemma-xla-cli-unused"]);
+    let err = fails(&args);
+    assert!(err.contains("the program needs 8 devices but the client has 2 (ask for more with --devices 8)"), "{err}");
+}
+
+#[test]
+fn an_output_directory_that_cannot_be_written() {
+    let dir = scratch("outdir");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let bad = file.join("out");
+    let mut args = EXAMPLE.to_vec();
+    args.extend(["--out", bad.to_str().unwrap()]);
+    let err = fails(&args);
+    assert!(err.contains(&format!("cannot create output directory {}", bad.display())), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
