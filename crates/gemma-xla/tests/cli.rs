@@ -203,3 +203,27 @@ fn an_output_directory_that_cannot_be_written() {
     assert!(err.contains(&format!("cannot create output directory {}", bad.display())), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn text_bytecode_and_hlo_proto_programs_give_jax_numbers() {
+    // examples/fixtures/make_fixtures.py wrote one function (tanh(x @ w) + 1) in all three
+    // formats with JAX, and numpy's result.
+    let (_, expected) = read_f32(&repo().join("examples/fixtures/affine_expected.npy"));
+    for program in ["affine.mlir", "affine.mlirbc", "affine.pb"] {
+        let dir = scratch(&format!("fmt-{program}"));
+        let path = format!("examples/fixtures/{program}");
+        let o = gemma_xla(&[
+            "run", &path, "--arg", "examples/fixtures/affine_x.npy", "--arg",
+            "examples/fixtures/affine_w.npy", "--out", dir.to_str().unwrap(),
+        ]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{program}: {err}");
+        assert!(out.contains("1 output(s) on 1 device(s)"), "{out}");
+        let (shape, got) = read_f32(&dir.join("out_0.npy"));
+        assert_eq!(shape, vec![2, 2]);
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() <= 1e-6, "{program}: {got:?} vs {expected:?}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

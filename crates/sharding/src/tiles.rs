@@ -96,6 +96,7 @@ fn unflatten(mut flat: i64, dims: &[i64]) -> Vec<i64> {
     idx
 }
 
+#[allow(clippy::too_many_arguments)] // two (array, shape, offset) triples, extent, size
 /// Copies `extent` elements (a box) from `src` at `src_at` to `dst` at `dst_at`, both
 /// row-major arrays of the given shapes with `elem`-byte elements.
 fn copy_box(

@@ -13,11 +13,11 @@ pub const MIN_PLUGIN_MINOR: i32 = 81;
 
 /// Fills `struct_size` of a PJRT args struct from its `*_STRUCT_SIZE` constant and zeroes the rest.
 macro_rules! args {
-    ($ty:ident { $($field:ident : $value:expr),* $(,)? }) => {
+    ($ty:ident { $($field:ident $(: $value:expr)?),* $(,)? }) => {
         paste::paste! {
             $crate::bindings::$ty {
                 struct_size: $crate::bindings::[<$ty _STRUCT_SIZE>] as usize,
-                $($field: $value,)*
+                $($field $(: $value)?,)*
                 ..Default::default()
             }
         }
@@ -230,12 +230,12 @@ impl Api {
         if event.is_null() {
             return Ok(());
         }
-        let mut a = args!(PJRT_Event_Await_Args { event: event });
+        let mut a = args!(PJRT_Event_Await_Args { event });
         let result = pjrt_call!(self, PJRT_Event_Await, &mut a).map_err(|e| match e {
             Error::Pjrt { code, message, .. } => Error::Pjrt { call, code, message },
             other => other,
         });
-        let mut d = args!(PJRT_Event_Destroy_Args { event: event });
+        let mut d = args!(PJRT_Event_Destroy_Args { event });
         let _ = pjrt_call!(self, PJRT_Event_Destroy, &mut d);
         result
     }

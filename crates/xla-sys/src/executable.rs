@@ -188,7 +188,7 @@ impl LoadedExecutable {
             options: &mut options,
             argument_lists: arg_lists.as_ptr(),
             num_devices: args.len(),
-            num_args: num_args,
+            num_args,
             output_lists: out_lists.as_ptr(),
             device_complete_events: events.as_mut_ptr(),
         });
