@@ -354,3 +354,39 @@ pub(crate) unsafe fn slice_or_empty<'a, T>(ptr: *const T, len: usize) -> &'a [T]
 pub(crate) unsafe fn lossy(ptr: *const std::os::raw::c_char, len: usize) -> String {
     String::from_utf8_lossy(slice_or_empty(ptr as *const u8, len)).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(major: i32, minor: i32) -> Api {
+        let mut table = Box::new(b::PJRT_Api::default());
+        table.struct_size = 100; // a short table: only the first few functions exist
+        table.pjrt_api_version.major_version = major;
+        table.pjrt_api_version.minor_version = minor;
+        Api { table: Box::leak(table), path: PathBuf::from("/plugins/old.so"), major, minor }
+    }
+
+    #[test]
+    fn old_and_foreign_versions_are_refused_with_the_file_named() {
+        let err = fake(0, 54).check_version().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "PJRT plugin /plugins/old.so implements PJRT C API 0.54, but gemma-xla supports \
+                 0.{MIN_PLUGIN_MINOR} up to 0.{BINDINGS_MINOR} (and later minors)"
+            )
+        );
+        assert!(fake(1, 0).check_version().is_err());
+        assert!(fake(0, MIN_PLUGIN_MINOR).check_version().is_ok());
+        assert!(fake(0, 200).check_version().is_ok());
+    }
+
+    #[test]
+    fn functions_beyond_a_short_table_are_unsupported_not_called() {
+        let api = fake(0, 90);
+        let mut a = args!(PJRT_Client_Create_Args {});
+        let err = pjrt_call!(&api, PJRT_Client_Create, &mut a).unwrap_err().to_string();
+        assert_eq!(err, "PJRT_Client_Create is not provided by this PJRT plugin (its C API is 0.90)");
+    }
+}
