@@ -2,8 +2,6 @@
 //! programs, and move arrays between files and devices.
 #![forbid(unsafe_code)]
 
-mod files;
-mod npy;
 mod run;
 
 use anyhow::Result;

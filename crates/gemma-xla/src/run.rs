@@ -1,6 +1,7 @@
 //! `gemma-xla run`: compile a program file, place .npy arguments on the devices as the
 //! program's shardings say, execute, and write each whole output as DIR/out_<i>.npy.
-use crate::{files, npy, PluginArgs};
+use crate::PluginArgs;
+use gemma_xla::{files, npy};
 use anyhow::{bail, Context, Result};
 use runtime::{CompileOptions, HostArray, OpSharding, Partitioner, Program};
 use std::path::PathBuf;

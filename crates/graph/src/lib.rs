@@ -1,3 +1,48 @@
 //! Tracing Rust tensor code into a graph, reverse-mode autodiff, and lowering to StableHLO
-//! text. Knows nothing of PJRT. (Filled by the graph issue; empty until then.)
+//! text. Knows nothing of PJRT.
+//!
+//! ```ignore
+//! let f = graph::trace("mlp", &[("x", TensorType::new(DType::F32, &[4, 3])), ("w", TensorType::new(DType::F32, &[3, 2]))],
+//!     |a| vec![a[0].matmul(&a[1]).tanh().sum_all()])?;
+//! let g = graph::value_and_grad(&f, &[1])?;  // loss and d loss / d w
+//! let text = g.to_stablehlo();
+//! ```
 #![forbid(unsafe_code)]
+
+mod autodiff;
+mod composite;
+mod function;
+mod lower;
+mod ops;
+mod prim;
+mod trace;
+mod types;
+
+pub use autodiff::{grad, value_and_grad, vjp};
+pub use function::{Function, Node, Output, Param};
+pub use prim::{Cmp, DotDims, Literal, Prim};
+pub use trace::{trace, Loc, Tensor};
+pub use types::{DType, TensorType};
+
+/// All primitives, for tables that must cover each of them (e.g. the gradient checks).
+pub fn all_primitives() -> Vec<Prim> {
+    use strum::IntoEnumIterator;
+    Prim::iter().collect()
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("{op} at {loc}: {message} (inputs: {})", fmt_types(inputs))]
+    Shape { op: &'static str, inputs: Vec<TensorType>, loc: Loc, message: String },
+    #[error("no VJP rule for primitive {prim} (op at {loc})")]
+    NoVjp { prim: &'static str, loc: Loc },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn fmt_types(t: &[TensorType]) -> String {
+    if t.is_empty() {
+        return "none".into();
+    }
+    t.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+}

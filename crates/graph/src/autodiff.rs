@@ -1,0 +1,167 @@
+//! Reverse-mode autodiff as a graph transform: the forward nodes are kept, and the backward
+//! pass is traced after them with the same primitives (through each primitive's VJP rule),
+//! so it lowers like any other code. Backward ops carry the forward op's source location.
+use crate::function::{Function, Node, Output, Param};
+use crate::prim::Prim;
+use crate::trace::{Tensor, TraceState};
+use crate::types::TensorType;
+use crate::Error;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Reopens a function's nodes as a trace to append to.
+fn reopen(f: &Function) -> (Rc<RefCell<TraceState>>, Vec<Tensor>) {
+    let state = Rc::new(RefCell::new(TraceState { nodes: f.nodes.clone(), error: None, loc_override: None }));
+    let tensors = (0..f.nodes.len()).map(|id| Tensor { id, trace: state.clone() }).collect();
+    (state, tensors)
+}
+
+fn check_wrt(f: &Function, wrt: &[usize]) -> Result<(), Error> {
+    for &w in wrt {
+        let p = f.params.get(w).ok_or_else(|| {
+            Error::Invalid(format!("{}: cannot differentiate with respect to parameter {w}: it has {} parameters", f.name, f.params.len()))
+        })?;
+        if !p.ty.dtype.is_float() {
+            return Err(Error::Invalid(format!(
+                "{}: cannot differentiate with respect to parameter {w} ({}: {}): not a float",
+                f.name, p.name, p.ty
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the backward pass from `seeds` (node id, cotangent) and returns the cotangent of
+/// each parameter in `wrt` (zeros where the outputs do not depend on it).
+fn backward(f: &Function, x: &[Tensor], seeds: Vec<(usize, Tensor)>, wrt: &[usize]) -> Result<Vec<Tensor>, Error> {
+    let n = f.nodes.len();
+    let param_node: Vec<usize> = {
+        let mut v = vec![usize::MAX; f.params.len()];
+        for (i, node) in f.nodes.iter().enumerate() {
+            if let Prim::Param(p) = node.prim {
+                v[p] = i;
+            }
+        }
+        v
+    };
+    // Which nodes depend on a parameter we differentiate with respect to.
+    let mut needs = vec![false; n];
+    for &w in wrt {
+        needs[param_node[w]] = true;
+    }
+    for (i, node) in f.nodes.iter().enumerate() {
+        if node.prim.is_differentiable() && node.ty.dtype.is_float() && node.inputs.iter().any(|&j| needs[j]) {
+            needs[i] = true;
+        }
+    }
+    let mut ct: Vec<Option<Tensor>> = vec![None; n];
+    let accumulate = |ct: &mut Vec<Option<Tensor>>, i: usize, g: Tensor| {
+        ct[i] = Some(match ct[i].take() {
+            None => g,
+            Some(prev) => prev + g,
+        });
+    };
+    for (id, seed) in seeds {
+        if needs[id] {
+            accumulate(&mut ct, id, seed);
+        }
+    }
+    let trace = x[0].trace.clone();
+    for i in (0..n).rev() {
+        let node: &Node = &f.nodes[i];
+        let Some(g) = ct[i].take() else { continue };
+        if matches!(node.prim, Prim::Param(_)) {
+            ct[i] = Some(g);
+            continue;
+        }
+        trace.borrow_mut().loc_override = Some(node.loc);
+        let inputs: Vec<Tensor> = node.inputs.iter().map(|&j| x[j].clone()).collect();
+        let grads = node
+            .prim
+            .vjp(&inputs, &x[i], &g)
+            .map_err(|()| Error::NoVjp { prim: node.prim.name(), loc: node.loc })?;
+        for (&j, gj) in node.inputs.iter().zip(grads) {
+            if let (true, Some(gj)) = (needs[j], gj) {
+                accumulate(&mut ct, j, gj);
+            }
+        }
+    }
+    trace.borrow_mut().loc_override = None;
+    Ok(wrt
+        .iter()
+        .map(|&w| {
+            let p = param_node[w];
+            ct[p].clone().unwrap_or_else(|| x[p].zeros_like())
+        })
+        .collect())
+}
+
+fn finish(f: &Function, state: Rc<RefCell<TraceState>>, params: Vec<Param>, outputs: Vec<Output>, name: String) -> Result<Function, Error> {
+    let mut st = state.borrow_mut();
+    if let Some(e) = st.error.take() {
+        return Err(e);
+    }
+    Ok(Function { name, params, nodes: std::mem::take(&mut st.nodes), outputs, mesh: f.mesh.clone() })
+}
+
+fn grad_outputs(f: &Function, wrt: &[usize], grads: &[Tensor]) -> Vec<Output> {
+    wrt.iter()
+        .zip(grads)
+        .map(|(&w, g)| Output { name: format!("grad_{}", f.params[w].name), id: g.id, sharding: f.params[w].sharding.clone() })
+        .collect()
+}
+
+/// Gradients of output 0 (a float scalar, the loss) with respect to the parameters `wrt`;
+/// the result returns all of `f`'s outputs (the loss first, then any auxiliary outputs),
+/// followed by one gradient per `wrt` parameter, named `grad_<param>`.
+pub fn value_and_grad(f: &Function, wrt: &[usize]) -> Result<Function, Error> {
+    check_wrt(f, wrt)?;
+    let loss = f.outputs.first().ok_or_else(|| Error::Invalid(format!("{} has no outputs", f.name)))?;
+    let lt = &f.nodes[loss.id].ty;
+    if lt.rank() != 0 || !lt.dtype.is_float() {
+        return Err(Error::Invalid(format!("{}: output 0 ({}) must be a float scalar to take its gradient, it is {lt}", f.name, loss.name)));
+    }
+    let (state, x) = reopen(f);
+    state.borrow_mut().loc_override = Some(f.nodes[loss.id].loc);
+    let seed = x[loss.id].full_like(1.0);
+    let grads = backward(f, &x, vec![(loss.id, seed)], wrt)?;
+    let mut outputs = f.outputs.clone();
+    outputs.extend(grad_outputs(f, wrt, &grads));
+    drop((x, grads));
+    finish(f, state, f.params.clone(), outputs, format!("{}_value_and_grad", f.name))
+}
+
+/// Like `value_and_grad`, returning only the gradients.
+pub fn grad(f: &Function, wrt: &[usize]) -> Result<Function, Error> {
+    let mut g = value_and_grad(f, wrt)?;
+    g.outputs.drain(..f.outputs.len());
+    g.name = format!("{}_grad", f.name);
+    Ok(g)
+}
+
+/// The vector-Jacobian product of any function: takes `f`'s parameters plus one cotangent
+/// per output (`ct_<output>`), returns `f`'s outputs and the gradients for `wrt`.
+pub fn vjp(f: &Function, wrt: &[usize]) -> Result<Function, Error> {
+    check_wrt(f, wrt)?;
+    let (state, x) = reopen(f);
+    let mut params = f.params.clone();
+    let mut seeds = Vec::new();
+    for o in &f.outputs {
+        let ty: TensorType = f.nodes[o.id].ty.clone();
+        let index = params.len();
+        params.push(Param { name: format!("ct_{}", o.name), ty: ty.clone(), sharding: o.sharding.clone(), donate: false });
+        let node = Node { prim: Prim::Param(index), inputs: vec![], ty, loc: f.nodes[o.id].loc };
+        let id = {
+            let mut st = state.borrow_mut();
+            st.nodes.push(node);
+            st.nodes.len() - 1
+        };
+        seeds.push((o.id, Tensor { id, trace: state.clone() }));
+    }
+    let grads = backward(f, &x, seeds, wrt)?;
+    let mut outputs = f.outputs.clone();
+    outputs.extend(grad_outputs(f, wrt, &grads));
+    drop((x, grads));
+    finish(f, state, params, outputs, format!("{}_vjp", f.name))
+}
+

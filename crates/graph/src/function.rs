@@ -1,0 +1,127 @@
+//! A traced function: parameters, a topologically ordered list of single-result nodes (the
+//! first `params.len()` are the parameters), and named outputs. Printable as a jaxpr-like
+//! text for reading and golden tests.
+use crate::prim::Prim;
+use crate::trace::Loc;
+use crate::types::TensorType;
+use sharding::{Mesh, PartitionSpec};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub prim: Prim,
+    pub inputs: Vec<usize>,
+    pub ty: TensorType,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub ty: TensorType,
+    /// How the argument is laid out over the function's mesh (None: replicated / unsharded).
+    pub sharding: Option<PartitionSpec>,
+    /// The caller may donate this argument's buffer to the program (e.g. weights in a train step).
+    pub donate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub id: usize,
+    pub sharding: Option<PartitionSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Function {
+    pub name: String,
+    pub params: Vec<Param>,
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<Output>,
+    /// The device mesh named by the shardings of params and outputs.
+    pub mesh: Option<Mesh>,
+}
+
+impl Function {
+    pub fn param_types(&self) -> Vec<TensorType> {
+        self.params.iter().map(|p| p.ty.clone()).collect()
+    }
+
+    pub fn output_types(&self) -> Vec<TensorType> {
+        self.outputs.iter().map(|o| self.nodes[o.id].ty.clone()).collect()
+    }
+
+    /// Renames the outputs in order (extra names are ignored).
+    pub fn rename_outputs(mut self, names: &[&str]) -> Function {
+        for (o, n) in self.outputs.iter_mut().zip(names) {
+            o.name = n.to_string();
+        }
+        self
+    }
+
+    /// Which nodes the outputs depend on.
+    pub fn live_nodes(&self) -> Vec<bool> {
+        let mut live = vec![false; self.nodes.len()];
+        for o in &self.outputs {
+            live[o.id] = true;
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if live[i] {
+                for &j in &self.nodes[i].inputs {
+                    live[j] = true;
+                }
+            }
+        }
+        live
+    }
+
+    /// Number of nodes per primitive name, for tests and diagnostics.
+    pub fn count(&self, prim_name: &str) -> usize {
+        self.nodes.iter().filter(|n| n.prim.name() == prim_name).count()
+    }
+}
+
+/// Short variable names for the printed form: a, b, ..., z, ba, bb, ...
+fn var_name(mut i: usize) -> String {
+    let mut s = Vec::new();
+    loop {
+        s.push(b'a' + (i % 26) as u8);
+        i /= 26;
+        if i == 0 {
+            break;
+        }
+    }
+    s.reverse();
+    String::from_utf8(s).expect("internal: ascii")
+}
+
+impl fmt::Display for Function {
+    /// A jaxpr-like listing of the live nodes:
+    /// `{ lambda x:f32[2,3] w:f32[3,2]. let c:f32[2,2] = dot_general[...] x w in (c) }`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let live = self.live_nodes();
+        let mut names = vec![String::new(); self.nodes.len()];
+        let mut next = 0;
+        let mut params = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Prim::Param(p) = node.prim {
+                names[i] = self.params[p].name.clone();
+                params.push(format!("{}:{}", names[i], self.params[p].ty));
+            }
+        }
+        writeln!(f, "{{ lambda {}. let", params.join(" "))?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !live[i] || matches!(node.prim, Prim::Param(_)) {
+                continue;
+            }
+            names[i] = var_name(next);
+            next += 1;
+            let args: Vec<&str> = node.inputs.iter().map(|&j| names[j].as_str()).collect();
+            let params = node.prim.params_text();
+            let params = if params.is_empty() { String::new() } else { format!("[{params}]") };
+            writeln!(f, "    {}:{} = {}{} {}", names[i], node.ty, node.prim.name(), params, args.join(" "))?;
+        }
+        let outs: Vec<String> = self.outputs.iter().map(|o| format!("{}={}", o.name, names[o.id])).collect();
+        write!(f, "  in ({}) }}", outs.join(", "))
+    }
+}

@@ -1,0 +1,242 @@
+//! Lowering a `Function` to StableHLO text (MLIR generic op syntax, which every StableHLO
+//! version parses the same way). Each op carries `loc("file.rs":line:col)` of the user code
+//! that made it, so XLA's dumps and errors point back into Rust.
+use crate::function::Function;
+use crate::prim::{Literal, Prim};
+use crate::types::{DType, TensorType};
+
+/// Collects the op lines of one function body and hands out SSA names.
+pub(crate) struct Emitter {
+    lines: Vec<String>,
+    next: usize,
+    loc: String,
+}
+
+/// How a reduce/scatter region combines two scalars.
+#[derive(Clone, Copy)]
+pub(crate) enum Combiner {
+    Add,
+    Max,
+}
+
+impl Emitter {
+    fn fresh(&mut self) -> String {
+        self.next += 1;
+        format!("%{}", self.next - 1)
+    }
+
+    /// Emits `%r = "name"(operands) region {attrs} : (types) -> result` and returns `%r`.
+    pub(crate) fn op(
+        &mut self,
+        name: &str,
+        operands: &[(&str, &TensorType)],
+        attrs: &str,
+        region: Option<(Combiner, DType)>,
+        result: &TensorType,
+    ) -> String {
+        let r = self.fresh();
+        let names: Vec<&str> = operands.iter().map(|o| o.0).collect();
+        let types: Vec<String> = operands.iter().map(|o| o.1.mlir()).collect();
+        let region = region.map(|(c, dt)| self.region(c, dt)).unwrap_or_default();
+        let attrs = if attrs.is_empty() { String::new() } else { format!(" {{{attrs}}}") };
+        self.lines.push(format!(
+            "{r} = \"{name}\"({}){region}{attrs} : ({}) -> {} {}",
+            names.join(", "),
+            types.join(", "),
+            result.mlir(),
+            self.loc
+        ));
+        r
+    }
+
+    /// Like `op`, for operations with several results; returns their names (`%r#i`).
+    pub(crate) fn multi_op(&mut self, name: &str, operands: &[(&str, &TensorType)], attrs: &str, results: &[TensorType]) -> Vec<String> {
+        let r = self.fresh();
+        let names: Vec<&str> = operands.iter().map(|o| o.0).collect();
+        let types: Vec<String> = operands.iter().map(|o| o.1.mlir()).collect();
+        let outs: Vec<String> = results.iter().map(|t| t.mlir()).collect();
+        self.lines.push(format!(
+            "{r}:{} = \"{name}\"({}) {{{attrs}}} : ({}) -> ({}) {}",
+            results.len(),
+            names.join(", "),
+            types.join(", "),
+            outs.join(", "),
+            self.loc
+        ));
+        (0..results.len()).map(|i| format!("{r}#{i}")).collect()
+    }
+
+    fn region(&mut self, c: Combiner, dtype: DType) -> String {
+        let (a, b, s) = (self.fresh(), self.fresh(), self.fresh());
+        let t = TensorType::scalar(dtype).mlir();
+        let op = match c {
+            Combiner::Add => "stablehlo.add",
+            Combiner::Max => "stablehlo.maximum",
+        };
+        format!(
+            " ({{\n    ^bb0({a}: {t}, {b}: {t}):\n      {s} = \"{op}\"({a}, {b}) : ({t}, {t}) -> {t}\n      \"stablehlo.return\"({s}) : ({t}) -> ()\n    }})"
+        )
+    }
+
+    /// A constant of type `ty` from a literal (splat when it holds one value).
+    pub(crate) fn constant(&mut self, ty: &TensorType, value: &Literal) -> String {
+        let dense = dense_text(ty, value);
+        self.op("stablehlo.constant", &[], &format!("value = dense<{dense}> : {}", ty.mlir()), None, ty)
+    }
+
+    pub(crate) fn scalar(&mut self, dtype: DType, v: f64) -> String {
+        let lit = if dtype.is_float() { Literal::Float(vec![v]) } else { Literal::Int(vec![v as i64]) };
+        self.constant(&TensorType::scalar(dtype), &lit)
+    }
+}
+
+/// MLIR text of one element.
+pub(crate) fn element_text(dtype: DType, v: f64, i: i64) -> String {
+    match dtype {
+        DType::Pred => (if i != 0 { "true" } else { "false" }).to_string(),
+        d if d.is_int() => i.to_string(),
+        d => float_text(d, v),
+    }
+}
+
+/// A float literal MLIR parses exactly: shortest round-trip decimal with a '.', or the bit
+/// pattern in hex for infinities and NaN.
+fn float_text(dtype: DType, v: f64) -> String {
+    if !v.is_finite() {
+        return match dtype {
+            DType::F64 => format!("0x{:016X}", v.to_bits()),
+            DType::F32 => format!("0x{:08X}", (v as f32).to_bits()),
+            DType::Bf16 => format!("0x{:04X}", half::bf16::from_f64(v).to_bits()),
+            _ => format!("0x{:04X}", half::f16::from_f64(v).to_bits()),
+        };
+    }
+    let s = match dtype {
+        DType::F64 => format!("{v:e}"),
+        DType::F32 => format!("{:e}", v as f32),
+        DType::Bf16 => format!("{:e}", half::bf16::from_f64(v).to_f32()),
+        _ => format!("{:e}", half::f16::from_f64(v).to_f32()),
+    };
+    match s.split_once('e') {
+        Some((m, e)) if !m.contains('.') => format!("{m}.0e{e}"),
+        _ => s,
+    }
+}
+
+fn dense_text(ty: &TensorType, value: &Literal) -> String {
+    let (floats, ints): (Vec<f64>, Vec<i64>) = match value {
+        Literal::Float(v) => (v.clone(), v.iter().map(|&x| x as i64).collect()),
+        Literal::Int(v) => (v.iter().map(|&x| x as f64).collect(), v.clone()),
+        Literal::Empty => (vec![], vec![]),
+    };
+    let elems: Vec<String> = floats.iter().zip(&ints).map(|(&f, &i)| element_text(ty.dtype, f, i)).collect();
+    if elems.len() == 1 {
+        return elems[0].clone();
+    }
+    nest(&elems, &ty.dims)
+}
+
+/// `[[a, b], [c, d]]` for dims [2, 2].
+fn nest(elems: &[String], dims: &[i64]) -> String {
+    match dims.split_first() {
+        None => elems.first().cloned().unwrap_or_default(),
+        Some((&n, rest)) => {
+            let chunk: usize = rest.iter().product::<i64>() as usize;
+            let parts: Vec<String> = (0..n as usize).map(|i| nest(&elems[i * chunk..(i + 1) * chunk], rest)).collect();
+            format!("[{}]", parts.join(", "))
+        }
+    }
+}
+
+fn symbol(name: &str) -> String {
+    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if s.is_empty() { "main".into() } else { s }
+}
+
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl Function {
+    /// StableHLO text of this function as `@main` of a module named after it.
+    pub fn to_stablehlo(&self) -> String {
+        let live = self.live_nodes();
+        let mut names: Vec<String> = vec![String::new(); self.nodes.len()];
+        let mut e = Emitter { lines: Vec::new(), next: 0, loc: String::new() };
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Prim::Param(p) = node.prim {
+                names[i] = format!("%arg{p}");
+                continue;
+            }
+            if !live[i] {
+                continue;
+            }
+            e.loc = format!("loc({}:{}:{})", quoted(node.loc.file), node.loc.line, node.loc.col);
+            let args: Vec<(String, TensorType)> =
+                node.inputs.iter().map(|&j| (names[j].clone(), self.nodes[j].ty.clone())).collect();
+            names[i] = node.prim.lower(&mut e, &args, &node.ty);
+        }
+        let partitions = self.mesh.as_ref().map_or(1, |m| m.num_devices());
+        let mut out = format!(
+            "module @{} attributes {{mhlo.num_partitions = {partitions} : i32, mhlo.num_replicas = 1 : i32}} {{\n",
+            symbol(&self.name)
+        );
+        if let Some(mesh) = &self.mesh {
+            out += &format!("  {}\n", mesh.sdy_declaration("mesh"));
+        }
+        let sharding_attr = |spec: &Option<sharding::PartitionSpec>| -> Option<String> {
+            let (mesh, spec) = (self.mesh.as_ref()?, spec.as_ref()?);
+            Some(format!("sdy.sharding = {}", spec.sdy_sharding(mesh, "mesh").ok()?))
+        };
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut attrs = vec![format!("mhlo.frontend_attributes = {{name = {}}}", quoted(&p.name))];
+                attrs.extend(sharding_attr(&p.sharding));
+                if p.donate {
+                    attrs.push("jax.buffer_donor = true".into());
+                }
+                format!("%arg{i}: {} {{{}}}", p.ty.mlir(), attrs.join(", "))
+            })
+            .collect();
+        let results: Vec<String> = self
+            .outputs
+            .iter()
+            .map(|o| {
+                let mut attrs = vec![format!("jax.result_info = {}", quoted(&o.name))];
+                attrs.extend(sharding_attr(&o.sharding));
+                format!("{} {{{}}}", self.nodes[o.id].ty.mlir(), attrs.join(", "))
+            })
+            .collect();
+        out += &format!("  func.func public @main({}) -> ({}) {{\n", params.join(", "), results.join(", "));
+        for line in &e.lines {
+            out += &format!("    {line}\n");
+        }
+        let ret: Vec<&str> = self.outputs.iter().map(|o| names[o.id].as_str()).collect();
+        let ret_types: Vec<String> = self.outputs.iter().map(|o| self.nodes[o.id].ty.mlir()).collect();
+        out += &format!("    \"func.return\"({}) : ({}) -> ()\n  }}\n}}\n", ret.join(", "), ret_types.join(", "));
+        out
+    }
+}
+
+/// `array<i64: 1, 2>`
+pub(crate) fn i64_array(v: &[i64]) -> String {
+    let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    if parts.is_empty() {
+        "array<i64>".into()
+    } else {
+        format!("array<i64: {}>", parts.join(", "))
+    }
+}
+
+/// `array<i64: ...>` of dimension numbers.
+pub(crate) fn dims_array(v: &[usize]) -> String {
+    i64_array(&v.iter().map(|&x| x as i64).collect::<Vec<_>>())
+}
+
+/// `[1, 2]`
+pub(crate) fn list(v: &[usize]) -> String {
+    let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", parts.join(", "))
+}

@@ -1,0 +1,151 @@
+//! Tracing: user code calls ops on `Tensor` handles; each call appends a node (primitive,
+//! inputs, inferred type, the caller's source location) to the trace. Shape errors are
+//! recorded (the first one wins) and returned by `trace`, so model code reads like math.
+use crate::function::{Function, Node, Output, Param};
+use crate::prim::Prim;
+use crate::types::{DType, TensorType};
+use crate::Error;
+use std::cell::RefCell;
+use std::fmt;
+use std::panic::Location;
+use std::rc::Rc;
+
+/// A Rust source location: where the user code that made an op was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Loc {
+    pub file: &'static str,
+    pub line: u32,
+    pub col: u32,
+}
+
+impl Loc {
+    #[track_caller]
+    pub fn caller() -> Loc {
+        let l = Location::caller();
+        Loc { file: l.file(), line: l.line(), col: l.column() }
+    }
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.col)
+    }
+}
+
+pub(crate) struct TraceState {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) error: Option<Error>,
+    /// While differentiating: backward ops take the location of the forward op.
+    pub(crate) loc_override: Option<Loc>,
+}
+
+/// A traced value. Cheap to clone; ops on it record nodes in its trace.
+#[derive(Clone)]
+pub struct Tensor {
+    pub(crate) id: usize,
+    pub(crate) trace: Rc<RefCell<TraceState>>,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor(%{}: {})", self.id, self.ty())
+    }
+}
+
+impl Tensor {
+    pub fn ty(&self) -> TensorType {
+        self.trace.borrow().nodes[self.id].ty.clone()
+    }
+    pub fn dims(&self) -> Vec<i64> {
+        self.ty().dims
+    }
+    pub fn dtype(&self) -> DType {
+        self.ty().dtype
+    }
+    pub fn rank(&self) -> usize {
+        self.ty().dims.len()
+    }
+
+    /// Appends `prim` applied to `inputs`; on a shape error records it and returns a
+    /// placeholder of the first input's type so tracing can go on to report it.
+    #[track_caller]
+    pub(crate) fn apply(prim: Prim, inputs: &[&Tensor]) -> Tensor {
+        let trace = inputs[0].trace.clone();
+        Tensor::apply_in(&trace, prim, inputs)
+    }
+
+    #[track_caller]
+    pub(crate) fn apply_in(trace: &Rc<RefCell<TraceState>>, prim: Prim, inputs: &[&Tensor]) -> Tensor {
+        let mut st = trace.borrow_mut();
+        let loc = st.loc_override.unwrap_or_else(Loc::caller);
+        let types: Vec<TensorType> = inputs.iter().map(|t| st.nodes[t.id].ty.clone()).collect();
+        let same_trace = inputs.iter().all(|t| Rc::ptr_eq(&t.trace, trace));
+        let ty = if !same_trace {
+            Err("inputs come from different traces".to_string())
+        } else {
+            let refs: Vec<&TensorType> = types.iter().collect();
+            prim.infer(&refs)
+        };
+        let ty = match ty {
+            Ok(ty) => ty,
+            Err(message) => {
+                if st.error.is_none() {
+                    st.error = Some(Error::Shape { op: prim.name(), inputs: types.clone(), loc, message });
+                }
+                types.first().cloned().unwrap_or_default()
+            }
+        };
+        st.nodes.push(Node { prim, inputs: inputs.iter().map(|t| t.id).collect(), ty, loc });
+        Tensor { id: st.nodes.len() - 1, trace: trace.clone() }
+    }
+}
+
+/// Traces `f` over parameters of the given names and types into a `Function`.
+/// Outputs are named `out0`, `out1`, ... (see `Function::rename_outputs`).
+pub fn trace<F>(name: &str, params: &[(&str, TensorType)], f: F) -> Result<Function, Error>
+where
+    F: FnOnce(&[Tensor]) -> Vec<Tensor>,
+{
+    let state = Rc::new(RefCell::new(TraceState { nodes: Vec::new(), error: None, loc_override: None }));
+    let args: Vec<Tensor> = {
+        let mut st = state.borrow_mut();
+        params
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty))| {
+                st.nodes.push(Node { prim: Prim::Param(i), inputs: vec![], ty: ty.clone(), loc: Loc::caller() });
+                Tensor { id: st.nodes.len() - 1, trace: state.clone() }
+            })
+            .collect()
+    };
+    let outs = f(&args);
+    drop(args);
+    let outputs = outs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if !Rc::ptr_eq(&t.trace, &state) {
+                return Err(Error::Invalid(format!("output {i} of {name} does not belong to its trace")));
+            }
+            Ok(Output { name: format!("out{i}"), id: t.id, sharding: None })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    drop(outs);
+    let mut st = state.borrow_mut();
+    if let Some(e) = st.error.take() {
+        return Err(e);
+    }
+    // Tensors that escaped the closure keep the (now unused) trace alive; nothing else does.
+    let nodes = std::mem::take(&mut st.nodes);
+    drop(st);
+    Ok(Function {
+        name: name.to_string(),
+        params: params
+            .iter()
+            .map(|(n, ty)| Param { name: n.to_string(), ty: ty.clone(), sharding: None, donate: false })
+            .collect(),
+        nodes,
+        outputs,
+        mesh: None,
+    })
+}
