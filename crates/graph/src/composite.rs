@@ -3,6 +3,11 @@
 use crate::trace::Tensor;
 use crate::types::{DType, TensorType};
 
+/// The dtype in which norms, softmax and angles are computed: f32, or f64 for f64 inputs.
+fn wide(d: DType) -> DType {
+    if d == DType::F64 { DType::F64 } else { DType::F32 }
+}
+
 impl Tensor {
     /// Max over `axis` kept as a size-1 dimension, without gradient (for stable exponentials).
     #[track_caller]
@@ -35,16 +40,17 @@ impl Tensor {
     }
 
     /// Gemma's RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * (1 + w), computed in
-    /// f32 and returned in x's dtype. `w` has the size of the last axis.
+    /// f32 (f64 for f64 inputs) and returned in x's dtype. `w` has the size of the last axis.
     #[track_caller]
     pub fn rms_norm(&self, w: &Tensor, eps: f64) -> Tensor {
         let last = self.rank() - 1;
-        let x = self.convert(DType::F32);
+        let wd = wide(self.dtype());
+        let x = self.convert(wd);
         let var = (&x * &x).mean(&[last]);
         let dims = x.dims();
         let kept: Vec<usize> = (0..last).collect();
         let inv = (var + eps).rsqrt().broadcast_in_dim(&dims, &kept);
-        let scale = w.convert(DType::F32) + 1.0;
+        let scale = w.convert(wd) + 1.0;
         (x * inv * scale).convert(self.dtype())
     }
 
@@ -57,16 +63,18 @@ impl Tensor {
     }
 
     /// Rotary position embedding with rotated halves (not interleaved), as Gemma and HF do:
-    /// x [B, T, N, H] at integer positions [B, T]; frequencies theta^(-2i/H), angles in f32.
+    /// x [B, T, N, H] at integer positions [B, T]; frequencies theta^(-2i/H), angles in f32
+    /// (f64 for f64 inputs).
     #[track_caller]
     pub fn rope(&self, positions: &Tensor, theta: f64) -> Tensor {
         let d = self.dims();
         let (b, t, n, h) = (d[0], d[1], d[2], d[3]);
         let half = h / 2;
         let inv_freq: Vec<f64> =
-            (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / h as f64)) as f32 as f64).collect();
-        let freq = self.constant(&TensorType::new(DType::F32, &[half]), inv_freq);
-        let pos = positions.convert(DType::F32);
+            (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / h as f64)).collect();
+        let wd = wide(self.dtype());
+        let freq = self.constant(&TensorType::new(wd, &[half]), inv_freq);
+        let pos = positions.convert(wd);
         let angles = pos.broadcast_in_dim(&[b, t, half], &[0, 1]) * freq.broadcast_in_dim(&[b, t, half], &[2]);
         let shape = [b, t, n, half];
         let cos = angles.cos().convert(self.dtype()).broadcast_in_dim(&shape, &[0, 1, 3]);
@@ -97,19 +105,21 @@ impl Tensor {
         iota.eq(&self.broadcast_in_dim(&dims, &kept)).convert(dtype)
     }
 
-    /// Mean cross-entropy of logits [..., V] against integer labels [...], in f32. With a
+    /// Mean cross-entropy of logits [..., V] against integer labels [...], in f32 (f64 for
+    /// f64 logits). With a
     /// mask [...] (1 = counted), the mean is over the masked positions.
     #[track_caller]
     pub fn cross_entropy(&self, labels: &Tensor, mask: Option<&Tensor>) -> Tensor {
         let last = self.rank() - 1;
-        let logp = self.convert(DType::F32).log_softmax(last);
+        let wd = wide(self.dtype());
+        let logp = self.convert(wd).log_softmax(last);
         let v = self.dims()[last];
-        let picked = (logp * labels.one_hot(v, DType::F32)).sum(&[last]);
+        let picked = (logp * labels.one_hot(v, wd)).sum(&[last]);
         let nll = -picked;
         match mask {
             None => nll.mean(&(0..last).collect::<Vec<_>>()),
             Some(m) => {
-                let m = m.convert(DType::F32);
+                let m = m.convert(wd);
                 (nll * &m).sum_all() / m.sum_all()
             }
         }

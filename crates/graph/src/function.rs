@@ -114,12 +114,16 @@ impl fmt::Display for Function {
             if !live[i] || matches!(node.prim, Prim::Param(_)) {
                 continue;
             }
+            while self.params.iter().any(|p| p.name == var_name(next)) {
+                next += 1;
+            }
             names[i] = var_name(next);
             next += 1;
             let args: Vec<&str> = node.inputs.iter().map(|&j| names[j].as_str()).collect();
             let params = node.prim.params_text();
             let params = if params.is_empty() { String::new() } else { format!("[{params}]") };
-            writeln!(f, "    {}:{} = {}{} {}", names[i], node.ty, node.prim.name(), params, args.join(" "))?;
+            let args = if args.is_empty() { String::new() } else { format!(" {}", args.join(" ")) };
+            writeln!(f, "    {}:{} = {}{}{args}", names[i], node.ty, node.prim.name(), params)?;
         }
         let outs: Vec<String> = self.outputs.iter().map(|o| format!("{}={}", o.name, names[o.id])).collect();
         write!(f, "  in ({}) }}", outs.join(", "))

@@ -77,7 +77,11 @@ impl Tensor {
     #[track_caller]
     pub(crate) fn apply_in(trace: &Rc<RefCell<TraceState>>, prim: Prim, inputs: &[&Tensor]) -> Tensor {
         let mut st = trace.borrow_mut();
-        let loc = st.loc_override.unwrap_or_else(Loc::caller);
+        // Not `unwrap_or_else(Loc::caller)`: a function pointer call would lose #[track_caller].
+        let loc = match st.loc_override {
+            Some(l) => l,
+            None => Loc::caller(),
+        };
         let types: Vec<TensorType> = inputs.iter().map(|t| st.nodes[t.id].ty.clone()).collect();
         let same_trace = inputs.iter().all(|t| Rc::ptr_eq(&t.trace, trace));
         let ty = if !same_trace {

@@ -264,6 +264,9 @@ impl Tensor {
     /// numpy-style broadcast to `dims` (trailing dimensions align).
     #[track_caller]
     pub fn broadcast_to(&self, dims: &[i64]) -> Tensor {
+        if self.dims() == dims {
+            return self.clone();
+        }
         let r = self.rank();
         let offset = dims.len().saturating_sub(r);
         let bd: Vec<usize> = (0..r).map(|i| i + offset).collect();

@@ -1,0 +1,56 @@
+//! graph's composite ops (softmax, log_softmax, rms_norm, gelu, rope, causal mask,
+//! cross-entropy) traced in f64, run on the CPU plugin, and compared with numpy's values
+//! from fixtures/composites.py.
+use anyhow::Result;
+use gemma_xla::{npy, Jit};
+use graph::{DType, Tensor, TensorType};
+use runtime::{Client, HostArray, PluginSpec};
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> HostArray {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/composites").join(format!("{name}.npy"));
+    npy::read(&p).unwrap()
+}
+
+/// Runs `f` on the named fixture inputs and compares output 0 with the fixture `expected`.
+fn check(client: &Client, expected: &str, inputs: &[&str], f: fn(&[Tensor]) -> Tensor) -> Result<()> {
+    let args: Vec<HostArray> = inputs.iter().map(|n| fixture(n)).collect();
+    let jit = Jit::new(expected, client, move |types: &[TensorType]| {
+        let params: Vec<(&str, TensorType)> = inputs.iter().copied().zip(types.iter().cloned()).collect();
+        graph::trace(expected, &params, |a| vec![f(a)])
+    });
+    let got = &jit.call(&args)?[0];
+    let want = fixture(expected);
+    assert_eq!(got.dims(), want.dims(), "{expected}");
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{expected}[{i}]: {a} vs numpy {b}");
+    }
+    Ok(())
+}
+
+#[test]
+fn composites_match_numpy() -> Result<()> {
+    let client = Client::open(&PluginSpec::Cpu, Some(1))?;
+    check(&client, "softmax", &["in_logits"], |a| a[0].softmax(2))?;
+    check(&client, "log_softmax", &["in_logits"], |a| a[0].log_softmax(2))?;
+    check(&client, "rms_norm", &["in_x", "in_w"], |a| a[0].rms_norm(&a[1], 1e-6))?;
+    check(&client, "gelu_tanh", &["in_x"], |a| a[0].gelu_tanh())?;
+    check(&client, "rope", &["in_x", "in_pos"], |a| a[0].rope(&a[1], 10000.0))?;
+    check(&client, "causal_mask", &["in_x"], |a| a[0].causal_mask(3, 5, 2))?;
+    check(&client, "cross_entropy", &["in_logits", "in_labels"], |a| a[0].cross_entropy(&a[1], None))?;
+    check(&client, "cross_entropy_masked", &["in_logits", "in_labels", "in_mask"], |a| {
+        a[0].cross_entropy(&a[1], Some(&a[2]))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn rms_norm_of_bf16_computes_in_f32_and_returns_bf16() -> Result<()> {
+    let f = graph::trace("n", &[("x", TensorType::new(DType::Bf16, &[2, 4])), ("w", TensorType::new(DType::Bf16, &[4]))], |a| {
+        vec![a[0].rms_norm(&a[1], 1e-6)]
+    })?;
+    assert_eq!(f.output_types()[0].dtype, DType::Bf16);
+    assert!(format!("{f}").contains("convert[f32]"));
+    Ok(())
+}
