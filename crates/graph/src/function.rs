@@ -51,6 +51,36 @@ impl Function {
         self.outputs.iter().map(|o| self.nodes[o.id].ty.clone()).collect()
     }
 
+    /// Places the function on a device mesh; shardings of params and outputs name its axes.
+    pub fn with_mesh(mut self, mesh: Mesh) -> Function {
+        self.mesh = Some(mesh);
+        self
+    }
+
+    /// Sets the partition spec of parameter `i` (ignored if out of range).
+    pub fn shard_param(mut self, i: usize, spec: PartitionSpec) -> Function {
+        if let Some(p) = self.params.get_mut(i) {
+            p.sharding = Some(spec);
+        }
+        self
+    }
+
+    /// Sets the partition spec of output `i` (ignored if out of range).
+    pub fn shard_output(mut self, i: usize, spec: PartitionSpec) -> Function {
+        if let Some(o) = self.outputs.get_mut(i) {
+            o.sharding = Some(spec);
+        }
+        self
+    }
+
+    /// Marks parameter `i` as donatable (`jax.buffer_donor`).
+    pub fn donate_param(mut self, i: usize) -> Function {
+        if let Some(p) = self.params.get_mut(i) {
+            p.donate = true;
+        }
+        self
+    }
+
     /// Renames the outputs in order (extra names are ignored).
     pub fn rename_outputs(mut self, names: &[&str]) -> Function {
         for (o, n) in self.outputs.iter_mut().zip(names) {
