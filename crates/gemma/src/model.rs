@@ -101,7 +101,7 @@ pub fn forward(cfg: &Config, p: &Params, tokens: &Tensor, attention_mask: Option
     Trace { embeddings, attention, mlp, final_norm, logits }
 }
 
-/// Causal self-attention of layer `i` with grouped KV heads; softmax in f32.
+/// Causal self-attention of layer `i` with grouped KV heads; softmax in f32 (f64 for f64).
 fn attend(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, allowed: &Tensor) -> Tensor {
     let (b, t) = (x.dims()[0], x.dims()[1]);
     let (n, k, h) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
@@ -113,7 +113,8 @@ fn attend(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, al
     let q = q.reshape(&[b, t, k, g, h]);
     // scores [B, K, T, G, S]
     let scores = q.dot_general(&kk, &DotDims { lhs_batch: vec![0, 2], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![3] });
-    let scores = scores.convert(DType::F32) * (h as f64).powf(-0.5);
+    let wide = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let scores = scores.convert(wide) * (h as f64).powf(-0.5);
     let shape = [b, k, t, g, t];
     let mask = allowed.broadcast_in_dim(&shape, &[0, 2, 4]);
     let lowest = scores.full_like(f32::MIN as f64);
@@ -125,14 +126,14 @@ fn attend(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, al
 }
 
 /// Mean next-token cross-entropy of logits[:, :-1] against tokens[:, 1:] (what transformers
-/// computes with labels=input_ids), in f32; `loss_mask` [B, T] weights the target tokens.
+/// computes with labels=input_ids), in f32 (f64 for f64 logits); `loss_mask` [B, T] weights the target tokens.
 pub fn loss(logits: &Tensor, tokens: &Tensor, loss_mask: Option<&Tensor>) -> Tensor {
     let d = logits.dims();
     let (b, t, v) = (d[0], d[1], d[2]);
     let pred = logits.slice(&[0, 0, 0], &[b, t - 1, v], &[1, 1, 1]);
     let target = tokens.slice(&[0, 1], &[b, t], &[1, 1]);
     let mask = loss_mask.map(|m| m.slice(&[0, 1], &[b, t], &[1, 1]));
-    pred.convert(DType::F32).cross_entropy(&target, mask.as_ref())
+    pred.cross_entropy(&target, mask.as_ref())
 }
 
 /// Traces `loss(forward(params, tokens))` with parameters first, then tokens [B, T] (s32).
@@ -144,7 +145,8 @@ pub fn trace_loss(cfg: &Config, dtype: DType, batch: i64, seq: i64) -> Result<gr
     graph::trace("gemma_loss", &named, |a| {
         let p = Params::new(&params[..n], &a[..n]);
         let out = forward(cfg, &p, &a[n], None);
-        vec![loss(&out.logits, &a[n], None), out.logits.convert(DType::F32)]
+        let wide = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        vec![loss(&out.logits, &a[n], None), out.logits.convert(wide)]
     })
     .map(|f| f.rename_outputs(&["loss", "logits"]))
 }
