@@ -3,7 +3,7 @@
 //! input types is traced, lowered and compiled once, and later calls reuse the executable.
 use anyhow::{anyhow, Context, Result};
 use graph::{DType, Function, TensorType};
-use runtime::{Client, CompileOptions, ElementType, Executable, HostArray, Program};
+use runtime::{AsHostView, Client, CompileOptions, ElementType, Executable, HostArray, Program};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -36,9 +36,10 @@ pub fn dtype_of(e: ElementType) -> Option<DType> {
     })
 }
 
-fn type_of(a: &HostArray) -> Result<TensorType> {
-    let dtype = dtype_of(a.dtype()).ok_or_else(|| anyhow!("arrays of {} are not supported by graph", a.dtype()))?;
-    Ok(TensorType::new(dtype, a.dims()))
+fn type_of<A: AsHostView>(a: &A) -> Result<TensorType> {
+    let v = a.host_view();
+    let dtype = dtype_of(v.dtype).ok_or_else(|| anyhow!("arrays of {} are not supported by graph", v.dtype))?;
+    Ok(TensorType::new(dtype, v.dims))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,7 +77,7 @@ where
     }
 
     /// Runs on whole host arrays, compiling on the first call for these input types.
-    pub fn call(&self, args: &[HostArray]) -> Result<Vec<HostArray>> {
+    pub fn call<A: AsHostView>(&self, args: &[A]) -> Result<Vec<HostArray>> {
         let key: Vec<TensorType> = args.iter().map(type_of).collect::<Result<_>>()?;
         let mut stats = self.stats.get();
         if !self.cache.borrow().contains_key(&key) {
@@ -101,13 +102,13 @@ where
     }
 
     /// The traced function used for these arguments, if compiled already.
-    pub fn function_for(&self, args: &[HostArray]) -> Option<Function> {
+    pub fn function_for<A: AsHostView>(&self, args: &[A]) -> Option<Function> {
         let key: Vec<TensorType> = args.iter().map(type_of).collect::<Result<_>>().ok()?;
         self.cache.borrow().get(&key).map(|e| e.function.clone())
     }
 
     /// Why a call with `args` would miss the cache (None: it would hit).
-    pub fn explain_miss(&self, args: &[HostArray]) -> Option<String> {
+    pub fn explain_miss<A: AsHostView>(&self, args: &[A]) -> Option<String> {
         let key: Vec<TensorType> = match args.iter().map(type_of).collect::<Result<_>>() {
             Ok(k) => k,
             Err(e) => return Some(e.to_string()),

@@ -2,6 +2,7 @@
 //! programs, and move arrays between files and devices.
 #![forbid(unsafe_code)]
 
+mod forward;
 mod run;
 
 use anyhow::Result;
@@ -36,6 +37,8 @@ enum Command {
     },
     /// Run a StableHLO (.mlir, .mlirbc) or HloModuleProto (.pb) program on .npy arguments.
     Run(run::RunArgs),
+    /// Logits, loss and (--grads) gradients of an HF Gemma checkpoint on a token file.
+    Forward(forward::ForwardArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Devices { plugin } => devices(&plugin),
         Command::Run(args) => run::run(&args),
+        Command::Forward(args) => forward::forward(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,11 +2,13 @@
 //! of traced parameters, and the loss. Knows nothing of PJRT.
 #![forbid(unsafe_code)]
 
+mod checkpoint;
 mod config;
 mod model;
 
+pub use checkpoint::{save_safetensors, write_atomic, Checkpoint, SaveTensor, TensorRef};
 pub use config::Config;
-pub use model::{forward, loss, param_shapes, param_types, trace_loss, Params, Trace};
+pub use model::{forward, loss, param_shapes, param_types, trace_loss, trace_model, Params, Trace};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -14,10 +16,18 @@ pub enum Error {
     Config { path: String, message: String },
     #[error("{path}: {message}")]
     Io { path: String, message: String },
+    #[error("{path}: {message}")]
+    Checkpoint { path: String, message: String },
+    #[error("{dir}: {problem} tensors: {}", names.join(", "))]
+    Tensors { dir: String, problem: String, names: Vec<String> },
 }
 
 impl Error {
     pub(crate) fn io(path: &std::path::Path, e: std::io::Error) -> Error {
         Error::Io { path: path.display().to_string(), message: e.to_string() }
+    }
+
+    pub(crate) fn checkpoint(path: &std::path::Path, message: String) -> Error {
+        Error::Checkpoint { path: path.display().to_string(), message }
     }
 }

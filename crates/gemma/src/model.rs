@@ -137,16 +137,38 @@ pub fn loss(logits: &Tensor, tokens: &Tensor, loss_mask: Option<&Tensor>) -> Ten
 }
 
 /// Traces `loss(forward(params, tokens))` with parameters first, then tokens [B, T] (s32).
-pub fn trace_loss(cfg: &Config, dtype: DType, batch: i64, seq: i64) -> Result<graph::Function, graph::Error> {
+/// Outputs: `loss`, `logits` (f32, or f64 for f64 models) and, with `layers`, the
+/// intermediates `layer.embeddings`, `layer.<i>.attention`, `layer.<i>.mlp`, `layer.final_norm`.
+pub fn trace_model(cfg: &Config, dtype: DType, batch: i64, seq: i64, layers: bool) -> Result<graph::Function, graph::Error> {
     let mut params = param_types(cfg, dtype);
     params.push(("tokens".into(), TensorType::new(DType::S32, &[batch, seq])));
     let named: Vec<(&str, TensorType)> = params.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let n = params.len() - 1;
-    graph::trace("gemma_loss", &named, |a| {
+    let wide = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+    let mut names = vec!["loss".to_string(), "logits".to_string()];
+    let f = graph::trace("gemma", &named, |a| {
         let p = Params::new(&params[..n], &a[..n]);
         let out = forward(cfg, &p, &a[n], None);
-        let wide = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
-        vec![loss(&out.logits, &a[n], None), out.logits.convert(wide)]
-    })
-    .map(|f| f.rename_outputs(&["loss", "logits"]))
+        let mut outs = vec![loss(&out.logits, &a[n], None), out.logits.convert(wide)];
+        if layers {
+            names.push("layer.embeddings".into());
+            outs.push(out.embeddings.convert(wide));
+            for (i, (att, mlp)) in out.attention.iter().zip(&out.mlp).enumerate() {
+                names.push(format!("layer.{i}.attention"));
+                outs.push(att.convert(wide));
+                names.push(format!("layer.{i}.mlp"));
+                outs.push(mlp.convert(wide));
+            }
+            names.push("layer.final_norm".into());
+            outs.push(out.final_norm.convert(wide));
+        }
+        outs
+    })?;
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    Ok(f.rename_outputs(&refs))
+}
+
+/// `trace_model` without the per-layer outputs.
+pub fn trace_loss(cfg: &Config, dtype: DType, batch: i64, seq: i64) -> Result<graph::Function, graph::Error> {
+    trace_model(cfg, dtype, batch, seq, false)
 }

@@ -3,7 +3,7 @@
 use crate::discovery::PluginSpec;
 use crate::error::{Error, Result};
 use crate::executable::Executable;
-use crate::host::HostArray;
+use crate::host::{AsHostView, HostArray};
 use crate::options::CompileOptions;
 use crate::program::Program;
 use std::path::{Path, PathBuf};
@@ -94,9 +94,10 @@ impl Client {
         Executable::new(exe, program)
     }
 
-    /// Copies `array` to `device`.
-    pub fn upload(&self, array: &HostArray, device: &Device) -> Result<Buffer> {
-        Ok(self.inner.buffer_from_host(array.bytes(), array.dtype(), array.dims(), device)?)
+    /// Copies `array` (a `HostArray` or a borrowed `HostView`) to `device`.
+    pub fn upload(&self, array: &impl AsHostView, device: &Device) -> Result<Buffer> {
+        let v = array.host_view();
+        Ok(self.inner.buffer_from_host(v.bytes, v.dtype, v.dims, device)?)
     }
 }
 

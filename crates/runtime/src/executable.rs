@@ -3,7 +3,7 @@
 //! replicated), executes, and assembles each output back into a whole array.
 use crate::client::download;
 use crate::error::{Error, Result};
-use crate::host::HostArray;
+use crate::host::{AsHostView, HostArray};
 use crate::program::{Program, TensorType};
 use sharding::{assemble, shard_of, OpSharding, Tiling};
 use xla_sys::{Buffer, Device, LoadedExecutable};
@@ -87,7 +87,7 @@ impl Executable {
     }
 
     /// Checks whole host arguments against the program's parameter types (when known).
-    pub fn check_args(&self, args: &[HostArray]) -> Result<()> {
+    pub fn check_args<A: AsHostView>(&self, args: &[A]) -> Result<()> {
         let Some(params) = &self.params else { return Ok(()) };
         if params.len() != args.len() {
             return Err(Error::Argument(format!(
@@ -97,7 +97,8 @@ impl Executable {
             )));
         }
         for (i, (p, a)) in params.iter().zip(args).enumerate() {
-            if p.dtype != a.dtype() || p.dims != a.dims() {
+            let a = a.host_view();
+            if p.dtype != a.dtype || p.dims != a.dims {
                 return Err(Error::Argument(format!(
                     "argument {i}: the program expects {p}, got {}",
                     a.type_string()
@@ -114,22 +115,25 @@ impl Executable {
     }
 
     /// Runs on whole host arrays and returns whole outputs with their shards.
-    pub fn run_sharded(&self, client: &crate::Client, args: &[HostArray]) -> Result<Vec<ShardedOutput>> {
+    pub fn run_sharded<A: AsHostView>(&self, client: &crate::Client, args: &[A]) -> Result<Vec<ShardedOutput>> {
         self.check_args(args)?;
         let n = self.devices.len();
         // buffers[d][i]: argument i's piece for device d.
         let mut buffers: Vec<Vec<Buffer>> = (0..n).map(|_| Vec::new()).collect();
         for (i, arg) in args.iter().enumerate() {
+            let arg = arg.host_view();
             let sharding = self.param_shardings.as_ref().and_then(|s| s.get(i));
-            let (_, tiling) = self.tiling(sharding, arg.dims())?;
-            let elem = arg.dtype().size_bytes();
+            let (_, tiling) = self.tiling(sharding, arg.dims)?;
+            let elem = arg.dtype.size_bytes();
             for (d, device) in self.devices.iter().enumerate() {
-                let piece = if tiling.shard_shape == arg.dims() {
-                    arg.clone()
+                // Whole (replicated) arguments go up straight from the caller's bytes.
+                let buffer = if tiling.shard_shape == arg.dims {
+                    client.upload(&arg, device)?
                 } else {
-                    HostArray::from_bytes(arg.dtype(), &tiling.shard_shape, shard_of(arg.bytes(), elem, &tiling, d))?
+                    let piece = HostArray::from_bytes(arg.dtype, &tiling.shard_shape, shard_of(arg.bytes, elem, &tiling, d))?;
+                    client.upload(&piece, device)?
                 };
-                buffers[d].push(client.upload(&piece, device)?);
+                buffers[d].push(buffer);
             }
         }
         let refs: Vec<Vec<&Buffer>> = buffers.iter().map(|l| l.iter().collect()).collect();
@@ -151,7 +155,7 @@ impl Executable {
     }
 
     /// Runs on whole host arrays and returns whole outputs.
-    pub fn run(&self, client: &crate::Client, args: &[HostArray]) -> Result<Vec<HostArray>> {
+    pub fn run<A: AsHostView>(&self, client: &crate::Client, args: &[A]) -> Result<Vec<HostArray>> {
         Ok(self.run_sharded(client, args)?.into_iter().map(|o| o.array).collect())
     }
 

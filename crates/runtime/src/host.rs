@@ -38,6 +38,55 @@ impl Element for bool {
     }
 }
 
+/// A borrowed dense row-major array (e.g. a tensor inside a memory-mapped checkpoint).
+#[derive(Clone, Copy, Debug)]
+pub struct HostView<'a> {
+    pub dtype: ElementType,
+    pub dims: &'a [i64],
+    pub bytes: &'a [u8],
+}
+
+impl HostView<'_> {
+    /// A copy converted to another float type (f16, bf16, f32, f64), rounding to nearest.
+    pub fn convert_float(&self, to: ElementType) -> Result<HostArray> {
+        let owned = HostArray::from_bytes(self.dtype, self.dims, self.bytes.to_vec())?;
+        if !matches!(self.dtype, ElementType::F16 | ElementType::Bf16 | ElementType::F32 | ElementType::F64) {
+            return Err(Error::Argument(format!("cannot convert {} to {to}: not a float", self.dtype)));
+        }
+        let v = owned.to_f64_vec();
+        match to {
+            ElementType::F64 => HostArray::from_vec(self.dims, v),
+            ElementType::F32 => HostArray::from_vec(self.dims, v.into_iter().map(|x| x as f32).collect()),
+            ElementType::Bf16 => HostArray::from_vec(self.dims, v.into_iter().map(bf16::from_f64).collect()),
+            ElementType::F16 => HostArray::from_vec(self.dims, v.into_iter().map(f16::from_f64).collect()),
+            other => Err(Error::Argument(format!("cannot convert {} to {other}: not a float", self.dtype))),
+        }
+    }
+
+    /// `f32[4,2]`
+    pub fn type_string(&self) -> String {
+        let dims: Vec<String> = self.dims.iter().map(|d| d.to_string()).collect();
+        format!("{}[{}]", self.dtype, dims.join(","))
+    }
+}
+
+/// Anything that can be read as a host array without copying.
+pub trait AsHostView {
+    fn host_view(&self) -> HostView<'_>;
+}
+
+impl AsHostView for HostView<'_> {
+    fn host_view(&self) -> HostView<'_> {
+        *self
+    }
+}
+
+impl AsHostView for HostArray {
+    fn host_view(&self) -> HostView<'_> {
+        HostView { dtype: self.dtype, dims: &self.dims, bytes: &self.data }
+    }
+}
+
 /// A dense row-major array in host memory.
 #[derive(Clone, PartialEq)]
 pub struct HostArray {

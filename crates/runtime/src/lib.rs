@@ -15,7 +15,7 @@ pub use client::{download, Client, PluginInfo};
 pub use discovery::PluginSpec;
 pub use error::{Error, Result};
 pub use executable::{Executable, ShardedOutput};
-pub use host::{Element, HostArray};
+pub use host::{AsHostView, Element, HostArray, HostView};
 pub use options::{CompileOptions, Partitioner};
 pub use program::{parse_tensor_type, Program, ProgramFormat, TensorType};
 pub use sharding::OpSharding;

@@ -11,6 +11,7 @@ mod buffer;
 mod client;
 mod error;
 mod executable;
+pub mod mmap;
 
 pub use api::{Api, NamedValue, BINDINGS_MINOR, MIN_PLUGIN_MINOR};
 pub use buffer::{Buffer, ElementType};

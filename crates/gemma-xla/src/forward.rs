@@ -1,0 +1,131 @@
+//! `gemma-xla forward`: logits, loss and (with --grads) the gradient of every checkpoint
+//! tensor for a token file, from an HF Gemma checkpoint, written to one safetensors file.
+use crate::PluginArgs;
+use anyhow::{bail, Context, Result};
+use gemma::{Checkpoint, Config, SaveTensor};
+use gemma_xla::{element_type, npy, Jit};
+use graph::{DType, TensorType};
+use runtime::{AsHostView, ElementType, HostArray, HostView};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct ForwardArgs {
+    /// HF model directory: config.json and model.safetensors (or shards + index)
+    #[arg(long)]
+    model: PathBuf,
+    /// Token ids, int32 or int64 [batch, seq]
+    #[arg(long)]
+    tokens: PathBuf,
+    /// Output safetensors: logits, loss and, with --grads, grad.<name>
+    #[arg(long)]
+    out: PathBuf,
+    /// Also compute the gradient of the loss for every checkpoint tensor
+    #[arg(long)]
+    grads: bool,
+    /// Also write per-layer values: layer.embeddings, layer.<i>.attention, layer.<i>.mlp, layer.final_norm
+    #[arg(long)]
+    layers: bool,
+    /// Compute dtype: f32, or bf16 (norms, softmax and loss stay f32)
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
+    #[command(flatten)]
+    plugin: PluginArgs,
+}
+
+/// Token ids as s32 [B, T], each checked against the vocabulary.
+fn read_tokens(path: &Path, vocab: i64) -> Result<HostArray> {
+    let t = npy::read(path)?;
+    let ids: Vec<i64> = match t.dtype() {
+        ElementType::S32 => t.to_vec::<i32>()?.into_iter().map(i64::from).collect(),
+        ElementType::S64 => t.to_vec::<i64>()?,
+        other => bail!("{}: token ids must be int32 or int64, got {other}", path.display()),
+    };
+    let dims = t.dims();
+    if dims.len() != 2 {
+        bail!("{}: tokens must be [batch, seq], got shape {dims:?}", path.display());
+    }
+    if ids.is_empty() {
+        bail!("{}: the token file is empty (shape {dims:?})", path.display());
+    }
+    if dims[1] < 2 {
+        bail!("{}: each row needs at least 2 tokens for a next-token loss, got {}", path.display(), dims[1]);
+    }
+    if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id < 0 || id >= vocab) {
+        let (row, col) = (i as i64 / dims[1], i as i64 % dims[1]);
+        bail!("{}: token [{row}, {col}] = {id} is outside the vocabulary [0, {vocab})", path.display());
+    }
+    Ok(HostArray::from_vec(dims, ids.into_iter().map(|id| id as i32).collect())?)
+}
+
+pub fn forward(a: &ForwardArgs) -> Result<()> {
+    let config_path = a.model.join("config.json");
+    if !config_path.is_file() {
+        bail!("{}: no config.json in the model directory", a.model.display());
+    }
+    let cfg = Config::from_json_file(&config_path)?;
+    let ck = Checkpoint::open(&a.model)?;
+    ck.validate(&cfg)?;
+    let tokens = read_tokens(&a.tokens, cfg.vocab_size)?;
+    let (batch, seq) = (tokens.dims()[0], tokens.dims()[1]);
+    let dtype = if a.dtype == "bf16" { DType::Bf16 } else { DType::F32 };
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!("cannot write {}: directory {} does not exist", a.out.display(), parent.display());
+        }
+    }
+
+    // Parameters straight from the mapped checkpoint where the dtype matches, else converted.
+    let shapes = gemma::param_shapes(&cfg);
+    let mut converted: Vec<Option<HostArray>> = Vec::new();
+    for (name, _) in &shapes {
+        let t = ck.get(name).expect("internal: validated");
+        let view = HostView { dtype: element_type(t.dtype), dims: t.shape, bytes: t.bytes };
+        converted.push(if t.dtype == dtype { None } else { Some(view.convert_float(element_type(dtype))?) });
+    }
+    let mut args: Vec<HostView> = shapes
+        .iter()
+        .zip(&converted)
+        .map(|((name, _), c)| match c {
+            Some(h) => h.host_view(),
+            None => {
+                let t = ck.get(name).expect("internal: validated");
+                HostView { dtype: element_type(t.dtype), dims: t.shape, bytes: t.bytes }
+            }
+        })
+        .collect();
+    args.push(tokens.host_view());
+
+    let client = a.plugin.open(Some(1))?;
+    let n = shapes.len();
+    let (grads, layers) = (a.grads, a.layers);
+    let jit = Jit::new("gemma_forward", &client, |_: &[TensorType]| {
+        let f = gemma::trace_model(&cfg, dtype, batch, seq, layers)?;
+        if grads { graph::value_and_grad(&f, &(0..n).collect::<Vec<_>>()) } else { Ok(f) }
+    });
+    let outputs = jit.call(&args)?;
+    let function = jit.function_for(&args).expect("internal: just compiled");
+
+    let mut saved: Vec<(String, HostArray)> = Vec::new();
+    for (o, value) in function.outputs.iter().zip(outputs) {
+        let name = match o.name.strip_prefix("grad_") {
+            Some(param) => format!("grad.{param}"),
+            None => o.name.clone(),
+        };
+        let f32s = if value.dtype() == ElementType::F32 { value } else { value.host_view().convert_float(ElementType::F32)? };
+        saved.push((name, f32s));
+    }
+    let tensors: Vec<SaveTensor> = saved
+        .iter()
+        .map(|(name, v)| SaveTensor { name: name.clone(), dtype: DType::F32, shape: v.dims().to_vec(), bytes: v.bytes() })
+        .collect();
+    gemma::save_safetensors(&a.out, &tensors).with_context(|| format!("cannot write {}", a.out.display()))?;
+    let loss = saved.iter().find(|(n, _)| n == "loss").map(|(_, v)| v.to_f64_vec()[0]).unwrap_or(f64::NAN);
+    println!(
+        "{}: {} layers, tokens [{batch}, {seq}], {dtype} compute: loss {loss:.6}; wrote {} tensors to {}",
+        a.model.display(),
+        cfg.num_hidden_layers,
+        tensors.len(),
+        a.out.display()
+    );
+    Ok(())
+}

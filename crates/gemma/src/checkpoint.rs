@@ -1,0 +1,243 @@
+//! HF-layout safetensors checkpoints: `model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`. Files are memory-mapped and tensors are handed out as
+//! borrowed byte slices, so loading copies nothing. Saving writes a temporary file, fsyncs
+//! it and renames it into place.
+use crate::config::Config;
+use crate::model::param_shapes;
+use crate::Error;
+use graph::DType;
+use safetensors::Dtype;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use xla_sys::mmap::MappedFile;
+
+/// A tensor of a checkpoint, borrowed from its mapped file.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorRef<'a> {
+    pub dtype: DType,
+    pub shape: &'a [i64],
+    /// Little-endian, row-major.
+    pub bytes: &'a [u8],
+}
+
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<i64>,
+    range: Range<usize>,
+}
+
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<(PathBuf, MappedFile)>,
+    tensors: BTreeMap<String, Entry>,
+}
+
+fn dtype_of(d: Dtype) -> Option<DType> {
+    Some(match d {
+        Dtype::F32 => DType::F32,
+        Dtype::BF16 => DType::Bf16,
+        Dtype::F16 => DType::F16,
+        Dtype::F64 => DType::F64,
+        _ => return None,
+    })
+}
+
+fn st_dtype(d: DType) -> Option<Dtype> {
+    Some(match d {
+        DType::F32 => Dtype::F32,
+        DType::Bf16 => Dtype::BF16,
+        DType::F16 => Dtype::F16,
+        DType::F64 => Dtype::F64,
+        DType::S32 => Dtype::I32,
+        DType::S64 => Dtype::I64,
+        _ => return None,
+    })
+}
+
+const INDEX: &str = "model.safetensors.index.json";
+const SINGLE: &str = "model.safetensors";
+
+impl Checkpoint {
+    /// Opens the checkpoint in an HF model directory.
+    pub fn open(dir: &Path) -> Result<Checkpoint, Error> {
+        let mut ck = Checkpoint { dir: dir.to_path_buf(), files: Vec::new(), tensors: BTreeMap::new() };
+        let index = dir.join(INDEX);
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::checkpoint(&index, e.to_string()))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::checkpoint(&index, "no \"weight_map\" object".into()))?;
+            let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for (name, file) in map {
+                let file = file.as_str().ok_or_else(|| Error::checkpoint(&index, format!("{name}: file is not a string")))?;
+                if file.contains('/') || file.contains("..") {
+                    return Err(Error::checkpoint(&index, format!("{name}: file {file:?} is outside the directory")));
+                }
+                wanted.entry(file.to_string()).or_default().insert(name.clone());
+            }
+            for (file, names) in wanted {
+                let path = dir.join(&file);
+                let found = ck.add_file(&path)?;
+                if let Some(missing) = names.iter().find(|n| !found.contains(*n)) {
+                    return Err(Error::checkpoint(&path, format!("{INDEX} lists tensor {missing} in this file, but it is not there")));
+                }
+            }
+        } else if dir.join(SINGLE).is_file() {
+            ck.add_file(&dir.join(SINGLE))?;
+        } else if !dir.is_dir() {
+            return Err(Error::Checkpoint { path: dir.display().to_string(), message: "no such directory".into() });
+        } else {
+            return Err(Error::Checkpoint {
+                path: dir.display().to_string(),
+                message: format!("neither {SINGLE} nor {INDEX} is in this directory"),
+            });
+        }
+        Ok(ck)
+    }
+
+    /// Maps one safetensors file and records its tensors; returns their names.
+    fn add_file(&mut self, path: &Path) -> Result<Vec<String>, Error> {
+        let map = MappedFile::open(path).map_err(|e| Error::io(path, e))?;
+        let (header_len, meta) =
+            safetensors::SafeTensors::read_metadata(map.bytes()).map_err(|e| Error::checkpoint(path, format!("bad safetensors header: {e}")))?;
+        let data_start = 8 + header_len;
+        let file = self.files.len();
+        let mut names = Vec::new();
+        for (name, info) in meta.tensors() {
+            let dtype = dtype_of(info.dtype)
+                .ok_or_else(|| Error::checkpoint(path, format!("tensor {name} has dtype {:?}; expected F32, BF16, F16 or F64", info.dtype)))?;
+            let (a, b) = info.data_offsets;
+            if data_start + b > map.bytes().len() {
+                return Err(Error::checkpoint(path, format!("tensor {name} extends past the end of the file (truncated?)")));
+            }
+            if self.tensors.contains_key(&name) {
+                return Err(Error::checkpoint(path, format!("tensor {name} appears in more than one file")));
+            }
+            let shape = info.shape.iter().map(|&d| d as i64).collect();
+            self.tensors.insert(name.clone(), Entry { file, dtype, shape, range: data_start + a..data_start + b });
+            names.push(name);
+        }
+        self.files.push((path.to_path_buf(), map));
+        Ok(names)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
+        self.tensors.get(name).map(|e| TensorRef {
+            dtype: e.dtype,
+            shape: &e.shape,
+            bytes: &self.files[e.file].1.bytes()[e.range.clone()],
+        })
+    }
+
+    fn file_of(&self, name: &str) -> String {
+        self.tensors.get(name).map(|e| self.files[e.file].0.display().to_string()).unwrap_or_default()
+    }
+
+    /// Checks the tensors against what `cfg` needs: every tensor present, none unexpected,
+    /// every shape right. A `lm_head.weight` is accepted only if it equals the (tied)
+    /// input embedding.
+    pub fn validate(&self, cfg: &Config) -> Result<(), Error> {
+        let want = param_shapes(cfg);
+        let missing: Vec<String> = want.iter().filter(|(n, _)| !self.tensors.contains_key(n)).map(|(n, _)| n.clone()).collect();
+        if !missing.is_empty() {
+            return Err(Error::Tensors { dir: self.dir.display().to_string(), problem: "missing".into(), names: missing });
+        }
+        let known: BTreeSet<&str> = want.iter().map(|(n, _)| n.as_str()).collect();
+        let mut unexpected: Vec<String> = self.names().filter(|n| !known.contains(n)).map(String::from).collect();
+        if unexpected == ["lm_head.weight"] {
+            let (lm, emb) = (self.get("lm_head.weight"), self.get("model.embed_tokens.weight"));
+            if let (Some(lm), Some(emb)) = (lm, emb) {
+                if lm.bytes == emb.bytes && lm.shape == emb.shape {
+                    unexpected.clear();
+                }
+            }
+        }
+        if !unexpected.is_empty() {
+            return Err(Error::Tensors { dir: self.dir.display().to_string(), problem: "unexpected".into(), names: unexpected });
+        }
+        for (name, shape) in &want {
+            let t = self.get(name).expect("internal: checked above");
+            if t.shape != shape.as_slice() {
+                return Err(Error::checkpoint(
+                    Path::new(&self.file_of(name)),
+                    format!("tensor {name} has shape {:?}, but the config needs {shape:?}", t.shape),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tensor to save.
+pub struct SaveTensor<'a> {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<i64>,
+    pub bytes: &'a [u8],
+}
+
+struct ShapedView<'a> {
+    t: &'a SaveTensor<'a>,
+    shape: Vec<usize>,
+}
+
+impl safetensors::View for &ShapedView<'_> {
+    fn dtype(&self) -> Dtype {
+        st_dtype(self.t.dtype).expect("internal: checked in save")
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self.t.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.t.bytes.len()
+    }
+}
+
+/// Writes `tensors` as a safetensors file at `path`, atomically (temp file, fsync, rename).
+pub fn save_safetensors(path: &Path, tensors: &[SaveTensor]) -> Result<(), Error> {
+    for t in tensors {
+        if st_dtype(t.dtype).is_none() {
+            return Err(Error::checkpoint(path, format!("cannot save tensor {} of dtype {}", t.name, t.dtype)));
+        }
+    }
+    let views: Vec<ShapedView> =
+        tensors.iter().map(|t| ShapedView { t, shape: t.shape.iter().map(|&d| d as usize).collect() }).collect();
+    let bytes = safetensors::serialize(views.iter().map(|v| (v.t.name.clone(), v)), None)
+        .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes bytes to `path` via a temporary file in the same directory, fsync and rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
