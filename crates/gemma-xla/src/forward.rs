@@ -25,6 +25,10 @@ pub struct ForwardArgs {
     /// Also write per-layer values: layer.embeddings, layer.<i>.attention, layer.<i>.mlp, layer.final_norm
     #[arg(long)]
     layers: bool,
+    /// Padding mask, int [batch, seq], nonzero = real token: padded keys are hidden from
+    /// attention and padded targets left out of the loss
+    #[arg(long, value_name = "MASK.npy")]
+    mask: Option<PathBuf>,
     /// Compute dtype: f32, or bf16 (norms, softmax and loss stay f32)
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
@@ -55,6 +59,19 @@ fn read_tokens(path: &Path, vocab: i64) -> Result<HostArray> {
         bail!("{}: token [{row}, {col}] = {id} is outside the vocabulary [0, {vocab})", path.display());
     }
     Ok(HostArray::from_vec(dims, ids.into_iter().map(|id| id as i32).collect())?)
+}
+
+/// A 0/1 padding mask as s32 of the tokens' shape.
+fn read_mask(path: &Path, dims: &[i64]) -> Result<HostArray> {
+    let m = npy::read(path)?;
+    if m.dims() != dims {
+        bail!("{}: the mask has shape {:?} but the tokens have {dims:?}", path.display(), m.dims());
+    }
+    let values = m.to_f64_vec();
+    if values.iter().all(|&v| v == 0.0) {
+        bail!("{}: the mask hides every token", path.display());
+    }
+    Ok(HostArray::from_vec(dims, values.into_iter().map(|v| (v != 0.0) as i32).collect())?)
 }
 
 pub fn forward(a: &ForwardArgs) -> Result<()> {
@@ -94,12 +111,17 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
         })
         .collect();
     args.push(tokens.host_view());
+    let mask = a.mask.as_deref().map(|p| read_mask(p, tokens.dims())).transpose()?;
+    if let Some(m) = &mask {
+        args.push(m.host_view());
+    }
 
     let client = a.plugin.open(Some(1))?;
     let n = shapes.len();
-    let (grads, layers) = (a.grads, a.layers);
+    let grads = a.grads;
+    let opts = gemma::ModelOptions { layers: a.layers, mask: mask.is_some() };
     let jit = Jit::new("gemma_forward", &client, |_: &[TensorType]| {
-        let f = gemma::trace_model(&cfg, dtype, batch, seq, layers)?;
+        let f = gemma::trace_model(&cfg, dtype, batch, seq, opts)?;
         if grads { graph::value_and_grad(&f, &(0..n).collect::<Vec<_>>()) } else { Ok(f) }
     });
     let outputs = jit.call(&args)?;

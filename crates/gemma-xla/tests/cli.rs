@@ -227,3 +227,37 @@ fn text_bytecode_and_hlo_proto_programs_give_jax_numbers() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+#[test]
+fn without_pip_the_error_gives_the_command_to_run() {
+    let cache = scratch("nopip");
+    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+        .args(["devices"])
+        .env("GEMMA_XLA_CACHE", &cache)
+        .env("PYTHON", "/nonexistent/python3")
+        .env_remove("GEMMA_XLA_PLUGIN")
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot install the CPU PJRT plugin: pip is not available"), "{err}");
+    let dest = cache.join("plugins/lammps-jax-pjrt-cpu-0.11.2");
+    assert!(
+        err.contains(&format!("python3 -m pip install --no-deps --target {} lammps-jax-pjrt-cpu==0.11.2", dest.display())),
+        "{err}"
+    );
+    assert!(!dest.exists(), "nothing half-installed is left where the plugin is looked for");
+    std::fs::remove_dir_all(cache).unwrap();
+}
+
+#[test]
+fn the_plugin_environment_variable_is_honoured() {
+    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+        .args(["devices"])
+        .env("GEMMA_XLA_PLUGIN", "/nonexistent/from-env.so")
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("PJRT plugin file /nonexistent/from-env.so does not exist"), "{err}");
+}

@@ -225,3 +225,29 @@ fn write_i64_npy(path: &Path, shape: &[usize], values: &[i64]) {
     }
     std::fs::write(path, bytes).unwrap();
 }
+
+#[test]
+fn a_padding_mask_gives_the_numbers_of_the_unpadded_sequence() {
+    // Row 0 of mqa's tokens, padded at the end: the loss over the 5 real tokens must equal
+    // the loss of the 5-token sequence, and so must their logits.
+    let tmp = scratch("mask");
+    let dir = fixtures().join("mqa");
+    let row = [2i64, 27, 15, 13, 31, 30, 2];
+    write_i64_npy(&tmp.join("padded.npy"), &[1, 7], &row);
+    write_i64_npy(&tmp.join("mask.npy"), &[1, 7], &[1, 1, 1, 1, 1, 0, 0]);
+    write_i64_npy(&tmp.join("short.npy"), &[1, 5], &row[..5]);
+    let mask = tmp.join("mask.npy");
+    let (ok, _, err) = forward(&dir, &tmp.join("padded.npy"), &tmp.join("p.safetensors"), &["--mask", mask.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = forward(&dir, &tmp.join("short.npy"), &tmp.join("s.safetensors"), &[]);
+    assert!(ok, "{err}");
+    let (p, s) = (load(&tmp.join("p.safetensors")), load(&tmp.join("s.safetensors")));
+    assert!((p["loss"].1[0] - s["loss"].1[0]).abs() < 1e-6, "{} vs {}", p["loss"].1[0], s["loss"].1[0]);
+    let n = 5 * 64;
+    check("masked logits", &(vec![n], p["logits"].1[..n].to_vec()), &(vec![n], s["logits"].1.clone()), 1e-6);
+    // Without the mask the padded tokens count, and the loss differs.
+    let (ok, _, _) = forward(&dir, &tmp.join("padded.npy"), &tmp.join("u.safetensors"), &[]);
+    assert!(ok);
+    assert!((load(&tmp.join("u.safetensors"))["loss"].1[0] - s["loss"].1[0]).abs() > 1e-3);
+    std::fs::remove_dir_all(tmp).unwrap();
+}

@@ -223,6 +223,13 @@ pub fn save_safetensors(path: &Path, tensors: &[SaveTensor]) -> Result<(), Error
     write_atomic(path, &bytes)
 }
 
+/// Saves an HF model directory: `config.json` and `model.safetensors`, each atomically.
+pub fn save_model(dir: &Path, config_json: &str, tensors: &[SaveTensor]) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    save_safetensors(&dir.join(SINGLE), tensors)?;
+    write_atomic(&dir.join("config.json"), config_json.as_bytes())
+}
+
 /// Writes bytes to `path` via a temporary file in the same directory, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     use std::io::Write;

@@ -132,3 +132,41 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // As older Gemma checkpoints ship it (e.g. gemma-2b on the Hub).
+    const OLD: &str = r#"{"architectures": ["GemmaForCausalLM"], "model_type": "gemma", "hidden_act": "gelu",
+        "hidden_size": 2048, "intermediate_size": 16384, "num_attention_heads": 8, "num_hidden_layers": 18,
+        "num_key_value_heads": 1, "head_dim": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
+        "vocab_size": 256000, "torch_dtype": "bfloat16", "max_position_embeddings": 8192}"#;
+    // As transformers 5 writes it.
+    const NEW: &str = r#"{"model_type": "gemma", "hidden_act": "gelu_pytorch_tanh", "hidden_size": 32,
+        "intermediate_size": 48, "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 1,
+        "head_dim": 8, "rms_norm_eps": 1e-06, "rope_parameters": {"rope_theta": 500.0, "rope_type": "default"},
+        "vocab_size": 64, "dtype": "float32"}"#;
+
+    #[test]
+    fn old_and_new_config_spellings() {
+        assert_eq!(Config::from_json(OLD).unwrap(), Config::preset("2b").unwrap());
+        let new = Config::from_json(NEW).unwrap();
+        assert_eq!(new.rope_theta, 500.0);
+        assert_eq!((new.num_attention_heads, new.num_key_value_heads, new.head_dim), (4, 1, 8));
+        let with_activation = NEW.replace("\"hidden_act\"", "\"hidden_activation\"");
+        assert!(Config::from_json(&with_activation).is_ok());
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let relu = NEW.replace("gelu_pytorch_tanh", "relu");
+        assert!(Config::from_json(&relu).unwrap_err().to_string().contains("activation \"relu\" is not GELU"));
+        let gemma2 = NEW.replace("\"model_type\": \"gemma\"", "\"model_type\": \"gemma2\"");
+        assert!(Config::from_json(&gemma2).unwrap_err().to_string().contains("only Gemma 1"));
+        let heads = NEW.replace("\"num_key_value_heads\": 1", "\"num_key_value_heads\": 3");
+        assert!(Config::from_json(&heads).unwrap_err().to_string().contains("must be a multiple of num_key_value_heads (3)"));
+        assert!(Config::from_json("{").unwrap_err().to_string().starts_with("config.json: "));
+        assert!(Config::preset("13b").is_err());
+    }
+}

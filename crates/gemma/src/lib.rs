@@ -6,9 +6,9 @@ mod checkpoint;
 mod config;
 mod model;
 
-pub use checkpoint::{save_safetensors, write_atomic, Checkpoint, SaveTensor, TensorRef};
+pub use checkpoint::{save_model, save_safetensors, write_atomic, Checkpoint, SaveTensor, TensorRef};
 pub use config::Config;
-pub use model::{forward, loss, param_shapes, param_types, trace_loss, trace_model, Params, Trace};
+pub use model::{forward, loss, param_shapes, param_types, trace_loss, trace_model, ModelOptions, Params, Trace};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -136,21 +136,35 @@ pub fn loss(logits: &Tensor, tokens: &Tensor, loss_mask: Option<&Tensor>) -> Ten
     pred.cross_entropy(&target, mask.as_ref())
 }
 
-/// Traces `loss(forward(params, tokens))` with parameters first, then tokens [B, T] (s32).
-/// Outputs: `loss`, `logits` (f32, or f64 for f64 models) and, with `layers`, the
-/// intermediates `layer.embeddings`, `layer.<i>.attention`, `layer.<i>.mlp`, `layer.final_norm`.
-pub fn trace_model(cfg: &Config, dtype: DType, batch: i64, seq: i64, layers: bool) -> Result<graph::Function, graph::Error> {
+/// What `trace_model` adds to the plain loss-and-logits function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Outputs `layer.embeddings`, `layer.<i>.attention`, `layer.<i>.mlp`, `layer.final_norm`.
+    pub layers: bool,
+    /// Takes a `mask` [B, T] parameter after the tokens (nonzero = real token): padded keys are
+    /// hidden from attention and padded targets are left out of the loss.
+    pub mask: bool,
+}
+
+/// Traces `loss(forward(params, tokens))` with parameters first (checkpoint order), then
+/// `tokens` [B, T] (s32) and, with `opts.mask`, `mask` [B, T] (s32). Outputs: `loss`,
+/// `logits` (f32, or f64 for f64 models), then the per-layer values if asked for.
+pub fn trace_model(cfg: &Config, dtype: DType, batch: i64, seq: i64, opts: ModelOptions) -> Result<graph::Function, graph::Error> {
     let mut params = param_types(cfg, dtype);
     params.push(("tokens".into(), TensorType::new(DType::S32, &[batch, seq])));
+    if opts.mask {
+        params.push(("mask".into(), TensorType::new(DType::S32, &[batch, seq])));
+    }
     let named: Vec<(&str, TensorType)> = params.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let n = params.len() - 1;
+    let n = param_shapes(cfg).len();
     let wide = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
     let mut names = vec!["loss".to_string(), "logits".to_string()];
     let f = graph::trace("gemma", &named, |a| {
         let p = Params::new(&params[..n], &a[..n]);
-        let out = forward(cfg, &p, &a[n], None);
-        let mut outs = vec![loss(&out.logits, &a[n], None), out.logits.convert(wide)];
-        if layers {
+        let mask = opts.mask.then(|| &a[n + 1]);
+        let out = forward(cfg, &p, &a[n], mask);
+        let mut outs = vec![loss(&out.logits, &a[n], mask), out.logits.convert(wide)];
+        if opts.layers {
             names.push("layer.embeddings".into());
             outs.push(out.embeddings.convert(wide));
             for (i, (att, mlp)) in out.attention.iter().zip(&out.mlp).enumerate() {
@@ -170,5 +184,5 @@ pub fn trace_model(cfg: &Config, dtype: DType, batch: i64, seq: i64, layers: boo
 
 /// `trace_model` without the per-layer outputs.
 pub fn trace_loss(cfg: &Config, dtype: DType, batch: i64, seq: i64) -> Result<graph::Function, graph::Error> {
-    trace_model(cfg, dtype, batch, seq, false)
+    trace_model(cfg, dtype, batch, seq, ModelOptions::default())
 }
