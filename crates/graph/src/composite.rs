@@ -83,7 +83,7 @@ impl Tensor {
         let x2 = self.slice_axis(3, half, h);
         let r1 = &x1 * &cos - &x2 * &sin;
         let r2 = &x2 * &cos + &x1 * &sin;
-        Tensor::concat(&[&r1, &r2], 3)
+        r1.concat(&[&r2], 3)
     }
 
     /// A pred [T, S] mask, true where query t may attend to key s: s <= t + offset.

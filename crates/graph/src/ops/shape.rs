@@ -317,10 +317,12 @@ impl Tensor {
         Tensor::apply(Prim::DynamicUpdateSlice, &inputs)
     }
 
-    /// Joins tensors along `dim`.
+    /// Joins this tensor and `rest`, in that order, along `dim`.
     #[track_caller]
-    pub fn concat(parts: &[&Tensor], dim: usize) -> Tensor {
-        Tensor::apply(Prim::Concatenate { dim }, parts)
+    pub fn concat(&self, rest: &[&Tensor], dim: usize) -> Tensor {
+        let mut parts = vec![self];
+        parts.extend(rest);
+        Tensor::apply(Prim::Concatenate { dim }, &parts)
     }
 
     /// Pads with the scalar `value`: `low`/`high` at the edges, `interior` between elements.
