@@ -288,3 +288,36 @@ fn xla_dumps_point_back_to_the_rust_lines_that_made_each_op() {
     assert!(hlo.contains(r#"source_file="crates/graph/tests/trace.rs" source_line=25"#), "{hlo}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn cuda_and_tpu_plugins_are_found_where_pip_puts_them() {
+    // Fake site-packages with the files pip would install; loading them then fails, which
+    // proves discovery found them.
+    let site = scratch("site");
+    let cuda = site.join("jax_plugins/xla_cuda12/xla_cuda_plugin.so");
+    let tpu = site.join("libtpu/libtpu.so");
+    for f in [&cuda, &tpu] {
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, "not really a plugin").unwrap();
+    }
+    let devices = |plugin: &str, pythonpath: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+            .args(["devices", "--plugin", plugin])
+            .env("PYTHONPATH", pythonpath)
+            .env_remove("TPU_LIBRARY_PATH")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        text(&o).1
+    };
+    let err = devices("cuda", &site);
+    assert!(err.contains(&format!("cannot load PJRT plugin {}", cuda.display())), "{err}");
+    let err = devices("tpu", &site);
+    assert!(err.contains(&format!("cannot load PJRT plugin {}", tpu.display())), "{err}");
+    let empty = scratch("site-empty");
+    let err = devices("cuda", &empty);
+    assert!(err.contains("no CUDA PJRT plugin found"), "{err}");
+    assert!(err.contains("pip install jax-cuda12-pjrt"), "{err}");
+    std::fs::remove_dir_all(site).unwrap();
+    std::fs::remove_dir_all(empty).unwrap();
+}

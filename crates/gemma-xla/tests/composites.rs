@@ -54,3 +54,28 @@ fn rms_norm_of_bf16_computes_in_f32_and_returns_bf16() -> Result<()> {
     assert!(format!("{f}").contains("convert[f32]"));
     Ok(())
 }
+
+#[test]
+fn random_numbers_are_deterministic_per_key_and_well_distributed() -> Result<()> {
+    let client = Client::open(&PluginSpec::Cpu, Some(1))?;
+    let jit = Jit::new("rng", &client, |t: &[TensorType]| {
+        graph::trace("rng", &[("key", t[0].clone())], |a| {
+            vec![a[0].uniform(&[100, 100], DType::F32), a[0].normal(&[100, 100], DType::F32)]
+        })
+    });
+    let key = |k: u64| HostArray::from_vec(&[2], vec![k, 0u64]).unwrap();
+    let a = jit.call(&[key(1)])?;
+    let b = jit.call(&[key(1)])?;
+    let c = jit.call(&[key(2)])?;
+    assert_eq!(a, b, "the same key gives the same numbers");
+    assert_ne!(a[0], c[0], "another key gives other numbers");
+    let u = a[0].to_vec::<f32>()?;
+    assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
+    let mean = u.iter().map(|&x| x as f64).sum::<f64>() / u.len() as f64;
+    assert!((mean - 0.5).abs() < 0.01, "uniform mean {mean}");
+    let n = a[1].to_vec::<f32>()?;
+    let m = n.iter().map(|&x| x as f64).sum::<f64>() / n.len() as f64;
+    let var = n.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / n.len() as f64;
+    assert!(m.abs() < 0.03 && (var - 1.0).abs() < 0.05, "normal mean {m}, variance {var}");
+    Ok(())
+}
