@@ -1,7 +1,7 @@
 //! A compiled-function cache in the style of `jax.jit`: a `Jit` holds a function that
 //! traces (and possibly differentiates) a graph for given input types; each distinct list of
 //! input types is traced, lowered and compiled once, and later calls reuse the executable.
-use anyhow::{anyhow, Context, Result};
+use crate::{Error, Result};
 use graph::{DType, Function, TensorType};
 use runtime::{AsHostView, Client, CompileOptions, ElementType, Executable, HostArray, Program};
 use std::cell::{Cell, RefCell};
@@ -38,7 +38,7 @@ pub fn dtype_of(e: ElementType) -> Option<DType> {
 
 fn type_of<A: AsHostView>(a: &A) -> Result<TensorType> {
     let v = a.host_view();
-    let dtype = dtype_of(v.dtype).ok_or_else(|| anyhow!("arrays of {} are not supported by graph", v.dtype))?;
+    let dtype = dtype_of(v.dtype).ok_or_else(|| Error::Unsupported(format!("arrays of {} are not supported by graph", v.dtype)))?;
     Ok(TensorType::new(dtype, v.dims))
 }
 
@@ -81,7 +81,7 @@ where
         let key: Vec<TensorType> = args.iter().map(type_of).collect::<Result<_>>()?;
         let mut stats = self.stats.get();
         if !self.cache.borrow().contains_key(&key) {
-            let function = (self.build)(&key).with_context(|| format!("cannot trace {}", self.name))?;
+            let function = (self.build)(&key).map_err(|cause| Error::Trace { name: self.name.clone(), cause })?;
             let program = Program::from_text(&function.to_stablehlo())?;
             let partitions = function.mesh.as_ref().map_or(1, |m| m.num_devices());
             let options = if partitions == 1 {
@@ -89,7 +89,10 @@ where
             } else {
                 CompileOptions::spmd(partitions, runtime::Partitioner::Shardy)
             };
-            let executable = self.client.compile(&program, &options).with_context(|| format!("cannot compile {}", self.name))?;
+            let executable = self
+                .client
+                .compile(&program, &options)
+                .map_err(|cause| Error::Compile { name: self.name.clone(), cause })?;
             self.cache.borrow_mut().insert(key.clone(), Entry { function, executable });
             stats.compiles += 1;
         } else {

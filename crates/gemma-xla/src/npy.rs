@@ -1,38 +1,41 @@
 //! .npy files <-> host arrays (via npyz). Inputs may be any numeric or bool dtype, C or
 //! Fortran order; outputs are written atomically. bf16 has no .npy dtype, so bf16 outputs
 //! are written as f32 (exactly: every bf16 is an f32).
-use anyhow::{bail, Context, Result};
+use crate::{Error, Result};
 use half::{bf16, f16};
 use npyz::{Order, TypeChar};
 use runtime::{Element, ElementType, HostArray};
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-fn read_typed<T, R>(npy: npyz::NpyFile<R>, dims: &[i64]) -> Result<HostArray>
+/// Any failure while decoding, as a message (the caller adds the file name).
+type Inner<T> = std::result::Result<T, String>;
+
+fn read_typed<T, R>(npy: npyz::NpyFile<R>, dims: &[i64]) -> Inner<HostArray>
 where
     T: Element + npyz::Deserialize,
     R: Read,
 {
     let fortran = npy.order() == Order::Fortran;
-    let values: Vec<T> = npy.into_vec()?;
+    let values: Vec<T> = npy.into_vec().map_err(|e| e.to_string())?;
     if !fortran {
-        return Ok(HostArray::from_vec(dims, values)?);
+        return HostArray::from_vec(dims, values).map_err(|e| e.to_string());
     }
     // Fortran order: the data is the row-major array of the reversed shape, transposed.
     let rev: Vec<usize> = dims.iter().rev().map(|&d| d as usize).collect();
-    let a = ndarray::ArrayD::from_shape_vec(rev, values)?;
+    let a = ndarray::ArrayD::from_shape_vec(rev, values).map_err(|e| e.to_string())?;
     let t = a.reversed_axes();
     Ok(HostArray::from_ndarray(&t.as_standard_layout().to_owned()))
 }
 
 /// Reads a .npy file; errors name the file.
 pub fn read(path: &Path) -> Result<HostArray> {
-    let inner = || -> Result<HostArray> {
-        let file = std::fs::File::open(path)?;
-        let npy = npyz::NpyFile::new(BufReader::new(file))?;
+    let inner = || -> Inner<HostArray> {
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(|e| e.to_string())?;
         let dims: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
         let npyz::DType::Plain(ts) = npy.dtype() else {
-            bail!("structured dtypes are not supported (got {})", npy.dtype().descr());
+            return Err(format!("structured dtypes are not supported (got {})", npy.dtype().descr()));
         };
         match (ts.type_char(), ts.size_field()) {
             (TypeChar::Float, 2) => read_typed::<f16, _>(npy, &dims),
@@ -47,19 +50,20 @@ pub fn read(path: &Path) -> Result<HostArray> {
             (TypeChar::Uint, 4) => read_typed::<u32, _>(npy, &dims),
             (TypeChar::Uint, 8) => read_typed::<u64, _>(npy, &dims),
             (TypeChar::Bool, 1) => read_typed::<bool, _>(npy, &dims),
-            _ => bail!("dtype {ts} is not supported"),
+            _ => Err(format!("dtype {ts} is not supported")),
         }
     };
-    inner().with_context(|| format!("cannot read {}", path.display()))
+    inner().map_err(|message| Error::Read { path: path.display().to_string(), message })
 }
 
 fn encode<T: Element + npyz::Serialize + npyz::AutoSerialize>(a: &HostArray) -> Result<Vec<u8>> {
+    use npyz::WriterBuilder;
     let shape: Vec<u64> = a.dims().iter().map(|&d| d as u64).collect();
     let mut bytes = Vec::new();
-    use npyz::WriterBuilder;
-    let mut w = npyz::WriteOptions::<T>::new().default_dtype().shape(&shape).writer(&mut bytes).begin_nd()?;
-    w.extend(a.to_vec::<T>()?)?;
-    w.finish()?;
+    let io = |e: std::io::Error| Error::Io(format!("cannot encode .npy: {e}"));
+    let mut w = npyz::WriteOptions::<T>::new().default_dtype().shape(&shape).writer(&mut bytes).begin_nd().map_err(io)?;
+    w.extend(a.to_vec::<T>()?).map_err(io)?;
+    w.finish().map_err(io)?;
     Ok(bytes)
 }
 

@@ -57,7 +57,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         CompileOptions::spmd(partitions, partitioner)
     };
     // Read everything the user named before the (slow) compile, so bad input fails fast.
-    let args: Vec<HostArray> = a.args.iter().map(|p| npy::read(p)).collect::<Result<_>>()?;
+    let args: Vec<HostArray> = a.args.iter().map(|p| npy::read(p)).collect::<Result<_, _>>()?;
     files::ensure_writable_dir(&a.out)?;
     let client = a.plugin.open(Some(partitions as usize))?;
     let exe = client

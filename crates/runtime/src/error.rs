@@ -21,7 +21,7 @@ pub enum Error {
     NotEnoughDevices { needed: usize, available: usize, hint: String },
     #[error("{0}")]
     Argument(String),
-    #[error("bad sharding: {0}")]
+    #[error(transparent)]
     Sharding(#[from] sharding::Error),
     #[error("invalid program: {0}")]
     Program(String),
