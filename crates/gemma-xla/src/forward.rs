@@ -92,24 +92,20 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     }
 
     // Parameters straight from the mapped checkpoint where the dtype matches, else converted.
-    let shapes = gemma::param_shapes(&cfg);
-    let mut converted: Vec<Option<HostArray>> = Vec::new();
-    for (name, _) in &shapes {
-        let t = ck.get(name).expect("internal: validated");
-        let view = HostView { dtype: element_type(t.dtype), dims: t.shape, bytes: t.bytes };
-        converted.push(if t.dtype == dtype { None } else { Some(view.convert_float(element_type(dtype))?) });
-    }
-    let mut args: Vec<HostView> = shapes
+    let target = element_type(dtype);
+    let views: Vec<HostView> = gemma::param_shapes(&cfg)
         .iter()
-        .zip(&converted)
-        .map(|((name, _), c)| match c {
-            Some(h) => h.host_view(),
-            None => {
-                let t = ck.get(name).expect("internal: validated");
-                HostView { dtype: element_type(t.dtype), dims: t.shape, bytes: t.bytes }
-            }
+        .map(|(name, _)| {
+            let t = ck.get(name).expect("internal: validated");
+            HostView { dtype: element_type(t.dtype), dims: t.shape, bytes: t.bytes }
         })
         .collect();
+    let converted: Vec<Option<HostArray>> = views
+        .iter()
+        .map(|v| (v.dtype != target).then(|| v.convert_float(target)).transpose())
+        .collect::<Result<_, _>>()?;
+    let mut args: Vec<HostView> =
+        views.iter().zip(&converted).map(|(v, c)| c.as_ref().map_or(*v, |h| h.host_view())).collect();
     args.push(tokens.host_view());
     let mask = a.mask.as_deref().map(|p| read_mask(p, tokens.dims())).transpose()?;
     if let Some(m) = &mask {
@@ -117,7 +113,7 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     }
 
     let client = a.plugin.open(Some(1))?;
-    let n = shapes.len();
+    let n = views.len();
     let grads = a.grads;
     let opts = gemma::ModelOptions { layers: a.layers, mask: mask.is_some() };
     let jit = Jit::new("gemma_forward", &client, |_: &[TensorType]| {

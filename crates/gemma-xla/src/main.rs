@@ -80,7 +80,7 @@ fn devices(args: &PluginArgs) -> Result<()> {
         "pjrt_c_api: {}.{} (gemma-xla bindings: 0.{})",
         info.api_version.0,
         info.api_version.1,
-        xla_sys_minor()
+        runtime::BINDINGS_MINOR
     );
     println!("xla_version: {}", attr("xla_version"));
     println!(
@@ -101,8 +101,4 @@ fn devices(args: &PluginArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn xla_sys_minor() -> i32 {
-    runtime::BINDINGS_MINOR
 }

@@ -3,7 +3,7 @@
 use crate::PluginArgs;
 use gemma_xla::{files, npy};
 use anyhow::{bail, Context, Result};
-use runtime::{CompileOptions, HostArray, OpSharding, Partitioner, Program};
+use runtime::{CompileOptions, HostArray, Partitioner, Program};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -72,7 +72,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         let path = a.out.join(format!("out_{i}.npy"));
         files::write_atomic(&path, &npy::encode_array(&out.array)?)?;
         let note = if out.array.dtype() == runtime::ElementType::Bf16 { " (saved as f32)" } else { "" };
-        let sharding = if exe.devices().len() > 1 { format!(" sharding={}", describe(&out.sharding)) } else { String::new() };
+        let sharding = if exe.devices().len() > 1 { format!(" sharding={}", out.sharding.describe()) } else { String::new() };
         println!("  {} {}{note}{sharding} {}", path.display(), out.array.type_string(), first_values(&out.array));
     }
     Ok(())
@@ -88,10 +88,6 @@ fn name_argument(message: &str, files: &[PathBuf]) -> String {
         }
     }
     message.to_string()
-}
-
-fn describe(s: &OpSharding) -> String {
-    s.describe()
 }
 
 fn first_values(a: &HostArray) -> String {

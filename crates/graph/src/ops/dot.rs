@@ -65,45 +65,44 @@ fn back_to_order(owner: &[usize]) -> Vec<usize> {
     perm
 }
 
+/// How one operand's dimensions take part in a dot_general.
+struct Side {
+    batch: Vec<usize>,
+    contract: Vec<usize>,
+    free: Vec<usize>,
+}
+
+/// The cotangent of one operand (`own`): contract the cotangent's dimensions that came from
+/// the other operand's free dimensions (`ct_other_free`) with those free dimensions. The
+/// result is batch, own free, then the other operand's contracting dimensions in its order,
+/// each standing for its paired contracting dimension of `own`; transpose back into order.
+fn operand_ct(ct: &Tensor, ct_other_free: Vec<usize>, own: &Side, other: &Tensor, other_side: &Side) -> Tensor {
+    let g = ct.dot_general(other, &DotDims {
+        lhs_batch: (0..own.batch.len()).collect(),
+        rhs_batch: other_side.batch.clone(),
+        lhs_contract: ct_other_free,
+        rhs_contract: other_side.free.clone(),
+    });
+    let mut other_contract = other_side.contract.clone();
+    other_contract.sort();
+    let mut owner: Vec<usize> = own.batch.clone();
+    owner.extend(&own.free);
+    owner.extend(other_contract.iter().map(|c| {
+        own.contract[other_side.contract.iter().position(|x| x == c).expect("internal: paired dims")]
+    }));
+    g.transpose_if_needed(&back_to_order(&owner))
+}
+
 pub(crate) fn vjp(p: &Prim, x: &[Tensor], _y: &Tensor, ct: &Tensor) -> Result<Vec<Option<Tensor>>, ()> {
     let Prim::DotGeneral(d) = p else { return Err(()) };
     let (l, r) = (&x[0], &x[1]);
-    let (lr, rr) = (l.rank(), r.rank());
-    let nb = d.lhs_batch.len();
-    let lf = free(lr, &d.lhs_batch, &d.lhs_contract);
-    let rf = free(rr, &d.rhs_batch, &d.rhs_contract);
-    let ct_batch: Vec<usize> = (0..nb).collect();
-    let ct_lf: Vec<usize> = (nb..nb + lf.len()).collect();
-    let ct_rf: Vec<usize> = (nb + lf.len()..nb + lf.len() + rf.len()).collect();
-
-    // d lhs: contract ct's rhs-free dims with rhs's free dims. Result: batch, lhs free, then
-    // rhs's remaining (contracting) dims in rhs order, each standing for its paired lhs dim.
-    let gl = ct.dot_general(r, &DotDims {
-        lhs_batch: ct_batch.clone(),
-        rhs_batch: d.rhs_batch.clone(),
-        lhs_contract: ct_rf,
-        rhs_contract: rf.clone(),
-    });
-    let mut rc_sorted = d.rhs_contract.clone();
-    rc_sorted.sort();
-    let mut owner: Vec<usize> = d.lhs_batch.clone();
-    owner.extend(&lf);
-    owner.extend(rc_sorted.iter().map(|c| d.lhs_contract[d.rhs_contract.iter().position(|x| x == c).expect("internal")]));
-    let gl = gl.transpose_if_needed(&back_to_order(&owner));
-
-    let gr = ct.dot_general(l, &DotDims {
-        lhs_batch: ct_batch,
-        rhs_batch: d.lhs_batch.clone(),
-        lhs_contract: ct_lf,
-        rhs_contract: lf,
-    });
-    let mut lc_sorted = d.lhs_contract.clone();
-    lc_sorted.sort();
-    let mut owner: Vec<usize> = d.rhs_batch.clone();
-    owner.extend(&rf);
-    owner.extend(lc_sorted.iter().map(|c| d.rhs_contract[d.lhs_contract.iter().position(|x| x == c).expect("internal")]));
-    let gr = gr.transpose_if_needed(&back_to_order(&owner));
-    Ok(vec![Some(gl), Some(gr)])
+    let ls = Side { batch: d.lhs_batch.clone(), contract: d.lhs_contract.clone(), free: free(l.rank(), &d.lhs_batch, &d.lhs_contract) };
+    let rs = Side { batch: d.rhs_batch.clone(), contract: d.rhs_contract.clone(), free: free(r.rank(), &d.rhs_batch, &d.rhs_contract) };
+    // ct dims: batch, lhs free, rhs free.
+    let nb = ls.batch.len();
+    let ct_lf: Vec<usize> = (nb..nb + ls.free.len()).collect();
+    let ct_rf: Vec<usize> = (nb + ls.free.len()..nb + ls.free.len() + rs.free.len()).collect();
+    Ok(vec![Some(operand_ct(ct, ct_rf, &ls, r, &rs)), Some(operand_ct(ct, ct_lf, &rs, l, &ls))])
 }
 
 impl Tensor {
