@@ -292,3 +292,23 @@ fn the_cpu_plugin_reports_its_facts() -> Result<()> {
     assert_eq!(ElementType::from_name("i1"), Some(ElementType::Pred));
     Ok(())
 }
+
+#[test]
+fn an_uneven_split_still_gives_the_whole_result() -> Result<()> {
+    // 3 rows over 2 devices: whatever layout XLA settles on, the assembled array is right.
+    let client = cpu(2);
+    let text = r#"
+module @u attributes {mhlo.num_partitions = 2 : i32, mhlo.num_replicas = 1 : i32} {
+  sdy.mesh @mesh = <["x"=2]>
+  func.func public @main(%a: tensor<3x2xf32> {sdy.sharding = #sdy.sharding<@mesh, [{"x"}, {}]>})
+      -> (tensor<3x2xf32> {sdy.sharding = #sdy.sharding<@mesh, [{"x"}, {}]>}) {
+    %0 = stablehlo.add %a, %a : tensor<3x2xf32>
+    return %0 : tensor<3x2xf32>
+  }
+}"#;
+    let exe = client.compile(&Program::from_text(text)?, &CompileOptions::spmd(2, Partitioner::Shardy))?;
+    let a = HostArray::from_vec(&[3, 2], (0..6).map(|x| x as f32).collect())?;
+    let out = exe.run(&client, &[a])?;
+    assert_eq!(f32s(&out[0]), vec![0., 2., 4., 6., 8., 10.]);
+    Ok(())
+}
