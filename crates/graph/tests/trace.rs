@@ -130,3 +130,11 @@ fn stop_gradient_blocks_and_unused_params_get_zeros() {
     assert_eq!(g.outputs.len(), 3);
     assert!(text.contains("grad_unused="), "{text}");
 }
+
+#[test]
+fn donated_parameters_are_marked_for_the_compiler() {
+    let f = mlp().donate_param(1);
+    let text = f.to_stablehlo();
+    assert!(text.contains(r#"%arg1: tensor<3x5xf32> {mhlo.frontend_attributes = {name = "w1"}, jax.buffer_donor = true}"#), "{text}");
+    assert_eq!(text.matches("jax.buffer_donor").count(), 1);
+}

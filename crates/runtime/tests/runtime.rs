@@ -33,6 +33,9 @@ fn single_device_program_computes_and_frees_everything() -> Result<()> {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].dims(), &[2, 3]);
     assert_eq!(f32s(&out[0]), vec![0.75, -1., 10., 0., 150., -9.]);
+    let nd = out[0].to_ndarray::<f32>()?;
+    assert_eq!(nd.shape(), &[2, 3]);
+    assert_eq!(nd[[1, 1]], 150.);
     drop(out);
     assert_eq!(client.live_buffers(), 0);
     Ok(())
