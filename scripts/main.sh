@@ -8,5 +8,5 @@ cargo build --release -p gemma-xla
 ./target/release/gemma-xla run examples/spmd_matmul.mlir \
   --arg examples/x.npy --arg examples/w.npy --arg examples/b.npy --out out/spmd_matmul
 # A tiny Gemma checkpoint written by transformers (MQA, 2 layers): loss and gradients.
-./target/release/gemma-xla forward --model crates/gemma-xla/tests/fixtures/gemma/mqa \
-  --tokens crates/gemma-xla/tests/fixtures/gemma/mqa/tokens.npy --out out/mqa_forward.safetensors --grads
+./target/release/gemma-xla forward --model gemma-xla/tests/fixtures/gemma/mqa \
+  --tokens gemma-xla/tests/fixtures/gemma/mqa/tokens.npy --out out/mqa_forward.safetensors --grads

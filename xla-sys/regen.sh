@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates crates/xla-sys/src/bindings.rs from pjrt_c_api.h (PJRT C API 0.114).
+# Regenerates xla-sys/src/bindings.rs from pjrt_c_api.h (PJRT C API 0.114).
 # The header comes from the sdist of PyPI package pypjrt==0.1.1 (vendored OpenXLA headers,
 # Apache-2.0). Needs pip, cargo and libclang (Debian: apt-get install libclang-dev).
 set -euo pipefail

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn gemma_xla(args: &[&str]) -> Output {
@@ -264,7 +264,7 @@ fn the_plugin_environment_variable_is_honoured() {
 
 #[test]
 fn xla_dumps_point_back_to_the_rust_lines_that_made_each_op() {
-    // graph's golden MLP gradient program: its ops carry loc("crates/graph/tests/trace.rs":L:C).
+    // graph's golden MLP gradient program: its ops carry loc("graph/tests/trace.rs":L:C).
     let dir = scratch("dump");
     for (name, shape) in [("x", [4u64, 3]), ("w1", [3, 5]), ("w2", [5, 2]), ("y", [4, 2])] {
         let n = (shape[0] * shape[1]) as usize;
@@ -272,7 +272,7 @@ fn xla_dumps_point_back_to_the_rust_lines_that_made_each_op() {
     }
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
-        .args(["run", "crates/graph/tests/golden/mlp_value_and_grad.stablehlo.mlir"])
+        .args(["run", "graph/tests/golden/mlp_value_and_grad.stablehlo.mlir"])
         .args(["--arg", &p("x.npy"), "--arg", &p("w1.npy"), "--arg", &p("w2.npy"), "--arg", &p("y.npy"), "--out", &p("o")])
         .env("XLA_FLAGS", format!("--xla_dump_to={} --xla_dump_hlo_as_text", p("dump")))
         .current_dir(repo())
@@ -285,7 +285,7 @@ fn xla_dumps_point_back_to_the_rust_lines_that_made_each_op() {
         .find(|p| p.to_string_lossy().ends_with("before_optimizations.txt"))
         .expect("an HLO dump");
     let hlo = std::fs::read_to_string(hlo).unwrap();
-    assert!(hlo.contains(r#"source_file="crates/graph/tests/trace.rs" source_line=25"#), "{hlo}");
+    assert!(hlo.contains(r#"source_file="graph/tests/trace.rs" source_line=25"#), "{hlo}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
