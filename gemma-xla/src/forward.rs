@@ -2,11 +2,26 @@
 //! tensor for a token file, from an HF Gemma checkpoint, written to one safetensors file.
 use crate::PluginArgs;
 use anyhow::{bail, Context, Result};
-use gemma::{Checkpoint, Config, SaveTensor};
-use gemma_xla::{element_type, npy, Jit};
-use graph::{DType, TensorType};
-use runtime::{AsHostView, ElementType, HostArray, HostView};
+use gemma::{Checkpoint, Config, FileBytes, SaveTensor};
+use gemma_xla::npy;
+use graph::{DType, Tree};
+use jit::Jit;
+use runtime::{AsHostView, HostArray, HostView, MappedFile};
 use std::path::{Path, PathBuf};
+
+/// A checkpoint file mapped into memory by the runtime (where all `unsafe` code lives).
+struct Mapped(MappedFile);
+
+impl FileBytes for Mapped {
+    fn bytes(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
+/// Opens checkpoint files as read-only memory maps.
+pub fn map_file(path: &Path) -> std::io::Result<Box<dyn FileBytes>> {
+    Ok(Box::new(Mapped(MappedFile::open(path)?)))
+}
 
 #[derive(clap::Args)]
 pub struct ForwardArgs {
@@ -40,8 +55,8 @@ pub struct ForwardArgs {
 fn read_tokens(path: &Path, vocab: i64) -> Result<HostArray> {
     let t = npy::read(path)?;
     let ids: Vec<i64> = match t.dtype() {
-        ElementType::S32 => t.to_vec::<i32>()?.into_iter().map(i64::from).collect(),
-        ElementType::S64 => t.to_vec::<i64>()?,
+        DType::S32 => t.to_vec::<i32>()?.into_iter().map(i64::from).collect(),
+        DType::S64 => t.to_vec::<i64>()?,
         other => bail!("{}: token ids must be int32 or int64, got {other}", path.display()),
     };
     let dims = t.dims();
@@ -80,7 +95,7 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
         bail!("{}: no config.json in the model directory", a.model.display());
     }
     let cfg = Config::from_json_file(&config_path)?;
-    let ck = Checkpoint::open(&a.model)?;
+    let ck = Checkpoint::open_with(&a.model, &map_file)?;
     ck.validate(&cfg)?;
     let tokens = read_tokens(&a.tokens, cfg.vocab_size)?;
     let (batch, seq) = (tokens.dims()[0], tokens.dims()[1]);
@@ -92,44 +107,45 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     }
 
     // Parameters straight from the mapped checkpoint where the dtype matches, else converted.
-    let target = element_type(dtype);
-    let views: Vec<HostView> = gemma::param_shapes(&cfg)
+    let names: Vec<String> = gemma::param_shapes(&cfg).into_iter().map(|(n, _)| n).collect();
+    let views: Vec<HostView> = names
         .iter()
-        .map(|(name, _)| {
+        .map(|name| {
             let t = ck.get(name).expect("internal: validated");
-            HostView { dtype: element_type(t.dtype), dims: t.shape, bytes: t.bytes }
+            HostView { dtype: t.dtype, dims: t.shape, bytes: t.bytes }
         })
         .collect();
     let converted: Vec<Option<HostArray>> = views
         .iter()
-        .map(|v| (v.dtype != target).then(|| v.convert_float(target)).transpose())
+        .map(|v| (v.dtype != dtype).then(|| v.convert_float(dtype)).transpose())
         .collect::<Result<_, _>>()?;
-    let mut args: Vec<HostView> =
-        views.iter().zip(&converted).map(|(v, c)| c.as_ref().map_or(*v, |h| h.host_view())).collect();
-    args.push(tokens.host_view());
+    let mut args: Tree<HostView> = Tree::new();
+    for ((name, v), c) in names.iter().zip(&views).zip(&converted) {
+        args.insert(format!("params.{name}"), c.as_ref().map_or(*v, |h| h.host_view()))?;
+    }
+    args.insert("tokens", tokens.host_view())?;
     let mask = a.mask.as_deref().map(|p| read_mask(p, tokens.dims())).transpose()?;
     if let Some(m) = &mask {
-        args.push(m.host_view());
+        args.insert("mask", m.host_view())?;
     }
 
     let client = a.plugin.open(Some(1))?;
-    let n = views.len();
     let grads = a.grads;
     let opts = gemma::ModelOptions { layers: a.layers, mask: mask.is_some() };
-    let jit = Jit::new("gemma_forward", &client, |_: &[TensorType]| {
+    let jit = Jit::new("gemma_forward", &client, |args: &Tree<graph::Tensor>| -> Result<Tree<graph::Tensor>, graph::Error> {
+        if !grads {
+            return gemma::model(&cfg, args, opts);
+        }
         let f = gemma::trace_model(&cfg, dtype, batch, seq, opts)?;
-        if grads { graph::value_and_grad(&f, &(0..n).collect::<Vec<_>>()) } else { Ok(f) }
+        Ok(graph::value_and_grad_tree(&f, "loss", "params")?.call_tree(args))
     });
-    let outputs = jit.call(&args)?;
-    let function = jit.function_for(&args).expect("internal: just compiled");
+    let outputs = jit.call_host(&args)?;
 
     let mut saved: Vec<(String, HostArray)> = Vec::new();
-    for (o, value) in function.outputs.iter().zip(outputs) {
-        let name = match o.name.strip_prefix("grad_") {
-            Some(param) => format!("grad.{param}"),
-            None => o.name.clone(),
-        };
-        let f32s = if value.dtype() == ElementType::F32 { value } else { value.host_view().convert_float(ElementType::F32)? };
+    for (name, value) in outputs.into_leaves() {
+        // Gradients are written under the checkpoint names: grad.<name>.
+        let name = name.strip_prefix("grad.params.").map_or(name.clone(), |n| format!("grad.{n}"));
+        let f32s = if value.dtype() == DType::F32 { value } else { value.host_view().convert_float(DType::F32)? };
         saved.push((name, f32s));
     }
     let tensors: Vec<SaveTensor> = saved

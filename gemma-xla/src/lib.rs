@@ -1,12 +1,9 @@
-//! Where graph meets runtime: compiling traced functions (with a cache keyed by input
-//! types), running them on host arrays, and the file formats the CLI reads and writes.
+//! The file formats the CLI reads and writes (.npy, atomic writes) and the library errors
+//! of the CLI crate; compiling traced functions lives in the `jit` crate.
 #![forbid(unsafe_code)]
 
 pub mod files;
-pub mod jit;
 pub mod npy;
-
-pub use jit::{dtype_of, element_type, Jit, JitStats};
 
 /// Errors of the library half of this crate; the binary wraps them with anyhow.
 #[derive(Debug, thiserror::Error)]
@@ -15,10 +12,6 @@ pub enum Error {
     Runtime(#[from] runtime::Error),
     #[error(transparent)]
     Gemma(#[from] gemma::Error),
-    #[error("cannot trace {name}: {cause}")]
-    Trace { name: String, cause: graph::Error },
-    #[error("cannot compile {name}: {cause}")]
-    Compile { name: String, cause: runtime::Error },
     #[error("cannot read {path}: {message}")]
     Read { path: String, message: String },
     #[error("{0}")]

@@ -4,7 +4,7 @@
 use crate::{Error, Result};
 use half::{bf16, f16};
 use npyz::{Order, TypeChar};
-use runtime::{Element, ElementType, HostArray};
+use runtime::{Element, DType, HostArray};
 use std::io::{BufReader, Read};
 use std::path::Path;
 
@@ -70,19 +70,19 @@ fn encode<T: Element + npyz::Serialize + npyz::AutoSerialize>(a: &HostArray) -> 
 /// The .npy encoding of `a` (bf16 as f32).
 pub fn encode_array(a: &HostArray) -> Result<Vec<u8>> {
     match a.dtype() {
-        ElementType::F16 => encode::<f16>(a),
-        ElementType::F32 => encode::<f32>(a),
-        ElementType::F64 => encode::<f64>(a),
-        ElementType::S8 => encode::<i8>(a),
-        ElementType::S16 => encode::<i16>(a),
-        ElementType::S32 => encode::<i32>(a),
-        ElementType::S64 => encode::<i64>(a),
-        ElementType::U8 => encode::<u8>(a),
-        ElementType::U16 => encode::<u16>(a),
-        ElementType::U32 => encode::<u32>(a),
-        ElementType::U64 => encode::<u64>(a),
-        ElementType::Pred => encode::<bool>(a),
-        ElementType::Bf16 => {
+        DType::F16 => encode::<f16>(a),
+        DType::F32 => encode::<f32>(a),
+        DType::F64 => encode::<f64>(a),
+        DType::S8 => encode::<i8>(a),
+        DType::S16 => encode::<i16>(a),
+        DType::S32 => encode::<i32>(a),
+        DType::S64 => encode::<i64>(a),
+        DType::U8 => encode::<u8>(a),
+        DType::U16 => encode::<u16>(a),
+        DType::U32 => encode::<u32>(a),
+        DType::U64 => encode::<u64>(a),
+        DType::Pred => encode::<bool>(a),
+        DType::Bf16 => {
             let f: Vec<f32> = a.to_vec::<bf16>()?.into_iter().map(f32::from).collect();
             encode::<f32>(&HostArray::from_vec(a.dims(), f)?)
         }

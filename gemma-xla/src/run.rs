@@ -71,7 +71,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     for (i, out) in outputs.iter().enumerate() {
         let path = a.out.join(format!("out_{i}.npy"));
         files::write_atomic(&path, &npy::encode_array(&out.array)?)?;
-        let note = if out.array.dtype() == runtime::ElementType::Bf16 { " (saved as f32)" } else { "" };
+        let note = if out.array.dtype() == runtime::DType::Bf16 { " (saved as f32)" } else { "" };
         let sharding = if exe.devices().len() > 1 { format!(" sharding={}", out.sharding.describe()) } else { String::new() };
         println!("  {} {}{note}{sharding} {}", path.display(), out.array.type_string(), first_values(&out.array));
     }

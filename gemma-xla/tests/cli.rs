@@ -264,15 +264,24 @@ fn the_plugin_environment_variable_is_honoured() {
 
 #[test]
 fn xla_dumps_point_back_to_the_rust_lines_that_made_each_op() {
-    // graph's golden MLP gradient program: its ops carry loc("graph/tests/trace.rs":L:C).
+    // An MLP gradient traced here: its ops carry loc("gemma-xla/tests/cli.rs":L:C).
     let dir = scratch("dump");
+    let f32t = |d: &[i64]| graph::TensorType::new(graph::DType::F32, d);
+    let mlp = graph::trace("mlp", &[("x", f32t(&[4, 3])), ("w1", f32t(&[3, 5])), ("w2", f32t(&[5, 2])), ("y", f32t(&[4, 2]))], |a| {
+        let err = a[0].matmul(&a[1]).tanh().matmul(&a[2]) - &a[3];
+        vec![(&err * &err).mean(&[0, 1])]
+    })
+    .unwrap();
+    let line = line!() - 4;
+    let program = graph::value_and_grad(&mlp, &[1, 2]).unwrap().to_stablehlo().unwrap();
+    std::fs::write(dir.join("mlp.mlir"), program).unwrap();
     for (name, shape) in [("x", [4u64, 3]), ("w1", [3, 5]), ("w2", [5, 2]), ("y", [4, 2])] {
         let n = (shape[0] * shape[1]) as usize;
         write_npy(&dir.join(format!("{name}.npy")), &shape, &vec![0.5f32; n]);
     }
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
-        .args(["run", "graph/tests/golden/mlp_value_and_grad.stablehlo.mlir"])
+        .args(["run", &p("mlp.mlir")])
         .args(["--arg", &p("x.npy"), "--arg", &p("w1.npy"), "--arg", &p("w2.npy"), "--arg", &p("y.npy"), "--out", &p("o")])
         .env("XLA_FLAGS", format!("--xla_dump_to={} --xla_dump_hlo_as_text", p("dump")))
         .current_dir(repo())
@@ -285,7 +294,7 @@ fn xla_dumps_point_back_to_the_rust_lines_that_made_each_op() {
         .find(|p| p.to_string_lossy().ends_with("before_optimizations.txt"))
         .expect("an HLO dump");
     let hlo = std::fs::read_to_string(hlo).unwrap();
-    assert!(hlo.contains(r#"source_file="graph/tests/trace.rs" source_line=25"#), "{hlo}");
+    assert!(hlo.contains(&format!(r#"source_file="gemma-xla/tests/cli.rs" source_line={line}"#)), "{hlo}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -2,8 +2,8 @@
 //! differences of the same loss (a self-consistency check of model + autodiff; the
 //! comparison with transformers lives with the checkpoint fixtures).
 use anyhow::Result;
-use gemma_xla::Jit;
-use graph::{DType, TensorType};
+use graph::{DType, Tensor, Tree};
+use jit::Jit;
 use runtime::{Client, HostArray, PluginSpec};
 
 fn lcg(n: usize, seed: u64, scale: f64) -> Vec<f64> {
@@ -21,26 +21,23 @@ fn tiny_gemma_gradients_match_central_differences() -> Result<()> {
     let cfg = gemma::Config::preset("tiny")?;
     let client = Client::open(&PluginSpec::Cpu, Some(1))?;
     let shapes = gemma::param_shapes(&cfg);
-    let mut args: Vec<HostArray> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, (_, s))| {
-            let n = s.iter().product::<i64>() as usize;
-            HostArray::from_vec(s, lcg(n, 7 + i as u64, 0.3)).unwrap()
-        })
-        .collect();
+    let mut args: Tree<HostArray> = Tree::new();
+    for (i, (name, s)) in shapes.iter().enumerate() {
+        let n = s.iter().product::<i64>() as usize;
+        args.insert(format!("params.{name}"), HostArray::from_vec(s, lcg(n, 7 + i as u64, 0.3))?)?;
+    }
     let tokens: Vec<i32> = lcg(2 * 6, 3, 1.0).iter().map(|v| ((v + 1.0) * 127.0) as i32).collect();
-    args.push(HostArray::from_vec(&[2, 6], tokens)?);
-    let n = shapes.len();
-    let step = Jit::new("tiny_step", &client, |_: &[TensorType]| {
+    args.insert("tokens", HostArray::from_vec(&[2, 6], tokens)?)?;
+    let opts = gemma::ModelOptions::default();
+    let step = Jit::new("tiny_step", &client, |a: &Tree<Tensor>| -> Result<Tree<Tensor>, graph::Error> {
         let f = gemma::trace_loss(&cfg, DType::F64, 2, 6)?;
-        graph::value_and_grad(&f, &(0..n).collect::<Vec<_>>())
+        Ok(graph::value_and_grad_tree(&f, "loss", "params")?.call_tree(a))
     });
-    let forward = Jit::new("tiny_loss", &client, |_: &[TensorType]| gemma::trace_loss(&cfg, DType::F64, 2, 6));
-    let out = step.call(&args)?;
-    let loss = out[0].to_vec::<f64>()?[0];
+    let forward = Jit::new("tiny_loss", &client, |a: &Tree<Tensor>| gemma::model(&cfg, a, opts));
+    let out = step.call_host(&args)?;
+    let loss = out.leaf("loss")?.to_vec::<f64>()?[0];
     assert!(loss.is_finite() && loss > 0.0, "{loss}");
-    assert_eq!(out.len(), 2 + n);
+    assert_eq!(out.len(), 2 + shapes.len());
     let eps = 1e-5;
     // A few elements of embedding, attention, MLP and norm weights of both layers.
     for (name, k) in [
@@ -54,17 +51,16 @@ fn tiny_gemma_gradients_match_central_differences() -> Result<()> {
         ("model.layers.0.input_layernorm.weight", 9),
         ("model.norm.weight", 33),
     ] {
-        let i = shapes.iter().position(|(s, _)| s == name).unwrap();
-        let x = args[i].to_vec::<f64>()?;
-        let mut probe = args.clone();
-        let mut at = |v: f64| -> Result<f64> {
+        let path = format!("params.{name}");
+        let x = args.leaf(&path)?.to_vec::<f64>()?;
+        let at = |v: f64| -> Result<f64> {
             let mut xp = x.clone();
             xp[k] = v;
-            probe[i] = HostArray::from_vec(args[i].dims(), xp)?;
-            Ok(forward.call(&probe)?[0].to_vec::<f64>()?[0])
+            let probe = args.map(|p, a| if p == path { HostArray::from_vec(a.dims(), xp.clone()).unwrap() } else { a.clone() });
+            Ok(forward.call_host(&probe)?.leaf("loss")?.to_vec::<f64>()?[0])
         };
         let fd = (at(x[k] + eps)? - at(x[k] - eps)?) / (2.0 * eps);
-        let g = out[2 + i].to_vec::<f64>()?[k];
+        let g = out.leaf(&format!("grad.{path}"))?.to_vec::<f64>()?[k];
         assert!((g - fd).abs() < 1e-8 * g.abs().max(1.0), "{name}[{k}]: autodiff {g} vs central difference {fd}");
     }
     Ok(())

@@ -10,7 +10,6 @@ use safetensors::Dtype;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use xla_sys::mmap::MappedFile;
 
 /// A tensor of a checkpoint, borrowed from its mapped file.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +29,7 @@ struct Entry {
 
 pub struct Checkpoint {
     dir: PathBuf,
-    files: Vec<(PathBuf, MappedFile)>,
+    files: Vec<(PathBuf, Box<dyn FileBytes>)>,
     tensors: BTreeMap<String, Entry>,
 }
 
@@ -59,9 +58,33 @@ fn st_dtype(d: DType) -> Option<Dtype> {
 const INDEX: &str = "model.safetensors.index.json";
 const SINGLE: &str = "model.safetensors";
 
+/// The bytes of one opened checkpoint file: read into memory, or memory-mapped by a caller
+/// that may map files (the CLI maps them through `runtime`, where all `unsafe` code lives).
+pub trait FileBytes {
+    fn bytes(&self) -> &[u8];
+}
+
+impl FileBytes for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// How a checkpoint's files are opened.
+pub type OpenFile<'a> = &'a dyn Fn(&Path) -> std::io::Result<Box<dyn FileBytes>>;
+
+fn read_file(path: &Path) -> std::io::Result<Box<dyn FileBytes>> {
+    Ok(Box::new(std::fs::read(path)?))
+}
+
 impl Checkpoint {
-    /// Opens the checkpoint in an HF model directory.
+    /// Opens the checkpoint in an HF model directory, reading its files into memory.
     pub fn open(dir: &Path) -> Result<Checkpoint, Error> {
+        Checkpoint::open_with(dir, &read_file)
+    }
+
+    /// Opens the checkpoint, each file opened by `open_file` (e.g. a memory map).
+    pub fn open_with(dir: &Path, open_file: OpenFile) -> Result<Checkpoint, Error> {
         let mut ck = Checkpoint { dir: dir.to_path_buf(), files: Vec::new(), tensors: BTreeMap::new() };
         let index = dir.join(INDEX);
         if index.is_file() {
@@ -82,13 +105,13 @@ impl Checkpoint {
             }
             for (file, names) in wanted {
                 let path = dir.join(&file);
-                let found = ck.add_file(&path)?;
+                let found = ck.add_file(&path, open_file)?;
                 if let Some(missing) = names.iter().find(|n| !found.contains(*n)) {
                     return Err(Error::checkpoint(&path, format!("{INDEX} lists tensor {missing} in this file, but it is not there")));
                 }
             }
         } else if dir.join(SINGLE).is_file() {
-            ck.add_file(&dir.join(SINGLE))?;
+            ck.add_file(&dir.join(SINGLE), open_file)?;
         } else if !dir.is_dir() {
             return Err(Error::Checkpoint { path: dir.display().to_string(), message: "no such directory".into() });
         } else {
@@ -101,8 +124,8 @@ impl Checkpoint {
     }
 
     /// Maps one safetensors file and records its tensors; returns their names.
-    fn add_file(&mut self, path: &Path) -> Result<Vec<String>, Error> {
-        let map = MappedFile::open(path).map_err(|e| Error::io(path, e))?;
+    fn add_file(&mut self, path: &Path, open_file: OpenFile) -> Result<Vec<String>, Error> {
+        let map = open_file(path).map_err(|e| Error::io(path, e))?;
         let (header_len, meta) =
             safetensors::SafeTensors::read_metadata(map.bytes()).map_err(|e| Error::checkpoint(path, format!("bad safetensors header: {e}")))?;
         let data_start = 8 + header_len;

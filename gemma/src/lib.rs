@@ -6,9 +6,12 @@ mod checkpoint;
 mod config;
 mod model;
 
-pub use checkpoint::{save_model, save_safetensors, write_atomic, Checkpoint, SaveTensor, TensorRef};
+pub use checkpoint::{save_model, save_safetensors, write_atomic, Checkpoint, FileBytes, OpenFile, SaveTensor, TensorRef};
 pub use config::Config;
-pub use model::{forward, loss, param_shapes, param_types, trace_loss, trace_model, ModelOptions, Params, Trace};
+pub use model::{
+    block, causal_attention_mask, default_positions, embed, forward, loss, model, model_args, param_shapes, param_types, trace_loss,
+    trace_model, unembed, Activations, BlockOutput, ModelOptions, Params,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

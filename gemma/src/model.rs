@@ -2,8 +2,7 @@
 //! Shapes use fixed letters: B batch, T query, S key, N heads, K kv heads, G = N/K,
 //! H head_dim, D model, F MLP width, V vocab.
 use crate::config::Config;
-use graph::{DType, DotDims, Tensor, TensorType};
-use std::collections::BTreeMap;
+use graph::{DType, DotDims, Tensor, TensorType, Tree};
 
 /// Checkpoint tensor names and shapes, in a fixed order (HF layout; the output embedding is
 /// tied to `model.embed_tokens.weight`).
@@ -32,21 +31,35 @@ pub fn param_types(cfg: &Config, dtype: DType) -> Vec<(String, TensorType)> {
     param_shapes(cfg).into_iter().map(|(n, s)| (n, TensorType::new(dtype, &s))).collect()
 }
 
-/// Traced parameters by name.
-pub struct Params<'a> {
-    map: BTreeMap<&'a str, &'a Tensor>,
+/// The model's traced parameters, by checkpoint name, checked against the config once so
+/// that the model code can look them up without failing.
+pub struct Params {
+    tree: Tree<Tensor>,
 }
 
-impl<'a> Params<'a> {
-    pub fn new(names: &'a [(String, TensorType)], tensors: &'a [Tensor]) -> Params<'a> {
-        Params { map: names.iter().map(|(n, _)| n.as_str()).zip(tensors).collect() }
+impl Params {
+    /// Checks that `tree` holds every tensor of `cfg` (checkpoint names, e.g.
+    /// `model.layers.0.mlp.up_proj.weight`) with its shape; extra leaves are refused too.
+    pub fn new(cfg: &Config, tree: Tree<Tensor>) -> Result<Params, graph::Error> {
+        let shapes = param_shapes(cfg);
+        for (name, dims) in &shapes {
+            let t = tree.get(name).ok_or_else(|| graph::Error::Tree(format!("the model parameters have no {name}")))?;
+            if &t.dims() != dims {
+                return Err(graph::Error::Tree(format!("parameter {name} is {}, the config needs {dims:?}", t.ty())));
+            }
+        }
+        if tree.len() != shapes.len() {
+            let extra: Vec<&str> = tree.paths().filter(|p| !shapes.iter().any(|(n, _)| n == p)).collect();
+            return Err(graph::Error::Tree(format!("unexpected model parameters: {}", extra.join(", "))));
+        }
+        Ok(Params { tree })
     }
 
-    fn get(&self, name: &str) -> &'a Tensor {
-        self.map.get(name).copied().unwrap_or_else(|| panic!("internal: no parameter {name}"))
+    fn get(&self, name: &str) -> &Tensor {
+        self.tree.get(name).expect("internal: checked by Params::new")
     }
 
-    fn layer(&self, i: usize, name: &str) -> &'a Tensor {
+    fn layer(&self, i: usize, name: &str) -> &Tensor {
         self.get(&format!("model.layers.{i}.{name}"))
     }
 }
@@ -58,7 +71,7 @@ fn linear(x: &Tensor, w: &Tensor) -> Tensor {
 }
 
 /// Intermediate values of one forward pass, for per-layer checks.
-pub struct Trace {
+pub struct Activations {
     pub embeddings: Tensor,
     /// Per layer: the attention output and the MLP output (before their residual adds).
     pub attention: Vec<Tensor>,
@@ -67,43 +80,82 @@ pub struct Trace {
     pub logits: Tensor,
 }
 
-/// Logits [B, T, V] (in the parameters' dtype) for int tokens [B, T]. `attention_mask`
-/// [B, T] (nonzero = real token) hides padded keys in addition to the causal mask.
-pub fn forward(cfg: &Config, p: &Params, tokens: &Tensor, attention_mask: Option<&Tensor>) -> Trace {
-    let embed = p.get("model.embed_tokens.weight");
-    let dtype = embed.dtype();
+/// Token embeddings scaled by sqrt(D) (the scale rounded to the activation dtype, as HF
+/// does): tokens [B, T] -> x [B, T, D] in the parameters' dtype.
+pub fn embed(cfg: &Config, p: &Params, tokens: &Tensor) -> Tensor {
+    let table = p.get("model.embed_tokens.weight");
+    let scale = table.tracer().scalar(DType::F64, (cfg.hidden_size as f64).sqrt()).convert(table.dtype());
+    table.gather(tokens) * &scale
+}
+
+/// The attention mask [B, T, S] (true = query t may see key s) of a causal pass over T new
+/// tokens whose keys are the same T tokens; `padding` [B, T] (nonzero = real token) also
+/// hides padded keys.
+pub fn causal_attention_mask(tokens: &Tensor, padding: Option<&Tensor>) -> Tensor {
     let (b, t) = (tokens.dims()[0], tokens.dims()[1]);
-    // Embedding lookup scaled by sqrt(D), the scale rounded to the activation dtype.
-    let scale = embed.constant(&TensorType::scalar(DType::F64), vec![(cfg.hidden_size as f64).sqrt()]).convert(dtype);
-    let mut x = embed.gather(tokens) * &scale;
-    let embeddings = x.clone();
-    let positions = tokens.iota(&TensorType::new(DType::S32, &[b, t]), 1);
-    let mut allowed = tokens.causal_mask(t, t, 0).broadcast_in_dim(&[b, t, t], &[1, 2]); // [B, T, S]
-    if let Some(m) = attention_mask {
-        let keys = m.ne(&m.full_like(0.0)).broadcast_in_dim(&[b, t, t], &[0, 2]);
+    let mut allowed = tokens.tracer().causal_mask(t, t, 0).broadcast_in_dim(&[b, t, t], &[1, 2]);
+    if let Some(m) = padding {
+        let keys = m.ne(&m.scalar_like(0.0)).broadcast_in_dim(&[b, t, t], &[0, 2]);
         allowed = allowed.and(&keys);
     }
+    allowed
+}
+
+/// Positions 0..T of every row: s32 [B, T].
+pub fn default_positions(tokens: &Tensor) -> Tensor {
+    let d = tokens.dims();
+    tokens.tracer().iota(&TensorType::new(DType::S32, &[d[0], d[1]]), 1)
+}
+
+/// What one decoder layer returns.
+pub struct BlockOutput {
+    /// The residual stream after the layer, [B, T, D].
+    pub x: Tensor,
+    /// The attention and MLP outputs before their residual adds.
+    pub attention: Tensor,
+    pub mlp: Tensor,
+}
+
+/// Decoder layer `i`: x [B, T, D] at integer `positions` [B, T], attending where `mask`
+/// [B, T, S] (pred) is true, keys and values from x itself (S = T).
+pub fn block(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, mask: &Tensor) -> BlockOutput {
+    let h = x.rms_norm(p.layer(i, "input_layernorm.weight"), cfg.rms_norm_eps);
+    let attention = attend(cfg, p, i, &h, positions, mask);
+    let x = x + &attention;
+    let h = x.rms_norm(p.layer(i, "post_attention_layernorm.weight"), cfg.rms_norm_eps);
+    let gate = linear(&h, p.layer(i, "mlp.gate_proj.weight")).gelu_tanh();
+    let up = linear(&h, p.layer(i, "mlp.up_proj.weight"));
+    let mlp = linear(&(gate * up), p.layer(i, "mlp.down_proj.weight"));
+    BlockOutput { x: &x + &mlp, attention, mlp }
+}
+
+/// The final norm and the tied output embedding: x [B, T, D] -> (normed x, logits [B, T, V]).
+pub fn unembed(cfg: &Config, p: &Params, x: &Tensor) -> (Tensor, Tensor) {
+    let normed = x.rms_norm(p.get("model.norm.weight"), cfg.rms_norm_eps);
+    let logits = linear(&normed, p.get("model.embed_tokens.weight"));
+    (normed, logits)
+}
+
+/// Logits [B, T, V] (in the parameters' dtype) for int tokens [B, T] at `positions` [B, T],
+/// attending where `mask` [B, T, T] allows, with every intermediate value.
+pub fn forward(cfg: &Config, p: &Params, tokens: &Tensor, positions: &Tensor, mask: &Tensor) -> Activations {
+    let mut x = embed(cfg, p, tokens);
+    let embeddings = x.clone();
     let (mut attention, mut mlp) = (Vec::new(), Vec::new());
     for i in 0..cfg.num_hidden_layers {
-        let h = x.rms_norm(p.layer(i, "input_layernorm.weight"), cfg.rms_norm_eps);
-        let a = attend(cfg, p, i, &h, &positions, &allowed);
-        x = &x + &a;
-        attention.push(a);
-        let h = x.rms_norm(p.layer(i, "post_attention_layernorm.weight"), cfg.rms_norm_eps);
-        let gate = linear(&h, p.layer(i, "mlp.gate_proj.weight")).gelu_tanh();
-        let up = linear(&h, p.layer(i, "mlp.up_proj.weight"));
-        let m = linear(&(gate * up), p.layer(i, "mlp.down_proj.weight"));
-        x = &x + &m;
-        mlp.push(m);
+        let out = block(cfg, p, i, &x, positions, mask);
+        x = out.x;
+        attention.push(out.attention);
+        mlp.push(out.mlp);
     }
-    let final_norm = x.rms_norm(p.get("model.norm.weight"), cfg.rms_norm_eps);
-    let logits = linear(&final_norm, embed); // tied output embedding
-    Trace { embeddings, attention, mlp, final_norm, logits }
+    let (final_norm, logits) = unembed(cfg, p, &x);
+    Activations { embeddings, attention, mlp, final_norm, logits }
 }
 
 /// Causal self-attention of layer `i` with grouped KV heads; softmax in f32 (f64 for f64).
 fn attend(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, allowed: &Tensor) -> Tensor {
     let (b, t) = (x.dims()[0], x.dims()[1]);
+    let s = allowed.dims()[2];
     let (n, k, h) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let g = n / k;
     let q = linear(x, p.layer(i, "self_attn.q_proj.weight")).reshape(&[b, t, n, h]).rope(positions, cfg.rope_theta);
@@ -115,9 +167,9 @@ fn attend(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, al
     let scores = q.dot_general(&kk, &DotDims { lhs_batch: vec![0, 2], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![3] });
     let wide = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
     let scores = scores.convert(wide) * (h as f64).powf(-0.5);
-    let shape = [b, k, t, g, t];
+    let shape = [b, k, t, g, s];
     let mask = allowed.broadcast_in_dim(&shape, &[0, 2, 4]);
-    let lowest = scores.full_like(f32::MIN as f64);
+    let lowest = scores.scalar_like(f32::MIN as f64);
     let probs = Tensor::select(&mask, &scores, &lowest).softmax(4).convert(x.dtype());
     // out [B, K, T, G, H] -> [B, T, K, G, H] -> [B, T, N*H]
     let out = probs.dot_general(&v, &DotDims { lhs_batch: vec![0, 1], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![1] });
@@ -141,45 +193,60 @@ pub fn loss(logits: &Tensor, tokens: &Tensor, loss_mask: Option<&Tensor>) -> Ten
 pub struct ModelOptions {
     /// Outputs `layer.embeddings`, `layer.<i>.attention`, `layer.<i>.mlp`, `layer.final_norm`.
     pub layers: bool,
-    /// Takes a `mask` [B, T] parameter after the tokens (nonzero = real token): padded keys are
-    /// hidden from attention and padded targets are left out of the loss.
+    /// Takes a `mask` [B, T] argument (nonzero = real token): padded keys are hidden from
+    /// attention and padded targets are left out of the loss.
     pub mask: bool,
 }
 
-/// Traces `loss(forward(params, tokens))` with parameters first (checkpoint order), then
-/// `tokens` [B, T] (s32) and, with `opts.mask`, `mask` [B, T] (s32). Outputs: `loss`,
-/// `logits` (f32, or f64 for f64 models), then the per-layer values if asked for.
-pub fn trace_model(cfg: &Config, dtype: DType, batch: i64, seq: i64, opts: ModelOptions) -> Result<graph::Function, graph::Error> {
-    let mut params = param_types(cfg, dtype);
-    params.push(("tokens".into(), TensorType::new(DType::S32, &[batch, seq])));
-    if opts.mask {
-        params.push(("mask".into(), TensorType::new(DType::S32, &[batch, seq])));
+/// The argument types of `trace_model`: `params.<checkpoint name>` in `dtype`, `tokens`
+/// [B, T] (s32) and, with `opts.mask`, `mask` [B, T] (s32).
+pub fn model_args(cfg: &Config, dtype: DType, batch: i64, seq: i64, opts: ModelOptions) -> Tree<TensorType> {
+    let mut t = Tree::new();
+    for (name, ty) in param_types(cfg, dtype) {
+        t.insert(format!("params.{name}"), ty).expect("internal: checkpoint names are distinct paths");
     }
-    let named: Vec<(&str, TensorType)> = params.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let n = param_shapes(cfg).len();
-    let wide = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
-    let mut names = vec!["loss".to_string(), "logits".to_string()];
-    let f = graph::trace("gemma", &named, |a| {
-        let p = Params::new(&params[..n], &a[..n]);
-        let mask = opts.mask.then(|| &a[n + 1]);
-        let out = forward(cfg, &p, &a[n], mask);
-        let mut outs = vec![loss(&out.logits, &a[n], mask), out.logits.convert(wide)];
-        if opts.layers {
-            names.push("layer.embeddings".into());
-            outs.push(out.embeddings.convert(wide));
-            for (i, (att, mlp)) in out.attention.iter().zip(&out.mlp).enumerate() {
-                names.push(format!("layer.{i}.attention"));
-                outs.push(att.convert(wide));
-                names.push(format!("layer.{i}.mlp"));
-                outs.push(mlp.convert(wide));
-            }
-            names.push("layer.final_norm".into());
-            outs.push(out.final_norm.convert(wide));
+    let ids = TensorType::new(DType::S32, &[batch, seq]);
+    t.insert("tokens", ids.clone()).expect("internal: fixed name");
+    if opts.mask {
+        t.insert("mask", ids).expect("internal: fixed name");
+    }
+    t
+}
+
+/// `loss(forward(params, tokens))` over a tree of arguments (see `model_args`). Outputs:
+/// `loss`, `logits` (f32, or f64 for f64 models), then the per-layer values if asked for.
+pub fn model(cfg: &Config, args: &Tree<Tensor>, opts: ModelOptions) -> Result<Tree<Tensor>, graph::Error> {
+    let p = Params::new(cfg, args.subtree("params"))?;
+    let tokens = args.leaf("tokens")?;
+    let mask = if opts.mask { Some(args.leaf("mask")?) } else { None };
+    let out = forward(cfg, &p, tokens, &default_positions(tokens), &causal_attention_mask(tokens, mask));
+    let wide = if out.logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let mut t = Tree::new().with("loss", loss(&out.logits, tokens, mask))?.with("logits", out.logits.convert(wide))?;
+    if opts.layers {
+        t.insert("layer.embeddings", out.embeddings.convert(wide))?;
+        for (i, (att, mlp)) in out.attention.iter().zip(&out.mlp).enumerate() {
+            t.insert(format!("layer.{i}.attention"), att.convert(wide))?;
+            t.insert(format!("layer.{i}.mlp"), mlp.convert(wide))?;
         }
-        outs
-    })?;
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    Ok(f.rename_outputs(&refs))
+        t.insert("layer.final_norm", out.final_norm.convert(wide))?;
+    }
+    Ok(t)
+}
+
+/// `model` traced for these sizes into a `Function`.
+pub fn trace_model(cfg: &Config, dtype: DType, batch: i64, seq: i64, opts: ModelOptions) -> Result<graph::Function, graph::Error> {
+    let args = model_args(cfg, dtype, batch, seq, opts);
+    let mut failed = None;
+    let f = graph::trace_tree("gemma", &args, |a| {
+        model(cfg, a, opts).unwrap_or_else(|e| {
+            failed = Some(e);
+            Tree::new()
+        })
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => f,
+    }
 }
 
 /// `trace_model` without the per-layer outputs.

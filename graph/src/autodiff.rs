@@ -18,9 +18,7 @@ fn reopen(f: &Function) -> (Rc<RefCell<TraceState>>, Vec<Tensor>) {
 
 fn check_wrt(f: &Function, wrt: &[usize]) -> Result<(), Error> {
     for &w in wrt {
-        let p = f.params.get(w).ok_or_else(|| {
-            Error::Invalid(format!("{}: cannot differentiate with respect to parameter {w}: it has {} parameters", f.name, f.params.len()))
-        })?;
+        let p = f.params.get(w).ok_or_else(|| Error::NoSuchParam { function: f.name.clone(), index: w, count: f.params.len() })?;
         if !p.ty.dtype.is_float() {
             return Err(Error::Invalid(format!(
                 "{}: cannot differentiate with respect to parameter {w} ({}: {}): not a float",
@@ -107,13 +105,13 @@ fn finish(f: &Function, state: Rc<RefCell<TraceState>>, params: Vec<Param>, outp
 fn grad_outputs(f: &Function, wrt: &[usize], grads: &[Tensor]) -> Vec<Output> {
     wrt.iter()
         .zip(grads)
-        .map(|(&w, g)| Output { name: format!("grad_{}", f.params[w].name), id: g.id, sharding: f.params[w].sharding.clone() })
+        .map(|(&w, g)| Output { name: format!("grad.{}", f.params[w].name), id: g.id, sharding: f.params[w].sharding.clone() })
         .collect()
 }
 
 /// Gradients of output 0 (a float scalar, the loss) with respect to the parameters `wrt`;
 /// the result returns all of `f`'s outputs (the loss first, then any auxiliary outputs),
-/// followed by one gradient per `wrt` parameter, named `grad_<param>`.
+/// followed by one gradient per `wrt` parameter, named `grad.<param>`.
 pub fn value_and_grad(f: &Function, wrt: &[usize]) -> Result<Function, Error> {
     check_wrt(f, wrt)?;
     let loss = f.outputs.first().ok_or_else(|| Error::Invalid(format!("{} has no outputs", f.name)))?;
@@ -123,12 +121,29 @@ pub fn value_and_grad(f: &Function, wrt: &[usize]) -> Result<Function, Error> {
     }
     let (state, x) = reopen(f);
     state.borrow_mut().loc_override = Some(f.nodes[loss.id].loc);
-    let seed = x[loss.id].full_like(1.0);
+    let seed = x[loss.id].scalar_like(1.0);
     let grads = backward(f, &x, vec![(loss.id, seed)], wrt)?;
     let mut outputs = f.outputs.clone();
     outputs.extend(grad_outputs(f, wrt, &grads));
     drop((x, grads));
     finish(f, state, f.params.clone(), outputs, format!("{}_value_and_grad", f.name))
+}
+
+/// `value_and_grad` for functions of trees: the loss is the output named `loss`, and the
+/// gradients (`grad.<path>`) are taken for every parameter at or under `wrt` (e.g. `params`).
+pub fn value_and_grad_tree(f: &Function, loss: &str, wrt: &str) -> Result<Function, Error> {
+    let at = f.outputs.iter().position(|o| o.name == loss).ok_or_else(|| {
+        let names: Vec<&str> = f.outputs.iter().map(|o| o.name.as_str()).collect();
+        Error::Invalid(format!("{}: no output named {loss:?} to differentiate (outputs: {})", f.name, names.join(", ")))
+    })?;
+    let params = f.params_under(wrt);
+    if params.is_empty() {
+        return Err(Error::Invalid(format!("{}: no parameters at or under {wrt:?}", f.name)));
+    }
+    let mut reordered = f.clone();
+    let l = reordered.outputs.remove(at);
+    reordered.outputs.insert(0, l);
+    value_and_grad(&reordered, &params)
 }
 
 /// Like `value_and_grad`, returning only the gradients.

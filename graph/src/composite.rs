@@ -1,6 +1,6 @@
 //! Composite ops written as plain functions of primitives (they need no VJP rules of their
 //! own): softmax, log_softmax, rms_norm, gelu (tanh), rope, causal mask, cross-entropy.
-use crate::trace::Tensor;
+use crate::trace::{Tensor, Tracer};
 use crate::types::{DType, TensorType};
 
 /// The dtype in which norms, softmax and angles are computed: f32, or f64 for f64 inputs.
@@ -73,7 +73,7 @@ impl Tensor {
         let inv_freq: Vec<f64> =
             (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / h as f64)).collect();
         let wd = wide(self.dtype());
-        let freq = self.constant(&TensorType::new(wd, &[half]), inv_freq);
+        let freq = self.tracer().constant(&TensorType::new(wd, &[half]), inv_freq);
         let pos = positions.convert(wd);
         let angles = pos.broadcast_in_dim(&[b, t, half], &[0, 1]) * freq.broadcast_in_dim(&[b, t, half], &[2]);
         let shape = [b, t, n, half];
@@ -86,21 +86,13 @@ impl Tensor {
         r1.concat(&[&r2], 3)
     }
 
-    /// A pred [T, S] mask, true where query t may attend to key s: s <= t + offset.
-    #[track_caller]
-    pub fn causal_mask(&self, t: i64, s: i64, offset: i64) -> Tensor {
-        let ty = TensorType::new(DType::S32, &[t, s]);
-        let rows = self.iota(&ty, 0) + self.constant_int(&TensorType::scalar(DType::S32), vec![offset]);
-        let cols = self.iota(&ty, 1);
-        cols.le(&rows)
-    }
 
     /// One-hot encoding of integer ids [...] as [..., depth] in `dtype`.
     #[track_caller]
     pub fn one_hot(&self, depth: i64, dtype: DType) -> Tensor {
         let mut dims = self.dims();
         dims.push(depth);
-        let iota = self.iota(&TensorType::new(self.dtype(), &dims), dims.len() - 1);
+        let iota = self.tracer().iota(&TensorType::new(self.dtype(), &dims), dims.len() - 1);
         let kept: Vec<usize> = (0..dims.len() - 1).collect();
         iota.eq(&self.broadcast_in_dim(&dims, &kept)).convert(dtype)
     }
@@ -123,5 +115,16 @@ impl Tensor {
                 (nll * &m).sum_all() / m.sum_all()
             }
         }
+    }
+}
+
+impl Tracer {
+    /// A pred [T, S] mask, true where query t may attend to key s: s <= t + offset.
+    #[track_caller]
+    pub fn causal_mask(&self, t: i64, s: i64, offset: i64) -> Tensor {
+        let ty = TensorType::new(DType::S32, &[t, s]);
+        let rows = self.iota(&ty, 0) + self.constant_int(&TensorType::scalar(DType::S32), vec![offset]);
+        let cols = self.iota(&ty, 1);
+        cols.le(&rows)
     }
 }

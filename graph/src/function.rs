@@ -4,6 +4,7 @@
 use crate::prim::Prim;
 use crate::trace::Loc;
 use crate::types::TensorType;
+use crate::Error;
 use sharding::{Mesh, PartitionSpec};
 use std::fmt;
 
@@ -52,33 +53,49 @@ impl Function {
     }
 
     /// Places the function on a device mesh; shardings of params and outputs name its axes.
-    pub fn with_mesh(mut self, mesh: Mesh) -> Function {
+    /// Shardings already set must fit the mesh.
+    pub fn with_mesh(mut self, mesh: Mesh) -> Result<Function, Error> {
+        for (what, spec) in self.params.iter().map(|p| (&p.name, &p.sharding)).chain(self.outputs.iter().map(|o| (&o.name, &o.sharding))) {
+            if let Some(spec) = spec {
+                spec.check(&mesh).map_err(|e| Error::Sharding { what: what.clone(), cause: e })?;
+            }
+        }
         self.mesh = Some(mesh);
-        self
+        Ok(self)
     }
 
-    /// Sets the partition spec of parameter `i` (ignored if out of range).
-    pub fn shard_param(mut self, i: usize, spec: PartitionSpec) -> Function {
-        if let Some(p) = self.params.get_mut(i) {
-            p.sharding = Some(spec);
+    fn check_spec(&self, what: &str, ty: &TensorType, spec: &PartitionSpec) -> Result<(), Error> {
+        let mesh = self.mesh.as_ref().ok_or_else(|| Error::Invalid(format!("{}: set a mesh before sharding {what}", self.name)))?;
+        spec.check(mesh).map_err(|e| Error::Sharding { what: what.to_string(), cause: e })?;
+        if spec.dims.len() != ty.rank() {
+            return Err(Error::Invalid(format!("{}: {what} is {ty} but its sharding {spec} has {} entries", self.name, spec.dims.len())));
         }
-        self
+        Ok(())
     }
 
-    /// Sets the partition spec of output `i` (ignored if out of range).
-    pub fn shard_output(mut self, i: usize, spec: PartitionSpec) -> Function {
-        if let Some(o) = self.outputs.get_mut(i) {
-            o.sharding = Some(spec);
-        }
-        self
+    /// Sets the partition spec of parameter `i` over the function's mesh.
+    pub fn shard_param(mut self, i: usize, spec: PartitionSpec) -> Result<Function, Error> {
+        let p = self.params.get(i).ok_or_else(|| Error::NoSuchParam { function: self.name.clone(), index: i, count: self.params.len() })?;
+        self.check_spec(&format!("parameter {i} ({})", p.name), &p.ty, &spec)?;
+        self.params[i].sharding = Some(spec);
+        Ok(self)
     }
 
-    /// Marks parameter `i` as donatable (`jax.buffer_donor`).
-    pub fn donate_param(mut self, i: usize) -> Function {
-        if let Some(p) = self.params.get_mut(i) {
-            p.donate = true;
-        }
-        self
+    /// Sets the partition spec of output `i` over the function's mesh.
+    pub fn shard_output(mut self, i: usize, spec: PartitionSpec) -> Result<Function, Error> {
+        let o = self.outputs.get(i).ok_or_else(|| Error::Invalid(format!("{}: no output {i} (it has {})", self.name, self.outputs.len())))?;
+        let ty = self.nodes[o.id].ty.clone();
+        self.check_spec(&format!("output {i} ({})", o.name), &ty, &spec)?;
+        self.outputs[i].sharding = Some(spec);
+        Ok(self)
+    }
+
+    /// Marks parameter `i` as donated (`jax.buffer_donor`): callers hand its buffer over.
+    pub fn donate_param(mut self, i: usize) -> Result<Function, Error> {
+        let count = self.params.len();
+        let p = self.params.get_mut(i).ok_or_else(|| Error::NoSuchParam { function: self.name.clone(), index: i, count })?;
+        p.donate = true;
+        Ok(self)
     }
 
     /// Renames the outputs in order (extra names are ignored).

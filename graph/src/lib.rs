@@ -10,18 +10,23 @@
 #![forbid(unsafe_code)]
 
 mod autodiff;
+mod call;
 mod composite;
 mod function;
 mod lower;
 mod ops;
 mod prim;
 mod trace;
+mod tree;
 mod types;
 
-pub use autodiff::{grad, value_and_grad, vjp};
+pub use autodiff::{grad, value_and_grad, value_and_grad_tree, vjp};
+pub use call::trace_tree;
+pub use lower::LowerOptions;
 pub use function::{Function, Node, Output, Param};
 pub use prim::{Cmp, DotDims, Literal, Prim};
-pub use trace::{trace, Loc, Tensor};
+pub use trace::{trace, Loc, Tensor, Tracer};
+pub use tree::{path_order, Tree};
 pub use types::{DType, TensorType};
 
 /// All primitives, for tables that must cover each of them (e.g. the gradient checks).
@@ -36,6 +41,14 @@ pub enum Error {
     Shape { op: &'static str, inputs: Vec<TensorType>, loc: Loc, message: String },
     #[error("no VJP rule for primitive {prim} (op at {loc})")]
     NoVjp { prim: &'static str, loc: Loc },
+    #[error("call of {function} at {loc}: {message}")]
+    Call { function: String, loc: Loc, message: String },
+    #[error("{function} has no parameter {index} (it has {count})")]
+    NoSuchParam { function: String, index: usize, count: usize },
+    #[error("sharding of {what}: {cause}")]
+    Sharding { what: String, cause: sharding::Error },
+    #[error("tree: {0}")]
+    Tree(String),
     #[error("{0}")]
     Invalid(String),
 }

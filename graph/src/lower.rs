@@ -4,6 +4,7 @@
 use crate::function::Function;
 use crate::prim::{Literal, Prim};
 use crate::types::{DType, TensorType};
+use crate::Error;
 
 /// Collects the op lines of one function body and hands out SSA names.
 pub(crate) struct Emitter {
@@ -40,7 +41,7 @@ impl Emitter {
         let region = region.map(|(c, dt)| self.region(c, dt)).unwrap_or_default();
         let attrs = if attrs.is_empty() { String::new() } else { format!(" {{{attrs}}}") };
         self.lines.push(format!(
-            "{r} = \"{name}\"({}){region}{attrs} : ({}) -> {} {}",
+            "{r} = \"{name}\"({}){region}{attrs} : ({}) -> {}{}",
             names.join(", "),
             types.join(", "),
             result.mlir(),
@@ -56,7 +57,7 @@ impl Emitter {
         let types: Vec<String> = operands.iter().map(|o| o.1.mlir()).collect();
         let outs: Vec<String> = results.iter().map(|t| t.mlir()).collect();
         self.lines.push(format!(
-            "{r}:{} = \"{name}\"({}) {{{attrs}}} : ({}) -> ({}) {}",
+            "{r}:{} = \"{name}\"({}) {{{attrs}}} : ({}) -> ({}){}",
             results.len(),
             names.join(", "),
             types.join(", "),
@@ -156,9 +157,29 @@ fn quoted(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// How `Function::to_stablehlo_with` writes the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LowerOptions {
+    /// Each op carries `loc("file.rs":line:col)` of the Rust code that made it (default).
+    /// Off: no locations (stable text for golden files).
+    pub locations: bool,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions { locations: true }
+    }
+}
+
 impl Function {
-    /// StableHLO text of this function as `@main` of a module named after it.
-    pub fn to_stablehlo(&self) -> String {
+    /// StableHLO text of this function as `@main` of a module named after it, each op with
+    /// its Rust source location. Fails when a sharding does not fit the mesh or the function.
+    pub fn to_stablehlo(&self) -> Result<String, Error> {
+        self.to_stablehlo_with(LowerOptions::default())
+    }
+
+    /// `to_stablehlo` with options.
+    pub fn to_stablehlo_with(&self, options: LowerOptions) -> Result<String, Error> {
         let live = self.live_nodes();
         let mut names: Vec<String> = vec![String::new(); self.nodes.len()];
         let mut e = Emitter { lines: Vec::new(), next: 0, loc: String::new() };
@@ -170,7 +191,9 @@ impl Function {
             if !live[i] {
                 continue;
             }
-            e.loc = format!("loc({}:{}:{})", quoted(node.loc.file), node.loc.line, node.loc.col);
+            if options.locations {
+                e.loc = format!(" loc({}:{}:{})", quoted(node.loc.file), node.loc.line, node.loc.col);
+            }
             let args: Vec<(String, TensorType)> =
                 node.inputs.iter().map(|&j| (names[j].clone(), self.nodes[j].ty.clone())).collect();
             names[i] = node.prim.lower(&mut e, &args, &node.ty);
@@ -183,32 +206,33 @@ impl Function {
         if let Some(mesh) = &self.mesh {
             out += &format!("  {}\n", mesh.sdy_declaration("mesh"));
         }
-        let sharding_attr = |spec: &Option<sharding::PartitionSpec>| -> Option<String> {
-            let (mesh, spec) = (self.mesh.as_ref()?, spec.as_ref()?);
-            Some(format!("sdy.sharding = {}", spec.sdy_sharding(mesh, "mesh").ok()?))
+        let sharding_attr = |what: &str, spec: &Option<sharding::PartitionSpec>, ty: &TensorType| -> Result<Option<String>, Error> {
+            let Some(spec) = spec else { return Ok(None) };
+            let Some(mesh) = self.mesh.as_ref() else {
+                return Err(Error::Invalid(format!("{}: {what} has a sharding but the function has no mesh", self.name)));
+            };
+            if spec.dims.len() != ty.rank() {
+                return Err(Error::Invalid(format!("{}: {what} is {ty} but its sharding {spec} has {} entries", self.name, spec.dims.len())));
+            }
+            let text = spec.sdy_sharding(mesh, "mesh").map_err(|cause| Error::Sharding { what: what.to_string(), cause })?;
+            Ok(Some(format!("sdy.sharding = {text}")))
         };
-        let params: Vec<String> = self
-            .params
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let mut attrs = vec![format!("mhlo.frontend_attributes = {{name = {}}}", quoted(&p.name))];
-                attrs.extend(sharding_attr(&p.sharding));
-                if p.donate {
-                    attrs.push("jax.buffer_donor = true".into());
-                }
-                format!("%arg{i}: {} {{{}}}", p.ty.mlir(), attrs.join(", "))
-            })
-            .collect();
-        let results: Vec<String> = self
-            .outputs
-            .iter()
-            .map(|o| {
-                let mut attrs = vec![format!("jax.result_info = {}", quoted(&o.name))];
-                attrs.extend(sharding_attr(&o.sharding));
-                format!("{} {{{}}}", self.nodes[o.id].ty.mlir(), attrs.join(", "))
-            })
-            .collect();
+        let mut params = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            let mut attrs = vec![format!("mhlo.frontend_attributes = {{name = {}}}", quoted(&p.name))];
+            attrs.extend(sharding_attr(&format!("parameter {}", p.name), &p.sharding, &p.ty)?);
+            if p.donate {
+                attrs.push("jax.buffer_donor = true".into());
+            }
+            params.push(format!("%arg{i}: {} {{{}}}", p.ty.mlir(), attrs.join(", ")));
+        }
+        let mut results = Vec::new();
+        for o in &self.outputs {
+            let ty = &self.nodes[o.id].ty;
+            let mut attrs = vec![format!("jax.result_info = {}", quoted(&o.name))];
+            attrs.extend(sharding_attr(&format!("output {}", o.name), &o.sharding, ty)?);
+            results.push(format!("{} {{{}}}", ty.mlir(), attrs.join(", ")));
+        }
         out += &format!("  func.func public @main({}) -> ({}) {{\n", params.join(", "), results.join(", "));
         for line in &e.lines {
             out += &format!("    {line}\n");
@@ -216,7 +240,7 @@ impl Function {
         let ret: Vec<&str> = self.outputs.iter().map(|o| names[o.id].as_str()).collect();
         let ret_types: Vec<String> = self.outputs.iter().map(|o| self.nodes[o.id].ty.mlir()).collect();
         out += &format!("    \"func.return\"({}) : ({}) -> ()\n  }}\n}}\n", ret.join(", "), ret_types.join(", "));
-        out
+        Ok(out)
     }
 }
 

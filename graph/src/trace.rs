@@ -39,6 +39,50 @@ pub(crate) struct TraceState {
     pub(crate) loc_override: Option<Loc>,
 }
 
+thread_local! {
+    /// The traces being built on this thread, innermost last (`trace` inside `trace`).
+    static ACTIVE: RefCell<Vec<Rc<RefCell<TraceState>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks a trace as the innermost active one while it lives (also when the closure panics).
+struct Active;
+
+impl Active {
+    fn enter(state: &Rc<RefCell<TraceState>>) -> Active {
+        ACTIVE.with(|a| a.borrow_mut().push(state.clone()));
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| a.borrow_mut().pop());
+    }
+}
+
+/// A handle on a trace being built: makes values that need no input (constants, iotas,
+/// masks) and inlines other functions into it. Get one from any traced value
+/// (`x.tracer()`) or, inside the closure given to `trace`, from `Tracer::current()`.
+#[derive(Clone)]
+pub struct Tracer {
+    pub(crate) state: Rc<RefCell<TraceState>>,
+}
+
+impl Tracer {
+    /// The innermost trace being built on this thread, if any.
+    pub fn current() -> Option<Tracer> {
+        ACTIVE.with(|a| a.borrow().last().map(|s| Tracer { state: s.clone() }))
+    }
+
+    /// Records an error in this trace (the first one wins); `trace` then returns it.
+    pub(crate) fn fail(&self, e: Error) {
+        let mut st = self.state.borrow_mut();
+        if st.error.is_none() {
+            st.error = Some(e);
+        }
+    }
+}
+
 /// A traced value. Cheap to clone; ops on it record nodes in its trace.
 #[derive(Clone)]
 pub struct Tensor {
@@ -53,6 +97,11 @@ impl fmt::Debug for Tensor {
 }
 
 impl Tensor {
+    /// The trace this value belongs to.
+    pub fn tracer(&self) -> Tracer {
+        Tracer { state: self.trace.clone() }
+    }
+
     pub fn ty(&self) -> TensorType {
         self.trace.borrow().nodes[self.id].ty.clone()
     }
@@ -122,7 +171,10 @@ where
             })
             .collect()
     };
-    let outs = f(&args);
+    let outs = {
+        let _active = Active::enter(&state);
+        f(&args)
+    };
     drop(args);
     let outputs = outs
         .iter()

@@ -72,6 +72,16 @@ impl Client {
         Ok(self.inner.addressable_devices()?)
     }
 
+    /// Host-to-device copies made so far (tests show arrays stay on the devices).
+    pub fn uploads(&self) -> usize {
+        self.inner.uploads()
+    }
+
+    /// Device-to-host copies made so far.
+    pub fn downloads(&self) -> usize {
+        self.inner.downloads()
+    }
+
     /// Buffers of this client currently alive: tests end by checking it is back to zero.
     pub fn live_buffers(&self) -> usize {
         self.inner.live_buffers()
@@ -91,7 +101,7 @@ impl Client {
             });
         }
         let exe = self.inner.compile(&program.bytes, program.pjrt_format(), &options.encode())?;
-        Executable::new(exe, program)
+        Executable::new(exe, program, options.mesh.as_ref())
     }
 
     /// Copies `array` (a `HostArray` or a borrowed `HostView`) to `device`.

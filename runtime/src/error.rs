@@ -1,5 +1,6 @@
 //! The runtime's error type: PJRT failures keep their {call, code, message}; everything else
 //! names the file, argument or shape at fault.
+use dtype::TensorType;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,16 @@ pub enum Error {
     NotEnoughDevices { needed: usize, available: usize, hint: String },
     #[error("{0}")]
     Argument(String),
+    #[error("the program takes {expected} arguments but {actual} were given")]
+    ArgumentCount { expected: usize, actual: usize },
+    #[error("argument {index}: the program expects {expected}, got {actual}")]
+    ArgumentType { index: usize, expected: TensorType, actual: TensorType },
+    #[error("argument {index}: the program expects it placed as {expected}, but it is placed as {actual}")]
+    ArgumentSharding { index: usize, expected: String, actual: String },
+    #[error("argument {index}: its array is on other devices than the program's (device {device} differs)")]
+    ArgumentDevices { index: usize, device: usize },
+    #[error("argument {index}: the program donates this parameter, so the array must be moved in (Arg::Donate), not lent")]
+    MustDonate { index: usize },
     #[error(transparent)]
     Sharding(#[from] sharding::Error),
     #[error("invalid program: {0}")]

@@ -4,13 +4,22 @@
 use crate::client::download;
 use crate::error::{Error, Result};
 use crate::host::{AsHostView, HostArray};
-use crate::program::{Program, TensorType};
-use sharding::{assemble, shard_of, OpSharding, Tiling};
+use crate::program::Program;
+use dtype::TensorType;
+use crate::device_array::{Arg, DeviceArray};
+use sharding::{assemble, shard_of, Mesh, NamedSharding, OpSharding, Tiling};
 use xla_sys::{Buffer, Device, LoadedExecutable};
 
 pub struct Executable {
     inner: LoadedExecutable,
     devices: Vec<Device>,
+    mesh: Mesh,
+    donated: Vec<bool>,
+    /// How each parameter must be placed (text programs: from the compiled shardings).
+    param_tilings: Option<Vec<Tiling>>,
+    /// Each output's sharding as a spec over `mesh` (text programs; None where no spec over
+    /// the mesh describes it, which only `call` minds).
+    out_named: Option<Vec<Option<NamedSharding>>>,
     params: Option<Vec<TensorType>>,
     results: Option<Vec<TensorType>>,
     param_shardings: Option<Vec<OpSharding>>,
@@ -31,18 +40,55 @@ fn decode_all(raw: Option<Vec<Vec<u8>>>) -> Result<Option<Vec<OpSharding>>> {
 }
 
 impl Executable {
-    pub(crate) fn new(inner: LoadedExecutable, program: &Program) -> Result<Executable> {
+    pub(crate) fn new(inner: LoadedExecutable, program: &Program, mesh: Option<&Mesh>) -> Result<Executable> {
         let devices = inner.addressable_devices()?;
-        let single = devices.len() == 1;
+        let n = devices.len();
+        let single = n == 1;
         // On one device every sharding is trivially the whole array.
         let (param_shardings, output_shardings) = if single {
             (None, None)
         } else {
             (decode_all(inner.parameter_shardings()?)?, decode_all(inner.output_shardings()?)?)
         };
+        let mesh = match mesh {
+            Some(m) if m.num_devices() as usize == n => m.clone(),
+            Some(m) => {
+                return Err(Error::Program(format!("the mesh {m} has {} devices but the program runs on {n}", m.num_devices())))
+            }
+            None if single => Mesh::single(),
+            None => Mesh::new(&[("devices", n as i64)])?,
+        };
+        let tilings = |types: &Option<Vec<TensorType>>, ops: &Option<Vec<OpSharding>>| -> Result<Option<Vec<Tiling>>> {
+            let Some(types) = types else { return Ok(None) };
+            let tiling = |i: usize, t: &TensorType| {
+                let op = ops.as_ref().and_then(|o| o.get(i)).cloned().unwrap_or(OpSharding::Replicated);
+                Tiling::new(&op, &t.dims, n)
+            };
+            Ok(Some(types.iter().enumerate().map(|(i, t)| tiling(i, t)).collect::<Result<_, _>>()?))
+        };
+        let param_tilings = tilings(&program.params, &param_shardings)?;
+        let out_named = match &program.results {
+            None => None,
+            Some(results) => Some(
+                results
+                    .iter()
+                    .enumerate()
+                    .map(|(j, t)| {
+                        let op = output_shardings.as_ref().and_then(|o| o.get(j)).cloned().unwrap_or(OpSharding::Replicated);
+                        NamedSharding::infer(&mesh, &op, &t.dims)
+                    })
+                    .collect(),
+            ),
+        };
+        let mut donated = program.donated.clone();
+        donated.resize(program.params.as_ref().map_or(0, |p| p.len()), false);
         Ok(Executable {
             inner,
             devices,
+            mesh,
+            donated,
+            param_tilings,
+            out_named,
             params: program.params.clone(),
             results: program.results.clone(),
             param_shardings,
@@ -84,6 +130,79 @@ impl Executable {
             )));
         }
         Ok(self.inner.execute(args, donate)?)
+    }
+
+    /// The mesh the program's shardings are read against.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// Which parameters the program donates.
+    pub fn donated(&self) -> &[bool] {
+        &self.donated
+    }
+
+    /// Runs on arrays that stay on the devices and returns the outputs, also on the devices.
+    /// Each argument must have the parameter's type and placement; parameters the program
+    /// donates must be moved in (`Arg::Donate`), and their memory may be reused for outputs.
+    pub fn call(&self, args: Vec<Arg<'_>>) -> Result<Vec<DeviceArray>> {
+        let (Some(params), Some(tilings), Some(results), Some(out_named)) =
+            (&self.params, &self.param_tilings, &self.results, &self.out_named)
+        else {
+            return Err(Error::Program("calling with device arrays needs a StableHLO text program (its signature)".into()));
+        };
+        if args.len() != params.len() {
+            return Err(Error::ArgumentCount { expected: params.len(), actual: args.len() });
+        }
+        let mut donate = Vec::new();
+        for (i, arg) in args.iter().enumerate() {
+            let a = arg.array();
+            if a.ty() != &params[i] {
+                return Err(Error::ArgumentType { index: i, expected: params[i].clone(), actual: a.ty().clone() });
+            }
+            let t = a.tiling();
+            if t.shard_shape != tilings[i].shard_shape || t.regions != tilings[i].regions {
+                let expected = NamedSharding::infer(&self.mesh, &self.param_op_sharding(i), &params[i].dims)
+                    .map_or_else(|| self.param_op_sharding(i).describe(), |n| n.to_string());
+                return Err(Error::ArgumentSharding { index: i, expected, actual: a.sharding().to_string() });
+            }
+            if let Some(d) = (0..self.devices.len()).find(|&d| !a.devices()[d].same_as(&self.devices[d])) {
+                return Err(Error::ArgumentDevices { index: i, device: d });
+            }
+            match arg {
+                Arg::Keep(_) if self.donated[i] => return Err(Error::MustDonate { index: i }),
+                Arg::Donate(_) => donate.push(i),
+                Arg::Keep(_) => {}
+            }
+        }
+        let lists: Vec<Vec<&Buffer>> =
+            (0..self.devices.len()).map(|d| args.iter().map(|a| &a.array().buffers()[d]).collect()).collect();
+        let outputs = self.execute(&lists, &donate)?;
+        drop(lists);
+        drop(args); // donated arrays end here; their buffers are already deleted by PJRT
+        let mut per_output: Vec<Vec<Buffer>> = (0..results.len()).map(|_| Vec::new()).collect();
+        for device_outputs in outputs {
+            for (j, b) in device_outputs.into_iter().enumerate() {
+                if let Some(list) = per_output.get_mut(j) {
+                    list.push(b);
+                }
+            }
+        }
+        per_output
+            .into_iter()
+            .enumerate()
+            .map(|(j, buffers)| {
+                let named = out_named[j].clone().ok_or_else(|| {
+                    let op = self.output_shardings.as_ref().and_then(|o| o.get(j)).map_or("{replicated}".into(), |o| o.describe());
+                    Error::Program(format!("output {j} is placed as {op}, which no spec over the mesh {} describes", self.mesh))
+                })?;
+                DeviceArray::from_buffers(results[j].clone(), named, self.devices.clone(), buffers)
+            })
+            .collect()
+    }
+
+    fn param_op_sharding(&self, i: usize) -> OpSharding {
+        self.param_shardings.as_ref().and_then(|s| s.get(i)).cloned().unwrap_or(OpSharding::Replicated)
     }
 
     /// Checks whole host arguments against the program's parameter types (when known).

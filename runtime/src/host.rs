@@ -3,11 +3,11 @@
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
-use xla_sys::ElementType;
+use dtype::{DType, TensorType};
 
 /// A Rust type that maps to one PJRT element type.
 pub trait Element: Copy + 'static {
-    const TYPE: ElementType;
+    const TYPE: DType;
     fn to_bytes(values: &[Self]) -> Vec<u8>;
     fn from_bytes(bytes: &[u8]) -> Vec<Self>;
 }
@@ -15,7 +15,7 @@ pub trait Element: Copy + 'static {
 macro_rules! pod_element {
     ($($t:ty => $e:ident),*) => {$(
         impl Element for $t {
-            const TYPE: ElementType = ElementType::$e;
+            const TYPE: DType = DType::$e;
             fn to_bytes(values: &[Self]) -> Vec<u8> {
                 bytemuck::cast_slice(values).to_vec()
             }
@@ -29,7 +29,7 @@ pod_element!(f32 => F32, f64 => F64, f16 => F16, bf16 => Bf16, i8 => S8, i16 => 
              i32 => S32, i64 => S64, u8 => U8, u16 => U16, u32 => U32, u64 => U64);
 
 impl Element for bool {
-    const TYPE: ElementType = ElementType::Pred;
+    const TYPE: DType = DType::Pred;
     fn to_bytes(values: &[Self]) -> Vec<u8> {
         values.iter().map(|&b| b as u8).collect()
     }
@@ -41,32 +41,35 @@ impl Element for bool {
 /// A borrowed dense row-major array (e.g. a tensor inside a memory-mapped checkpoint).
 #[derive(Clone, Copy, Debug)]
 pub struct HostView<'a> {
-    pub dtype: ElementType,
+    pub dtype: DType,
     pub dims: &'a [i64],
     pub bytes: &'a [u8],
 }
 
 impl HostView<'_> {
     /// A copy converted to another float type (f16, bf16, f32, f64), rounding to nearest.
-    pub fn convert_float(&self, to: ElementType) -> Result<HostArray> {
+    pub fn convert_float(&self, to: DType) -> Result<HostArray> {
         let owned = HostArray::from_bytes(self.dtype, self.dims, self.bytes.to_vec())?;
-        if !matches!(self.dtype, ElementType::F16 | ElementType::Bf16 | ElementType::F32 | ElementType::F64) {
+        if !matches!(self.dtype, DType::F16 | DType::Bf16 | DType::F32 | DType::F64) {
             return Err(Error::Argument(format!("cannot convert {} to {to}: not a float", self.dtype)));
         }
         let v = owned.to_f64_vec();
         match to {
-            ElementType::F64 => HostArray::from_vec(self.dims, v),
-            ElementType::F32 => HostArray::from_vec(self.dims, v.into_iter().map(|x| x as f32).collect()),
-            ElementType::Bf16 => HostArray::from_vec(self.dims, v.into_iter().map(bf16::from_f64).collect()),
-            ElementType::F16 => HostArray::from_vec(self.dims, v.into_iter().map(f16::from_f64).collect()),
+            DType::F64 => HostArray::from_vec(self.dims, v),
+            DType::F32 => HostArray::from_vec(self.dims, v.into_iter().map(|x| x as f32).collect()),
+            DType::Bf16 => HostArray::from_vec(self.dims, v.into_iter().map(bf16::from_f64).collect()),
+            DType::F16 => HostArray::from_vec(self.dims, v.into_iter().map(f16::from_f64).collect()),
             other => Err(Error::Argument(format!("cannot convert {} to {other}: not a float", self.dtype))),
         }
     }
 
+    pub fn ty(&self) -> TensorType {
+        TensorType::new(self.dtype, self.dims)
+    }
+
     /// `f32[4,2]`
     pub fn type_string(&self) -> String {
-        let dims: Vec<String> = self.dims.iter().map(|d| d.to_string()).collect();
-        format!("{}[{}]", self.dtype, dims.join(","))
+        self.ty().to_string()
     }
 }
 
@@ -90,13 +93,13 @@ impl AsHostView for HostArray {
 /// A dense row-major array in host memory.
 #[derive(Clone, PartialEq)]
 pub struct HostArray {
-    dtype: ElementType,
+    dtype: DType,
     dims: Vec<i64>,
     data: Vec<u8>,
 }
 
 impl HostArray {
-    pub fn from_bytes(dtype: ElementType, dims: &[i64], data: Vec<u8>) -> Result<HostArray> {
+    pub fn from_bytes(dtype: DType, dims: &[i64], data: Vec<u8>) -> Result<HostArray> {
         let count = element_count(dims)?;
         if count * dtype.size_bytes() != data.len() {
             return Err(Error::Argument(format!(
@@ -118,7 +121,7 @@ impl HostArray {
         HostArray { dtype: T::TYPE, dims, data: T::to_bytes(&values) }
     }
 
-    pub fn dtype(&self) -> ElementType {
+    pub fn dtype(&self) -> DType {
         self.dtype
     }
     pub fn dims(&self) -> &[i64] {
@@ -156,26 +159,29 @@ impl HostArray {
     pub fn to_f64_vec(&self) -> Vec<f64> {
         let d = &self.data;
         match self.dtype {
-            ElementType::Pred => d.iter().map(|&b| (b != 0) as u8 as f64).collect(),
-            ElementType::S8 => i8::from_bytes(d).into_iter().map(f64::from).collect(),
-            ElementType::S16 => i16::from_bytes(d).into_iter().map(f64::from).collect(),
-            ElementType::S32 => i32::from_bytes(d).into_iter().map(f64::from).collect(),
-            ElementType::S64 => i64::from_bytes(d).into_iter().map(|v| v as f64).collect(),
-            ElementType::U8 => d.iter().map(|&v| v as f64).collect(),
-            ElementType::U16 => u16::from_bytes(d).into_iter().map(f64::from).collect(),
-            ElementType::U32 => u32::from_bytes(d).into_iter().map(f64::from).collect(),
-            ElementType::U64 => u64::from_bytes(d).into_iter().map(|v| v as f64).collect(),
-            ElementType::F16 => f16::from_bytes(d).into_iter().map(f64::from).collect(),
-            ElementType::Bf16 => bf16::from_bytes(d).into_iter().map(f64::from).collect(),
-            ElementType::F32 => f32::from_bytes(d).into_iter().map(f64::from).collect(),
-            ElementType::F64 => f64::from_bytes(d),
+            DType::Pred => d.iter().map(|&b| (b != 0) as u8 as f64).collect(),
+            DType::S8 => i8::from_bytes(d).into_iter().map(f64::from).collect(),
+            DType::S16 => i16::from_bytes(d).into_iter().map(f64::from).collect(),
+            DType::S32 => i32::from_bytes(d).into_iter().map(f64::from).collect(),
+            DType::S64 => i64::from_bytes(d).into_iter().map(|v| v as f64).collect(),
+            DType::U8 => d.iter().map(|&v| v as f64).collect(),
+            DType::U16 => u16::from_bytes(d).into_iter().map(f64::from).collect(),
+            DType::U32 => u32::from_bytes(d).into_iter().map(f64::from).collect(),
+            DType::U64 => u64::from_bytes(d).into_iter().map(|v| v as f64).collect(),
+            DType::F16 => f16::from_bytes(d).into_iter().map(f64::from).collect(),
+            DType::Bf16 => bf16::from_bytes(d).into_iter().map(f64::from).collect(),
+            DType::F32 => f32::from_bytes(d).into_iter().map(f64::from).collect(),
+            DType::F64 => f64::from_bytes(d),
         }
+    }
+
+    pub fn ty(&self) -> TensorType {
+        TensorType::new(self.dtype, &self.dims)
     }
 
     /// `f32[4,2]`
     pub fn type_string(&self) -> String {
-        let dims: Vec<String> = self.dims.iter().map(|d| d.to_string()).collect();
-        format!("{}[{}]", self.dtype, dims.join(","))
+        self.ty().to_string()
     }
 }
 

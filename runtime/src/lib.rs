@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod device_array;
 pub mod discovery;
 mod error;
 mod executable;
@@ -12,12 +13,16 @@ mod options;
 mod program;
 
 pub use client::{download, Client, PluginInfo};
+pub use device_array::{Arg, DeviceArray};
+pub use sharding::{Mesh, NamedSharding, PartitionSpec};
 pub use discovery::PluginSpec;
 pub use error::{Error, Result};
 pub use executable::{Executable, ShardedOutput};
 pub use host::{AsHostView, Element, HostArray, HostView};
 pub use options::{CompileOptions, Partitioner};
-pub use program::{parse_tensor_type, Program, ProgramFormat, TensorType};
+pub use dtype::{DType, TensorType};
+pub use program::{parse_tensor_type, Program, ProgramFormat};
 pub use sharding::OpSharding;
 pub use xla_sys::BINDINGS_MINOR;
-pub use xla_sys::{Buffer, Device, ElementType, ErrorCode, NamedValue};
+pub use xla_sys::mmap::MappedFile;
+pub use xla_sys::{Buffer, Device, ErrorCode, NamedValue};

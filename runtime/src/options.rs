@@ -2,6 +2,7 @@
 //! num_replicas and num_partitions are always sent: the CPU plugin aborts the process when
 //! either is missing.
 use prost::Message;
+use sharding::Mesh;
 
 #[derive(Clone, PartialEq, Message)]
 struct CompileOptionsProto {
@@ -36,17 +37,28 @@ pub struct CompileOptions {
     pub num_partitions: i64,
     /// None: no SPMD partitioning (only valid with one partition).
     pub partitioner: Option<Partitioner>,
+    /// The mesh the program's shardings name (not sent to XLA): outputs of `Executable::call`
+    /// carry specs over it. None: one axis `devices` over all partitions.
+    pub mesh: Option<Mesh>,
 }
 
 impl CompileOptions {
     /// One replica, one partition.
     pub fn single_device() -> CompileOptions {
-        CompileOptions { num_replicas: 1, num_partitions: 1, partitioner: None }
+        CompileOptions { num_replicas: 1, num_partitions: 1, partitioner: None, mesh: None }
     }
 
     /// SPMD over `num_partitions` devices.
     pub fn spmd(num_partitions: i64, partitioner: Partitioner) -> CompileOptions {
-        CompileOptions { num_replicas: 1, num_partitions, partitioner: Some(partitioner) }
+        CompileOptions { num_replicas: 1, num_partitions, partitioner: Some(partitioner), mesh: None }
+    }
+
+    /// For a program over `mesh`: SPMD over its devices with Shardy (or one device).
+    pub fn for_mesh(mesh: &Mesh) -> CompileOptions {
+        let n = mesh.num_devices();
+        let mut o = if n == 1 { CompileOptions::single_device() } else { CompileOptions::spmd(n, Partitioner::Shardy) };
+        o.mesh = Some(mesh.clone());
+        o
     }
 
     pub fn num_devices(&self) -> usize {

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::options::Partitioner;
 use std::path::Path;
-use xla_sys::ElementType;
+use dtype::{DType, TensorType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgramFormat {
@@ -14,20 +14,6 @@ pub enum ProgramFormat {
     MlirBytecode,
     /// A serialized xla.HloModuleProto.
     HloProto,
-}
-
-/// A tensor type from a program signature, e.g. `tensor<4x2xf32>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorType {
-    pub dims: Vec<i64>,
-    pub dtype: ElementType,
-}
-
-impl std::fmt::Display for TensorType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let dims: Vec<String> = self.dims.iter().map(|d| d.to_string()).collect();
-        write!(f, "{}[{}]", self.dtype, dims.join(","))
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +27,9 @@ pub struct Program {
     /// Parameter and result types of `@main` (text only).
     pub params: Option<Vec<TensorType>>,
     pub results: Option<Vec<TensorType>>,
+    /// Which parameters the program lets the caller donate (`jax.buffer_donor` or
+    /// `tf.aliasing_output` on `@main`'s arguments; text only, else none).
+    pub donated: Vec<bool>,
     /// The partitioner the annotations are written for, if any are present.
     pub annotations: Option<Partitioner>,
 }
@@ -79,6 +68,7 @@ impl Program {
             num_replicas: None,
             params: None,
             results: None,
+            donated: Vec::new(),
             annotations: None,
         };
         match format {
@@ -96,8 +86,9 @@ impl Program {
                     None
                 };
                 // A signature we cannot read is left to the compiler to judge.
-                if let Some((params, results)) = main_signature(&text) {
+                if let Some((params, results, donated)) = main_signature(&text) {
                     p.params = Some(params);
+                    p.donated = donated;
                     p.results = Some(results);
                 }
             }
@@ -191,19 +182,23 @@ pub fn parse_tensor_type(t: &str) -> Option<TensorType> {
     let inner = &inner[..inner.find('>')?];
     let inner = inner.split(',').next()?.trim(); // drop an encoding such as `, #sdy...`
     let mut parts: Vec<&str> = inner.split('x').collect();
-    let dtype = ElementType::from_name(parts.pop()?)?;
+    let dtype = DType::from_name(parts.pop()?)?;
     let dims: Option<Vec<i64>> = parts.iter().map(|d| d.parse().ok()).collect();
-    Some(TensorType { dims: dims?, dtype })
+    Some(TensorType { dtype, dims: dims? })
 }
 
 /// Parameter and result types of `func.func ... @main(...) -> (...)`.
-fn main_signature(text: &str) -> Option<(Vec<TensorType>, Vec<TensorType>)> {
+type Signature = (Vec<TensorType>, Vec<TensorType>, Vec<bool>);
+
+fn main_signature(text: &str) -> Option<Signature> {
     let at = text.find("@main(")? + "@main".len();
     let args = bracketed(text, at)?;
     let mut params = Vec::new();
+    let mut donated = Vec::new();
     for arg in split_top_level(args) {
         let ty = arg.split_once(':')?.1.trim();
         params.push(parse_tensor_type(ty)?);
+        donated.push(arg.contains("jax.buffer_donor = true") || arg.contains("tf.aliasing_output"));
     }
     let after = text[at + args.len() + 2..].trim_start();
     let results = match after.strip_prefix("->") {
@@ -222,7 +217,7 @@ fn main_signature(text: &str) -> Option<(Vec<TensorType>, Vec<TensorType>)> {
             out
         }
     };
-    Some((params, results))
+    Some((params, results, donated))
 }
 
 #[cfg(test)]
@@ -242,17 +237,17 @@ mod tests {
         assert_eq!(p.num_replicas, Some(1));
         assert_eq!(p.annotations, Some(Partitioner::Shardy));
         let params = p.params.unwrap();
-        assert_eq!(params[0], TensorType { dims: vec![4, 2], dtype: ElementType::F32 });
-        assert_eq!(params[1], TensorType { dims: vec![], dtype: ElementType::S32 });
+        assert_eq!(params[0], TensorType::new(DType::F32, &[4, 2]));
+        assert_eq!(params[1], TensorType::scalar(DType::S32));
         let results = p.results.unwrap();
-        assert_eq!(results[1], TensorType { dims: vec![2], dtype: ElementType::Pred });
+        assert_eq!(results[1], TensorType::new(DType::Pred, &[2]));
     }
 
     #[test]
     fn single_result_without_parentheses() {
         let text = "func.func @main(%a: tensor<3xbf16>) -> tensor<3xbf16> {\n return %a : tensor<3xbf16>\n}";
         let p = Program::from_text(text).unwrap();
-        assert_eq!(p.results.unwrap()[0].dtype, ElementType::Bf16);
+        assert_eq!(p.results.unwrap()[0].dtype, DType::Bf16);
         assert_eq!(p.num_partitions, None);
         assert!(Program::new(b"garbage".to_vec(), ProgramFormat::MlirBytecode).is_err());
     }

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use half::{bf16, f16};
 use runtime::{
-    download, Client, CompileOptions, Element, ElementType, Error, HostArray, OpSharding, Partitioner,
+    download, Client, CompileOptions, Element, DType, Error, HostArray, OpSharding, Partitioner,
     PluginSpec, Program,
 };
 
@@ -292,7 +292,7 @@ fn the_cpu_plugin_reports_its_facts() -> Result<()> {
     let ids: Vec<i32> = devices.iter().map(|d| d.id().unwrap()).collect();
     assert_eq!(ids, vec![0, 1, 2, 3]);
     assert_eq!(devices[0].kind()?, "cpu");
-    assert_eq!(ElementType::from_name("i1"), Some(ElementType::Pred));
+    assert_eq!(DType::from_name("i1"), Some(DType::Pred));
     Ok(())
 }
 

@@ -4,14 +4,16 @@
 #![forbid(unsafe_code)]
 
 mod mesh;
+mod named;
 mod op_sharding;
 mod tiles;
 
 pub use mesh::{Mesh, PartitionSpec};
+pub use named::NamedSharding;
 pub use op_sharding::OpSharding;
 pub use tiles::{assemble, shard_of, Tiling};
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum Error {
     #[error("cannot decode xla.OpSharding: {0}")]
     Decode(String),
@@ -21,6 +23,8 @@ pub enum Error {
     Mismatch { sharding: String, shape: Vec<i64>, why: String },
     #[error("mesh: {0}")]
     Mesh(String),
+    #[error("axis {axis:?} is not in the mesh {mesh}")]
+    UnknownAxis { axis: String, mesh: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -2,7 +2,7 @@
 //! annotation strings they become.
 use crate::{Error, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Mesh {
     axes: Vec<(String, i64)>,
 }
@@ -32,6 +32,26 @@ impl Mesh {
             axes.push((name.trim(), size));
         }
         Mesh::new(&axes)
+    }
+
+    /// A mesh of one device with no axes (nothing can be split).
+    pub fn single() -> Mesh {
+        Mesh { axes: Vec::new() }
+    }
+
+    /// The axes and their sizes, in order.
+    pub fn axes(&self) -> &[(String, i64)] {
+        &self.axes
+    }
+
+    /// The coordinates of device `i` (row-major over the axes).
+    pub fn coords(&self, mut i: i64) -> Vec<i64> {
+        let mut c = vec![0; self.axes.len()];
+        for (k, (_, size)) in self.axes.iter().enumerate().rev() {
+            c[k] = i % size;
+            i /= size;
+        }
+        c
     }
 
     pub fn num_devices(&self) -> i64 {
@@ -84,8 +104,19 @@ impl Mesh {
     }
 }
 
+impl std::fmt::Display for Mesh {
+    /// `data=2,model=4` (`single` for a one-device mesh without axes).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.axes.is_empty() {
+            return f.write_str("single");
+        }
+        let axes: Vec<String> = self.axes.iter().map(|(n, s)| format!("{n}={s}")).collect();
+        f.write_str(&axes.join(","))
+    }
+}
+
 /// For each array dimension, the mesh axes it is split over (empty: not split).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PartitionSpec {
     pub dims: Vec<Vec<String>>,
 }
@@ -100,14 +131,15 @@ impl PartitionSpec {
         PartitionSpec { dims: vec![Vec::new(); rank] }
     }
 
-    fn check(&self, mesh: &Mesh) -> Result<()> {
+    /// Every axis named is in the mesh, and none is used twice.
+    pub fn check(&self, mesh: &Mesh) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
         for a in self.dims.iter().flatten() {
             if mesh.axis_size(a).is_none() {
-                return Err(Error::Mesh(format!("axis {a:?} is not in the mesh")));
+                return Err(Error::UnknownAxis { axis: a.clone(), mesh: mesh.to_string() });
             }
             if !seen.insert(a) {
-                return Err(Error::Mesh(format!("axis {a:?} used twice")));
+                return Err(Error::Mesh(format!("axis {a:?} used twice in {self}")));
             }
         }
         Ok(())
@@ -125,6 +157,18 @@ impl PartitionSpec {
             })
             .collect();
         Ok(format!("#sdy.sharding<@{mesh_name}, [{}]>", dims.join(", ")))
+    }
+}
+
+impl std::fmt::Display for PartitionSpec {
+    /// `[{"data"}, {}]`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> = self
+            .dims
+            .iter()
+            .map(|axes| format!("{{{}}}", axes.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")))
+            .collect();
+        write!(f, "[{}]", dims.join(", "))
     }
 }
 
@@ -152,6 +196,6 @@ mod tests {
         assert!(Mesh::parse("data=x").is_err());
         let mesh = Mesh::parse("x=2").unwrap();
         let err = PartitionSpec::new(&[&["y"]]).sdy_sharding(&mesh, "m").unwrap_err();
-        assert_eq!(err.to_string(), "mesh: axis \"y\" is not in the mesh");
+        assert_eq!(err.to_string(), "axis \"y\" is not in the mesh x=2");
     }
 }

@@ -28,7 +28,7 @@ const MAXIMAL: i32 = 1;
 const OTHER: i32 = 3;
 
 /// Where the pieces of one array live.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OpSharding {
     /// Every device holds the whole array.
     Replicated,

@@ -3,7 +3,8 @@
 //! is destroyed only after its last buffer, device handle and executable.
 use crate::api::{args, named_values, pjrt_call, slice_or_empty, lossy, Api, NamedValue};
 use crate::bindings as b;
-use crate::buffer::{Buffer, ElementType};
+use crate::buffer::{raw_element_type, Buffer};
+use dtype::DType;
 use crate::error::{Error, Result};
 use crate::executable::LoadedExecutable;
 use std::cell::Cell;
@@ -14,6 +15,9 @@ pub(crate) struct ClientInner {
     pub(crate) api: Arc<Api>,
     pub(crate) ptr: *mut b::PJRT_Client,
     pub(crate) live_buffers: Cell<usize>,
+    /// Host-to-device and device-to-host copies made so far (for tests and diagnostics).
+    pub(crate) uploads: Cell<usize>,
+    pub(crate) downloads: Cell<usize>,
 }
 
 impl Drop for ClientInner {
@@ -49,7 +53,7 @@ impl Client {
         if a.client.is_null() {
             return Err(Error::Invalid("PJRT_Client_Create returned no client".into()));
         }
-        let inner = ClientInner { api: api.clone(), ptr: a.client, live_buffers: Cell::new(0) };
+        let inner = ClientInner { api: api.clone(), ptr: a.client, live_buffers: Cell::new(0), uploads: Cell::new(0), downloads: Cell::new(0) };
         Ok(Client { inner: Rc::new(inner) })
     }
 
@@ -85,6 +89,16 @@ impl Client {
         self.inner.live_buffers.get()
     }
 
+    /// Host-to-device copies made through this client so far.
+    pub fn uploads(&self) -> usize {
+        self.inner.uploads.get()
+    }
+
+    /// Device-to-host copies made from this client's buffers so far.
+    pub fn downloads(&self) -> usize {
+        self.inner.downloads.get()
+    }
+
     /// PJRT_Client_Compile. `format` is "mlir" (StableHLO text or bytecode) or "hlo"
     /// (serialized HloModuleProto); `options` is a serialized xla.CompileOptionsProto.
     pub fn compile(&self, code: &[u8], format: &str, options: &[u8]) -> Result<LoadedExecutable> {
@@ -108,7 +122,7 @@ impl Client {
     pub fn buffer_from_host(
         &self,
         data: &[u8],
-        ty: ElementType,
+        ty: DType,
         dims: &[i64],
         device: &Device,
     ) -> Result<Buffer> {
@@ -128,7 +142,7 @@ impl Client {
         let mut a = args!(PJRT_Client_BufferFromHostBuffer_Args {
             client: self.inner.ptr,
             data: data.as_ptr() as *const _,
-            type_: ty.raw(),
+            type_: raw_element_type(ty),
             dims: dims.as_ptr(),
             num_dims: dims.len(),
             host_buffer_semantics: b::PJRT_HostBufferSemantics_kImmutableUntilTransferCompletes,
@@ -136,6 +150,7 @@ impl Client {
         });
         pjrt_call!(&self.inner.api, PJRT_Client_BufferFromHostBuffer, &mut a)?;
         let buffer = Buffer::wrap(self.inner.clone(), a.buffer);
+        self.inner.uploads.set(self.inner.uploads.get() + 1);
         // `data` is borrowed only for this call: wait until the plugin no longer reads it.
         self.inner.api.await_event("PJRT_Client_BufferFromHostBuffer", a.done_with_host_buffer)?;
         Ok(buffer)

@@ -3,7 +3,8 @@
 //! donation of chosen inputs.
 use crate::api::{args, lossy, pjrt_call, slice_or_empty};
 use crate::bindings as b;
-use crate::buffer::{Buffer, ElementType};
+use crate::buffer::{element_type_from_raw, Buffer};
+use dtype::DType;
 use crate::client::{ClientInner, Device};
 use crate::error::{Error, Result};
 use std::rc::Rc;
@@ -53,14 +54,14 @@ impl LoadedExecutable {
     }
 
     /// The element type of each output (per device: the same on every device).
-    pub fn output_element_types(&self) -> Result<Vec<ElementType>> {
+    pub fn output_element_types(&self) -> Result<Vec<DType>> {
         let mut a = args!(PJRT_Executable_OutputElementTypes_Args { executable: self.exe });
         pjrt_call!(&self.client.api, PJRT_Executable_OutputElementTypes, &mut a)?;
         // SAFETY: owned by the executable.
         let raw = unsafe { slice_or_empty(a.output_types, a.num_output_types) };
         raw.iter()
             .map(|&t| {
-                ElementType::from_raw(t)
+                element_type_from_raw(t)
                     .ok_or_else(|| Error::Invalid(format!("unsupported output element type {t}")))
             })
             .collect()

@@ -22,7 +22,7 @@ fn main() -> Result<()> {
         let n = f.params.len() - 1; // every parameter but the tokens
         let g = graph::value_and_grad(&f, &(0..n).collect::<Vec<_>>())?;
         let t2 = Instant::now();
-        let text = g.to_stablehlo();
+        let text = g.to_stablehlo()?;
         let t3 = Instant::now();
         times.push([(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64(), (t3 - t0).as_secs_f64()]);
         stats = (f.nodes.len(), g.nodes.len(), text.len());

@@ -3,7 +3,7 @@
 //! accept plain numbers (`&x * 0.5`) as constants of the tensor's dtype.
 use crate::lower::Emitter;
 use crate::prim::{Cmp, Literal, Prim};
-use crate::trace::Tensor;
+use crate::trace::{Tensor, Tracer};
 use crate::types::{DType, TensorType};
 use std::ops;
 
@@ -134,7 +134,7 @@ pub(crate) fn vjp(p: &Prim, x: &[Tensor], y: &Tensor, ct: &Tensor) -> Result<Vec
             // d/da a^b = b a^(b-1);  d/db a^b = log(a) a^b (0 where a == 0, as JAX does).
             let (a, b) = (&x[0], &x[1]);
             let da = ct * b * a.pow(&(b - 1.0));
-            let zero = a.full_like(0.0);
+            let zero = a.scalar_like(0.0);
             let safe_log = Tensor::select(&a.eq(&zero), &zero, &a.log());
             Ok(vec![Some(da), Some(ct * safe_log * y)])
         }
@@ -148,7 +148,7 @@ pub(crate) fn vjp(p: &Prim, x: &[Tensor], y: &Tensor, ct: &Tensor) -> Result<Vec
             Ok(vec![Some(ct * wa), Some(ct * wb)])
         }
         Select => {
-            let zero = ct.full_like(0.0);
+            let zero = ct.scalar_like(0.0);
             Ok(vec![None, Some(Tensor::select(&x[0], ct, &zero)), Some(Tensor::select(&x[0], &zero, ct))])
         }
         _ => Err(()),
@@ -257,7 +257,7 @@ impl Tensor {
 
     /// `v - self` for a number `v`.
     #[track_caller]
-    pub fn rsub(&self, v: f64) -> Tensor { self.full_like(v).sub(self) }
+    pub fn rsub(&self, v: f64) -> Tensor { self.scalar_like(v).sub(self) }
 
     /// `mask ? a : b` elementwise; all three are broadcast to one shape.
     #[track_caller]
@@ -272,13 +272,16 @@ impl Tensor {
         }
     }
 
-    /// A scalar constant of this tensor's dtype.
+    /// A scalar constant of this tensor's dtype (not a tensor of its shape: broadcasting
+    /// stretches it where needed).
     #[track_caller]
-    pub fn full_like(&self, v: f64) -> Tensor {
-        self.constant(&TensorType::scalar(self.dtype()), vec![v])
+    pub fn scalar_like(&self, v: f64) -> Tensor {
+        self.tracer().scalar(self.dtype(), v)
     }
+}
 
-    /// A constant of type `ty`: one value (splat) or one per element.
+impl Tracer {
+    /// A constant of type `ty`: one value (splat) or one per element, row-major.
     #[track_caller]
     pub fn constant(&self, ty: &TensorType, values: Vec<f64>) -> Tensor {
         let value = if ty.dtype.is_float() {
@@ -286,13 +289,19 @@ impl Tensor {
         } else {
             Literal::Int(values.into_iter().map(|v| v as i64).collect())
         };
-        Tensor::apply_in(&self.trace, Prim::Constant { ty: ty.clone(), value }, &[])
+        Tensor::apply_in(&self.state, Prim::Constant { ty: ty.clone(), value }, &[])
     }
 
     /// An integer constant of type `ty` (exact for 64-bit values).
     #[track_caller]
     pub fn constant_int(&self, ty: &TensorType, values: Vec<i64>) -> Tensor {
-        Tensor::apply_in(&self.trace, Prim::Constant { ty: ty.clone(), value: Literal::Int(values) }, &[])
+        Tensor::apply_in(&self.state, Prim::Constant { ty: ty.clone(), value: Literal::Int(values) }, &[])
+    }
+
+    /// A scalar constant.
+    #[track_caller]
+    pub fn scalar(&self, dtype: DType, v: f64) -> Tensor {
+        self.constant(&TensorType::scalar(dtype), vec![v])
     }
 }
 
@@ -322,12 +331,12 @@ macro_rules! binop {
         impl ops::$tr<f64> for &Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, v: f64) -> Tensor { Tensor::$m(self, &self.full_like(v)) }
+            fn $m(self, v: f64) -> Tensor { Tensor::$m(self, &self.scalar_like(v)) }
         }
         impl ops::$tr<f64> for Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, v: f64) -> Tensor { Tensor::$m(&self, &self.full_like(v)) }
+            fn $m(self, v: f64) -> Tensor { Tensor::$m(&self, &self.scalar_like(v)) }
         }
     };
 }

@@ -41,8 +41,8 @@ impl Tensor {
         // Put 23 random bits in the mantissa of a float in [1, 2), then subtract 1.
         let bits = self.random_bits(dims);
         let u32s = TensorType::scalar(DType::U32);
-        let mantissa = bits.shift_right_logical(&self.constant_int(&u32s, vec![9]));
-        let one_bits = self.constant_int(&u32s, vec![0x3f80_0000]);
+        let mantissa = bits.shift_right_logical(&self.tracer().constant_int(&u32s, vec![9]));
+        let one_bits = self.tracer().constant_int(&u32s, vec![0x3f80_0000]);
         let f = mantissa.or(&one_bits).bitcast(DType::F32) - 1.0;
         f.convert(dtype)
     }

@@ -2,7 +2,7 @@
 //! transpose, slice, dynamic_slice, dynamic_update_slice, concatenate, pad.
 use crate::lower::{dims_array, i64_array, Emitter};
 use crate::prim::{Literal, Prim};
-use crate::trace::Tensor;
+use crate::trace::{Tensor, Tracer};
 use crate::types::{DType, TensorType};
 
 pub(crate) fn infer(p: &Prim, x: &[&TensorType]) -> Result<TensorType, String> {
@@ -216,17 +216,17 @@ pub(crate) fn vjp(p: &Prim, x: &[Tensor], _y: &Tensor, ct: &Tensor) -> Result<Ve
                 .map(|i| dims[i] - (start[i] + (n[i] - 1).max(0) * strides[i] + 1).min(dims[i]))
                 .collect();
             let interior: Vec<i64> = strides.iter().map(|s| s - 1).collect();
-            Ok(vec![Some(ct.pad(&ct.full_like(0.0), start, &high, &interior))])
+            Ok(vec![Some(ct.pad(&ct.scalar_like(0.0), start, &high, &interior))])
         }
         DynamicSlice { .. } => {
-            let zeros = ct.full_like(0.0).broadcast_to(&x[0].dims());
+            let zeros = ct.scalar_like(0.0).broadcast_to(&x[0].dims());
             let mut g = vec![Some(zeros.dynamic_update_slice(ct, &x[1..]))];
             g.extend(x[1..].iter().map(|_| None));
             Ok(g)
         }
         DynamicUpdateSlice => {
             let idx = &x[2..];
-            let zeros = ct.full_like(0.0).broadcast_to(&x[1].dims());
+            let zeros = ct.scalar_like(0.0).broadcast_to(&x[1].dims());
             let mut g = vec![Some(ct.dynamic_update_slice(&zeros, idx)), Some(ct.dynamic_slice(idx, &x[1].dims()))];
             g.extend(idx.iter().map(|_| None));
             Ok(g)
@@ -331,16 +331,18 @@ impl Tensor {
         Tensor::apply(Prim::Pad { low: low.to_vec(), high: high.to_vec(), interior: interior.to_vec() }, &[self, value])
     }
 
-    /// Values 0, 1, 2, ... along `dim` of a tensor of type `ty`.
-    #[track_caller]
-    pub fn iota(&self, ty: &TensorType, dim: usize) -> Tensor {
-        Tensor::apply_in(&self.trace, Prim::Iota { ty: ty.clone(), dim }, &[])
-    }
-
     /// A tensor of zeros shaped like this one.
     #[track_caller]
     pub fn zeros_like(&self) -> Tensor {
-        self.full_like(0.0).broadcast_to(&self.dims())
+        self.scalar_like(0.0).broadcast_to(&self.dims())
+    }
+}
+
+impl Tracer {
+    /// Values 0, 1, 2, ... along `dim` of a tensor of type `ty`.
+    #[track_caller]
+    pub fn iota(&self, ty: &TensorType, dim: usize) -> Tensor {
+        Tensor::apply_in(&self.state, Prim::Iota { ty: ty.clone(), dim }, &[])
     }
 
     /// An s32 scalar constant (for dynamic slice indices).

@@ -1,8 +1,7 @@
 //! Every primitive with a VJP rule, checked against central differences in f64 on the CPU
-//! plugin. The table must have an entry for each differentiable primitive: adding a
+//! plugin (the lowered programs; `graph`'s own tests check the rules through its evaluator). The table must have an entry for each differentiable primitive: adding a
 //! primitive without adding its check fails `the_table_covers_every_differentiable_primitive`.
 use anyhow::Result;
-use gemma_xla::Jit;
 use graph::{DType, DotDims, Tensor, TensorType};
 use runtime::{Client, HostArray, PluginSpec};
 
@@ -103,18 +102,23 @@ fn check(client: &Client, c: &Case, seed: u64) -> Result<()> {
     let nf = c.inputs.len();
     let build = c.build;
     // loss = sum(build(x) * weights): a scalar whose gradient exercises every output element.
-    let loss_of = move |types: &[TensorType]| {
+    let loss = move |x: &[Tensor]| {
+        let y = build(x);
+        let w = y.tracer().constant(&y.ty(), values(y.ty().num_elements() as usize, -1.0, 1.0, 99));
+        vec![(y * w).sum_all()]
+    };
+    let loss_fn = move |types: &[TensorType]| {
         let names: Vec<String> = (0..types.len()).map(|i| format!("x{i}")).collect();
         let params: Vec<(&str, TensorType)> = names.iter().map(|n| n.as_str()).zip(types.iter().cloned()).collect();
-        graph::trace("check", &params, |x| {
-            let y = build(x);
-            let w = y.constant(&y.ty(), values(y.ty().num_elements() as usize, -1.0, 1.0, 99));
-            vec![(y * w).sum_all()]
-        })
+        graph::trace("check", &params, loss)
     };
-    let forward = Jit::new(c.prim, client, loss_of);
+    let forward = jit::flat(c.prim, client, loss);
     let wrt: Vec<usize> = (0..nf).collect();
-    let grads = Jit::new(c.prim, client, move |types: &[TensorType]| graph::value_and_grad(&loss_of(types)?, &wrt));
+    // The gradient program calls the traced loss's value_and_grad inside its own trace.
+    let grads = jit::flat(c.prim, client, move |x: &[Tensor]| -> Result<Vec<Tensor>, graph::Error> {
+        let types: Vec<TensorType> = x.iter().map(Tensor::ty).collect();
+        Ok(graph::value_and_grad(&loss_fn(&types)?, &wrt)?.call(x))
+    });
 
     let mut args: Vec<HostArray> = c
         .inputs
@@ -128,14 +132,11 @@ fn check(client: &Client, c: &Case, seed: u64) -> Result<()> {
     for (shape, v) in &c.ints {
         args.push(HostArray::from_vec(shape, v.iter().map(|&x| x as i32).collect())?);
     }
-    let out = grads.call(&args)?;
-    let f = forward.function_for(&args);
-    assert!(f.is_none(), "internal: forward not compiled yet");
-    let traced = graph::value_and_grad(&loss_of(&args.iter().map(|a| TensorType::new(
-        gemma_xla::dtype_of(a.dtype()).unwrap(), a.dims())).collect::<Vec<_>>())?, &[])?;
+    let out = grads.call_flat(&args)?;
+    let traced = loss_fn(&args.iter().map(|a| a.ty()).collect::<Vec<_>>())?;
     assert!(traced.count(c.prim) > 0, "the case for {} does not use it", c.prim);
 
-    let loss_at = |args: &[HostArray]| -> Result<f64> { Ok(forward.call(args)?[0].to_vec::<f64>()?[0]) };
+    let loss_at = |args: &[HostArray]| -> Result<f64> { Ok(forward.call_flat(args)?[0].to_vec::<f64>()?[0]) };
     assert!((loss_at(&args)? - out[0].to_vec::<f64>()?[0]).abs() < 1e-12);
     for i in 0..nf {
         let g = out[1 + i].to_vec::<f64>()?;

@@ -2,24 +2,29 @@
 //! cross-entropy) traced in f64, run on the CPU plugin, and compared with numpy's values
 //! from fixtures/composites.py.
 use anyhow::Result;
-use gemma_xla::{npy, Jit};
 use graph::{DType, Tensor, TensorType};
 use runtime::{Client, HostArray, PluginSpec};
 use std::path::PathBuf;
 
+/// A fixture .npy (f8, i4 or b1, C order, as composites.py writes them).
 fn fixture(name: &str) -> HostArray {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/composites").join(format!("{name}.npy"));
-    npy::read(&p).unwrap()
+    let bytes = std::fs::read(&p).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let dims: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
+    match npy.dtype().descr().as_str() {
+        "'<f8'" => HostArray::from_vec(&dims, npy.into_vec::<f64>().unwrap()).unwrap(),
+        "'<i4'" => HostArray::from_vec(&dims, npy.into_vec::<i32>().unwrap()).unwrap(),
+        "'|b1'" => HostArray::from_vec(&dims, npy.into_vec::<bool>().unwrap()).unwrap(),
+        other => panic!("{name}: unexpected dtype {other}"),
+    }
 }
 
 /// Runs `f` on the named fixture inputs and compares output 0 with the fixture `expected`.
 fn check(client: &Client, expected: &str, inputs: &[&str], f: fn(&[Tensor]) -> Tensor) -> Result<()> {
     let args: Vec<HostArray> = inputs.iter().map(|n| fixture(n)).collect();
-    let jit = Jit::new(expected, client, move |types: &[TensorType]| {
-        let params: Vec<(&str, TensorType)> = inputs.iter().copied().zip(types.iter().cloned()).collect();
-        graph::trace(expected, &params, |a| vec![f(a)])
-    });
-    let got = &jit.call(&args)?[0];
+    let jit = jit::flat(expected, client, move |a: &[Tensor]| vec![f(a)]);
+    let got = &jit.call_flat(&args)?[0];
     let want = fixture(expected);
     assert_eq!(got.dims(), want.dims(), "{expected}");
     let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
@@ -37,7 +42,7 @@ fn composites_match_numpy() -> Result<()> {
     check(&client, "rms_norm", &["in_x", "in_w"], |a| a[0].rms_norm(&a[1], 1e-6))?;
     check(&client, "gelu_tanh", &["in_x"], |a| a[0].gelu_tanh())?;
     check(&client, "rope", &["in_x", "in_pos"], |a| a[0].rope(&a[1], 10000.0))?;
-    check(&client, "causal_mask", &["in_x"], |a| a[0].causal_mask(3, 5, 2))?;
+    check(&client, "causal_mask", &["in_x"], |a| a[0].tracer().causal_mask(3, 5, 2))?;
     check(&client, "cross_entropy", &["in_logits", "in_labels"], |a| a[0].cross_entropy(&a[1], None))?;
     check(&client, "cross_entropy_masked", &["in_logits", "in_labels", "in_mask"], |a| {
         a[0].cross_entropy(&a[1], Some(&a[2]))
@@ -58,15 +63,11 @@ fn rms_norm_of_bf16_computes_in_f32_and_returns_bf16() -> Result<()> {
 #[test]
 fn random_numbers_are_deterministic_per_key_and_well_distributed() -> Result<()> {
     let client = Client::open(&PluginSpec::Cpu, Some(1))?;
-    let jit = Jit::new("rng", &client, |t: &[TensorType]| {
-        graph::trace("rng", &[("key", t[0].clone())], |a| {
-            vec![a[0].uniform(&[100, 100], DType::F32), a[0].normal(&[100, 100], DType::F32)]
-        })
-    });
+    let jit = jit::flat("rng", &client, |a: &[Tensor]| vec![a[0].uniform(&[100, 100], DType::F32), a[0].normal(&[100, 100], DType::F32)]);
     let key = |k: u64| HostArray::from_vec(&[2], vec![k, 0u64]).unwrap();
-    let a = jit.call(&[key(1)])?;
-    let b = jit.call(&[key(1)])?;
-    let c = jit.call(&[key(2)])?;
+    let a = jit.call_flat(&[key(1)])?;
+    let b = jit.call_flat(&[key(1)])?;
+    let c = jit.call_flat(&[key(2)])?;
     assert_eq!(a, b, "the same key gives the same numbers");
     assert_ne!(a[0], c[0], "another key gives other numbers");
     let u = a[0].to_vec::<f32>()?;
