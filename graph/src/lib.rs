@@ -12,6 +12,7 @@
 mod autodiff;
 mod call;
 mod composite;
+mod eval;
 mod function;
 mod lower;
 mod ops;
@@ -22,6 +23,7 @@ mod types;
 
 pub use autodiff::{grad, value_and_grad, value_and_grad_tree, vjp};
 pub use call::trace_tree;
+pub use eval::eval;
 pub use lower::LowerOptions;
 pub use function::{Function, Node, Output, Param};
 pub use prim::{Cmp, DotDims, Literal, Prim};
@@ -51,6 +53,9 @@ pub enum Error {
     Tree(String),
     #[error("{0}")]
     Invalid(String),
+    /// The reference evaluator could not evaluate a node (`graph::eval`).
+    #[error("evaluating {op} at {loc}: {message}")]
+    Eval { op: &'static str, loc: Loc, message: String },
 }
 
 fn fmt_types(t: &[TensorType]) -> String {
