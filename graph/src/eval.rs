@@ -15,6 +15,7 @@ type Arr = ArrayD<f64>;
 /// outputs. Only the nodes the outputs depend on are evaluated.
 pub fn eval(f: &Function, args: &[Arr]) -> Result<Vec<Arr>, Error> {
     check_args(f, args)?;
+    check_order(f)?;
     let live = f.live_nodes();
     let mut vals: Vec<Option<Arr>> = vec![None; f.nodes.len()];
     for (i, node) in f.nodes.iter().enumerate() {
@@ -52,14 +53,10 @@ pub fn eval(f: &Function, args: &[Arr]) -> Result<Vec<Arr>, Error> {
         let d = node.ty.dtype;
         vals[i] = Some(v.mapv_into(|e| round_to(d, e)));
     }
-    f.outputs
+    Ok(f.outputs
         .iter()
-        .map(|o| {
-            vals.get(o.id).and_then(|v| v.clone()).ok_or_else(|| {
-                Error::Invalid(format!("{}: output {} names no node", f.name, o.name))
-            })
-        })
-        .collect()
+        .map(|o| vals[o.id].clone().expect("internal: outputs are live"))
+        .collect())
 }
 
 fn check_args(f: &Function, args: &[Arr]) -> Result<(), Error> {
@@ -92,16 +89,33 @@ fn check_args(f: &Function, args: &[Arr]) -> Result<(), Error> {
     Ok(())
 }
 
-/// The invariants `eval_node` relies on: inputs come earlier, and the node's type is what
-/// its primitive's shape rule gives for its inputs' types.
+/// Inputs name earlier nodes and outputs name nodes: liveness and evaluation in order work.
+fn check_order(f: &Function) -> Result<(), Error> {
+    for (i, node) in f.nodes.iter().enumerate() {
+        if node.inputs.iter().any(|&j| j >= i) {
+            return Err(Error::Eval {
+                op: node.prim.name(),
+                loc: node.loc,
+                message: format!(
+                    "inputs {:?} of node {i} are not all earlier nodes",
+                    node.inputs
+                ),
+            });
+        }
+    }
+    match f.outputs.iter().find(|o| o.id >= f.nodes.len()) {
+        Some(o) => Err(Error::Invalid(format!(
+            "{}: output {} names no node",
+            f.name, o.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The invariant `eval_node` relies on: the node's type is what its primitive's shape rule
+/// gives for its inputs' types.
 fn check_node(f: &Function, i: usize) -> Result<(), String> {
     let node = &f.nodes[i];
-    if node.inputs.iter().any(|&j| j >= i) {
-        return Err(format!(
-            "inputs {:?} of node {i} are not all earlier nodes",
-            node.inputs
-        ));
-    }
     match node.prim {
         Prim::Param(_) => return Ok(()),
         Prim::Constant { .. } | Prim::Iota { .. } => {}
@@ -509,18 +523,7 @@ fn shape_op(p: &Prim, x: &[&Arr], out: &[usize]) -> Result<Arr, String> {
     use Prim::*;
     let a = x[0];
     match p {
-        BroadcastInDim { broadcast_dims, .. } => {
-            // Operand dimension i sits at broadcast_dims[i] (increasing), 1 elsewhere.
-            let mut ones = vec![1; out.len()];
-            for (i, &d) in broadcast_dims.iter().enumerate() {
-                ones[d] = a.shape()[i];
-            }
-            let r = reshape(a, &ones)?;
-            let b = r
-                .broadcast(IxDyn(out))
-                .ok_or_else(|| format!("internal: cannot broadcast to {out:?}"))?;
-            Ok(b.to_owned())
-        }
+        BroadcastInDim { broadcast_dims, .. } => broadcast_in_dim(a, broadcast_dims, out),
         Reshape { .. } => reshape(a, out),
         Transpose { perm } => Ok(a.view().permuted_axes(IxDyn(perm)).to_owned()),
         Slice {
@@ -565,6 +568,19 @@ fn shape_op(p: &Prim, x: &[&Arr], out: &[usize]) -> Result<Arr, String> {
         }
         _ => Err(format!("internal: {} has no evaluator", p.name())),
     }
+}
+
+fn broadcast_in_dim(a: &Arr, broadcast_dims: &[usize], out: &[usize]) -> Result<Arr, String> {
+    // Operand dimension i sits at broadcast_dims[i] (increasing), 1 elsewhere.
+    let mut ones = vec![1; out.len()];
+    for (i, &d) in broadcast_dims.iter().enumerate() {
+        ones[d] = a.shape()[i];
+    }
+    let r = reshape(a, &ones)?;
+    let b = r
+        .broadcast(IxDyn(out))
+        .ok_or_else(|| format!("internal: cannot broadcast to {out:?}"))?;
+    Ok(b.to_owned())
 }
 
 /// Operand element i of each dimension lands at low + i * (interior + 1); the rest is `v`.

@@ -331,3 +331,42 @@ fn argument_errors_name_the_parameter() {
         "{err}"
     );
 }
+
+#[test]
+fn malformed_functions_are_errors_not_panics() {
+    let good = trace("f", &[("x", ty(DType::F32, &[4]))], |x| {
+        vec![x[0].dynamic_slice(&[x[0].index(1)], &[2]).exp()]
+    })
+    .unwrap();
+    let x = [arr(&[4], &[0.0; 4])];
+    assert!(eval(&good, &x).is_ok());
+    let slice = good
+        .nodes
+        .iter()
+        .position(|n| n.prim.name() == "dynamic_slice")
+        .unwrap();
+    let mut f = good.clone();
+    f.nodes[slice].inputs.clear();
+    assert!(matches!(
+        eval(&f, &x),
+        Err(Error::Eval {
+            op: "dynamic_slice",
+            ..
+        })
+    ));
+    let mut f = good.clone();
+    f.nodes[slice].inputs[0] = slice + 1;
+    assert!(matches!(eval(&f, &x), Err(Error::Eval { .. })));
+    let mut f = good.clone();
+    f.nodes[slice].ty = ty(DType::F32, &[3]);
+    assert!(matches!(
+        eval(&f, &x),
+        Err(Error::Eval {
+            op: "dynamic_slice",
+            ..
+        })
+    ));
+    let mut f = good;
+    f.outputs[0].id = 999;
+    assert!(matches!(eval(&f, &x), Err(Error::Invalid(_))));
+}
