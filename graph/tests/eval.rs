@@ -242,7 +242,7 @@ fn integer_division_shifts_and_bit_ops() {
     assert_eq!(flat(&out[1]), [28.0, 0.0, 8.0, 0.0]);
     assert_eq!(flat(&out[2]), [-1.0, 9.0, 44.0, -8.0]);
     let out = run(&[ty(DType::U32, &[])], &[arr(&[], &[2147483648.0])], |x| {
-        vec![x[0].shift_right_logical(&x[0].constant_int(&ty(DType::U32, &[]), vec![31]))]
+        vec![x[0].shift_right_logical(&x[0].tracer().constant_int(&ty(DType::U32, &[]), vec![31]))]
     });
     assert_eq!(flat(&out[0]), [1.0]);
     // Integer arithmetic wraps around.
@@ -257,11 +257,11 @@ fn compare_select_iota_and_movement() {
     let x = arr(&[2, 3], &[1.0, 5.0, 3.0, -2.0, -1.0, -7.0]);
     let f32s = ty(DType::F32, &[2, 3]);
     let out = run1(f32s.clone(), x.clone(), |t| {
-        Tensor::select(&t.gt(&t.full_like(0.0)), t, &t.full_like(0.0))
+        Tensor::select(&t.gt(&t.scalar_like(0.0)), t, &t.scalar_like(0.0))
     });
     assert_eq!(flat(&out), [1.0, 5.0, 3.0, 0.0, 0.0, 0.0]);
     let out = run1(f32s.clone(), x.clone(), |t| {
-        t.iota(&ty(DType::S32, &[2, 3]), 1)
+        t.tracer().iota(&ty(DType::S32, &[2, 3]), 1)
     });
     assert_eq!(flat(&out), [0.0, 1.0, 2.0, 0.0, 1.0, 2.0]);
     assert_eq!(
@@ -335,7 +335,7 @@ fn argument_errors_name_the_parameter() {
 #[test]
 fn malformed_functions_are_errors_not_panics() {
     let good = trace("f", &[("x", ty(DType::F32, &[4]))], |x| {
-        vec![x[0].dynamic_slice(&[x[0].index(1)], &[2]).exp()]
+        vec![x[0].dynamic_slice(&[x[0].tracer().index(1)], &[2]).exp()]
     })
     .unwrap();
     let x = [arr(&[4], &[0.0; 4])];
