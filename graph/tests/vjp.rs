@@ -135,6 +135,19 @@ fn table() -> Vec<Case> {
         }),
         &[(&[3], &[1, 3, 1])],
     ));
+    // Out-of-range ids: gather clamps them, scatter drops their rows; the rules must agree.
+    t.push(with_ints(
+        case("gather", &[(&[5, 3], -1.0, 1.0)], |x| {
+            x[0].gather(&x[1]).exp()
+        }),
+        &[(&[4], &[7, 0, -2, 2])],
+    ));
+    t.push(with_ints(
+        case("scatter_add", &[m43, (&[3, 3], -1.0, 1.0)], |x| {
+            x[0].scatter_add(&x[2], &x[1].exp()).exp()
+        }),
+        &[(&[3], &[1, 9, -1])],
+    ));
     t
 }
 

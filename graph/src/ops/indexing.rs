@@ -65,8 +65,21 @@ pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(String, TensorType)], out: 
 
 pub(crate) fn vjp(p: &Prim, x: &[Tensor], _y: &Tensor, ct: &Tensor) -> Result<Vec<Option<Tensor>>, ()> {
     match p {
-        Prim::Gather => Ok(vec![Some(x[0].zeros_like().scatter_add(&x[1], ct)), None]),
-        Prim::ScatterAdd => Ok(vec![Some(ct.clone()), None, Some(ct.gather(&x[1]))]),
+        Prim::Gather => {
+            // The forward pass clamps ids into the table; send each row's cotangent there.
+            let (ids, rows) = (&x[1], x[0].dims()[0]);
+            let clamped = ids.max(&ids.scalar_like(0.0)).min(&ids.scalar_like((rows - 1) as f64));
+            Ok(vec![Some(x[0].zeros_like().scatter_add(&clamped, ct)), None])
+        }
+        Prim::ScatterAdd => {
+            // Rows with out-of-range ids were dropped: their updates get no cotangent.
+            let (ids, rows, upd) = (&x[1], x[0].dims()[0], &x[2]);
+            let inside = ids.ge(&ids.scalar_like(0.0)).and(&ids.lt(&ids.scalar_like(rows as f64)));
+            let kept: Vec<usize> = (0..ids.rank()).collect();
+            let inside = inside.broadcast_in_dim(&upd.dims(), &kept);
+            let g = Tensor::select(&inside, &ct.gather(ids), &upd.scalar_like(0.0));
+            Ok(vec![Some(ct.clone()), None, Some(g)])
+        }
         _ => Err(()),
     }
 }
