@@ -111,6 +111,12 @@ impl<T> Tree<T> {
         })
     }
 
+    /// Takes the leaf at `path` out of the tree.
+    pub fn remove(&mut self, path: &str) -> Option<T> {
+        let i = self.leaves.binary_search_by(|(p, _)| path_order(p, path)).ok()?;
+        Some(self.leaves.remove(i).1)
+    }
+
     /// Paths in flattening order.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.leaves.iter().map(|(p, _)| p.as_str())
