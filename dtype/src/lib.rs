@@ -169,9 +169,7 @@ impl TensorType {
 
     /// Bytes of the dense array, or None when that overflows.
     pub fn size_bytes(&self) -> Option<usize> {
-        self.dims
-            .iter()
-            .try_fold(self.dtype.size_bytes(), |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))
+        self.dims.iter().try_fold(self.dtype.size_bytes(), |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))
     }
 
     pub fn with_dtype(&self, dtype: DType) -> TensorType {

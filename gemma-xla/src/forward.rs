@@ -115,10 +115,8 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
             HostView { dtype: t.dtype, dims: t.shape, bytes: t.bytes }
         })
         .collect();
-    let converted: Vec<Option<HostArray>> = views
-        .iter()
-        .map(|v| (v.dtype != dtype).then(|| v.convert_float(dtype)).transpose())
-        .collect::<Result<_, _>>()?;
+    let converted: Vec<Option<HostArray>> =
+        views.iter().map(|v| (v.dtype != dtype).then(|| v.convert_float(dtype)).transpose()).collect::<Result<_, _>>()?;
     let mut args: Tree<HostView> = Tree::new();
     for ((name, v), c) in names.iter().zip(&views).zip(&converted) {
         args.insert(format!("params.{name}"), c.as_ref().map_or(*v, |h| h.host_view()))?;

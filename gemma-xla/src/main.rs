@@ -76,18 +76,9 @@ fn devices(args: &PluginArgs) -> Result<()> {
     let attr = |name: &str| info.attribute(name).map(NamedValue::to_string).unwrap_or_else(|| "unknown".into());
     println!("plugin: {}", info.path.display());
     println!("platform: {} ({})", client.platform_name()?, client.platform_version()?);
-    println!(
-        "pjrt_c_api: {}.{} (gemma-xla bindings: 0.{})",
-        info.api_version.0,
-        info.api_version.1,
-        runtime::BINDINGS_MINOR
-    );
+    println!("pjrt_c_api: {}.{} (gemma-xla bindings: 0.{})", info.api_version.0, info.api_version.1, runtime::BINDINGS_MINOR);
     println!("xla_version: {}", attr("xla_version"));
-    println!(
-        "stablehlo: {} to {} (minimum to current)",
-        attr("stablehlo_minimum_version"),
-        attr("stablehlo_current_version")
-    );
+    println!("stablehlo: {} to {} (minimum to current)", attr("stablehlo_minimum_version"), attr("stablehlo_current_version"));
     let devices = client.devices()?;
     println!("devices: {}", devices.len());
     for d in &devices {

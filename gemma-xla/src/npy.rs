@@ -4,7 +4,7 @@
 use crate::{Error, Result};
 use half::{bf16, f16};
 use npyz::{Order, TypeChar};
-use runtime::{Element, DType, HostArray};
+use runtime::{DType, Element, HostArray};
 use std::io::{BufReader, Read};
 use std::path::Path;
 

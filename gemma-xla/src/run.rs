@@ -1,8 +1,8 @@
 //! `gemma-xla run`: compile a program file, place .npy arguments on the devices as the
 //! program's shardings say, execute, and write each whole output as DIR/out_<i>.npy.
 use crate::PluginArgs;
-use gemma_xla::{files, npy};
 use anyhow::{bail, Context, Result};
+use gemma_xla::{files, npy};
 use runtime::{CompileOptions, HostArray, Partitioner, Program};
 use std::path::PathBuf;
 
@@ -36,10 +36,9 @@ pub fn run(a: &RunArgs) -> Result<()> {
         );
     }
     let partitions = match (a.partitions, program.num_partitions) {
-        (Some(flag), Some(text)) if flag != text => bail!(
-            "--partitions {flag} disagrees with mhlo.num_partitions = {text} in {}",
-            a.program.display()
-        ),
+        (Some(flag), Some(text)) if flag != text => {
+            bail!("--partitions {flag} disagrees with mhlo.num_partitions = {text} in {}", a.program.display())
+        }
         (Some(p), _) | (None, Some(p)) => p,
         (None, None) => 1,
     };
@@ -60,9 +59,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let args: Vec<HostArray> = a.args.iter().map(|p| npy::read(p)).collect::<Result<_, _>>()?;
     files::ensure_writable_dir(&a.out)?;
     let client = a.plugin.open(Some(partitions as usize))?;
-    let exe = client
-        .compile(&program, &options)
-        .with_context(|| format!("cannot compile {}", a.program.display()))?;
+    let exe = client.compile(&program, &options).with_context(|| format!("cannot compile {}", a.program.display()))?;
     if let Err(e) = exe.check_args(&args) {
         bail!("{}", name_argument(&e.to_string(), &a.args));
     }

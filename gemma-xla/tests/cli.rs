@@ -46,16 +46,8 @@ fn fails(args: &[&str]) -> String {
     err
 }
 
-const EXAMPLE: [&str; 8] = [
-    "run",
-    "examples/spmd_matmul.mlir",
-    "--arg",
-    "examples/x.npy",
-    "--arg",
-    "examples/w.npy",
-    "--arg",
-    "examples/b.npy",
-];
+const EXAMPLE: [&str; 8] =
+    ["run", "examples/spmd_matmul.mlir", "--arg", "examples/x.npy", "--arg", "examples/w.npy", "--arg", "examples/b.npy"];
 
 #[test]
 fn devices_lists_the_plugin_and_eight_devices() {
@@ -79,7 +71,10 @@ fn run_the_shipped_spmd_example_over_eight_devices() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("2 output(s) on 8 device(s)"), "{out}");
-    assert!(out.contains("f32[4,4] sharding={devices=[2,1,4]0,1,2,3,4,5,6,7 last_tile_dim_replicate} [0.5, -1, 3, 0.625, 0.5, -0.5, ...]"), "{out}");
+    assert!(
+        out.contains("f32[4,4] sharding={devices=[2,1,4]0,1,2,3,4,5,6,7 last_tile_dim_replicate} [0.5, -1, 3, 0.625, 0.5, -0.5, ...]"),
+        "{out}"
+    );
     assert!(out.contains("f32[] sharding={replicated} [15]"), "{out}");
     // numpy's results, written by examples/make_inputs.py.
     let (shape, y) = read_f32(&out_dir.join("out_0.npy"));
@@ -96,12 +91,16 @@ fn run_the_shipped_spmd_example_over_eight_devices() {
 fn run_a_single_device_program_with_int_and_bool_arrays() {
     let dir = scratch("single");
     let prog = dir.join("select.mlir");
-    std::fs::write(&prog, r#"func.func public @main(%c: tensor<3xi1>, %a: tensor<3xi32>, %b: tensor<3xi64>) -> (tensor<3xi64>, tensor<3xf64>) {
+    std::fs::write(
+        &prog,
+        r#"func.func public @main(%c: tensor<3xi1>, %a: tensor<3xi32>, %b: tensor<3xi64>) -> (tensor<3xi64>, tensor<3xf64>) {
   %a64 = stablehlo.convert %a : (tensor<3xi32>) -> tensor<3xi64>
   %s = stablehlo.select %c, %a64, %b : tensor<3xi1>, tensor<3xi64>
   %f = stablehlo.convert %s : (tensor<3xi64>) -> tensor<3xf64>
   return %s, %f : tensor<3xi64>, tensor<3xf64>
-}"#).unwrap();
+}"#,
+    )
+    .unwrap();
     write_npy(&dir.join("c.npy"), &[3], &[true, false, true]);
     write_npy(&dir.join("a.npy"), &[3], &[1i32, 2, 3]);
     write_npy(&dir.join("b.npy"), &[3], &[-10i64, -20, -30]);
@@ -152,10 +151,32 @@ fn wrong_arguments_name_the_file() {
     let err = fails(&["run", "examples/spmd_matmul.mlir", "--arg", "examples/x.npy", "--out", &out]);
     assert!(err.contains("the program takes 3 arguments but 1 were given"), "{err}");
     // Wrong dtype.
-    let err = fails(&["run", "examples/spmd_matmul.mlir", "--arg", &p("x_f64.npy"), "--arg", "examples/w.npy", "--arg", "examples/b.npy", "--out", &out]);
+    let err = fails(&[
+        "run",
+        "examples/spmd_matmul.mlir",
+        "--arg",
+        &p("x_f64.npy"),
+        "--arg",
+        "examples/w.npy",
+        "--arg",
+        "examples/b.npy",
+        "--out",
+        &out,
+    ]);
     assert!(err.contains(&format!("--arg {} (argument 0): the program expects f32[4,8], got f64[4,8]", p("x_f64.npy"))), "{err}");
     // Wrong shape.
-    let err = fails(&["run", "examples/spmd_matmul.mlir", "--arg", &p("x_short.npy"), "--arg", "examples/w.npy", "--arg", "examples/b.npy", "--out", &out]);
+    let err = fails(&[
+        "run",
+        "examples/spmd_matmul.mlir",
+        "--arg",
+        &p("x_short.npy"),
+        "--arg",
+        "examples/w.npy",
+        "--arg",
+        "examples/b.npy",
+        "--out",
+        &out,
+    ]);
     assert!(err.contains("(argument 0): the program expects f32[4,8], got f32[4,7]"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -213,8 +234,14 @@ fn text_bytecode_and_hlo_proto_programs_give_jax_numbers() {
         let dir = scratch(&format!("fmt-{program}"));
         let path = format!("examples/fixtures/{program}");
         let o = gemma_xla(&[
-            "run", &path, "--arg", "examples/fixtures/affine_x.npy", "--arg",
-            "examples/fixtures/affine_w.npy", "--out", dir.to_str().unwrap(),
+            "run",
+            &path,
+            "--arg",
+            "examples/fixtures/affine_x.npy",
+            "--arg",
+            "examples/fixtures/affine_w.npy",
+            "--out",
+            dir.to_str().unwrap(),
         ]);
         let (out, err) = text(&o);
         assert!(o.status.success(), "{program}: {err}");
@@ -242,10 +269,7 @@ fn without_pip_the_error_gives_the_command_to_run() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot install the CPU PJRT plugin: pip is not available"), "{err}");
     let dest = cache.join("plugins/lammps-jax-pjrt-cpu-0.11.2");
-    assert!(
-        err.contains(&format!("python3 -m pip install --no-deps --target {} lammps-jax-pjrt-cpu==0.11.2", dest.display())),
-        "{err}"
-    );
+    assert!(err.contains(&format!("python3 -m pip install --no-deps --target {} lammps-jax-pjrt-cpu==0.11.2", dest.display())), "{err}");
     assert!(!dest.exists(), "nothing half-installed is left where the plugin is looked for");
     std::fs::remove_dir_all(cache).unwrap();
 }

@@ -89,8 +89,7 @@ impl Checkpoint {
         let index = dir.join(INDEX);
         if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::checkpoint(&index, e.to_string()))?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::checkpoint(&index, e.to_string()))?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -126,14 +125,15 @@ impl Checkpoint {
     /// Maps one safetensors file and records its tensors; returns their names.
     fn add_file(&mut self, path: &Path, open_file: OpenFile) -> Result<Vec<String>, Error> {
         let map = open_file(path).map_err(|e| Error::io(path, e))?;
-        let (header_len, meta) =
-            safetensors::SafeTensors::read_metadata(map.bytes()).map_err(|e| Error::checkpoint(path, format!("bad safetensors header: {e}")))?;
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(map.bytes())
+            .map_err(|e| Error::checkpoint(path, format!("bad safetensors header: {e}")))?;
         let data_start = 8 + header_len;
         let file = self.files.len();
         let mut names = Vec::new();
         for (name, info) in meta.tensors() {
-            let dtype = dtype_of(info.dtype)
-                .ok_or_else(|| Error::checkpoint(path, format!("tensor {name} has dtype {:?}; expected F32, BF16, F16 or F64", info.dtype)))?;
+            let dtype = dtype_of(info.dtype).ok_or_else(|| {
+                Error::checkpoint(path, format!("tensor {name} has dtype {:?}; expected F32, BF16, F16 or F64", info.dtype))
+            })?;
             let (a, b) = info.data_offsets;
             if data_start + b > map.bytes().len() {
                 return Err(Error::checkpoint(path, format!("tensor {name} extends past the end of the file (truncated?)")));
@@ -158,11 +158,7 @@ impl Checkpoint {
     }
 
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
-        self.tensors.get(name).map(|e| TensorRef {
-            dtype: e.dtype,
-            shape: &e.shape,
-            bytes: &self.files[e.file].1.bytes()[e.range.clone()],
-        })
+        self.tensors.get(name).map(|e| TensorRef { dtype: e.dtype, shape: &e.shape, bytes: &self.files[e.file].1.bytes()[e.range.clone()] })
     }
 
     fn file_of(&self, name: &str) -> String {
@@ -239,10 +235,9 @@ pub fn save_safetensors(path: &Path, tensors: &[SaveTensor]) -> Result<(), Error
             return Err(Error::checkpoint(path, format!("cannot save tensor {} of dtype {}", t.name, t.dtype)));
         }
     }
-    let views: Vec<ShapedView> =
-        tensors.iter().map(|t| ShapedView { t, shape: t.shape.iter().map(|&d| d as usize).collect() }).collect();
-    let bytes = safetensors::serialize(views.iter().map(|v| (v.t.name.clone(), v)), None)
-        .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let views: Vec<ShapedView> = tensors.iter().map(|t| ShapedView { t, shape: t.shape.iter().map(|&d| d as usize).collect() }).collect();
+    let bytes =
+        safetensors::serialize(views.iter().map(|v| (v.t.name.clone(), v)), None).map_err(|e| Error::checkpoint(path, e.to_string()))?;
     write_atomic(path, &bytes)
 }
 

@@ -164,7 +164,8 @@ fn attend(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, al
     // Query head n = kv head * G + group member, as HF's repeat_kv pairs them.
     let q = q.reshape(&[b, t, k, g, h]);
     // scores [B, K, T, G, S]
-    let scores = q.dot_general(&kk, &DotDims { lhs_batch: vec![0, 2], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![3] });
+    let scores =
+        q.dot_general(&kk, &DotDims { lhs_batch: vec![0, 2], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![3] });
     let wide = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
     let scores = scores.convert(wide) * (h as f64).powf(-0.5);
     let shape = [b, k, t, g, s];
@@ -172,7 +173,8 @@ fn attend(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, al
     let lowest = scores.scalar_like(f32::MIN as f64);
     let probs = Tensor::select(&mask, &scores, &lowest).softmax(4).convert(x.dtype());
     // out [B, K, T, G, H] -> [B, T, K, G, H] -> [B, T, N*H]
-    let out = probs.dot_general(&v, &DotDims { lhs_batch: vec![0, 1], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![1] });
+    let out =
+        probs.dot_general(&v, &DotDims { lhs_batch: vec![0, 1], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![1] });
     let out = out.transpose(&[0, 2, 1, 3, 4]).reshape(&[b, t, n * h]);
     linear(&out, p.layer(i, "self_attn.o_proj.weight"))
 }

@@ -74,10 +74,7 @@ fn backward(f: &Function, x: &[Tensor], seeds: Vec<(usize, Tensor)>, wrt: &[usiz
         }
         trace.borrow_mut().loc_override = Some(node.loc);
         let inputs: Vec<Tensor> = node.inputs.iter().map(|&j| x[j].clone()).collect();
-        let grads = node
-            .prim
-            .vjp(&inputs, &x[i], &g)
-            .map_err(|()| Error::NoVjp { prim: node.prim.name(), loc: node.loc })?;
+        let grads = node.prim.vjp(&inputs, &x[i], &g).map_err(|()| Error::NoVjp { prim: node.prim.name(), loc: node.loc })?;
         for (&j, gj) in node.inputs.iter().zip(grads) {
             if let (true, Some(gj)) = (needs[j], gj) {
                 accumulate(&mut ct, j, gj);
@@ -117,7 +114,10 @@ pub fn value_and_grad(f: &Function, wrt: &[usize]) -> Result<Function, Error> {
     let loss = f.outputs.first().ok_or_else(|| Error::Invalid(format!("{} has no outputs", f.name)))?;
     let lt = &f.nodes[loss.id].ty;
     if lt.rank() != 0 || !lt.dtype.is_float() {
-        return Err(Error::Invalid(format!("{}: output 0 ({}) must be a float scalar to take its gradient, it is {lt}", f.name, loss.name)));
+        return Err(Error::Invalid(format!(
+            "{}: output 0 ({}) must be a float scalar to take its gradient, it is {lt}",
+            f.name, loss.name
+        )));
     }
     let (state, x) = reopen(f);
     state.borrow_mut().loc_override = Some(f.nodes[loss.id].loc);
@@ -179,4 +179,3 @@ pub fn vjp(f: &Function, wrt: &[usize]) -> Result<Function, Error> {
     drop((x, grads));
     finish(f, state, params, outputs, format!("{}_vjp", f.name))
 }
-

@@ -106,9 +106,7 @@ impl Function {
     /// Positions of the parameters at or under `prefix` (e.g. `params`), for `grad`.
     pub fn params_under(&self, prefix: &str) -> Vec<usize> {
         let names: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
-        (0..names.len())
-            .filter(|&i| names[i] == prefix || names[i].strip_prefix(prefix).is_some_and(|r| r.starts_with('.')))
-            .collect()
+        (0..names.len()).filter(|&i| names[i] == prefix || names[i].strip_prefix(prefix).is_some_and(|r| r.starts_with('.'))).collect()
     }
 }
 
@@ -140,8 +138,7 @@ where
     let params: Vec<(&str, TensorType)> = args.iter().map(|(p, t)| (p, t.clone())).collect();
     let mut names = Vec::new();
     let function = trace(name, &params, |flat| {
-        let tree = Tree::from_leaves(args.paths().zip(flat.iter().cloned()))
-            .expect("internal: the paths come from a tree");
+        let tree = Tree::from_leaves(args.paths().zip(flat.iter().cloned())).expect("internal: the paths come from a tree");
         let out = f(&tree);
         names = out.paths().map(str::to_string).collect();
         out.into_leaves().into_iter().map(|(_, t)| t).collect()

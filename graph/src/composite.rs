@@ -5,7 +5,11 @@ use crate::types::{DType, TensorType};
 
 /// The dtype in which norms, softmax and angles are computed: f32, or f64 for f64 inputs.
 fn wide(d: DType) -> DType {
-    if d == DType::F64 { DType::F64 } else { DType::F32 }
+    if d == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
 }
 
 impl Tensor {
@@ -70,8 +74,7 @@ impl Tensor {
         let d = self.dims();
         let (b, t, n, h) = (d[0], d[1], d[2], d[3]);
         let half = h / 2;
-        let inv_freq: Vec<f64> =
-            (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / h as f64)).collect();
+        let inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / h as f64)).collect();
         let wd = wide(self.dtype());
         let freq = self.tracer().constant(&TensorType::new(wd, &[half]), inv_freq);
         let pos = positions.convert(wd);
@@ -85,7 +88,6 @@ impl Tensor {
         let r2 = &x2 * &cos + &x1 * &sin;
         r1.concat(&[&r2], 3)
     }
-
 
     /// One-hot encoding of integer ids [...] as [..., depth] in `dtype`.
     #[track_caller]

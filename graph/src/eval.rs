@@ -22,68 +22,29 @@ pub fn eval(f: &Function, args: &[Arr]) -> Result<Vec<Arr>, Error> {
         if !live[i] {
             continue;
         }
-        let fail = |message: String| Error::Eval {
-            op: node.prim.name(),
-            loc: node.loc,
-            message,
-        };
+        let fail = |message: String| Error::Eval { op: node.prim.name(), loc: node.loc, message };
         check_node(f, i).map_err(fail)?;
-        let x: Vec<&Arr> = node
-            .inputs
-            .iter()
-            .map(|&j| {
-                vals[j]
-                    .as_ref()
-                    .expect("internal: inputs come first and are live")
-            })
-            .collect();
-        let operand = node
-            .inputs
-            .first()
-            .map_or(node.ty.dtype, |&j| f.nodes[j].ty.dtype);
+        let x: Vec<&Arr> = node.inputs.iter().map(|&j| vals[j].as_ref().expect("internal: inputs come first and are live")).collect();
+        let operand = node.inputs.first().map_or(node.ty.dtype, |&j| f.nodes[j].ty.dtype);
         let v = eval_node(node, &x, operand, args).map_err(fail)?;
         let want = shape_of(&node.ty.dims).map_err(fail)?;
         if v.shape() != want.as_slice() {
-            return Err(fail(format!(
-                "internal: result of shape {:?}, its type is {}",
-                v.shape(),
-                node.ty
-            )));
+            return Err(fail(format!("internal: result of shape {:?}, its type is {}", v.shape(), node.ty)));
         }
         let d = node.ty.dtype;
         vals[i] = Some(v.mapv_into(|e| round_to(d, e)));
     }
-    Ok(f.outputs
-        .iter()
-        .map(|o| vals[o.id].clone().expect("internal: outputs are live"))
-        .collect())
+    Ok(f.outputs.iter().map(|o| vals[o.id].clone().expect("internal: outputs are live")).collect())
 }
 
 fn check_args(f: &Function, args: &[Arr]) -> Result<(), Error> {
     if args.len() != f.params.len() {
         let names: Vec<&str> = f.params.iter().map(|p| p.name.as_str()).collect();
-        return Err(Error::Invalid(format!(
-            "{}: takes {} arguments ({}), got {}",
-            f.name,
-            f.params.len(),
-            names.join(", "),
-            args.len()
-        )));
+        return Err(Error::Invalid(format!("{}: takes {} arguments ({}), got {}", f.name, f.params.len(), names.join(", "), args.len())));
     }
     for (i, (p, a)) in f.params.iter().zip(args).enumerate() {
-        if !a
-            .shape()
-            .iter()
-            .map(|&d| d as i64)
-            .eq(p.ty.dims.iter().copied())
-        {
-            return Err(Error::Invalid(format!(
-                "{}: argument {i} ({}: {}) has shape {:?}",
-                f.name,
-                p.name,
-                p.ty,
-                a.shape()
-            )));
+        if !a.shape().iter().map(|&d| d as i64).eq(p.ty.dims.iter().copied()) {
+            return Err(Error::Invalid(format!("{}: argument {i} ({}: {}) has shape {:?}", f.name, p.name, p.ty, a.shape())));
         }
     }
     Ok(())
@@ -96,18 +57,12 @@ fn check_order(f: &Function) -> Result<(), Error> {
             return Err(Error::Eval {
                 op: node.prim.name(),
                 loc: node.loc,
-                message: format!(
-                    "inputs {:?} of node {i} are not all earlier nodes",
-                    node.inputs
-                ),
+                message: format!("inputs {:?} of node {i} are not all earlier nodes", node.inputs),
             });
         }
     }
     match f.outputs.iter().find(|o| o.id >= f.nodes.len()) {
-        Some(o) => Err(Error::Invalid(format!(
-            "{}: output {} names no node",
-            f.name, o.name
-        ))),
+        Some(o) => Err(Error::Invalid(format!("{}: output {} names no node", f.name, o.name))),
         None => Ok(()),
     }
 }
@@ -125,18 +80,13 @@ fn check_node(f: &Function, i: usize) -> Result<(), String> {
     let types: Vec<_> = node.inputs.iter().map(|&j| &f.nodes[j].ty).collect();
     match node.prim.infer(&types) {
         Ok(t) if t == node.ty => Ok(()),
-        Ok(t) => Err(format!(
-            "node type {} differs from the inferred {t}",
-            node.ty
-        )),
+        Ok(t) => Err(format!("node type {} differs from the inferred {t}", node.ty)),
         Err(m) => Err(m),
     }
 }
 
 fn shape_of(dims: &[i64]) -> Result<Vec<usize>, String> {
-    dims.iter()
-        .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension in {dims:?}")))
-        .collect()
+    dims.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension in {dims:?}"))).collect()
 }
 
 /// One node's value from its operands' values; `from` is the dtype of its first operand.
@@ -145,28 +95,19 @@ fn eval_node(node: &Node, x: &[&Arr], from: DType, args: &[Arr]) -> Result<Arr, 
     let out = shape_of(&node.ty.dims)?;
     let dtype = node.ty.dtype;
     match &node.prim {
-        Param(k) => args
-            .get(*k)
-            .cloned()
-            .ok_or_else(|| format!("parameter {k} out of range")),
+        Param(k) => args.get(*k).cloned().ok_or_else(|| format!("parameter {k} out of range")),
         Constant { value, .. } => constant(dtype, value, &out),
         Iota { dim, .. } => Ok(ArrayD::from_shape_fn(IxDyn(&out), |ix| ix[*dim] as f64)),
         RngBitGenerator { .. } => Err("its bits are implementation-defined (StableHLO leaves the \
             algorithm's output to the implementation), so there is no reference for it"
             .into()),
-        Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Logistic | Abs | Sign | Sin | Cos
-        | StopGradient => Ok(x[0].mapv(unary(&node.prim))),
+        Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Logistic | Abs | Sign | Sin | Cos | StopGradient => Ok(x[0].mapv(unary(&node.prim))),
         Convert { dtype: to } => Ok(x[0].mapv(|v| convert(from, *to, v))),
         BitcastConvert { dtype: to } => Ok(x[0].mapv(|v| from_bits(*to, to_bits(from, v)))),
         Add | Sub | Mul | Div | Pow | Max | Min | And | Or | ShiftRightLogical | Compare(_) => {
-            Ok(Zip::from(x[0])
-                .and(x[1])
-                .map_collect(|&a, &b| binary(&node.prim, from, a, b)))
+            Ok(Zip::from(x[0]).and(x[1]).map_collect(|&a, &b| binary(&node.prim, from, a, b)))
         }
-        Select => Ok(Zip::from(x[0])
-            .and(x[1])
-            .and(x[2])
-            .map_collect(|&m, &a, &b| if m != 0.0 { a } else { b })),
+        Select => Ok(Zip::from(x[0]).and(x[1]).and(x[2]).map_collect(|&m, &a, &b| if m != 0.0 { a } else { b })),
         DotGeneral(d) => dot_general(d, x[0], x[1], &out),
         ReduceSum { axes } | ReduceMax { axes } => Ok(reduce(&node.prim, dtype, x[0], axes)),
         Gather => gather(x[0], x[1], &out),
@@ -365,16 +306,7 @@ fn constant(d: DType, value: &Literal, out: &[usize]) -> Result<Arr, String> {
     let v: Vec<f64> = match value {
         Literal::Float(v) => v.clone(),
         // Integer literals are two's complement bit patterns (u64 values above i64::MAX).
-        Literal::Int(v) => v
-            .iter()
-            .map(|&i| {
-                if d.is_int() {
-                    wrap_int(d, i128::from(i))
-                } else {
-                    i as f64
-                }
-            })
-            .collect(),
+        Literal::Int(v) => v.iter().map(|&i| if d.is_int() { wrap_int(d, i128::from(i)) } else { i as f64 }).collect(),
         Literal::Empty => Vec::new(),
     };
     match v.as_slice() {
@@ -388,77 +320,37 @@ fn to_3d(a: &Arr, perm: &[usize], dims: [usize; 3]) -> Result<ndarray::Array3<f6
     let mut sorted = perm.to_vec();
     sorted.sort_unstable();
     if sorted != (0..a.ndim()).collect::<Vec<_>>() {
-        return Err(format!(
-            "dimension numbers {perm:?} must name each of the {} dimensions once",
-            a.ndim()
-        ));
+        return Err(format!("dimension numbers {perm:?} must name each of the {} dimensions once", a.ndim()));
     }
-    let v: Vec<f64> = a
-        .view()
-        .permuted_axes(IxDyn(perm))
-        .iter()
-        .copied()
-        .collect();
+    let v: Vec<f64> = a.view().permuted_axes(IxDyn(perm)).iter().copied().collect();
     ndarray::Array3::from_shape_vec(dims, v).map_err(|e| format!("internal: {e}"))
 }
 
 fn dot_general(d: &DotDims, l: &Arr, r: &Arr, out: &[usize]) -> Result<Arr, String> {
     let free = |rank: usize, batch: &[usize], contract: &[usize]| -> Vec<usize> {
-        (0..rank)
-            .filter(|i| !batch.contains(i) && !contract.contains(i))
-            .collect()
+        (0..rank).filter(|i| !batch.contains(i) && !contract.contains(i)).collect()
     };
-    let (lf, rf) = (
-        free(l.ndim(), &d.lhs_batch, &d.lhs_contract),
-        free(r.ndim(), &d.rhs_batch, &d.rhs_contract),
-    );
+    let (lf, rf) = (free(l.ndim(), &d.lhs_batch, &d.lhs_contract), free(r.ndim(), &d.rhs_batch, &d.rhs_contract));
     let size = |a: &Arr, axes: &[usize]| axes.iter().map(|&i| a.shape()[i]).product::<usize>();
-    let (b, m, k, n) = (
-        size(l, &d.lhs_batch),
-        size(l, &lf),
-        size(l, &d.lhs_contract),
-        size(r, &rf),
-    );
+    let (b, m, k, n) = (size(l, &d.lhs_batch), size(l, &lf), size(l, &d.lhs_contract), size(r, &rf));
     // lhs as [batch, free, contract], rhs as [batch, contract, free]: pairs line up in order.
-    let l3 = to_3d(
-        l,
-        &[&d.lhs_batch[..], &lf, &d.lhs_contract].concat(),
-        [b, m, k],
-    )?;
-    let r3 = to_3d(
-        r,
-        &[&d.rhs_batch[..], &d.rhs_contract, &rf].concat(),
-        [b, k, n],
-    )?;
+    let l3 = to_3d(l, &[&d.lhs_batch[..], &lf, &d.lhs_contract].concat(), [b, m, k])?;
+    let r3 = to_3d(r, &[&d.rhs_batch[..], &d.rhs_contract, &rf].concat(), [b, k, n])?;
     let mut o = Vec::with_capacity(b * m * n);
     for i in 0..b {
-        o.extend(
-            l3.index_axis(Axis(0), i)
-                .dot(&r3.index_axis(Axis(0), i))
-                .iter(),
-        );
+        o.extend(l3.index_axis(Axis(0), i).dot(&r3.index_axis(Axis(0), i)).iter());
     }
     ArrayD::from_shape_vec(IxDyn(out), o).map_err(|e| format!("internal: {e}"))
 }
 
 fn reduce(p: &Prim, d: DType, x: &Arr, axes: &[usize]) -> Arr {
-    let lowest = if d.is_int() {
-        int_range(d).0 as f64
-    } else {
-        f64::NEG_INFINITY
-    };
+    let lowest = if d.is_int() { int_range(d).0 as f64 } else { f64::NEG_INFINITY };
     let mut r = x.clone();
     // Axes are increasing (the shape rule checks): remove the last first.
     for &a in axes.iter().rev() {
         r = match p {
             Prim::ReduceSum { .. } => r.sum_axis(Axis(a)),
-            _ => r.fold_axis(Axis(a), lowest, |&m, &v| {
-                if m.is_nan() || v.is_nan() {
-                    f64::NAN
-                } else {
-                    m.max(v)
-                }
-            }),
+            _ => r.fold_axis(Axis(a), lowest, |&m, &v| if m.is_nan() || v.is_nan() { f64::NAN } else { m.max(v) }),
         };
     }
     r
@@ -504,8 +396,7 @@ fn scatter_add(d: DType, table: &Arr, ids: &Arr, updates: &Arr) -> Result<Arr, S
 // ---- data movement
 
 fn reshape(x: &Arr, dims: &[usize]) -> Result<Arr, String> {
-    ArrayD::from_shape_vec(IxDyn(dims), x.iter().copied().collect())
-        .map_err(|e| format!("internal: {e}"))
+    ArrayD::from_shape_vec(IxDyn(dims), x.iter().copied().collect()).map_err(|e| format!("internal: {e}"))
 }
 
 /// Start indices from scalar operands, clamped so that a block of `sizes` fits in `dims`.
@@ -526,18 +417,10 @@ fn shape_op(p: &Prim, x: &[&Arr], out: &[usize]) -> Result<Arr, String> {
         BroadcastInDim { broadcast_dims, .. } => broadcast_in_dim(a, broadcast_dims, out),
         Reshape { .. } => reshape(a, out),
         Transpose { perm } => Ok(a.view().permuted_axes(IxDyn(perm)).to_owned()),
-        Slice {
-            start,
-            limit,
-            strides,
-        } => Ok(a
+        Slice { start, limit, strides } => Ok(a
             .slice_each_axis(|ax| {
                 let i = ax.axis.index();
-                Range::new(
-                    start[i] as isize,
-                    Some(limit[i] as isize),
-                    strides[i] as isize,
-                )
+                Range::new(start[i] as isize, Some(limit[i] as isize), strides[i] as isize)
             })
             .to_owned()),
         DynamicSlice { .. } => {
@@ -563,9 +446,7 @@ fn shape_op(p: &Prim, x: &[&Arr], out: &[usize]) -> Result<Arr, String> {
             let views: Vec<_> = x.iter().map(|t| t.view()).collect();
             ndarray::concatenate(Axis(*dim), &views).map_err(|e| format!("internal: {e}"))
         }
-        Pad { low, interior, .. } => {
-            pad(a, x[1].first().copied().unwrap_or(0.0), low, interior, out)
-        }
+        Pad { low, interior, .. } => pad(a, x[1].first().copied().unwrap_or(0.0), low, interior, out),
         _ => Err(format!("internal: {} has no evaluator", p.name())),
     }
 }
@@ -577,9 +458,7 @@ fn broadcast_in_dim(a: &Arr, broadcast_dims: &[usize], out: &[usize]) -> Result<
         ones[d] = a.shape()[i];
     }
     let r = reshape(a, &ones)?;
-    let b = r
-        .broadcast(IxDyn(out))
-        .ok_or_else(|| format!("internal: cannot broadcast to {out:?}"))?;
+    let b = r.broadcast(IxDyn(out)).ok_or_else(|| format!("internal: cannot broadcast to {out:?}"))?;
     Ok(b.to_owned())
 }
 
@@ -587,11 +466,8 @@ fn broadcast_in_dim(a: &Arr, broadcast_dims: &[usize], out: &[usize]) -> Result<
 fn pad(a: &Arr, v: f64, low: &[i64], interior: &[i64], out: &[usize]) -> Result<Arr, String> {
     let mut o = ArrayD::from_elem(IxDyn(out), v);
     for (ix, &e) in a.indexed_iter() {
-        let at: Vec<usize> = (0..a.ndim())
-            .map(|i| low[i] as usize + ix[i] * (interior[i] as usize + 1))
-            .collect();
-        *o.get_mut(IxDyn(&at))
-            .ok_or("internal: padded index out of range")? = e;
+        let at: Vec<usize> = (0..a.ndim()).map(|i| low[i] as usize + ix[i] * (interior[i] as usize + 1)).collect();
+        *o.get_mut(IxDyn(&at)).ok_or("internal: padded index out of range")? = e;
     }
     Ok(o)
 }

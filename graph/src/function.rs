@@ -83,7 +83,8 @@ impl Function {
 
     /// Sets the partition spec of output `i` over the function's mesh.
     pub fn shard_output(mut self, i: usize, spec: PartitionSpec) -> Result<Function, Error> {
-        let o = self.outputs.get(i).ok_or_else(|| Error::Invalid(format!("{}: no output {i} (it has {})", self.name, self.outputs.len())))?;
+        let o =
+            self.outputs.get(i).ok_or_else(|| Error::Invalid(format!("{}: no output {i} (it has {})", self.name, self.outputs.len())))?;
         let ty = self.nodes[o.id].ty.clone();
         self.check_spec(&format!("output {i} ({})", o.name), &ty, &spec)?;
         self.outputs[i].sharding = Some(spec);

@@ -150,7 +150,11 @@ fn nest(elems: &[String], dims: &[i64]) -> String {
 
 fn symbol(name: &str) -> String {
     let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-    if s.is_empty() { "main".into() } else { s }
+    if s.is_empty() {
+        "main".into()
+    } else {
+        s
+    }
 }
 
 fn quoted(s: &str) -> String {
@@ -194,8 +198,7 @@ impl Function {
             if options.locations {
                 e.loc = format!(" loc({}:{}:{})", quoted(node.loc.file), node.loc.line, node.loc.col);
             }
-            let args: Vec<(String, TensorType)> =
-                node.inputs.iter().map(|&j| (names[j].clone(), self.nodes[j].ty.clone())).collect();
+            let args: Vec<(String, TensorType)> = node.inputs.iter().map(|&j| (names[j].clone(), self.nodes[j].ty.clone())).collect();
             names[i] = node.prim.lower(&mut e, &args, &node.ty);
         }
         let partitions = self.mesh.as_ref().map_or(1, |m| m.num_devices());
@@ -212,7 +215,11 @@ impl Function {
                 return Err(Error::Invalid(format!("{}: {what} has a sharding but the function has no mesh", self.name)));
             };
             if spec.dims.len() != ty.rank() {
-                return Err(Error::Invalid(format!("{}: {what} is {ty} but its sharding {spec} has {} entries", self.name, spec.dims.len())));
+                return Err(Error::Invalid(format!(
+                    "{}: {what} is {ty} but its sharding {spec} has {} entries",
+                    self.name,
+                    spec.dims.len()
+                )));
             }
             let text = spec.sdy_sharding(mesh, "mesh").map_err(|cause| Error::Sharding { what: what.to_string(), cause })?;
             Ok(Some(format!("sdy.sharding = {text}")))

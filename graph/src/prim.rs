@@ -106,13 +106,44 @@ impl Prim {
     fn family(&self) -> Family {
         use Prim::*;
         match self {
-            Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Logistic | Abs | Sign | Sin | Cos | Convert { .. }
-            | BitcastConvert { .. } | StopGradient | Add | Sub | Mul | Div | Pow | Max | Min | And | Or
-            | ShiftRightLogical | Compare(_) | Select => Family::Elementwise,
+            Neg
+            | Exp
+            | Log
+            | Sqrt
+            | Rsqrt
+            | Tanh
+            | Logistic
+            | Abs
+            | Sign
+            | Sin
+            | Cos
+            | Convert { .. }
+            | BitcastConvert { .. }
+            | StopGradient
+            | Add
+            | Sub
+            | Mul
+            | Div
+            | Pow
+            | Max
+            | Min
+            | And
+            | Or
+            | ShiftRightLogical
+            | Compare(_)
+            | Select => Family::Elementwise,
             DotGeneral(_) => Family::Dot,
-            Param(_) | Constant { .. } | Iota { .. } | BroadcastInDim { .. } | Reshape { .. }
-            | Transpose { .. } | Slice { .. } | DynamicSlice { .. } | DynamicUpdateSlice
-            | Concatenate { .. } | Pad { .. } => Family::Shape,
+            Param(_)
+            | Constant { .. }
+            | Iota { .. }
+            | BroadcastInDim { .. }
+            | Reshape { .. }
+            | Transpose { .. }
+            | Slice { .. }
+            | DynamicSlice { .. }
+            | DynamicUpdateSlice
+            | Concatenate { .. }
+            | Pad { .. } => Family::Shape,
             ReduceSum { .. } | ReduceMax { .. } => Family::Reduce,
             Gather | ScatterAdd => Family::Indexing,
             RngBitGenerator { .. } => Family::Random,

@@ -196,10 +196,7 @@ where
     drop(st);
     Ok(Function {
         name: name.to_string(),
-        params: params
-            .iter()
-            .map(|(n, ty)| Param { name: n.to_string(), ty: ty.clone(), sharding: None, donate: false })
-            .collect(),
+        params: params.iter().map(|(n, ty)| Param { name: n.to_string(), ty: ty.clone(), sharding: None, donate: false }).collect(),
         nodes,
         outputs,
         mesh: None,

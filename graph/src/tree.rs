@@ -158,7 +158,8 @@ impl<T> Tree<T> {
 
     /// The leaves under `prefix`, with `prefix.` removed from their paths.
     pub fn take_subtree(&mut self, prefix: &str) -> Tree<T> {
-        let (inside, outside): (Vec<_>, Vec<_>) = std::mem::take(&mut self.leaves).into_iter().partition(|(p, _)| is_prefix(prefix, p) && p != prefix);
+        let (inside, outside): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.leaves).into_iter().partition(|(p, _)| is_prefix(prefix, p) && p != prefix);
         self.leaves = outside;
         Tree { leaves: inside.into_iter().map(|(p, v)| (p[prefix.len() + 1..].to_string(), v)).collect() }
     }
@@ -207,7 +208,8 @@ mod tests {
 
     #[test]
     fn flattening_order_is_fixed_and_numeric() {
-        let t = Tree::from_leaves([("params.layers.10.w", 3), ("step", 9), ("params.layers.2.w", 1), ("opt.m.x", 5), ("params.embed", 0)]).unwrap();
+        let t = Tree::from_leaves([("params.layers.10.w", 3), ("step", 9), ("params.layers.2.w", 1), ("opt.m.x", 5), ("params.embed", 0)])
+            .unwrap();
         let paths: Vec<&str> = t.paths().collect();
         assert_eq!(paths, ["opt.m.x", "params.embed", "params.layers.2.w", "params.layers.10.w", "step"]);
         assert_eq!(t.get("params.layers.10.w"), Some(&3));

@@ -45,10 +45,7 @@ fn bad_calls_are_trace_errors_naming_the_function() {
     let err = trace("outer", &[("y", f32t(&[4]))], |a| inner.call(&[a[0].clone()])).unwrap_err();
     let line = line!() - 1;
     assert!(matches!(err, Error::Call { .. }), "{err}");
-    assert_eq!(
-        err.to_string(),
-        format!("call of inner at graph/tests/call.rs:{line}:62: argument 0 (x) must be f32[3], got f32[4]")
-    );
+    assert_eq!(err.to_string(), format!("call of inner at graph/tests/call.rs:{line}:62: argument 0 (x) must be f32[3], got f32[4]"));
     let err = trace("outer", &[("y", f32t(&[3]))], |a| inner.call(&[a[0].clone(), a[0].clone()])).unwrap_err();
     assert!(err.to_string().contains("takes 1 arguments, got 2"), "{err}");
     // With no arguments the innermost trace is used.
@@ -86,7 +83,11 @@ fn trees_flatten_in_a_fixed_printed_order_and_name_the_program() {
     let outs: Vec<&str> = f.outputs.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(outs, ["params.layers.2.w", "params.layers.10.w", "step"]);
     assert_eq!(f.params_under("params"), vec![1, 2]);
-    let g = value_and_grad(&trace_tree("l", &types, |a| Tree::new().with("loss", a.get("params.layers.2.w").unwrap().sum_all()).unwrap()).unwrap(), &[1]).unwrap();
+    let g = value_and_grad(
+        &trace_tree("l", &types, |a| Tree::new().with("loss", a.get("params.layers.2.w").unwrap().sum_all()).unwrap()).unwrap(),
+        &[1],
+    )
+    .unwrap();
     assert_eq!(g.outputs[1].name, "grad.params.layers.2.w");
     // call_tree matches arguments by name.
     let h = trace_tree("h", &types, |a| f.call_tree(a)).unwrap();

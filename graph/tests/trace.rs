@@ -15,8 +15,7 @@ fn golden(name: &str, text: &str) {
         std::fs::write(&path, text).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
     assert_eq!(text, want, "{name} changed; rerun with UPDATE_GOLDEN=1 and review the diff");
 }
 
@@ -126,10 +125,7 @@ fn autodiff_errors_are_clear() {
 
 #[test]
 fn stop_gradient_blocks_and_unused_params_get_zeros() {
-    let f = trace("sg", &[("x", f32t(&[3])), ("unused", f32t(&[2]))], |a| {
-        vec![(a[0].stop_gradient() * &a[0]).sum_all()]
-    })
-    .unwrap();
+    let f = trace("sg", &[("x", f32t(&[3])), ("unused", f32t(&[2]))], |a| vec![(a[0].stop_gradient() * &a[0]).sum_all()]).unwrap();
     let g = value_and_grad(&f, &[0, 1]).unwrap();
     // d/dx (sg(x) * x) = sg(x): one multiply by the cotangent, no second term.
     let text = format!("{g}");

@@ -185,10 +185,16 @@ where
         for (path, a) in args.iter() {
             let v = a.host_view();
             let spec = self.rule_spec(path, &v.ty()).unwrap_or_else(|| PartitionSpec::replicated(v.dims.len()));
-            let sharding = NamedSharding::new(self.mesh.clone(), spec)
-                .map_err(|e| Error::Argument { name: self.name.clone(), path: path.to_string(), cause: e.into() })?;
-            let array = DeviceArray::place(self.client, &v, &sharding)
-                .map_err(|cause| Error::Argument { name: self.name.clone(), path: path.to_string(), cause })?;
+            let sharding = NamedSharding::new(self.mesh.clone(), spec).map_err(|e| Error::Argument {
+                name: self.name.clone(),
+                path: path.to_string(),
+                cause: e.into(),
+            })?;
+            let array = DeviceArray::place(self.client, &v, &sharding).map_err(|cause| Error::Argument {
+                name: self.name.clone(),
+                path: path.to_string(),
+                cause,
+            })?;
             // Placed here for this call only, so every argument may be handed over.
             placed.insert(path.to_string(), Arg::Donate(array)).map_err(|cause| Error::Trace { name: self.name.clone(), cause })?;
         }

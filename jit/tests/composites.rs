@@ -44,9 +44,7 @@ fn composites_match_numpy() -> Result<()> {
     check(&client, "rope", &["in_x", "in_pos"], |a| a[0].rope(&a[1], 10000.0))?;
     check(&client, "causal_mask", &["in_x"], |a| a[0].tracer().causal_mask(3, 5, 2))?;
     check(&client, "cross_entropy", &["in_logits", "in_labels"], |a| a[0].cross_entropy(&a[1], None))?;
-    check(&client, "cross_entropy_masked", &["in_logits", "in_labels", "in_mask"], |a| {
-        a[0].cross_entropy(&a[1], Some(&a[2]))
-    })?;
+    check(&client, "cross_entropy_masked", &["in_logits", "in_labels", "in_mask"], |a| a[0].cross_entropy(&a[1], Some(&a[2])))?;
     Ok(())
 }
 

@@ -17,14 +17,7 @@ struct Case {
 }
 
 fn case(prim: &'static str, inputs: &[(&[i64], f64, f64)], build: fn(&[Tensor]) -> Tensor) -> Case {
-    Case {
-        prim,
-        inputs: inputs.iter().map(|(s, lo, hi)| (s.to_vec(), *lo, *hi)).collect(),
-        ints: vec![],
-        build,
-        eps: 1e-6,
-        tol: 1e-6,
-    }
+    Case { prim, inputs: inputs.iter().map(|(s, lo, hi)| (s.to_vec(), *lo, *hi)).collect(), ints: vec![], build, eps: 1e-6, tol: 1e-6 }
 }
 
 fn table() -> Vec<Case> {
@@ -79,9 +72,7 @@ fn table() -> Vec<Case> {
     let mut gather = case("gather", &[(&[5, 3], -1.0, 1.0)], |x| x[0].gather(&x[1]).exp());
     gather.ints = vec![(vec![2, 2], vec![4, 0, 4, 2])]; // a repeated id accumulates
     t.push(gather);
-    let mut scatter = case("scatter_add", &[(&[4, 3], -1.0, 1.0), (&[3, 3], -1.0, 1.0)], |x| {
-        x[0].scatter_add(&x[2], &x[1].exp()).exp()
-    });
+    let mut scatter = case("scatter_add", &[(&[4, 3], -1.0, 1.0), (&[3, 3], -1.0, 1.0)], |x| x[0].scatter_add(&x[2], &x[1].exp()).exp());
     scatter.ints = vec![(vec![3], vec![1, 3, 1])];
     t.push(scatter);
     t
@@ -175,11 +166,7 @@ fn every_vjp_matches_central_differences() -> Result<()> {
 #[test]
 fn the_table_covers_every_differentiable_primitive() {
     let covered: Vec<&str> = table().iter().map(|c| c.prim).collect();
-    let missing: Vec<&str> = graph::all_primitives()
-        .iter()
-        .filter(|p| p.is_differentiable())
-        .map(|p| p.name())
-        .filter(|n| !covered.contains(n))
-        .collect();
+    let missing: Vec<&str> =
+        graph::all_primitives().iter().filter(|p| p.is_differentiable()).map(|p| p.name()).filter(|n| !covered.contains(n)).collect();
     assert!(missing.is_empty(), "no gradient check for: {missing:?}");
 }

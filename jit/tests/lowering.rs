@@ -92,9 +92,7 @@ fn table() -> Vec<Case> {
         case("reduce_sum", vec![f(&[2, 3, 4], 18)], |x| x[0].sum(&[0, 2])),
         case("reduce_max", vec![f(&[2, 3, 4], 19)], |x| x[0].max_over(&[1])),
         case("gather", vec![f(&[5, 3], 20), int(DType::S32, &[2, 2], &[4, 0, 7, -1])], |x| x[0].gather(&x[1])),
-        case("scatter_add", vec![f(&[4, 3], 21), int(DType::S32, &[3], &[1, 9, 1]), f(&[3, 3], 22)], |x| {
-            x[0].scatter_add(&x[1], &x[2])
-        }),
+        case("scatter_add", vec![f(&[4, 3], 21), int(DType::S32, &[3], &[1, 9, 1]), f(&[3, 3], 22)], |x| x[0].scatter_add(&x[1], &x[2])),
         case("rng_bit_generator", vec![int(DType::U64, &[2], &[1, 2])], |x| x[0].random_bits(&[3, 4])),
     ]
 }
@@ -146,8 +144,6 @@ fn every_primitive_lowers_to_what_the_evaluator_computes() -> Result<()> {
 #[test]
 fn the_table_covers_every_primitive() {
     let covered: Vec<&str> = table().iter().map(|c| c.prim).collect();
-    let missing: Vec<&str> =
-        graph::all_primitives().iter().map(|p| p.name()).filter(|n| *n != "param" && !covered.contains(n)).collect();
+    let missing: Vec<&str> = graph::all_primitives().iter().map(|p| p.name()).filter(|n| *n != "param" && !covered.contains(n)).collect();
     assert!(missing.is_empty(), "no lowering check for: {missing:?}");
 }
-

@@ -114,9 +114,7 @@ impl Client {
 /// Copies a buffer back to the host; a donated or deleted buffer is a clear error.
 pub fn download(buffer: &Buffer) -> Result<HostArray> {
     if buffer.is_deleted()? {
-        return Err(Error::Argument(
-            "this buffer was donated to an execution (or deleted) and cannot be used again".into(),
-        ));
+        return Err(Error::Argument("this buffer was donated to an execution (or deleted) and cannot be used again".into()));
     }
     let dtype = buffer.element_type()?;
     let dims = buffer.dims()?;

@@ -48,12 +48,7 @@ impl DeviceArray {
     pub(crate) fn from_buffers(ty: TensorType, sharding: NamedSharding, devices: Vec<Device>, buffers: Vec<Buffer>) -> Result<DeviceArray> {
         let tiling = sharding.tiling(&ty.dims)?;
         if buffers.len() != devices.len() || devices.len() != sharding.num_devices() {
-            return Err(Error::Argument(format!(
-                "{} buffers for {} devices of mesh {}",
-                buffers.len(),
-                devices.len(),
-                sharding.mesh
-            )));
+            return Err(Error::Argument(format!("{} buffers for {} devices of mesh {}", buffers.len(), devices.len(), sharding.mesh)));
         }
         for b in &buffers {
             let (dtype, dims) = (b.element_type()?, b.dims()?);

@@ -59,8 +59,11 @@ impl PluginSpec {
             PluginSpec::Path(p) if p.is_file() => Ok(p.clone()),
             PluginSpec::Path(p) => Err(Error::PluginMissing(p.clone())),
             PluginSpec::Cpu => find_or_install_cpu(),
-            PluginSpec::Cuda => find_in_python("CUDA", &["jax_plugins/xla_cuda13/xla_cuda_plugin.so",
-                "jax_plugins/xla_cuda12/xla_cuda_plugin.so"], "pip install jax-cuda12-pjrt (or jax-cuda13-pjrt)"),
+            PluginSpec::Cuda => find_in_python(
+                "CUDA",
+                &["jax_plugins/xla_cuda13/xla_cuda_plugin.so", "jax_plugins/xla_cuda12/xla_cuda_plugin.so"],
+                "pip install jax-cuda12-pjrt (or jax-cuda13-pjrt)",
+            ),
             PluginSpec::Tpu => {
                 if let Ok(p) = std::env::var("TPU_LIBRARY_PATH") {
                     if Path::new(&p).is_file() {
@@ -126,10 +129,7 @@ fn installed_cpu_plugin() -> Option<PathBuf> {
 
 /// The command a user can run by hand to put the plugin where we look for it.
 pub fn manual_install_command(dest: &Path) -> String {
-    format!(
-        "python3 -m pip install --no-deps --target {} {CPU_PACKAGE}=={CPU_VERSION}",
-        dest.display()
-    )
+    format!("python3 -m pip install --no-deps --target {} {CPU_PACKAGE}=={CPU_VERSION}", dest.display())
 }
 
 /// pip-installs the pinned wheel into a temporary sibling of `dest`, then renames it into
@@ -139,17 +139,11 @@ pub fn install_cpu_plugin(dest: &Path) -> Result<()> {
     let fail = |reason: String| Error::Install { reason, command: manual.clone() };
     let parent = dest.parent().expect("internal: install dir has a parent");
     std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
-    let pip_ok = Command::new(python())
-        .args(["-m", "pip", "--version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let pip_ok = Command::new(python()).args(["-m", "pip", "--version"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !pip_ok {
         return Err(fail(format!("pip is not available (tried `{} -m pip`)", python())));
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let tmp = parent.join(format!(".tmp-{CPU_PACKAGE}-{}-{nanos}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| fail(format!("cannot create {}: {e}", tmp.display())))?;
@@ -187,15 +181,9 @@ pub fn install_cpu_plugin(dest: &Path) -> Result<()> {
 
 /// Looks for `relative` under every entry of python3's sys.path.
 fn find_in_python(what: &'static str, relative: &[&str], install: &str) -> Result<PathBuf> {
-    let out = Command::new(python())
-        .args(["-c", "import sys\nfor p in sys.path: print(p)"])
-        .output();
+    let out = Command::new(python()).args(["-c", "import sys\nfor p in sys.path: print(p)"]).output();
     let dirs: Vec<PathBuf> = match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(PathBuf::from)
-            .collect(),
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect(),
         _ => Vec::new(),
     };
     for dir in &dirs {

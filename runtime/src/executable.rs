@@ -2,11 +2,11 @@
 //! arrays, places each on the devices as the program's parameter shardings say (whole when
 //! replicated), executes, and assembles each output back into a whole array.
 use crate::client::download;
+use crate::device_array::{Arg, DeviceArray};
 use crate::error::{Error, Result};
 use crate::host::{AsHostView, HostArray};
 use crate::program::Program;
 use dtype::TensorType;
-use crate::device_array::{Arg, DeviceArray};
 use sharding::{assemble, shard_of, Mesh, NamedSharding, OpSharding, Tiling};
 use xla_sys::{Buffer, Device, LoadedExecutable};
 
@@ -35,8 +35,7 @@ pub struct ShardedOutput {
 }
 
 fn decode_all(raw: Option<Vec<Vec<u8>>>) -> Result<Option<Vec<OpSharding>>> {
-    raw.map(|list| list.iter().map(|b| OpSharding::decode(b).map_err(Error::from)).collect())
-        .transpose()
+    raw.map(|list| list.iter().map(|b| OpSharding::decode(b).map_err(Error::from)).collect()).transpose()
 }
 
 impl Executable {
@@ -45,16 +44,11 @@ impl Executable {
         let n = devices.len();
         let single = n == 1;
         // On one device every sharding is trivially the whole array.
-        let (param_shardings, output_shardings) = if single {
-            (None, None)
-        } else {
-            (decode_all(inner.parameter_shardings()?)?, decode_all(inner.output_shardings()?)?)
-        };
+        let (param_shardings, output_shardings) =
+            if single { (None, None) } else { (decode_all(inner.parameter_shardings()?)?, decode_all(inner.output_shardings()?)?) };
         let mesh = match mesh {
             Some(m) if m.num_devices() as usize == n => m.clone(),
-            Some(m) => {
-                return Err(Error::Program(format!("the mesh {m} has {} devices but the program runs on {n}", m.num_devices())))
-            }
+            Some(m) => return Err(Error::Program(format!("the mesh {m} has {} devices but the program runs on {n}", m.num_devices()))),
             None if single => Mesh::single(),
             None => Mesh::new(&[("devices", n as i64)])?,
         };
@@ -175,8 +169,7 @@ impl Executable {
                 Arg::Keep(_) => {}
             }
         }
-        let lists: Vec<Vec<&Buffer>> =
-            (0..self.devices.len()).map(|d| args.iter().map(|a| &a.array().buffers()[d]).collect()).collect();
+        let lists: Vec<Vec<&Buffer>> = (0..self.devices.len()).map(|d| args.iter().map(|a| &a.array().buffers()[d]).collect()).collect();
         let outputs = self.execute(&lists, &donate)?;
         drop(lists);
         drop(args); // donated arrays end here; their buffers are already deleted by PJRT
@@ -209,19 +202,12 @@ impl Executable {
     pub fn check_args<A: AsHostView>(&self, args: &[A]) -> Result<()> {
         let Some(params) = &self.params else { return Ok(()) };
         if params.len() != args.len() {
-            return Err(Error::Argument(format!(
-                "the program takes {} arguments but {} were given",
-                params.len(),
-                args.len()
-            )));
+            return Err(Error::Argument(format!("the program takes {} arguments but {} were given", params.len(), args.len())));
         }
         for (i, (p, a)) in params.iter().zip(args).enumerate() {
             let a = a.host_view();
             if p.dtype != a.dtype || p.dims != a.dims {
-                return Err(Error::Argument(format!(
-                    "argument {i}: the program expects {p}, got {}",
-                    a.type_string()
-                )));
+                return Err(Error::Argument(format!("argument {i}: the program expects {p}, got {}", a.type_string())));
             }
         }
         Ok(())
@@ -284,9 +270,7 @@ impl Executable {
             return t.dims.clone();
         }
         match sharding {
-            Some(OpSharding::Tiled { tile_dims, .. }) => {
-                shard.iter().zip(tile_dims).map(|(s, t)| s * t).collect()
-            }
+            Some(OpSharding::Tiled { tile_dims, .. }) => shard.iter().zip(tile_dims).map(|(s, t)| s * t).collect(),
             _ => shard.to_vec(),
         }
     }

@@ -1,9 +1,9 @@
 //! Host arrays: dense row-major bytes with an element type and dimensions, convertible to
 //! and from `ndarray` arrays of the matching Rust type.
 use crate::error::{Error, Result};
+use dtype::{DType, TensorType};
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
-use dtype::{DType, TensorType};
 
 /// A Rust type that maps to one PJRT element type.
 pub trait Element: Copy + 'static {
@@ -140,19 +140,14 @@ impl HostArray {
     /// The values as a Vec of `T`; `T` must be this array's element type.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         if T::TYPE != self.dtype {
-            return Err(Error::Argument(format!(
-                "array holds {} but {} was requested",
-                self.dtype,
-                T::TYPE
-            )));
+            return Err(Error::Argument(format!("array holds {} but {} was requested", self.dtype, T::TYPE)));
         }
         Ok(T::from_bytes(&self.data))
     }
 
     pub fn to_ndarray<T: Element>(&self) -> Result<ArrayD<T>> {
         let shape: Vec<usize> = self.dims.iter().map(|&d| d as usize).collect();
-        ArrayD::from_shape_vec(IxDyn(&shape), self.to_vec()?)
-            .map_err(|e| Error::Argument(format!("internal shape error: {e}")))
+        ArrayD::from_shape_vec(IxDyn(&shape), self.to_vec()?).map_err(|e| Error::Argument(format!("internal shape error: {e}")))
     }
 
     /// Values converted to f64, for summaries and comparisons of any numeric type.

@@ -14,15 +14,15 @@ mod program;
 
 pub use client::{download, Client, PluginInfo};
 pub use device_array::{Arg, DeviceArray};
-pub use sharding::{Mesh, NamedSharding, PartitionSpec};
 pub use discovery::PluginSpec;
+pub use dtype::{DType, TensorType};
 pub use error::{Error, Result};
 pub use executable::{Executable, ShardedOutput};
 pub use host::{AsHostView, Element, HostArray, HostView};
 pub use options::{CompileOptions, Partitioner};
-pub use dtype::{DType, TensorType};
 pub use program::{parse_tensor_type, Program, ProgramFormat};
 pub use sharding::OpSharding;
-pub use xla_sys::BINDINGS_MINOR;
+pub use sharding::{Mesh, NamedSharding, PartitionSpec};
 pub use xla_sys::mmap::MappedFile;
+pub use xla_sys::BINDINGS_MINOR;
 pub use xla_sys::{Buffer, Device, ErrorCode, NamedValue};

@@ -84,10 +84,7 @@ mod tests {
     #[test]
     fn encodings_match_the_bytes_measured_on_the_cpu_plugin() {
         assert_eq!(CompileOptions::single_device().encode(), [0x1a, 0x04, 0x20, 0x01, 0x28, 0x01]);
-        assert_eq!(
-            CompileOptions::spmd(2, Partitioner::Gspmd).encode(),
-            [0x1a, 0x06, 0x20, 0x01, 0x28, 0x02, 0x30, 0x01]
-        );
+        assert_eq!(CompileOptions::spmd(2, Partitioner::Gspmd).encode(), [0x1a, 0x06, 0x20, 0x01, 0x28, 0x02, 0x30, 0x01]);
         assert_eq!(
             CompileOptions::spmd(2, Partitioner::Shardy).encode(),
             [0x1a, 0x09, 0x20, 0x01, 0x28, 0x02, 0x30, 0x01, 0x98, 0x01, 0x01]

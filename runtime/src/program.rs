@@ -3,8 +3,8 @@
 //! and the types of `@main`'s parameters and results.
 use crate::error::{Error, Result};
 use crate::options::Partitioner;
-use std::path::Path;
 use dtype::{DType, TensorType};
+use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgramFormat {
@@ -73,9 +73,7 @@ impl Program {
         };
         match format {
             ProgramFormat::MlirText => {
-                let text = std::str::from_utf8(&p.bytes)
-                    .map_err(|e| Error::Program(format!("MLIR text is not UTF-8: {e}")))?
-                    .to_string();
+                let text = std::str::from_utf8(&p.bytes).map_err(|e| Error::Program(format!("MLIR text is not UTF-8: {e}")))?.to_string();
                 p.num_partitions = module_int_attr(&text, "mhlo.num_partitions");
                 p.num_replicas = module_int_attr(&text, "mhlo.num_replicas");
                 p.annotations = if text.contains("sdy.sharding") || text.contains("sdy.mesh") {
@@ -205,11 +203,7 @@ fn main_signature(text: &str) -> Option<Signature> {
         None => Vec::new(),
         Some(r) => {
             let r = r.trim_start();
-            let list = if r.starts_with('(') {
-                split_top_level(bracketed(r, 0)?)
-            } else {
-                vec![&r[..r.find('{').unwrap_or(r.len())]]
-            };
+            let list = if r.starts_with('(') { split_top_level(bracketed(r, 0)?) } else { vec![&r[..r.find('{').unwrap_or(r.len())]] };
             let mut out = Vec::new();
             for item in list {
                 out.push(parse_tensor_type(&item[..item.find('{').unwrap_or(item.len())])?);

@@ -2,10 +2,7 @@
 //! GSPMD, 2 and 8 devices), donation, leaks, and the errors a user can cause.
 use anyhow::Result;
 use half::{bf16, f16};
-use runtime::{
-    download, Client, CompileOptions, Element, DType, Error, HostArray, OpSharding, Partitioner,
-    PluginSpec, Program,
-};
+use runtime::{download, Client, CompileOptions, DType, Element, Error, HostArray, OpSharding, Partitioner, PluginSpec, Program};
 
 fn cpu(devices: usize) -> Client {
     Client::open(&PluginSpec::Cpu, Some(devices)).expect("CPU plugin")
@@ -150,9 +147,7 @@ fn spmd_over_eight_devices_on_a_data_model_mesh() -> Result<()> {
     let sx = &exe.parameter_shardings().unwrap()[0];
     // x is cut into 2x4 tiles: every device holds a [2,2] block.
     assert!(matches!(sx, OpSharding::Tiled { tile_dims, .. } if tile_dims == &vec![2, 4]), "{sx:?}");
-    let out = exe.run_sharded(&client, &[HostArray::from_vec(&[4, 8], x)?, HostArray::from_vec(&[4, 8], w)?])
-        .err()
-        .map(|e| e.to_string());
+    let out = exe.run_sharded(&client, &[HostArray::from_vec(&[4, 8], x)?, HostArray::from_vec(&[4, 8], w)?]).err().map(|e| e.to_string());
     // w is [8,4], not [4,8]: the argument check catches it before anything runs.
     assert!(out.unwrap().contains("argument 1: the program expects f32[8,4], got f32[4,8]"));
     let x = HostArray::from_vec(&[4, 8], (0..32).map(|i| (i % 7) as f32 - 3.0).collect())?;
@@ -243,11 +238,7 @@ fn a_syntax_error_is_reported_and_the_process_survives() -> Result<()> {
 #[test]
 fn more_partitions_than_devices_is_an_error() -> Result<()> {
     let client = cpu(1);
-    let err = client
-        .compile(&Program::from_text(SHARDY_2)?, &CompileOptions::spmd(2, Partitioner::Shardy))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = client.compile(&Program::from_text(SHARDY_2)?, &CompileOptions::spmd(2, Partitioner::Shardy)).err().unwrap().to_string();
     assert_eq!(err, "the program needs 2 devices but the client has 1 (ask for more with --devices 2)");
     Ok(())
 }

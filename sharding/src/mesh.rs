@@ -22,13 +22,8 @@ impl Mesh {
     pub fn parse(text: &str) -> Result<Mesh> {
         let mut axes = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, size) = part
-                .split_once('=')
-                .ok_or_else(|| Error::Mesh(format!("{part:?} is not NAME=SIZE")))?;
-            let size: i64 = size
-                .trim()
-                .parse()
-                .map_err(|_| Error::Mesh(format!("{part:?}: size is not an integer")))?;
+            let (name, size) = part.split_once('=').ok_or_else(|| Error::Mesh(format!("{part:?} is not NAME=SIZE")))?;
+            let size: i64 = size.trim().parse().map_err(|_| Error::Mesh(format!("{part:?}: size is not an integer")))?;
             axes.push((name.trim(), size));
         }
         Mesh::new(&axes)
@@ -71,22 +66,14 @@ impl Mesh {
     /// The GSPMD tiling of `spec`: `{devices=[..]<=[N]}` (mesh axes in mesh order).
     pub fn gspmd_sharding(&self, spec: &PartitionSpec) -> Result<String> {
         spec.check(self)?;
-        let mut dims: Vec<i64> = spec
-            .dims
-            .iter()
-            .map(|axes| axes.iter().map(|a| self.axis_size(a).unwrap_or(1)).product())
-            .collect();
+        let mut dims: Vec<i64> = spec.dims.iter().map(|axes| axes.iter().map(|a| self.axis_size(a).unwrap_or(1)).product()).collect();
         let used: i64 = dims.iter().product();
         if used == 1 {
             return Ok("{replicated}".into());
         }
         // Only specs whose sharded axes appear in mesh order map to a plain iota tiling.
-        let order: Vec<usize> = spec
-            .dims
-            .iter()
-            .flatten()
-            .map(|a| self.axes.iter().position(|m| &m.0 == a).expect("internal: checked"))
-            .collect();
+        let order: Vec<usize> =
+            spec.dims.iter().flatten().map(|a| self.axes.iter().position(|m| &m.0 == a).expect("internal: checked")).collect();
         if order.windows(2).any(|w| w[0] > w[1]) {
             return Err(Error::Unsupported("GSPMD text for axes out of mesh order".into()));
         }
@@ -163,11 +150,8 @@ impl PartitionSpec {
 impl std::fmt::Display for PartitionSpec {
     /// `[{"data"}, {}]`
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let dims: Vec<String> = self
-            .dims
-            .iter()
-            .map(|axes| format!("{{{}}}", axes.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")))
-            .collect();
+        let dims: Vec<String> =
+            self.dims.iter().map(|axes| format!("{{{}}}", axes.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", "))).collect();
         write!(f, "[{}]", dims.join(", "))
     }
 }

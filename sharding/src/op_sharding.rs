@@ -79,7 +79,6 @@ fn first_device(p: &OpShardingProto) -> Result<i64> {
     device_list(p)?.first().copied().ok_or_else(|| Error::Decode("maximal sharding without a device".into()))
 }
 
-
 /// The device of each tile in row-major order: listed explicitly, or as an iota reshaped to
 /// `iota_reshape_dims`, transposed by `iota_transpose_perm`, and flattened.
 fn device_list(p: &OpShardingProto) -> Result<Vec<i64>> {
@@ -164,10 +163,7 @@ mod tests {
             ..Default::default()
         });
         let s = OpSharding::decode(&p).unwrap();
-        assert_eq!(
-            s,
-            OpSharding::Tiled { tile_dims: vec![2, 1, 4], devices: (0..8).collect(), replicated_copies: 4 }
-        );
+        assert_eq!(s, OpSharding::Tiled { tile_dims: vec![2, 1, 4], devices: (0..8).collect(), replicated_copies: 4 });
         assert_eq!(s.describe(), "{devices=[2,1,4]0,1,2,3,4,5,6,7 last_tile_dim_replicate}");
         assert!(OpSharding::decode(&[0xff, 0xff]).is_err());
     }

@@ -20,29 +20,17 @@ pub struct Tiling {
 impl Tiling {
     pub fn new(sharding: &OpSharding, shape: &[i64], num_devices: usize) -> Result<Tiling> {
         let full: Vec<Range<i64>> = shape.iter().map(|&n| 0..n).collect();
-        let mismatch = |why: String| Error::Mismatch {
-            sharding: sharding.describe(),
-            shape: shape.to_vec(),
-            why,
-        };
+        let mismatch = |why: String| Error::Mismatch { sharding: sharding.describe(), shape: shape.to_vec(), why };
         match sharding {
-            OpSharding::Replicated => Ok(Tiling {
-                shape: shape.to_vec(),
-                shard_shape: shape.to_vec(),
-                regions: vec![full; num_devices],
-                owners: vec![0],
-            }),
+            OpSharding::Replicated => {
+                Ok(Tiling { shape: shape.to_vec(), shard_shape: shape.to_vec(), regions: vec![full; num_devices], owners: vec![0] })
+            }
             OpSharding::Maximal { device } => {
                 let d = usize::try_from(*device)
                     .ok()
                     .filter(|&d| d < num_devices)
                     .ok_or_else(|| mismatch(format!("device {device} of {num_devices}")))?;
-                Ok(Tiling {
-                    shape: shape.to_vec(),
-                    shard_shape: shape.to_vec(),
-                    regions: vec![full; num_devices],
-                    owners: vec![d],
-                })
+                Ok(Tiling { shape: shape.to_vec(), shard_shape: shape.to_vec(), regions: vec![full; num_devices], owners: vec![d] })
             }
             OpSharding::Tiled { tile_dims, devices, replicated_copies } => {
                 let copies = *replicated_copies;
@@ -60,8 +48,7 @@ impl Tiling {
                     )));
                 }
                 let tiles = &tile_dims[..rank];
-                let shard_shape: Vec<i64> =
-                    shape.iter().zip(tiles).map(|(&n, &t)| (n + t - 1) / t).collect();
+                let shard_shape: Vec<i64> = shape.iter().zip(tiles).map(|(&n, &t)| (n + t - 1) / t).collect();
                 let mut regions = vec![Vec::new(); num_devices];
                 let mut owners = Vec::new();
                 for (k, &dev) in devices.iter().enumerate() {
@@ -71,12 +58,8 @@ impl Tiling {
                         .ok_or_else(|| mismatch(format!("device id {dev} out of range")))?;
                     let (tile, copy) = (k as i64 / copies, k as i64 % copies);
                     let index = unflatten(tile, tiles);
-                    regions[dev] = index
-                        .iter()
-                        .zip(&shard_shape)
-                        .zip(shape)
-                        .map(|((&i, &c), &n)| (i * c).min(n)..((i + 1) * c).min(n))
-                        .collect();
+                    regions[dev] =
+                        index.iter().zip(&shard_shape).zip(shape).map(|((&i, &c), &n)| (i * c).min(n)..((i + 1) * c).min(n)).collect();
                     if copy == 0 {
                         owners.push(dev);
                     }
@@ -99,16 +82,7 @@ fn unflatten(mut flat: i64, dims: &[i64]) -> Vec<i64> {
 #[allow(clippy::too_many_arguments)] // two (array, shape, offset) triples, extent, size
 /// Copies `extent` elements (a box) from `src` at `src_at` to `dst` at `dst_at`, both
 /// row-major arrays of the given shapes with `elem`-byte elements.
-fn copy_box(
-    src: &[u8],
-    src_shape: &[i64],
-    src_at: &[i64],
-    dst: &mut [u8],
-    dst_shape: &[i64],
-    dst_at: &[i64],
-    extent: &[i64],
-    elem: usize,
-) {
+fn copy_box(src: &[u8], src_shape: &[i64], src_at: &[i64], dst: &mut [u8], dst_shape: &[i64], dst_at: &[i64], extent: &[i64], elem: usize) {
     if extent.iter().any(|&e| e <= 0) {
         return;
     }

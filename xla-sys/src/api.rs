@@ -99,10 +99,7 @@ impl Api {
     /// Loads the plugin at `path` (once per process and file), checks its API version and
     /// runs PJRT_Plugin_Initialize. The library is never unloaded.
     pub fn load(path: &Path) -> Result<Arc<Api>> {
-        let canonical = path.canonicalize().map_err(|e| Error::Load {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let canonical = path.canonicalize().map_err(|e| Error::Load { path: path.to_path_buf(), message: e.to_string() })?;
         let mut loaded = registry().lock().unwrap_or_else(|p| p.into_inner());
         if let Some(api) = loaded.get(&canonical) {
             return Ok(api.clone());
@@ -122,17 +119,13 @@ impl Api {
         }
         // SAFETY: loading a shared library runs its initialisers; we only load files the user
         // named as PJRT plugins. RTLD_NOW surfaces missing symbols here instead of later.
-        let lib = unsafe {
-            libloading::os::unix::Library::open(
-                Some(path),
-                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
-            )
-        }
-        .map_err(|e| load_err(e.to_string()))?;
+        let lib =
+            unsafe { libloading::os::unix::Library::open(Some(path), libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL) }
+                .map_err(|e| load_err(e.to_string()))?;
         type GetApi = unsafe extern "C" fn() -> *const b::PJRT_Api;
         // SAFETY: GetPjrtApi has this signature in pjrt_c_api.h.
-        let get: libloading::os::unix::Symbol<GetApi> = unsafe { lib.get(b"GetPjrtApi\0") }
-            .map_err(|e| Error::NotAPlugin { path: path.to_path_buf(), message: e.to_string() })?;
+        let get: libloading::os::unix::Symbol<GetApi> =
+            unsafe { lib.get(b"GetPjrtApi\0") }.map_err(|e| Error::NotAPlugin { path: path.to_path_buf(), message: e.to_string() })?;
         // SAFETY: calling the plugin's entry point; it returns a pointer to a static table.
         let table = unsafe { get() };
         // Never unload: the table and everything created from it live as long as the process.
@@ -146,12 +139,7 @@ impl Api {
         if size < std::mem::offset_of!(b::PJRT_Api, PJRT_Error_Destroy) {
             return Err(load_err(format!("its PJRT_Api table is only {size} bytes")));
         }
-        Ok(Api {
-            table,
-            path: path.to_path_buf(),
-            major: version.major_version,
-            minor: version.minor_version,
-        })
+        Ok(Api { table, path: path.to_path_buf(), major: version.major_version, minor: version.minor_version })
     }
 
     fn check_version(&self) -> Result<()> {
@@ -279,13 +267,11 @@ fn read_named_value(v: &b::PJRT_NamedValue) -> (String, NamedValue) {
     unsafe {
         let name = lossy(v.name, v.name_size);
         let value = match v.type_ {
-            b::PJRT_NamedValue_kString => {
-                NamedValue::Str(lossy(v.__bindgen_anon_1.string_value, v.value_size))
-            }
+            b::PJRT_NamedValue_kString => NamedValue::Str(lossy(v.__bindgen_anon_1.string_value, v.value_size)),
             b::PJRT_NamedValue_kInt64 => NamedValue::Int64(v.__bindgen_anon_1.int64_value),
-            b::PJRT_NamedValue_kInt64List => NamedValue::Int64List(
-                slice_or_empty(v.__bindgen_anon_1.int64_array_value, v.value_size).to_vec(),
-            ),
+            b::PJRT_NamedValue_kInt64List => {
+                NamedValue::Int64List(slice_or_empty(v.__bindgen_anon_1.int64_array_value, v.value_size).to_vec())
+            }
             b::PJRT_NamedValue_kFloat => NamedValue::Float(v.__bindgen_anon_1.float_value),
             b::PJRT_NamedValue_kBool => NamedValue::Bool(v.__bindgen_anon_1.bool_value),
             other => NamedValue::Str(format!("<unknown named value type {other}>")),
@@ -299,10 +285,7 @@ pub(crate) fn named_values(options: &[(String, NamedValue)]) -> Vec<b::PJRT_Name
     options
         .iter()
         .map(|(name, value)| {
-            let mut v = args!(PJRT_NamedValue {
-                name: name.as_ptr() as *const _,
-                name_size: name.len(),
-            });
+            let mut v = args!(PJRT_NamedValue { name: name.as_ptr() as *const _, name_size: name.len() });
             match value {
                 NamedValue::Str(s) => {
                     v.type_ = b::PJRT_NamedValue_kString;

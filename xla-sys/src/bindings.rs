@@ -87,8 +87,7 @@ impl Default for PJRT_Error_Destroy_Args {
 }
 pub const PJRT_Error_Destroy_Args_STRUCT_SIZE: _bindgen_ty_3 = 24;
 pub type _bindgen_ty_3 = ::std::os::raw::c_uint;
-pub type PJRT_Error_Destroy =
-    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Error_Destroy_Args)>;
+pub type PJRT_Error_Destroy = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Error_Destroy_Args)>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Error_Message_Args {
@@ -109,8 +108,7 @@ impl Default for PJRT_Error_Message_Args {
 }
 pub const PJRT_Error_Message_Args_STRUCT_SIZE: _bindgen_ty_4 = 40;
 pub type _bindgen_ty_4 = ::std::os::raw::c_uint;
-pub type PJRT_Error_Message =
-    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Error_Message_Args)>;
+pub type PJRT_Error_Message = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Error_Message_Args)>;
 pub const PJRT_Error_Code_OK: PJRT_Error_Code = 0;
 pub const PJRT_Error_Code_CANCELLED: PJRT_Error_Code = 1;
 pub const PJRT_Error_Code_UNKNOWN: PJRT_Error_Code = 2;
@@ -146,20 +144,11 @@ pub struct PJRT_Error_FunctionTable {
     pub extension_start: *mut PJRT_Extension_Base,
     pub destroy: ::std::option::Option<unsafe extern "C" fn(error: *mut PJRT_Error)>,
     pub message: ::std::option::Option<
-        unsafe extern "C" fn(
-            error: *const PJRT_Error,
-            message: *mut *const ::std::os::raw::c_char,
-            message_size: *mut usize,
-        ),
+        unsafe extern "C" fn(error: *const PJRT_Error, message: *mut *const ::std::os::raw::c_char, message_size: *mut usize),
     >,
-    pub get_code:
-        ::std::option::Option<unsafe extern "C" fn(error: *const PJRT_Error) -> PJRT_Error_Code>,
+    pub get_code: ::std::option::Option<unsafe extern "C" fn(error: *const PJRT_Error) -> PJRT_Error_Code>,
     pub for_each_payload: ::std::option::Option<
-        unsafe extern "C" fn(
-            error: *const PJRT_Error,
-            visitor: PJRT_Error_PayloadVisitor,
-            user_arg: *mut ::std::os::raw::c_void,
-        ),
+        unsafe extern "C" fn(error: *const PJRT_Error, visitor: PJRT_Error_PayloadVisitor, user_arg: *mut ::std::os::raw::c_void),
     >,
 }
 impl Default for PJRT_Error_FunctionTable {
@@ -208,9 +197,7 @@ impl Default for PJRT_Error_GetCode_Args {
 }
 pub const PJRT_Error_GetCode_Args_STRUCT_SIZE: _bindgen_ty_7 = 28;
 pub type _bindgen_ty_7 = ::std::os::raw::c_uint;
-pub type PJRT_Error_GetCode = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Error_GetCode_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Error_GetCode = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Error_GetCode_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Error_ForEachPayload_Args {
@@ -231,15 +218,10 @@ impl Default for PJRT_Error_ForEachPayload_Args {
 }
 pub const PJRT_Error_ForEachPayload_Args_STRUCT_SIZE: _bindgen_ty_8 = 40;
 pub type _bindgen_ty_8 = ::std::os::raw::c_uint;
-pub type PJRT_Error_ForEachPayload = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Error_ForEachPayload_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Error_ForEachPayload =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Error_ForEachPayload_Args) -> *mut PJRT_Error>;
 pub type PJRT_CallbackError = ::std::option::Option<
-    unsafe extern "C" fn(
-        code: PJRT_Error_Code,
-        message: *const ::std::os::raw::c_char,
-        message_size: usize,
-    ) -> *mut PJRT_Error,
+    unsafe extern "C" fn(code: PJRT_Error_Code, message: *const ::std::os::raw::c_char, message_size: usize) -> *mut PJRT_Error,
 >;
 pub const PJRT_NamedValue_kString: PJRT_NamedValue_Type = 0;
 pub const PJRT_NamedValue_kInt64: PJRT_NamedValue_Type = 1;
@@ -304,9 +286,7 @@ impl Default for PJRT_Plugin_Initialize_Args {
 }
 pub const PJRT_Plugin_Initialize_Args_STRUCT_SIZE: _bindgen_ty_10 = 16;
 pub type _bindgen_ty_10 = ::std::os::raw::c_uint;
-pub type PJRT_Plugin_Initialize = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Plugin_Initialize_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Plugin_Initialize = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Plugin_Initialize_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Plugin_Attributes_Args {
@@ -326,9 +306,7 @@ impl Default for PJRT_Plugin_Attributes_Args {
 }
 pub const PJRT_Plugin_Attributes_Args_STRUCT_SIZE: _bindgen_ty_11 = 32;
 pub type _bindgen_ty_11 = ::std::os::raw::c_uint;
-pub type PJRT_Plugin_Attributes = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Plugin_Attributes_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Plugin_Attributes = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Plugin_Attributes_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Event {
@@ -352,9 +330,7 @@ impl Default for PJRT_Event_Destroy_Args {
 }
 pub const PJRT_Event_Destroy_Args_STRUCT_SIZE: _bindgen_ty_12 = 24;
 pub type _bindgen_ty_12 = ::std::os::raw::c_uint;
-pub type PJRT_Event_Destroy = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Event_Destroy_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Event_Destroy = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Event_Destroy_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Event_IsReady_Args {
@@ -374,9 +350,7 @@ impl Default for PJRT_Event_IsReady_Args {
 }
 pub const PJRT_Event_IsReady_Args_STRUCT_SIZE: _bindgen_ty_13 = 25;
 pub type _bindgen_ty_13 = ::std::os::raw::c_uint;
-pub type PJRT_Event_IsReady = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Event_IsReady_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Event_IsReady = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Event_IsReady_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Event_Error_Args {
@@ -395,9 +369,7 @@ impl Default for PJRT_Event_Error_Args {
 }
 pub const PJRT_Event_Error_Args_STRUCT_SIZE: _bindgen_ty_14 = 24;
 pub type _bindgen_ty_14 = ::std::os::raw::c_uint;
-pub type PJRT_Event_Error = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Event_Error_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Event_Error = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Event_Error_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Event_Await_Args {
@@ -416,12 +388,9 @@ impl Default for PJRT_Event_Await_Args {
 }
 pub const PJRT_Event_Await_Args_STRUCT_SIZE: _bindgen_ty_15 = 24;
 pub type _bindgen_ty_15 = ::std::os::raw::c_uint;
-pub type PJRT_Event_Await = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Event_Await_Args) -> *mut PJRT_Error,
->;
-pub type PJRT_Event_OnReadyCallback = ::std::option::Option<
-    unsafe extern "C" fn(error: *mut PJRT_Error, user_arg: *mut ::std::os::raw::c_void),
->;
+pub type PJRT_Event_Await = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Event_Await_Args) -> *mut PJRT_Error>;
+pub type PJRT_Event_OnReadyCallback =
+    ::std::option::Option<unsafe extern "C" fn(error: *mut PJRT_Error, user_arg: *mut ::std::os::raw::c_void)>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Event_OnReady_Args {
@@ -442,9 +411,7 @@ impl Default for PJRT_Event_OnReady_Args {
 }
 pub const PJRT_Event_OnReady_Args_STRUCT_SIZE: _bindgen_ty_16 = 40;
 pub type _bindgen_ty_16 = ::std::os::raw::c_uint;
-pub type PJRT_Event_OnReady = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Event_OnReady_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Event_OnReady = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Event_OnReady_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Event_Create_Args {
@@ -463,9 +430,7 @@ impl Default for PJRT_Event_Create_Args {
 }
 pub const PJRT_Event_Create_Args_STRUCT_SIZE: _bindgen_ty_17 = 24;
 pub type _bindgen_ty_17 = ::std::os::raw::c_uint;
-pub type PJRT_Event_Create = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Event_Create_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Event_Create = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Event_Create_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Event_Set_Args {
@@ -487,8 +452,7 @@ impl Default for PJRT_Event_Set_Args {
 }
 pub const PJRT_Event_Set_Args_STRUCT_SIZE: _bindgen_ty_18 = 48;
 pub type _bindgen_ty_18 = ::std::os::raw::c_uint;
-pub type PJRT_Event_Set =
-    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Event_Set_Args) -> *mut PJRT_Error>;
+pub type PJRT_Event_Set = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Event_Set_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client {
@@ -506,10 +470,7 @@ pub struct PJRT_Memory_FunctionTable {
     pub extension_start: *mut PJRT_Extension_Base,
     pub instance_struct_size: usize,
     pub get_user_data: ::std::option::Option<
-        unsafe extern "C" fn(
-            memory: *mut PJRT_Memory,
-            key: *const ::std::os::raw::c_void,
-        ) -> *mut ::std::os::raw::c_void,
+        unsafe extern "C" fn(memory: *mut PJRT_Memory, key: *const ::std::os::raw::c_void) -> *mut ::std::os::raw::c_void,
     >,
     pub set_user_data: ::std::option::Option<
         unsafe extern "C" fn(
@@ -587,8 +548,7 @@ pub struct PJRT_AsyncHostToDeviceTransferManager {
 pub struct PJRT_PhaseCompiler {
     _unused: [u8; 0],
 }
-pub type PJRT_KeyValueGetCallback_ValueDeleter =
-    ::std::option::Option<unsafe extern "C" fn(value: *mut ::std::os::raw::c_char)>;
+pub type PJRT_KeyValueGetCallback_ValueDeleter = ::std::option::Option<unsafe extern "C" fn(value: *mut ::std::os::raw::c_char)>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_KeyValueGetCallback_Args {
@@ -614,11 +574,9 @@ impl Default for PJRT_KeyValueGetCallback_Args {
 }
 pub const PJRT_KeyValueGetCallback_Args_STRUCT_SIZE: _bindgen_ty_21 = 80;
 pub type _bindgen_ty_21 = ::std::os::raw::c_uint;
-pub type PJRT_KeyValueGetCallback = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_KeyValueGetCallback_Args) -> *mut PJRT_Error,
->;
-pub type PJRT_KeyValueTryGetCallback_ValueDeleter =
-    ::std::option::Option<unsafe extern "C" fn(value: *mut ::std::os::raw::c_char)>;
+pub type PJRT_KeyValueGetCallback =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_KeyValueGetCallback_Args) -> *mut PJRT_Error>;
+pub type PJRT_KeyValueTryGetCallback_ValueDeleter = ::std::option::Option<unsafe extern "C" fn(value: *mut ::std::os::raw::c_char)>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_KeyValueTryGetCallback_Args {
@@ -643,9 +601,8 @@ impl Default for PJRT_KeyValueTryGetCallback_Args {
 }
 pub const PJRT_KeyValueTryGetCallback_Args_STRUCT_SIZE: _bindgen_ty_22 = 72;
 pub type _bindgen_ty_22 = ::std::os::raw::c_uint;
-pub type PJRT_KeyValueTryGetCallback = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_KeyValueTryGetCallback_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_KeyValueTryGetCallback =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_KeyValueTryGetCallback_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_KeyValuePutCallback_Args {
@@ -669,9 +626,8 @@ impl Default for PJRT_KeyValuePutCallback_Args {
 }
 pub const PJRT_KeyValuePutCallback_Args_STRUCT_SIZE: _bindgen_ty_23 = 64;
 pub type _bindgen_ty_23 = ::std::os::raw::c_uint;
-pub type PJRT_KeyValuePutCallback = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_KeyValuePutCallback_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_KeyValuePutCallback =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_KeyValuePutCallback_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_Create_Args {
@@ -698,9 +654,7 @@ impl Default for PJRT_Client_Create_Args {
 }
 pub const PJRT_Client_Create_Args_STRUCT_SIZE: _bindgen_ty_24 = 88;
 pub type _bindgen_ty_24 = ::std::os::raw::c_uint;
-pub type PJRT_Client_Create = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_Create_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_Create = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_Create_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_Destroy_Args {
@@ -719,9 +673,7 @@ impl Default for PJRT_Client_Destroy_Args {
 }
 pub const PJRT_Client_Destroy_Args_STRUCT_SIZE: _bindgen_ty_25 = 24;
 pub type _bindgen_ty_25 = ::std::os::raw::c_uint;
-pub type PJRT_Client_Destroy = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_Destroy_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_Destroy = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_Destroy_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_PlatformName_Args {
@@ -742,9 +694,8 @@ impl Default for PJRT_Client_PlatformName_Args {
 }
 pub const PJRT_Client_PlatformName_Args_STRUCT_SIZE: _bindgen_ty_26 = 40;
 pub type _bindgen_ty_26 = ::std::os::raw::c_uint;
-pub type PJRT_Client_PlatformName = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_PlatformName_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_PlatformName =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_PlatformName_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_ProcessIndex_Args {
@@ -764,9 +715,8 @@ impl Default for PJRT_Client_ProcessIndex_Args {
 }
 pub const PJRT_Client_ProcessIndex_Args_STRUCT_SIZE: _bindgen_ty_27 = 28;
 pub type _bindgen_ty_27 = ::std::os::raw::c_uint;
-pub type PJRT_Client_ProcessIndex = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_ProcessIndex_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_ProcessIndex =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_ProcessIndex_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_PlatformVersion_Args {
@@ -787,9 +737,8 @@ impl Default for PJRT_Client_PlatformVersion_Args {
 }
 pub const PJRT_Client_PlatformVersion_Args_STRUCT_SIZE: _bindgen_ty_28 = 40;
 pub type _bindgen_ty_28 = ::std::os::raw::c_uint;
-pub type PJRT_Client_PlatformVersion = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_PlatformVersion_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_PlatformVersion =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_PlatformVersion_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_TopologyDescription_Args {
@@ -809,9 +758,8 @@ impl Default for PJRT_Client_TopologyDescription_Args {
 }
 pub const PJRT_Client_TopologyDescription_Args_STRUCT_SIZE: _bindgen_ty_29 = 32;
 pub type _bindgen_ty_29 = ::std::os::raw::c_uint;
-pub type PJRT_Client_TopologyDescription = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_TopologyDescription_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_TopologyDescription =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_TopologyDescription_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_Devices_Args {
@@ -832,9 +780,7 @@ impl Default for PJRT_Client_Devices_Args {
 }
 pub const PJRT_Client_Devices_Args_STRUCT_SIZE: _bindgen_ty_30 = 40;
 pub type _bindgen_ty_30 = ::std::os::raw::c_uint;
-pub type PJRT_Client_Devices = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_Devices_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_Devices = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_Devices_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_AddressableDevices_Args {
@@ -855,9 +801,8 @@ impl Default for PJRT_Client_AddressableDevices_Args {
 }
 pub const PJRT_Client_AddressableDevices_Args_STRUCT_SIZE: _bindgen_ty_31 = 40;
 pub type _bindgen_ty_31 = ::std::os::raw::c_uint;
-pub type PJRT_Client_AddressableDevices = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_AddressableDevices_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_AddressableDevices =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_AddressableDevices_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_LookupDevice_Args {
@@ -878,9 +823,8 @@ impl Default for PJRT_Client_LookupDevice_Args {
 }
 pub const PJRT_Client_LookupDevice_Args_STRUCT_SIZE: _bindgen_ty_32 = 40;
 pub type _bindgen_ty_32 = ::std::os::raw::c_uint;
-pub type PJRT_Client_LookupDevice = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_LookupDevice_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_LookupDevice =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_LookupDevice_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_LookupAddressableDevice_Args {
@@ -901,9 +845,8 @@ impl Default for PJRT_Client_LookupAddressableDevice_Args {
 }
 pub const PJRT_Client_LookupAddressableDevice_Args_STRUCT_SIZE: _bindgen_ty_33 = 40;
 pub type _bindgen_ty_33 = ::std::os::raw::c_uint;
-pub type PJRT_Client_LookupAddressableDevice = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_LookupAddressableDevice_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_LookupAddressableDevice =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_LookupAddressableDevice_Args) -> *mut PJRT_Error>;
 pub const PJRT_ProcessState_kUnspecified: PJRT_ProcessState = 0;
 pub const PJRT_ProcessState_kUninitialized: PJRT_ProcessState = 1;
 pub const PJRT_ProcessState_kDisconnected: PJRT_ProcessState = 2;
@@ -952,9 +895,8 @@ impl Default for PJRT_Client_UpdateGlobalProcessInfo_Args {
 }
 pub const PJRT_Client_UpdateGlobalProcessInfo_Args_STRUCT_SIZE: _bindgen_ty_35 = 40;
 pub type _bindgen_ty_35 = ::std::os::raw::c_uint;
-pub type PJRT_Client_UpdateGlobalProcessInfo = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_UpdateGlobalProcessInfo_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_UpdateGlobalProcessInfo =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_UpdateGlobalProcessInfo_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_AddressableMemories_Args {
@@ -975,9 +917,8 @@ impl Default for PJRT_Client_AddressableMemories_Args {
 }
 pub const PJRT_Client_AddressableMemories_Args_STRUCT_SIZE: _bindgen_ty_36 = 40;
 pub type _bindgen_ty_36 = ::std::os::raw::c_uint;
-pub type PJRT_Client_AddressableMemories = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_AddressableMemories_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_AddressableMemories =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_AddressableMemories_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Program {
@@ -1021,9 +962,7 @@ impl Default for PJRT_Client_Compile_Args {
 }
 pub const PJRT_Client_Compile_Args_STRUCT_SIZE: _bindgen_ty_38 = 56;
 pub type _bindgen_ty_38 = ::std::os::raw::c_uint;
-pub type PJRT_Client_Compile = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_Compile_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_Compile = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_Compile_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_Load_Args {
@@ -1046,9 +985,7 @@ impl Default for PJRT_Client_Load_Args {
 }
 pub const PJRT_Client_Load_Args_STRUCT_SIZE: _bindgen_ty_39 = 56;
 pub type _bindgen_ty_39 = ::std::os::raw::c_uint;
-pub type PJRT_Client_Load = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_Load_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_Load = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_Load_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_DefaultDeviceAssignment_Args {
@@ -1071,9 +1008,8 @@ impl Default for PJRT_Client_DefaultDeviceAssignment_Args {
 }
 pub const PJRT_Client_DefaultDeviceAssignment_Args_STRUCT_SIZE: _bindgen_ty_40 = 48;
 pub type _bindgen_ty_40 = ::std::os::raw::c_uint;
-pub type PJRT_Client_DefaultDeviceAssignment = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_DefaultDeviceAssignment_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_DefaultDeviceAssignment =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_DefaultDeviceAssignment_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_DmaMap_Args {
@@ -1094,9 +1030,7 @@ impl Default for PJRT_Client_DmaMap_Args {
 }
 pub const PJRT_Client_DmaMap_Args_STRUCT_SIZE: _bindgen_ty_41 = 40;
 pub type _bindgen_ty_41 = ::std::os::raw::c_uint;
-pub type PJRT_Client_DmaMap = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_DmaMap_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_DmaMap = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_DmaMap_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_DmaUnmap_Args {
@@ -1116,9 +1050,7 @@ impl Default for PJRT_Client_DmaUnmap_Args {
 }
 pub const PJRT_Client_DmaUnmap_Args_STRUCT_SIZE: _bindgen_ty_42 = 32;
 pub type _bindgen_ty_42 = ::std::os::raw::c_uint;
-pub type PJRT_Client_DmaUnmap = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_DmaUnmap_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_DmaUnmap = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_DmaUnmap_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_AsyncHostToDeviceTransferManager_Destroy_Args {
@@ -1137,11 +1069,8 @@ impl Default for PJRT_AsyncHostToDeviceTransferManager_Destroy_Args {
 }
 pub const PJRT_AsyncHostToDeviceTransferManager_Destroy_Args_STRUCT_SIZE: _bindgen_ty_43 = 24;
 pub type _bindgen_ty_43 = ::std::os::raw::c_uint;
-pub type PJRT_AsyncHostToDeviceTransferManager_Destroy = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_AsyncHostToDeviceTransferManager_Destroy_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_AsyncHostToDeviceTransferManager_Destroy =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_AsyncHostToDeviceTransferManager_Destroy_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_AsyncHostToDeviceTransferManager_TransferData_Args {
@@ -1166,11 +1095,8 @@ impl Default for PJRT_AsyncHostToDeviceTransferManager_TransferData_Args {
 }
 pub const PJRT_AsyncHostToDeviceTransferManager_TransferData_Args_STRUCT_SIZE: _bindgen_ty_44 = 72;
 pub type _bindgen_ty_44 = ::std::os::raw::c_uint;
-pub type PJRT_AsyncHostToDeviceTransferManager_TransferData = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_AsyncHostToDeviceTransferManager_TransferData_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_AsyncHostToDeviceTransferManager_TransferData =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_AsyncHostToDeviceTransferManager_TransferData_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args {
@@ -1189,14 +1115,10 @@ impl Default for PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args {
         }
     }
 }
-pub const PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args_STRUCT_SIZE: _bindgen_ty_45 =
-    40;
+pub const PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args_STRUCT_SIZE: _bindgen_ty_45 = 40;
 pub type _bindgen_ty_45 = ::std::os::raw::c_uint;
-pub type PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_AsyncHostToDeviceTransferManager_Device_Args {
@@ -1216,11 +1138,8 @@ impl Default for PJRT_AsyncHostToDeviceTransferManager_Device_Args {
 }
 pub const PJRT_AsyncHostToDeviceTransferManager_Device_Args_STRUCT_SIZE: _bindgen_ty_46 = 32;
 pub type _bindgen_ty_46 = ::std::os::raw::c_uint;
-pub type PJRT_AsyncHostToDeviceTransferManager_Device = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_AsyncHostToDeviceTransferManager_Device_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_AsyncHostToDeviceTransferManager_Device =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_AsyncHostToDeviceTransferManager_Device_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_AsyncHostToDeviceTransferManager_BufferCount_Args {
@@ -1240,11 +1159,8 @@ impl Default for PJRT_AsyncHostToDeviceTransferManager_BufferCount_Args {
 }
 pub const PJRT_AsyncHostToDeviceTransferManager_BufferCount_Args_STRUCT_SIZE: _bindgen_ty_47 = 32;
 pub type _bindgen_ty_47 = ::std::os::raw::c_uint;
-pub type PJRT_AsyncHostToDeviceTransferManager_BufferCount = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_AsyncHostToDeviceTransferManager_BufferCount_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_AsyncHostToDeviceTransferManager_BufferCount =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_AsyncHostToDeviceTransferManager_BufferCount_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_AsyncHostToDeviceTransferManager_BufferSize_Args {
@@ -1265,11 +1181,8 @@ impl Default for PJRT_AsyncHostToDeviceTransferManager_BufferSize_Args {
 }
 pub const PJRT_AsyncHostToDeviceTransferManager_BufferSize_Args_STRUCT_SIZE: _bindgen_ty_48 = 40;
 pub type _bindgen_ty_48 = ::std::os::raw::c_uint;
-pub type PJRT_AsyncHostToDeviceTransferManager_BufferSize = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_AsyncHostToDeviceTransferManager_BufferSize_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_AsyncHostToDeviceTransferManager_BufferSize =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_AsyncHostToDeviceTransferManager_BufferSize_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args {
@@ -1290,14 +1203,10 @@ impl Default for PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args {
         }
     }
 }
-pub const PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args_STRUCT_SIZE: _bindgen_ty_49 =
-    48;
+pub const PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args_STRUCT_SIZE: _bindgen_ty_49 = 48;
 pub type _bindgen_ty_49 = ::std::os::raw::c_uint;
-pub type PJRT_AsyncHostToDeviceTransferManager_SetBufferError = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_AsyncHostToDeviceTransferManager_SetBufferError =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_AsyncHostToDeviceTransferManager_SetBufferError_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_AsyncHostToDeviceTransferManager_AddMetadata_Args {
@@ -1318,11 +1227,8 @@ impl Default for PJRT_AsyncHostToDeviceTransferManager_AddMetadata_Args {
 }
 pub const PJRT_AsyncHostToDeviceTransferManager_AddMetadata_Args_STRUCT_SIZE: _bindgen_ty_50 = 40;
 pub type _bindgen_ty_50 = ::std::os::raw::c_uint;
-pub type PJRT_AsyncHostToDeviceTransferManager_AddMetadata = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_AsyncHostToDeviceTransferManager_AddMetadata_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_AsyncHostToDeviceTransferManager_AddMetadata =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_AsyncHostToDeviceTransferManager_AddMetadata_Args) -> *mut PJRT_Error>;
 pub const PJRT_Buffer_Type_INVALID: PJRT_Buffer_Type = 0;
 pub const PJRT_Buffer_Type_PRED: PJRT_Buffer_Type = 1;
 pub const PJRT_Buffer_Type_S8: PJRT_Buffer_Type = 2;
@@ -1464,14 +1370,10 @@ impl Default for PJRT_AsyncHostToDeviceTransferManager_TransferLiteral_Args {
         }
     }
 }
-pub const PJRT_AsyncHostToDeviceTransferManager_TransferLiteral_Args_STRUCT_SIZE: _bindgen_ty_54 =
-    80;
+pub const PJRT_AsyncHostToDeviceTransferManager_TransferLiteral_Args_STRUCT_SIZE: _bindgen_ty_54 = 80;
 pub type _bindgen_ty_54 = ::std::os::raw::c_uint;
-pub type PJRT_AsyncHostToDeviceTransferManager_TransferLiteral = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_AsyncHostToDeviceTransferManager_TransferLiteral_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_AsyncHostToDeviceTransferManager_TransferLiteral =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_AsyncHostToDeviceTransferManager_TransferLiteral_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_CreateUninitializedBuffer_Args {
@@ -1497,9 +1399,8 @@ impl Default for PJRT_Client_CreateUninitializedBuffer_Args {
 }
 pub const PJRT_Client_CreateUninitializedBuffer_Args_STRUCT_SIZE: _bindgen_ty_55 = 80;
 pub type _bindgen_ty_55 = ::std::os::raw::c_uint;
-pub type PJRT_Client_CreateUninitializedBuffer = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_CreateUninitializedBuffer_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_CreateUninitializedBuffer =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_CreateUninitializedBuffer_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_CreateErrorBuffer_Args {
@@ -1529,9 +1430,8 @@ impl Default for PJRT_Client_CreateErrorBuffer_Args {
 }
 pub const PJRT_Client_CreateErrorBuffer_Args_STRUCT_SIZE: _bindgen_ty_56 = 112;
 pub type _bindgen_ty_56 = ::std::os::raw::c_uint;
-pub type PJRT_Client_CreateErrorBuffer = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_CreateErrorBuffer_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_CreateErrorBuffer =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_CreateErrorBuffer_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_CreateAliasBuffer_Args {
@@ -1557,9 +1457,8 @@ impl Default for PJRT_Client_CreateAliasBuffer_Args {
 }
 pub const PJRT_Client_CreateAliasBuffer_Args_STRUCT_SIZE: _bindgen_ty_57 = 80;
 pub type _bindgen_ty_57 = ::std::os::raw::c_uint;
-pub type PJRT_Client_CreateAliasBuffer = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_CreateAliasBuffer_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_CreateAliasBuffer =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_CreateAliasBuffer_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_FulfillAliasBuffer_Args {
@@ -1583,9 +1482,8 @@ impl Default for PJRT_Client_FulfillAliasBuffer_Args {
 }
 pub const PJRT_Client_FulfillAliasBuffer_Args_STRUCT_SIZE: _bindgen_ty_58 = 64;
 pub type _bindgen_ty_58 = ::std::os::raw::c_uint;
-pub type PJRT_Client_FulfillAliasBuffer = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_FulfillAliasBuffer_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_FulfillAliasBuffer =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_FulfillAliasBuffer_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_BufferFromHostBuffer_Args {
@@ -1616,9 +1514,8 @@ impl Default for PJRT_Client_BufferFromHostBuffer_Args {
 }
 pub const PJRT_Client_BufferFromHostBuffer_Args_STRUCT_SIZE: _bindgen_ty_59 = 120;
 pub type _bindgen_ty_59 = ::std::os::raw::c_uint;
-pub type PJRT_Client_BufferFromHostBuffer = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_BufferFromHostBuffer_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_BufferFromHostBuffer =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_BufferFromHostBuffer_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Client_CreateViewOfDeviceBuffer_Args {
@@ -1631,12 +1528,8 @@ pub struct PJRT_Client_CreateViewOfDeviceBuffer_Args {
     pub element_type: PJRT_Buffer_Type,
     pub layout: *mut PJRT_Buffer_MemoryLayout,
     pub device: *mut PJRT_Device,
-    pub on_delete_callback: ::std::option::Option<
-        unsafe extern "C" fn(
-            device_buffer_ptr: *mut ::std::os::raw::c_void,
-            user_arg: *mut ::std::os::raw::c_void,
-        ),
-    >,
+    pub on_delete_callback:
+        ::std::option::Option<unsafe extern "C" fn(device_buffer_ptr: *mut ::std::os::raw::c_void, user_arg: *mut ::std::os::raw::c_void)>,
     pub on_delete_callback_arg: *mut ::std::os::raw::c_void,
     pub stream: isize,
     pub buffer: *mut PJRT_Buffer,
@@ -1653,9 +1546,8 @@ impl Default for PJRT_Client_CreateViewOfDeviceBuffer_Args {
 }
 pub const PJRT_Client_CreateViewOfDeviceBuffer_Args_STRUCT_SIZE: _bindgen_ty_60 = 112;
 pub type _bindgen_ty_60 = ::std::os::raw::c_uint;
-pub type PJRT_Client_CreateViewOfDeviceBuffer = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Client_CreateViewOfDeviceBuffer_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_CreateViewOfDeviceBuffer =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_CreateViewOfDeviceBuffer_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_ShapeSpec {
@@ -1700,11 +1592,8 @@ impl Default for PJRT_Client_CreateBuffersForAsyncHostToDevice_Args {
 }
 pub const PJRT_Client_CreateBuffersForAsyncHostToDevice_Args_STRUCT_SIZE: _bindgen_ty_62 = 72;
 pub type _bindgen_ty_62 = ::std::os::raw::c_uint;
-pub type PJRT_Client_CreateBuffersForAsyncHostToDevice = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_Client_CreateBuffersForAsyncHostToDevice_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_Client_CreateBuffersForAsyncHostToDevice =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Client_CreateBuffersForAsyncHostToDevice_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_DeviceDescription_Id_Args {
@@ -1724,9 +1613,8 @@ impl Default for PJRT_DeviceDescription_Id_Args {
 }
 pub const PJRT_DeviceDescription_Id_Args_STRUCT_SIZE: _bindgen_ty_63 = 28;
 pub type _bindgen_ty_63 = ::std::os::raw::c_uint;
-pub type PJRT_DeviceDescription_Id = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_Id_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_DeviceDescription_Id =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_Id_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_DeviceDescription_ProcessIndex_Args {
@@ -1746,9 +1634,8 @@ impl Default for PJRT_DeviceDescription_ProcessIndex_Args {
 }
 pub const PJRT_DeviceDescription_ProcessIndex_Args_STRUCT_SIZE: _bindgen_ty_64 = 28;
 pub type _bindgen_ty_64 = ::std::os::raw::c_uint;
-pub type PJRT_DeviceDescription_ProcessIndex = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_ProcessIndex_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_DeviceDescription_ProcessIndex =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_ProcessIndex_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_DeviceDescription_Attributes_Args {
@@ -1769,9 +1656,8 @@ impl Default for PJRT_DeviceDescription_Attributes_Args {
 }
 pub const PJRT_DeviceDescription_Attributes_Args_STRUCT_SIZE: _bindgen_ty_65 = 40;
 pub type _bindgen_ty_65 = ::std::os::raw::c_uint;
-pub type PJRT_DeviceDescription_Attributes = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_Attributes_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_DeviceDescription_Attributes =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_Attributes_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_DeviceDescription_Kind_Args {
@@ -1792,9 +1678,8 @@ impl Default for PJRT_DeviceDescription_Kind_Args {
 }
 pub const PJRT_DeviceDescription_Kind_Args_STRUCT_SIZE: _bindgen_ty_66 = 40;
 pub type _bindgen_ty_66 = ::std::os::raw::c_uint;
-pub type PJRT_DeviceDescription_Kind = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_Kind_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_DeviceDescription_Kind =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_Kind_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_DeviceDescription_DebugString_Args {
@@ -1815,9 +1700,8 @@ impl Default for PJRT_DeviceDescription_DebugString_Args {
 }
 pub const PJRT_DeviceDescription_DebugString_Args_STRUCT_SIZE: _bindgen_ty_67 = 40;
 pub type _bindgen_ty_67 = ::std::os::raw::c_uint;
-pub type PJRT_DeviceDescription_DebugString = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_DebugString_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_DeviceDescription_DebugString =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_DebugString_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_DeviceDescription_ToString_Args {
@@ -1838,9 +1722,8 @@ impl Default for PJRT_DeviceDescription_ToString_Args {
 }
 pub const PJRT_DeviceDescription_ToString_Args_STRUCT_SIZE: _bindgen_ty_68 = 40;
 pub type _bindgen_ty_68 = ::std::os::raw::c_uint;
-pub type PJRT_DeviceDescription_ToString = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_ToString_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_DeviceDescription_ToString =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_DeviceDescription_ToString_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Device_GetDescription_Args {
@@ -1860,9 +1743,8 @@ impl Default for PJRT_Device_GetDescription_Args {
 }
 pub const PJRT_Device_GetDescription_Args_STRUCT_SIZE: _bindgen_ty_69 = 32;
 pub type _bindgen_ty_69 = ::std::os::raw::c_uint;
-pub type PJRT_Device_GetDescription = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Device_GetDescription_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Device_GetDescription =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Device_GetDescription_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Device_IsAddressable_Args {
@@ -1882,9 +1764,8 @@ impl Default for PJRT_Device_IsAddressable_Args {
 }
 pub const PJRT_Device_IsAddressable_Args_STRUCT_SIZE: _bindgen_ty_70 = 25;
 pub type _bindgen_ty_70 = ::std::os::raw::c_uint;
-pub type PJRT_Device_IsAddressable = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Device_IsAddressable_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Device_IsAddressable =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Device_IsAddressable_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Device_LocalHardwareId_Args {
@@ -1904,9 +1785,8 @@ impl Default for PJRT_Device_LocalHardwareId_Args {
 }
 pub const PJRT_Device_LocalHardwareId_Args_STRUCT_SIZE: _bindgen_ty_71 = 28;
 pub type _bindgen_ty_71 = ::std::os::raw::c_uint;
-pub type PJRT_Device_LocalHardwareId = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Device_LocalHardwareId_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Device_LocalHardwareId =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Device_LocalHardwareId_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Device_AddressableMemories_Args {
@@ -1927,9 +1807,8 @@ impl Default for PJRT_Device_AddressableMemories_Args {
 }
 pub const PJRT_Device_AddressableMemories_Args_STRUCT_SIZE: _bindgen_ty_72 = 40;
 pub type _bindgen_ty_72 = ::std::os::raw::c_uint;
-pub type PJRT_Device_AddressableMemories = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Device_AddressableMemories_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Device_AddressableMemories =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Device_AddressableMemories_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Device_DefaultMemory_Args {
@@ -1949,9 +1828,8 @@ impl Default for PJRT_Device_DefaultMemory_Args {
 }
 pub const PJRT_Device_DefaultMemory_Args_STRUCT_SIZE: _bindgen_ty_73 = 32;
 pub type _bindgen_ty_73 = ::std::os::raw::c_uint;
-pub type PJRT_Device_DefaultMemory = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Device_DefaultMemory_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Device_DefaultMemory =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Device_DefaultMemory_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Device_MemoryStats_Args {
@@ -1993,9 +1871,7 @@ impl Default for PJRT_Device_MemoryStats_Args {
 }
 pub const PJRT_Device_MemoryStats_Args_STRUCT_SIZE: _bindgen_ty_74 = 201;
 pub type _bindgen_ty_74 = ::std::os::raw::c_uint;
-pub type PJRT_Device_MemoryStats = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Device_MemoryStats_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Device_MemoryStats = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Device_MemoryStats_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Device_ClearMemoryStats_Args {
@@ -2014,9 +1890,8 @@ impl Default for PJRT_Device_ClearMemoryStats_Args {
 }
 pub const PJRT_Device_ClearMemoryStats_Args_STRUCT_SIZE: _bindgen_ty_75 = 24;
 pub type _bindgen_ty_75 = ::std::os::raw::c_uint;
-pub type PJRT_Device_ClearMemoryStats = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Device_ClearMemoryStats_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Device_ClearMemoryStats =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Device_ClearMemoryStats_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Device_PoisonExecution_Args {
@@ -2042,9 +1917,8 @@ impl Default for PJRT_Device_PoisonExecution_Args {
 }
 pub const PJRT_Device_PoisonExecution_Args_STRUCT_SIZE: _bindgen_ty_76 = 72;
 pub type _bindgen_ty_76 = ::std::os::raw::c_uint;
-pub type PJRT_Device_PoisonExecution = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Device_PoisonExecution_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Device_PoisonExecution =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Device_PoisonExecution_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Device_Attributes {
@@ -2059,8 +1933,7 @@ pub struct PJRT_Device_GetAttributes_Args {
     pub attributes: *const PJRT_NamedValue,
     pub num_attributes: usize,
     pub device_attributes: *mut PJRT_Device_Attributes,
-    pub attributes_deleter:
-        ::std::option::Option<unsafe extern "C" fn(device_attributes: *mut PJRT_Device_Attributes)>,
+    pub attributes_deleter: ::std::option::Option<unsafe extern "C" fn(device_attributes: *mut PJRT_Device_Attributes)>,
 }
 impl Default for PJRT_Device_GetAttributes_Args {
     fn default() -> Self {
@@ -2073,9 +1946,8 @@ impl Default for PJRT_Device_GetAttributes_Args {
 }
 pub const PJRT_Device_GetAttributes_Args_STRUCT_SIZE: _bindgen_ty_77 = 56;
 pub type _bindgen_ty_77 = ::std::os::raw::c_uint;
-pub type PJRT_Device_GetAttributes = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Device_GetAttributes_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Device_GetAttributes =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Device_GetAttributes_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_AsyncTrackingEvent {
@@ -2102,9 +1974,8 @@ impl Default for PJRT_Device_CreateAsyncTrackingEvent_Args {
 }
 pub const PJRT_Device_CreateAsyncTrackingEvent_Args_STRUCT_SIZE: _bindgen_ty_78 = 48;
 pub type _bindgen_ty_78 = ::std::os::raw::c_uint;
-pub type PJRT_Device_CreateAsyncTrackingEvent = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Device_CreateAsyncTrackingEvent_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Device_CreateAsyncTrackingEvent =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Device_CreateAsyncTrackingEvent_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_AsyncTrackingEvent_Destroy_Args {
@@ -2123,9 +1994,8 @@ impl Default for PJRT_AsyncTrackingEvent_Destroy_Args {
 }
 pub const PJRT_AsyncTrackingEvent_Destroy_Args_STRUCT_SIZE: _bindgen_ty_79 = 24;
 pub type _bindgen_ty_79 = ::std::os::raw::c_uint;
-pub type PJRT_AsyncTrackingEvent_Destroy = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_AsyncTrackingEvent_Destroy_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_AsyncTrackingEvent_Destroy =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_AsyncTrackingEvent_Destroy_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Memory_Id_Args {
@@ -2145,8 +2015,7 @@ impl Default for PJRT_Memory_Id_Args {
 }
 pub const PJRT_Memory_Id_Args_STRUCT_SIZE: _bindgen_ty_80 = 28;
 pub type _bindgen_ty_80 = ::std::os::raw::c_uint;
-pub type PJRT_Memory_Id =
-    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Memory_Id_Args) -> *mut PJRT_Error>;
+pub type PJRT_Memory_Id = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Memory_Id_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Memory_Kind_Args {
@@ -2167,9 +2036,7 @@ impl Default for PJRT_Memory_Kind_Args {
 }
 pub const PJRT_Memory_Kind_Args_STRUCT_SIZE: _bindgen_ty_81 = 40;
 pub type _bindgen_ty_81 = ::std::os::raw::c_uint;
-pub type PJRT_Memory_Kind = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Memory_Kind_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Memory_Kind = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Memory_Kind_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Memory_Kind_Id_Args {
@@ -2189,9 +2056,7 @@ impl Default for PJRT_Memory_Kind_Id_Args {
 }
 pub const PJRT_Memory_Kind_Id_Args_STRUCT_SIZE: _bindgen_ty_82 = 28;
 pub type _bindgen_ty_82 = ::std::os::raw::c_uint;
-pub type PJRT_Memory_Kind_Id = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Memory_Kind_Id_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Memory_Kind_Id = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Memory_Kind_Id_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Memory_DebugString_Args {
@@ -2212,9 +2077,7 @@ impl Default for PJRT_Memory_DebugString_Args {
 }
 pub const PJRT_Memory_DebugString_Args_STRUCT_SIZE: _bindgen_ty_83 = 40;
 pub type _bindgen_ty_83 = ::std::os::raw::c_uint;
-pub type PJRT_Memory_DebugString = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Memory_DebugString_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Memory_DebugString = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Memory_DebugString_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Memory_ToString_Args {
@@ -2235,9 +2098,7 @@ impl Default for PJRT_Memory_ToString_Args {
 }
 pub const PJRT_Memory_ToString_Args_STRUCT_SIZE: _bindgen_ty_84 = 40;
 pub type _bindgen_ty_84 = ::std::os::raw::c_uint;
-pub type PJRT_Memory_ToString = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Memory_ToString_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Memory_ToString = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Memory_ToString_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Memory_AddressableByDevices_Args {
@@ -2258,9 +2119,8 @@ impl Default for PJRT_Memory_AddressableByDevices_Args {
 }
 pub const PJRT_Memory_AddressableByDevices_Args_STRUCT_SIZE: _bindgen_ty_85 = 40;
 pub type _bindgen_ty_85 = ::std::os::raw::c_uint;
-pub type PJRT_Memory_AddressableByDevices = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Memory_AddressableByDevices_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Memory_AddressableByDevices =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Memory_AddressableByDevices_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_ExecuteContext {
@@ -2284,9 +2144,8 @@ impl Default for PJRT_ExecuteContext_Create_Args {
 }
 pub const PJRT_ExecuteContext_Create_Args_STRUCT_SIZE: _bindgen_ty_86 = 24;
 pub type _bindgen_ty_86 = ::std::os::raw::c_uint;
-pub type PJRT_ExecuteContext_Create = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_ExecuteContext_Create_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_ExecuteContext_Create =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_ExecuteContext_Create_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_ExecuteContext_Destroy_Args {
@@ -2305,9 +2164,8 @@ impl Default for PJRT_ExecuteContext_Destroy_Args {
 }
 pub const PJRT_ExecuteContext_Destroy_Args_STRUCT_SIZE: _bindgen_ty_87 = 24;
 pub type _bindgen_ty_87 = ::std::os::raw::c_uint;
-pub type PJRT_ExecuteContext_Destroy = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_ExecuteContext_Destroy_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_ExecuteContext_Destroy =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_ExecuteContext_Destroy_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_Destroy_Args {
@@ -2326,9 +2184,7 @@ impl Default for PJRT_Executable_Destroy_Args {
 }
 pub const PJRT_Executable_Destroy_Args_STRUCT_SIZE: _bindgen_ty_88 = 24;
 pub type _bindgen_ty_88 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_Destroy = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_Destroy_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_Destroy = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_Destroy_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_LoadedExecutable_Destroy_Args {
@@ -2347,9 +2203,8 @@ impl Default for PJRT_LoadedExecutable_Destroy_Args {
 }
 pub const PJRT_LoadedExecutable_Destroy_Args_STRUCT_SIZE: _bindgen_ty_89 = 24;
 pub type _bindgen_ty_89 = ::std::os::raw::c_uint;
-pub type PJRT_LoadedExecutable_Destroy = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_Destroy_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_LoadedExecutable_Destroy =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_Destroy_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_LoadedExecutable_GetExecutable_Args {
@@ -2369,9 +2224,8 @@ impl Default for PJRT_LoadedExecutable_GetExecutable_Args {
 }
 pub const PJRT_LoadedExecutable_GetExecutable_Args_STRUCT_SIZE: _bindgen_ty_90 = 32;
 pub type _bindgen_ty_90 = ::std::os::raw::c_uint;
-pub type PJRT_LoadedExecutable_GetExecutable = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_GetExecutable_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_LoadedExecutable_GetExecutable =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_GetExecutable_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_DeviceAssignmentSerialized {
@@ -2386,8 +2240,7 @@ pub struct PJRT_LoadedExecutable_GetDeviceAssignment_Args {
     pub serialized_bytes: *const ::std::os::raw::c_char,
     pub serialized_bytes_size: usize,
     pub serialized_device_assignment: *mut PJRT_DeviceAssignmentSerialized,
-    pub serialized_device_assignment_deleter:
-        ::std::option::Option<unsafe extern "C" fn(da: *mut PJRT_DeviceAssignmentSerialized)>,
+    pub serialized_device_assignment_deleter: ::std::option::Option<unsafe extern "C" fn(da: *mut PJRT_DeviceAssignmentSerialized)>,
 }
 impl Default for PJRT_LoadedExecutable_GetDeviceAssignment_Args {
     fn default() -> Self {
@@ -2400,11 +2253,8 @@ impl Default for PJRT_LoadedExecutable_GetDeviceAssignment_Args {
 }
 pub const PJRT_LoadedExecutable_GetDeviceAssignment_Args_STRUCT_SIZE: _bindgen_ty_91 = 56;
 pub type _bindgen_ty_91 = ::std::os::raw::c_uint;
-pub type PJRT_LoadedExecutable_GetDeviceAssignment = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_LoadedExecutable_GetDeviceAssignment_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_LoadedExecutable_GetDeviceAssignment =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_GetDeviceAssignment_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_Name_Args {
@@ -2425,9 +2275,7 @@ impl Default for PJRT_Executable_Name_Args {
 }
 pub const PJRT_Executable_Name_Args_STRUCT_SIZE: _bindgen_ty_92 = 40;
 pub type _bindgen_ty_92 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_Name = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_Name_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_Name = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_Name_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_NumReplicas_Args {
@@ -2447,9 +2295,8 @@ impl Default for PJRT_Executable_NumReplicas_Args {
 }
 pub const PJRT_Executable_NumReplicas_Args_STRUCT_SIZE: _bindgen_ty_93 = 32;
 pub type _bindgen_ty_93 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_NumReplicas = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_NumReplicas_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_NumReplicas =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_NumReplicas_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_NumPartitions_Args {
@@ -2469,9 +2316,8 @@ impl Default for PJRT_Executable_NumPartitions_Args {
 }
 pub const PJRT_Executable_NumPartitions_Args_STRUCT_SIZE: _bindgen_ty_94 = 32;
 pub type _bindgen_ty_94 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_NumPartitions = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_NumPartitions_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_NumPartitions =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_NumPartitions_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct PJRT_LogicalDeviceIds {
@@ -2498,11 +2344,8 @@ impl Default for PJRT_LoadedExecutable_AddressableDevices_Args {
 }
 pub const PJRT_LoadedExecutable_AddressableDevices_Args_STRUCT_SIZE: _bindgen_ty_95 = 40;
 pub type _bindgen_ty_95 = ::std::os::raw::c_uint;
-pub type PJRT_LoadedExecutable_AddressableDevices = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_LoadedExecutable_AddressableDevices_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_LoadedExecutable_AddressableDevices =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_AddressableDevices_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_LoadedExecutable_AddressableDeviceLogicalIds_Args {
@@ -2523,11 +2366,8 @@ impl Default for PJRT_LoadedExecutable_AddressableDeviceLogicalIds_Args {
 }
 pub const PJRT_LoadedExecutable_AddressableDeviceLogicalIds_Args_STRUCT_SIZE: _bindgen_ty_96 = 40;
 pub type _bindgen_ty_96 = ::std::os::raw::c_uint;
-pub type PJRT_LoadedExecutable_AddressableDeviceLogicalIds = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_LoadedExecutable_AddressableDeviceLogicalIds_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_LoadedExecutable_AddressableDeviceLogicalIds =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_AddressableDeviceLogicalIds_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_OptimizedProgram_Args {
@@ -2547,9 +2387,8 @@ impl Default for PJRT_Executable_OptimizedProgram_Args {
 }
 pub const PJRT_Executable_OptimizedProgram_Args_STRUCT_SIZE: _bindgen_ty_97 = 32;
 pub type _bindgen_ty_97 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_OptimizedProgram = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_OptimizedProgram_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_OptimizedProgram =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_OptimizedProgram_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_LoadedExecutable_Delete_Args {
@@ -2568,9 +2407,8 @@ impl Default for PJRT_LoadedExecutable_Delete_Args {
 }
 pub const PJRT_LoadedExecutable_Delete_Args_STRUCT_SIZE: _bindgen_ty_98 = 24;
 pub type _bindgen_ty_98 = ::std::os::raw::c_uint;
-pub type PJRT_LoadedExecutable_Delete = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_Delete_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_LoadedExecutable_Delete =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_Delete_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_LoadedExecutable_IsDeleted_Args {
@@ -2590,20 +2428,14 @@ impl Default for PJRT_LoadedExecutable_IsDeleted_Args {
 }
 pub const PJRT_LoadedExecutable_IsDeleted_Args_STRUCT_SIZE: _bindgen_ty_99 = 25;
 pub type _bindgen_ty_99 = ::std::os::raw::c_uint;
-pub type PJRT_LoadedExecutable_IsDeleted = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_IsDeleted_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_LoadedExecutable_IsDeleted =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_IsDeleted_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Chunk {
     pub data: *mut ::std::os::raw::c_void,
     pub size: usize,
-    pub deleter: ::std::option::Option<
-        unsafe extern "C" fn(
-            data: *mut ::std::os::raw::c_void,
-            deleter_arg: *mut ::std::os::raw::c_void,
-        ),
-    >,
+    pub deleter: ::std::option::Option<unsafe extern "C" fn(data: *mut ::std::os::raw::c_void, deleter_arg: *mut ::std::os::raw::c_void)>,
     pub deleter_arg: *mut ::std::os::raw::c_void,
 }
 impl Default for PJRT_Chunk {
@@ -2629,12 +2461,8 @@ pub type PJRT_SendCallback = ::std::option::Option<
         user_arg: *mut ::std::os::raw::c_void,
     ) -> *mut PJRT_Error,
 >;
-pub type PJRT_RecvCallback = ::std::option::Option<
-    unsafe extern "C" fn(
-        stream: *mut PJRT_CopyToDeviceStream,
-        user_arg: *mut ::std::os::raw::c_void,
-    ),
->;
+pub type PJRT_RecvCallback =
+    ::std::option::Option<unsafe extern "C" fn(stream: *mut PJRT_CopyToDeviceStream, user_arg: *mut ::std::os::raw::c_void)>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_SendCallbackInfo {
@@ -2765,9 +2593,8 @@ impl Default for PJRT_LoadedExecutable_Execute_Args {
 }
 pub const PJRT_LoadedExecutable_Execute_Args_STRUCT_SIZE: _bindgen_ty_104 = 80;
 pub type _bindgen_ty_104 = ::std::os::raw::c_uint;
-pub type PJRT_LoadedExecutable_Execute = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_Execute_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_LoadedExecutable_Execute =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_Execute_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_NumOutputs_Args {
@@ -2787,9 +2614,8 @@ impl Default for PJRT_Executable_NumOutputs_Args {
 }
 pub const PJRT_Executable_NumOutputs_Args_STRUCT_SIZE: _bindgen_ty_105 = 32;
 pub type _bindgen_ty_105 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_NumOutputs = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_NumOutputs_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_NumOutputs =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_NumOutputs_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_SizeOfGeneratedCodeInBytes_Args {
@@ -2809,11 +2635,8 @@ impl Default for PJRT_Executable_SizeOfGeneratedCodeInBytes_Args {
 }
 pub const PJRT_Executable_SizeOfGeneratedCodeInBytes_Args_STRUCT_SIZE: _bindgen_ty_106 = 32;
 pub type _bindgen_ty_106 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_SizeOfGeneratedCodeInBytes = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_Executable_SizeOfGeneratedCodeInBytes_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_SizeOfGeneratedCodeInBytes =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_SizeOfGeneratedCodeInBytes_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_Fingerprint_Args {
@@ -2834,9 +2657,8 @@ impl Default for PJRT_Executable_Fingerprint_Args {
 }
 pub const PJRT_Executable_Fingerprint_Args_STRUCT_SIZE: _bindgen_ty_107 = 40;
 pub type _bindgen_ty_107 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_Fingerprint = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_Fingerprint_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_Fingerprint =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_Fingerprint_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_GetCostAnalysis_Args {
@@ -2857,9 +2679,8 @@ impl Default for PJRT_Executable_GetCostAnalysis_Args {
 }
 pub const PJRT_Executable_GetCostAnalysis_Args_STRUCT_SIZE: _bindgen_ty_108 = 40;
 pub type _bindgen_ty_108 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_GetCostAnalysis = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_GetCostAnalysis_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_GetCostAnalysis =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_GetCostAnalysis_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_GetCompiledMemoryStats_Args {
@@ -2893,9 +2714,8 @@ impl Default for PJRT_Executable_GetCompiledMemoryStats_Args {
 }
 pub const PJRT_Executable_GetCompiledMemoryStats_Args_STRUCT_SIZE: _bindgen_ty_109 = 144;
 pub type _bindgen_ty_109 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_GetCompiledMemoryStats = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_GetCompiledMemoryStats_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_GetCompiledMemoryStats =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_GetCompiledMemoryStats_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_OutputElementTypes_Args {
@@ -2916,9 +2736,8 @@ impl Default for PJRT_Executable_OutputElementTypes_Args {
 }
 pub const PJRT_Executable_OutputElementTypes_Args_STRUCT_SIZE: _bindgen_ty_110 = 40;
 pub type _bindgen_ty_110 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_OutputElementTypes = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_OutputElementTypes_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_OutputElementTypes =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_OutputElementTypes_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_OutputDimensions_Args {
@@ -2940,9 +2759,8 @@ impl Default for PJRT_Executable_OutputDimensions_Args {
 }
 pub const PJRT_Executable_OutputDimensions_Args_STRUCT_SIZE: _bindgen_ty_111 = 48;
 pub type _bindgen_ty_111 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_OutputDimensions = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_OutputDimensions_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_OutputDimensions =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_OutputDimensions_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_ParameterMemoryKinds_Args {
@@ -2964,9 +2782,8 @@ impl Default for PJRT_Executable_ParameterMemoryKinds_Args {
 }
 pub const PJRT_Executable_ParameterMemoryKinds_Args_STRUCT_SIZE: _bindgen_ty_112 = 48;
 pub type _bindgen_ty_112 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_ParameterMemoryKinds = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_ParameterMemoryKinds_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_ParameterMemoryKinds =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_ParameterMemoryKinds_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_OutputMemoryKinds_Args {
@@ -2988,9 +2805,8 @@ impl Default for PJRT_Executable_OutputMemoryKinds_Args {
 }
 pub const PJRT_Executable_OutputMemoryKinds_Args_STRUCT_SIZE: _bindgen_ty_113 = 48;
 pub type _bindgen_ty_113 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_OutputMemoryKinds = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_OutputMemoryKinds_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_OutputMemoryKinds =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_OutputMemoryKinds_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_SerializedExecutable {
@@ -3010,8 +2826,7 @@ pub struct PJRT_Executable_Serialize_Args {
     pub serialized_bytes: *const ::std::os::raw::c_char,
     pub serialized_bytes_size: usize,
     pub serialized_executable: *mut PJRT_SerializedExecutable,
-    pub serialized_executable_deleter:
-        ::std::option::Option<unsafe extern "C" fn(exec: *mut PJRT_SerializedExecutable)>,
+    pub serialized_executable_deleter: ::std::option::Option<unsafe extern "C" fn(exec: *mut PJRT_SerializedExecutable)>,
 }
 impl Default for PJRT_Executable_Serialize_Args {
     fn default() -> Self {
@@ -3024,9 +2839,8 @@ impl Default for PJRT_Executable_Serialize_Args {
 }
 pub const PJRT_Executable_Serialize_Args_STRUCT_SIZE: _bindgen_ty_114 = 56;
 pub type _bindgen_ty_114 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_Serialize = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_Serialize_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_Serialize =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_Serialize_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Executable_GetCompileOptions_Args {
@@ -3036,8 +2850,7 @@ pub struct PJRT_Executable_GetCompileOptions_Args {
     pub serialized_bytes: *const ::std::os::raw::c_char,
     pub serialized_bytes_size: usize,
     pub serialized_compile_options: *mut PJRT_SerializedCompileOptions,
-    pub serialized_compile_options_deleter:
-        ::std::option::Option<unsafe extern "C" fn(options: *mut PJRT_SerializedCompileOptions)>,
+    pub serialized_compile_options_deleter: ::std::option::Option<unsafe extern "C" fn(options: *mut PJRT_SerializedCompileOptions)>,
 }
 impl Default for PJRT_Executable_GetCompileOptions_Args {
     fn default() -> Self {
@@ -3050,9 +2863,8 @@ impl Default for PJRT_Executable_GetCompileOptions_Args {
 }
 pub const PJRT_Executable_GetCompileOptions_Args_STRUCT_SIZE: _bindgen_ty_115 = 56;
 pub type _bindgen_ty_115 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_GetCompileOptions = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_GetCompileOptions_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_GetCompileOptions =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_GetCompileOptions_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_LoadOptions {
@@ -3096,9 +2908,8 @@ impl Default for PJRT_Executable_DeserializeAndLoad_Args {
 }
 pub const PJRT_Executable_DeserializeAndLoad_Args_STRUCT_SIZE: _bindgen_ty_117 = 72;
 pub type _bindgen_ty_117 = ::std::os::raw::c_uint;
-pub type PJRT_Executable_DeserializeAndLoad = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Executable_DeserializeAndLoad_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Executable_DeserializeAndLoad =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Executable_DeserializeAndLoad_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_LoadedExecutable_Fingerprint_Args {
@@ -3119,9 +2930,8 @@ impl Default for PJRT_LoadedExecutable_Fingerprint_Args {
 }
 pub const PJRT_LoadedExecutable_Fingerprint_Args_STRUCT_SIZE: _bindgen_ty_118 = 40;
 pub type _bindgen_ty_118 = ::std::os::raw::c_uint;
-pub type PJRT_LoadedExecutable_Fingerprint = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_Fingerprint_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_LoadedExecutable_Fingerprint =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_LoadedExecutable_Fingerprint_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_Destroy_Args {
@@ -3140,9 +2950,7 @@ impl Default for PJRT_Buffer_Destroy_Args {
 }
 pub const PJRT_Buffer_Destroy_Args_STRUCT_SIZE: _bindgen_ty_119 = 24;
 pub type _bindgen_ty_119 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_Destroy = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_Destroy_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_Destroy = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_Destroy_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_ElementType_Args {
@@ -3162,9 +2970,7 @@ impl Default for PJRT_Buffer_ElementType_Args {
 }
 pub const PJRT_Buffer_ElementType_Args_STRUCT_SIZE: _bindgen_ty_120 = 28;
 pub type _bindgen_ty_120 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_ElementType = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_ElementType_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_ElementType = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_ElementType_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_Dimensions_Args {
@@ -3185,9 +2991,7 @@ impl Default for PJRT_Buffer_Dimensions_Args {
 }
 pub const PJRT_Buffer_Dimensions_Args_STRUCT_SIZE: _bindgen_ty_121 = 40;
 pub type _bindgen_ty_121 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_Dimensions = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_Dimensions_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_Dimensions = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_Dimensions_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_UnpaddedDimensions_Args {
@@ -3208,9 +3012,8 @@ impl Default for PJRT_Buffer_UnpaddedDimensions_Args {
 }
 pub const PJRT_Buffer_UnpaddedDimensions_Args_STRUCT_SIZE: _bindgen_ty_122 = 40;
 pub type _bindgen_ty_122 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_UnpaddedDimensions = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_UnpaddedDimensions_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_UnpaddedDimensions =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_UnpaddedDimensions_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_DynamicDimensionIndices_Args {
@@ -3231,9 +3034,8 @@ impl Default for PJRT_Buffer_DynamicDimensionIndices_Args {
 }
 pub const PJRT_Buffer_DynamicDimensionIndices_Args_STRUCT_SIZE: _bindgen_ty_123 = 40;
 pub type _bindgen_ty_123 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_DynamicDimensionIndices = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_DynamicDimensionIndices_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_DynamicDimensionIndices =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_DynamicDimensionIndices_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Copy, Clone)]
 pub struct PJRT_Buffer_GetMemoryLayout_Args {
@@ -3253,9 +3055,8 @@ impl Default for PJRT_Buffer_GetMemoryLayout_Args {
 }
 pub const PJRT_Buffer_GetMemoryLayout_Args_STRUCT_SIZE: _bindgen_ty_124 = 104;
 pub type _bindgen_ty_124 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_GetMemoryLayout = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_GetMemoryLayout_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_GetMemoryLayout =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_GetMemoryLayout_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_ToHostBuffer_Args {
@@ -3278,9 +3079,8 @@ impl Default for PJRT_Buffer_ToHostBuffer_Args {
 }
 pub const PJRT_Buffer_ToHostBuffer_Args_STRUCT_SIZE: _bindgen_ty_125 = 56;
 pub type _bindgen_ty_125 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_ToHostBuffer = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_ToHostBuffer_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_ToHostBuffer =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_ToHostBuffer_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_OnDeviceSizeInBytes_Args {
@@ -3300,9 +3100,8 @@ impl Default for PJRT_Buffer_OnDeviceSizeInBytes_Args {
 }
 pub const PJRT_Buffer_OnDeviceSizeInBytes_Args_STRUCT_SIZE: _bindgen_ty_126 = 32;
 pub type _bindgen_ty_126 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_OnDeviceSizeInBytes = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_OnDeviceSizeInBytes_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_OnDeviceSizeInBytes =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_OnDeviceSizeInBytes_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_Delete_Args {
@@ -3321,9 +3120,7 @@ impl Default for PJRT_Buffer_Delete_Args {
 }
 pub const PJRT_Buffer_Delete_Args_STRUCT_SIZE: _bindgen_ty_127 = 24;
 pub type _bindgen_ty_127 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_Delete = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_Delete_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_Delete = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_Delete_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_IsDeleted_Args {
@@ -3343,9 +3140,7 @@ impl Default for PJRT_Buffer_IsDeleted_Args {
 }
 pub const PJRT_Buffer_IsDeleted_Args_STRUCT_SIZE: _bindgen_ty_128 = 25;
 pub type _bindgen_ty_128 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_IsDeleted = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_IsDeleted_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_IsDeleted = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_IsDeleted_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_CopyRawToHost_Args {
@@ -3368,9 +3163,8 @@ impl Default for PJRT_Buffer_CopyRawToHost_Args {
 }
 pub const PJRT_Buffer_CopyRawToHost_Args_STRUCT_SIZE: _bindgen_ty_129 = 56;
 pub type _bindgen_ty_129 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_CopyRawToHost = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_CopyRawToHost_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_CopyRawToHost =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_CopyRawToHost_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_CopyRawToHostFuture_Callback_Args {
@@ -3402,9 +3196,7 @@ pub struct PJRT_Buffer_CopyRawToHostFuture_Args {
     pub transfer_size: i64,
     pub event: *mut PJRT_Event,
     pub callback_data: *mut ::std::os::raw::c_void,
-    pub future_ready_callback: ::std::option::Option<
-        unsafe extern "C" fn(args: *mut PJRT_Buffer_CopyRawToHostFuture_Callback_Args),
-    >,
+    pub future_ready_callback: ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_CopyRawToHostFuture_Callback_Args)>,
 }
 impl Default for PJRT_Buffer_CopyRawToHostFuture_Args {
     fn default() -> Self {
@@ -3417,9 +3209,8 @@ impl Default for PJRT_Buffer_CopyRawToHostFuture_Args {
 }
 pub const PJRT_Buffer_CopyRawToHostFuture_Args_STRUCT_SIZE: _bindgen_ty_131 = 64;
 pub type _bindgen_ty_131 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_CopyRawToHostFuture = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_CopyRawToHostFuture_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_CopyRawToHostFuture =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_CopyRawToHostFuture_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_CopyToDevice_Args {
@@ -3440,9 +3231,8 @@ impl Default for PJRT_Buffer_CopyToDevice_Args {
 }
 pub const PJRT_Buffer_CopyToDevice_Args_STRUCT_SIZE: _bindgen_ty_132 = 40;
 pub type _bindgen_ty_132 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_CopyToDevice = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_CopyToDevice_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_CopyToDevice =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_CopyToDevice_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_CopyToMemory_Args {
@@ -3463,9 +3253,8 @@ impl Default for PJRT_Buffer_CopyToMemory_Args {
 }
 pub const PJRT_Buffer_CopyToMemory_Args_STRUCT_SIZE: _bindgen_ty_133 = 40;
 pub type _bindgen_ty_133 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_CopyToMemory = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_CopyToMemory_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_CopyToMemory =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_CopyToMemory_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_Bitcast_Args {
@@ -3489,9 +3278,7 @@ impl Default for PJRT_Buffer_Bitcast_Args {
 }
 pub const PJRT_Buffer_Bitcast_Args_STRUCT_SIZE: _bindgen_ty_134 = 64;
 pub type _bindgen_ty_134 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_Bitcast = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_Bitcast_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_Bitcast = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_Bitcast_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_IsOnCpu_Args {
@@ -3511,9 +3298,7 @@ impl Default for PJRT_Buffer_IsOnCpu_Args {
 }
 pub const PJRT_Buffer_IsOnCpu_Args_STRUCT_SIZE: _bindgen_ty_135 = 25;
 pub type _bindgen_ty_135 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_IsOnCpu = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_IsOnCpu_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_IsOnCpu = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_IsOnCpu_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_Device_Args {
@@ -3533,9 +3318,7 @@ impl Default for PJRT_Buffer_Device_Args {
 }
 pub const PJRT_Buffer_Device_Args_STRUCT_SIZE: _bindgen_ty_136 = 32;
 pub type _bindgen_ty_136 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_Device = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_Device_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_Device = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_Device_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_Memory_Args {
@@ -3555,9 +3338,7 @@ impl Default for PJRT_Buffer_Memory_Args {
 }
 pub const PJRT_Buffer_Memory_Args_STRUCT_SIZE: _bindgen_ty_137 = 32;
 pub type _bindgen_ty_137 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_Memory = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_Memory_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_Memory = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_Memory_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_ReadyEvent_Args {
@@ -3577,9 +3358,7 @@ impl Default for PJRT_Buffer_ReadyEvent_Args {
 }
 pub const PJRT_Buffer_ReadyEvent_Args_STRUCT_SIZE: _bindgen_ty_138 = 32;
 pub type _bindgen_ty_138 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_ReadyEvent = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_ReadyEvent_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_ReadyEvent = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_ReadyEvent_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_UnsafePointer_Args {
@@ -3599,9 +3378,8 @@ impl Default for PJRT_Buffer_UnsafePointer_Args {
 }
 pub const PJRT_Buffer_UnsafePointer_Args_STRUCT_SIZE: _bindgen_ty_139 = 32;
 pub type _bindgen_ty_139 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_UnsafePointer = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_Buffer_UnsafePointer_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_UnsafePointer =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_UnsafePointer_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_IncreaseExternalReferenceCount_Args {
@@ -3620,11 +3398,8 @@ impl Default for PJRT_Buffer_IncreaseExternalReferenceCount_Args {
 }
 pub const PJRT_Buffer_IncreaseExternalReferenceCount_Args_STRUCT_SIZE: _bindgen_ty_140 = 24;
 pub type _bindgen_ty_140 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_IncreaseExternalReferenceCount = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_Buffer_IncreaseExternalReferenceCount_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_IncreaseExternalReferenceCount =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_IncreaseExternalReferenceCount_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_DecreaseExternalReferenceCount_Args {
@@ -3643,11 +3418,8 @@ impl Default for PJRT_Buffer_DecreaseExternalReferenceCount_Args {
 }
 pub const PJRT_Buffer_DecreaseExternalReferenceCount_Args_STRUCT_SIZE: _bindgen_ty_141 = 24;
 pub type _bindgen_ty_141 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_DecreaseExternalReferenceCount = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_Buffer_DecreaseExternalReferenceCount_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_DecreaseExternalReferenceCount =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_DecreaseExternalReferenceCount_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_OpaqueDeviceMemoryDataPointer_Args {
@@ -3667,11 +3439,8 @@ impl Default for PJRT_Buffer_OpaqueDeviceMemoryDataPointer_Args {
 }
 pub const PJRT_Buffer_OpaqueDeviceMemoryDataPointer_Args_STRUCT_SIZE: _bindgen_ty_142 = 32;
 pub type _bindgen_ty_142 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_OpaqueDeviceMemoryDataPointer = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_Buffer_OpaqueDeviceMemoryDataPointer_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_OpaqueDeviceMemoryDataPointer =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_OpaqueDeviceMemoryDataPointer_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Buffer_DonateWithControlDependency_Callback_Args {
@@ -3699,9 +3468,8 @@ pub struct PJRT_Buffer_DonateWithControlDependency_Args {
     pub extension_start: *mut PJRT_Extension_Base,
     pub buffer: *mut PJRT_Buffer,
     pub callback_data: *mut ::std::os::raw::c_void,
-    pub dependency_ready_callback: ::std::option::Option<
-        unsafe extern "C" fn(args: *mut PJRT_Buffer_DonateWithControlDependency_Callback_Args),
-    >,
+    pub dependency_ready_callback:
+        ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_DonateWithControlDependency_Callback_Args)>,
     pub out_buffer: *mut PJRT_Buffer,
 }
 impl Default for PJRT_Buffer_DonateWithControlDependency_Args {
@@ -3715,11 +3483,8 @@ impl Default for PJRT_Buffer_DonateWithControlDependency_Args {
 }
 pub const PJRT_Buffer_DonateWithControlDependency_Args_STRUCT_SIZE: _bindgen_ty_144 = 48;
 pub type _bindgen_ty_144 = ::std::os::raw::c_uint;
-pub type PJRT_Buffer_DonateWithControlDependency = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_Buffer_DonateWithControlDependency_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_Buffer_DonateWithControlDependency =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_DonateWithControlDependency_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_CopyToDeviceStream_Destroy_Args {
@@ -3738,9 +3503,8 @@ impl Default for PJRT_CopyToDeviceStream_Destroy_Args {
 }
 pub const PJRT_CopyToDeviceStream_Destroy_Args_STRUCT_SIZE: _bindgen_ty_145 = 24;
 pub type _bindgen_ty_145 = ::std::os::raw::c_uint;
-pub type PJRT_CopyToDeviceStream_Destroy = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_CopyToDeviceStream_Destroy_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_CopyToDeviceStream_Destroy =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_CopyToDeviceStream_Destroy_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_CopyToDeviceStream_AddChunk_Args {
@@ -3761,9 +3525,8 @@ impl Default for PJRT_CopyToDeviceStream_AddChunk_Args {
 }
 pub const PJRT_CopyToDeviceStream_AddChunk_Args_STRUCT_SIZE: _bindgen_ty_146 = 40;
 pub type _bindgen_ty_146 = ::std::os::raw::c_uint;
-pub type PJRT_CopyToDeviceStream_AddChunk = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_CopyToDeviceStream_AddChunk_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_CopyToDeviceStream_AddChunk =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_CopyToDeviceStream_AddChunk_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_CopyToDeviceStream_TotalBytes_Args {
@@ -3783,9 +3546,8 @@ impl Default for PJRT_CopyToDeviceStream_TotalBytes_Args {
 }
 pub const PJRT_CopyToDeviceStream_TotalBytes_Args_STRUCT_SIZE: _bindgen_ty_147 = 32;
 pub type _bindgen_ty_147 = ::std::os::raw::c_uint;
-pub type PJRT_CopyToDeviceStream_TotalBytes = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_CopyToDeviceStream_TotalBytes_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_CopyToDeviceStream_TotalBytes =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_CopyToDeviceStream_TotalBytes_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_CopyToDeviceStream_GranuleSize_Args {
@@ -3805,9 +3567,8 @@ impl Default for PJRT_CopyToDeviceStream_GranuleSize_Args {
 }
 pub const PJRT_CopyToDeviceStream_GranuleSize_Args_STRUCT_SIZE: _bindgen_ty_148 = 32;
 pub type _bindgen_ty_148 = ::std::os::raw::c_uint;
-pub type PJRT_CopyToDeviceStream_GranuleSize = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_CopyToDeviceStream_GranuleSize_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_CopyToDeviceStream_GranuleSize =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_CopyToDeviceStream_GranuleSize_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_CopyToDeviceStream_CurrentBytes_Args {
@@ -3827,9 +3588,8 @@ impl Default for PJRT_CopyToDeviceStream_CurrentBytes_Args {
 }
 pub const PJRT_CopyToDeviceStream_CurrentBytes_Args_STRUCT_SIZE: _bindgen_ty_149 = 32;
 pub type _bindgen_ty_149 = ::std::os::raw::c_uint;
-pub type PJRT_CopyToDeviceStream_CurrentBytes = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_CopyToDeviceStream_CurrentBytes_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_CopyToDeviceStream_CurrentBytes =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_CopyToDeviceStream_CurrentBytes_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_TopologyDescription_Create_Args {
@@ -3852,9 +3612,8 @@ impl Default for PJRT_TopologyDescription_Create_Args {
 }
 pub const PJRT_TopologyDescription_Create_Args_STRUCT_SIZE: _bindgen_ty_150 = 56;
 pub type _bindgen_ty_150 = ::std::os::raw::c_uint;
-pub type PJRT_TopologyDescription_Create = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Create_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_TopologyDescription_Create =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Create_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_TopologyDescription_Destroy_Args {
@@ -3873,9 +3632,8 @@ impl Default for PJRT_TopologyDescription_Destroy_Args {
 }
 pub const PJRT_TopologyDescription_Destroy_Args_STRUCT_SIZE: _bindgen_ty_151 = 24;
 pub type _bindgen_ty_151 = ::std::os::raw::c_uint;
-pub type PJRT_TopologyDescription_Destroy = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Destroy_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_TopologyDescription_Destroy =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Destroy_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_TopologyDescription_PlatformVersion_Args {
@@ -3896,11 +3654,8 @@ impl Default for PJRT_TopologyDescription_PlatformVersion_Args {
 }
 pub const PJRT_TopologyDescription_PlatformVersion_Args_STRUCT_SIZE: _bindgen_ty_152 = 40;
 pub type _bindgen_ty_152 = ::std::os::raw::c_uint;
-pub type PJRT_TopologyDescription_PlatformVersion = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_TopologyDescription_PlatformVersion_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_TopologyDescription_PlatformVersion =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_PlatformVersion_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_TopologyDescription_PlatformName_Args {
@@ -3921,9 +3676,8 @@ impl Default for PJRT_TopologyDescription_PlatformName_Args {
 }
 pub const PJRT_TopologyDescription_PlatformName_Args_STRUCT_SIZE: _bindgen_ty_153 = 40;
 pub type _bindgen_ty_153 = ::std::os::raw::c_uint;
-pub type PJRT_TopologyDescription_PlatformName = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_PlatformName_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_TopologyDescription_PlatformName =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_PlatformName_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_TopologyDescription_GetDeviceDescriptions_Args {
@@ -3944,11 +3698,8 @@ impl Default for PJRT_TopologyDescription_GetDeviceDescriptions_Args {
 }
 pub const PJRT_TopologyDescription_GetDeviceDescriptions_Args_STRUCT_SIZE: _bindgen_ty_154 = 40;
 pub type _bindgen_ty_154 = ::std::os::raw::c_uint;
-pub type PJRT_TopologyDescription_GetDeviceDescriptions = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_TopologyDescription_GetDeviceDescriptions_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_TopologyDescription_GetDeviceDescriptions =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_GetDeviceDescriptions_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_SerializedTopology {
@@ -3963,9 +3714,7 @@ pub struct PJRT_TopologyDescription_Serialize_Args {
     pub serialized_bytes: *const ::std::os::raw::c_char,
     pub serialized_bytes_size: usize,
     pub serialized_topology: *mut PJRT_SerializedTopology,
-    pub serialized_topology_deleter: ::std::option::Option<
-        unsafe extern "C" fn(serialized_topology: *mut PJRT_SerializedTopology),
-    >,
+    pub serialized_topology_deleter: ::std::option::Option<unsafe extern "C" fn(serialized_topology: *mut PJRT_SerializedTopology)>,
 }
 impl Default for PJRT_TopologyDescription_Serialize_Args {
     fn default() -> Self {
@@ -3978,9 +3727,8 @@ impl Default for PJRT_TopologyDescription_Serialize_Args {
 }
 pub const PJRT_TopologyDescription_Serialize_Args_STRUCT_SIZE: _bindgen_ty_155 = 56;
 pub type _bindgen_ty_155 = ::std::os::raw::c_uint;
-pub type PJRT_TopologyDescription_Serialize = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Serialize_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_TopologyDescription_Serialize =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Serialize_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_TopologyDescription_Deserialize_Args {
@@ -4001,9 +3749,8 @@ impl Default for PJRT_TopologyDescription_Deserialize_Args {
 }
 pub const PJRT_TopologyDescription_Deserialize_Args_STRUCT_SIZE: _bindgen_ty_156 = 40;
 pub type _bindgen_ty_156 = ::std::os::raw::c_uint;
-pub type PJRT_TopologyDescription_Deserialize = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Deserialize_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_TopologyDescription_Deserialize =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Deserialize_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_TopologyDescription_Attributes_Args {
@@ -4024,9 +3771,8 @@ impl Default for PJRT_TopologyDescription_Attributes_Args {
 }
 pub const PJRT_TopologyDescription_Attributes_Args_STRUCT_SIZE: _bindgen_ty_157 = 40;
 pub type _bindgen_ty_157 = ::std::os::raw::c_uint;
-pub type PJRT_TopologyDescription_Attributes = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Attributes_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_TopologyDescription_Attributes =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Attributes_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_TopologyDescription_Fingerprint_Args {
@@ -4046,9 +3792,8 @@ impl Default for PJRT_TopologyDescription_Fingerprint_Args {
 }
 pub const PJRT_TopologyDescription_Fingerprint_Args_STRUCT_SIZE: _bindgen_ty_158 = 32;
 pub type _bindgen_ty_158 = ::std::os::raw::c_uint;
-pub type PJRT_TopologyDescription_Fingerprint = ::std::option::Option<
-    unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Fingerprint_Args) -> *mut PJRT_Error,
->;
+pub type PJRT_TopologyDescription_Fingerprint =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_Fingerprint_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace_Args {
@@ -4062,8 +3807,7 @@ pub struct PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace_Args {
     pub layout: *const PJRT_Buffer_MemoryLayout,
     pub serialized_shape: *const ::std::os::raw::c_char,
     pub serialized_shape_size: usize,
-    pub serialized_shape_deleter:
-        ::std::option::Option<unsafe extern "C" fn(arg1: *const ::std::os::raw::c_char)>,
+    pub serialized_shape_deleter: ::std::option::Option<unsafe extern "C" fn(arg1: *const ::std::os::raw::c_char)>,
 }
 impl Default for PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace_Args {
     fn default() -> Self {
@@ -4074,13 +3818,10 @@ impl Default for PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace_Args 
         }
     }
 }
-pub const PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace_Args_STRUCT_SIZE:
-    _bindgen_ty_159 = 88;
+pub const PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace_Args_STRUCT_SIZE: _bindgen_ty_159 = 88;
 pub type _bindgen_ty_159 = ::std::os::raw::c_uint;
 pub type PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace_Args,
-    ) -> *mut PJRT_Error,
+    unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace_Args) -> *mut PJRT_Error,
 >;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -4102,11 +3843,8 @@ impl Default for PJRT_TopologyDescription_GetMemorySpaceKindIds_Args {
 }
 pub const PJRT_TopologyDescription_GetMemorySpaceKindIds_Args_STRUCT_SIZE: _bindgen_ty_160 = 40;
 pub type _bindgen_ty_160 = ::std::os::raw::c_uint;
-pub type PJRT_TopologyDescription_GetMemorySpaceKindIds = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_TopologyDescription_GetMemorySpaceKindIds_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_TopologyDescription_GetMemorySpaceKindIds =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_TopologyDescription_GetMemorySpaceKindIds_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Compile_Args {
@@ -4130,8 +3868,7 @@ impl Default for PJRT_Compile_Args {
 }
 pub const PJRT_Compile_Args_STRUCT_SIZE: _bindgen_ty_161 = 64;
 pub type _bindgen_ty_161 = ::std::os::raw::c_uint;
-pub type PJRT_Compile =
-    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Compile_Args) -> *mut PJRT_Error>;
+pub type PJRT_Compile = ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Compile_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Api {
@@ -4224,8 +3961,7 @@ pub struct PJRT_Api {
     pub PJRT_TopologyDescription_Destroy: PJRT_TopologyDescription_Destroy,
     pub PJRT_TopologyDescription_PlatformName: PJRT_TopologyDescription_PlatformName,
     pub PJRT_TopologyDescription_PlatformVersion: PJRT_TopologyDescription_PlatformVersion,
-    pub PJRT_TopologyDescription_GetDeviceDescriptions:
-        PJRT_TopologyDescription_GetDeviceDescriptions,
+    pub PJRT_TopologyDescription_GetDeviceDescriptions: PJRT_TopologyDescription_GetDeviceDescriptions,
     pub PJRT_TopologyDescription_Serialize: PJRT_TopologyDescription_Serialize,
     pub PJRT_TopologyDescription_Attributes: PJRT_TopologyDescription_Attributes,
     pub PJRT_Compile: PJRT_Compile,
@@ -4240,23 +3976,15 @@ pub struct PJRT_Api {
     pub PJRT_ExecuteContext_Create: PJRT_ExecuteContext_Create,
     pub PJRT_ExecuteContext_Destroy: PJRT_ExecuteContext_Destroy,
     pub PJRT_Buffer_CopyRawToHost: PJRT_Buffer_CopyRawToHost,
-    pub PJRT_AsyncHostToDeviceTransferManager_Destroy:
-        PJRT_AsyncHostToDeviceTransferManager_Destroy,
-    pub PJRT_AsyncHostToDeviceTransferManager_TransferData:
-        PJRT_AsyncHostToDeviceTransferManager_TransferData,
-    pub PJRT_Client_CreateBuffersForAsyncHostToDevice:
-        PJRT_Client_CreateBuffersForAsyncHostToDevice,
-    pub PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer:
-        PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer,
+    pub PJRT_AsyncHostToDeviceTransferManager_Destroy: PJRT_AsyncHostToDeviceTransferManager_Destroy,
+    pub PJRT_AsyncHostToDeviceTransferManager_TransferData: PJRT_AsyncHostToDeviceTransferManager_TransferData,
+    pub PJRT_Client_CreateBuffersForAsyncHostToDevice: PJRT_Client_CreateBuffersForAsyncHostToDevice,
+    pub PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer: PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer,
     pub PJRT_AsyncHostToDeviceTransferManager_Device: PJRT_AsyncHostToDeviceTransferManager_Device,
-    pub PJRT_AsyncHostToDeviceTransferManager_BufferCount:
-        PJRT_AsyncHostToDeviceTransferManager_BufferCount,
-    pub PJRT_AsyncHostToDeviceTransferManager_BufferSize:
-        PJRT_AsyncHostToDeviceTransferManager_BufferSize,
-    pub PJRT_AsyncHostToDeviceTransferManager_SetBufferError:
-        PJRT_AsyncHostToDeviceTransferManager_SetBufferError,
-    pub PJRT_AsyncHostToDeviceTransferManager_AddMetadata:
-        PJRT_AsyncHostToDeviceTransferManager_AddMetadata,
+    pub PJRT_AsyncHostToDeviceTransferManager_BufferCount: PJRT_AsyncHostToDeviceTransferManager_BufferCount,
+    pub PJRT_AsyncHostToDeviceTransferManager_BufferSize: PJRT_AsyncHostToDeviceTransferManager_BufferSize,
+    pub PJRT_AsyncHostToDeviceTransferManager_SetBufferError: PJRT_AsyncHostToDeviceTransferManager_SetBufferError,
+    pub PJRT_AsyncHostToDeviceTransferManager_AddMetadata: PJRT_AsyncHostToDeviceTransferManager_AddMetadata,
     pub PJRT_Client_DmaMap: PJRT_Client_DmaMap,
     pub PJRT_Client_DmaUnmap: PJRT_Client_DmaUnmap,
     pub PJRT_Client_CreateUninitializedBuffer: PJRT_Client_CreateUninitializedBuffer,
@@ -4266,8 +3994,7 @@ pub struct PJRT_Api {
     pub PJRT_Client_FulfillAliasBuffer: PJRT_Client_FulfillAliasBuffer,
     pub PJRT_LoadedExecutable_GetDeviceAssignment: PJRT_LoadedExecutable_GetDeviceAssignment,
     pub PJRT_Client_CreateErrorBuffer: PJRT_Client_CreateErrorBuffer,
-    pub PJRT_AsyncHostToDeviceTransferManager_TransferLiteral:
-        PJRT_AsyncHostToDeviceTransferManager_TransferLiteral,
+    pub PJRT_AsyncHostToDeviceTransferManager_TransferLiteral: PJRT_AsyncHostToDeviceTransferManager_TransferLiteral,
     pub PJRT_Buffer_CopyRawToHostFuture: PJRT_Buffer_CopyRawToHostFuture,
     pub PJRT_Device_PoisonExecution: PJRT_Device_PoisonExecution,
     pub PJRT_Device_CreateAsyncTrackingEvent: PJRT_Device_CreateAsyncTrackingEvent,
@@ -4278,17 +4005,14 @@ pub struct PJRT_Api {
     pub PJRT_Event_Set: PJRT_Event_Set,
     pub PJRT_Device_GetAttributes: PJRT_Device_GetAttributes,
     pub PJRT_Client_Load: PJRT_Client_Load,
-    pub PJRT_LoadedExecutable_AddressableDeviceLogicalIds:
-        PJRT_LoadedExecutable_AddressableDeviceLogicalIds,
+    pub PJRT_LoadedExecutable_AddressableDeviceLogicalIds: PJRT_LoadedExecutable_AddressableDeviceLogicalIds,
     pub PJRT_Buffer_Bitcast: PJRT_Buffer_Bitcast,
     pub PJRT_Error_ForEachPayload: PJRT_Error_ForEachPayload,
     pub PJRT_TopologyDescription_Fingerprint: PJRT_TopologyDescription_Fingerprint,
     pub PJRT_Executable_ParameterMemoryKinds: PJRT_Executable_ParameterMemoryKinds,
     pub PJRT_Device_ClearMemoryStats: PJRT_Device_ClearMemoryStats,
-    pub PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace:
-        PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace,
-    pub PJRT_TopologyDescription_GetMemorySpaceKindIds:
-        PJRT_TopologyDescription_GetMemorySpaceKindIds,
+    pub PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace: PJRT_TopologyDescription_MakeCanonicalShapeForMemorySpace,
+    pub PJRT_TopologyDescription_GetMemorySpaceKindIds: PJRT_TopologyDescription_GetMemorySpaceKindIds,
 }
 impl Default for PJRT_Api {
     fn default() -> Self {
@@ -4322,11 +4046,8 @@ impl Default for PJRT_Shardings_PJRT_Executable_ParameterShardings_Args {
 }
 pub const PJRT_Shardings_PJRT_Executable_ParameterShardings_Args_STRUCT_SIZE: _bindgen_ty_163 = 48;
 pub type _bindgen_ty_163 = ::std::os::raw::c_uint;
-pub type PJRT_Shardings_PJRT_Executable_ParameterShardings = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_Shardings_PJRT_Executable_ParameterShardings_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_Shardings_PJRT_Executable_ParameterShardings =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Shardings_PJRT_Executable_ParameterShardings_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Shardings_PJRT_Executable_OutputShardings_Args {
@@ -4348,19 +4069,14 @@ impl Default for PJRT_Shardings_PJRT_Executable_OutputShardings_Args {
 }
 pub const PJRT_Shardings_PJRT_Executable_OutputShardings_Args_STRUCT_SIZE: _bindgen_ty_164 = 48;
 pub type _bindgen_ty_164 = ::std::os::raw::c_uint;
-pub type PJRT_Shardings_PJRT_Executable_OutputShardings = ::std::option::Option<
-    unsafe extern "C" fn(
-        args: *mut PJRT_Shardings_PJRT_Executable_OutputShardings_Args,
-    ) -> *mut PJRT_Error,
->;
+pub type PJRT_Shardings_PJRT_Executable_OutputShardings =
+    ::std::option::Option<unsafe extern "C" fn(args: *mut PJRT_Shardings_PJRT_Executable_OutputShardings_Args) -> *mut PJRT_Error>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct PJRT_Shardings_Extension {
     pub base: PJRT_Extension_Base,
-    pub PJRT_Shardings_PJRT_Executable_ParameterShardings:
-        PJRT_Shardings_PJRT_Executable_ParameterShardings,
-    pub PJRT_Shardings_PJRT_Executable_OutputShardings:
-        PJRT_Shardings_PJRT_Executable_OutputShardings,
+    pub PJRT_Shardings_PJRT_Executable_ParameterShardings: PJRT_Shardings_PJRT_Executable_ParameterShardings,
+    pub PJRT_Shardings_PJRT_Executable_OutputShardings: PJRT_Shardings_PJRT_Executable_OutputShardings,
 }
 impl Default for PJRT_Shardings_Extension {
     fn default() -> Self {

@@ -49,8 +49,7 @@ impl Buffer {
     pub fn element_type(&self) -> Result<DType> {
         let mut a = args!(PJRT_Buffer_ElementType_Args { buffer: self.ptr });
         pjrt_call!(&self.client.api, PJRT_Buffer_ElementType, &mut a)?;
-        element_type_from_raw(a.type_)
-            .ok_or_else(|| Error::Invalid(format!("unsupported PJRT element type {}", a.type_)))
+        element_type_from_raw(a.type_).ok_or_else(|| Error::Invalid(format!("unsupported PJRT element type {}", a.type_)))
     }
 
     pub fn dims(&self) -> Result<Vec<i64>> {
@@ -81,11 +80,7 @@ impl Buffer {
 
     /// Copies the buffer into `dst` (dense, row-major) and waits for the copy.
     pub fn copy_to_host(&self, dst: &mut [u8]) -> Result<()> {
-        let mut a = args!(PJRT_Buffer_ToHostBuffer_Args {
-            src: self.ptr,
-            dst: dst.as_mut_ptr() as *mut _,
-            dst_size: dst.len(),
-        });
+        let mut a = args!(PJRT_Buffer_ToHostBuffer_Args { src: self.ptr, dst: dst.as_mut_ptr() as *mut _, dst_size: dst.len() });
         pjrt_call!(&self.client.api, PJRT_Buffer_ToHostBuffer, &mut a)?;
         self.client.downloads.set(self.client.downloads.get() + 1);
         self.client.api.await_event("PJRT_Buffer_ToHostBuffer", a.event)

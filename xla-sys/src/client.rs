@@ -1,12 +1,12 @@
 //! PJRT_Client and PJRT_Device: creation with named options, platform queries, devices,
 //! compilation and host-to-device transfer. Children hold an `Rc<ClientInner>`, so a client
 //! is destroyed only after its last buffer, device handle and executable.
-use crate::api::{args, named_values, pjrt_call, slice_or_empty, lossy, Api, NamedValue};
+use crate::api::{args, lossy, named_values, pjrt_call, slice_or_empty, Api, NamedValue};
 use crate::bindings as b;
 use crate::buffer::{raw_element_type, Buffer};
-use dtype::DType;
 use crate::error::{Error, Result};
 use crate::executable::LoadedExecutable;
+use dtype::DType;
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -45,15 +45,13 @@ impl Client {
     /// PJRT_Client_Create with the given create options (e.g. `cpu_device_count`).
     pub fn create(api: &Arc<Api>, options: &[(String, NamedValue)]) -> Result<Client> {
         let values = named_values(options);
-        let mut a = args!(PJRT_Client_Create_Args {
-            create_options: values.as_ptr(),
-            num_options: values.len(),
-        });
+        let mut a = args!(PJRT_Client_Create_Args { create_options: values.as_ptr(), num_options: values.len() });
         pjrt_call!(api, PJRT_Client_Create, &mut a)?;
         if a.client.is_null() {
             return Err(Error::Invalid("PJRT_Client_Create returned no client".into()));
         }
-        let inner = ClientInner { api: api.clone(), ptr: a.client, live_buffers: Cell::new(0), uploads: Cell::new(0), downloads: Cell::new(0) };
+        let inner =
+            ClientInner { api: api.clone(), ptr: a.client, live_buffers: Cell::new(0), uploads: Cell::new(0), downloads: Cell::new(0) };
         Ok(Client { inner: Rc::new(inner) })
     }
 
@@ -119,13 +117,7 @@ impl Client {
     }
 
     /// Copies a dense, row-major host array to `device` and waits until the copy is done.
-    pub fn buffer_from_host(
-        &self,
-        data: &[u8],
-        ty: DType,
-        dims: &[i64],
-        device: &Device,
-    ) -> Result<Buffer> {
+    pub fn buffer_from_host(&self, data: &[u8], ty: DType, dims: &[i64], device: &Device) -> Result<Buffer> {
         if !Rc::ptr_eq(&device.client, &self.inner) {
             return Err(Error::Invalid("device belongs to a different client".into()));
         }
@@ -173,8 +165,7 @@ impl Device {
 
     /// E.g. "cpu", "NVIDIA H100 80GB HBM3", "TPU v5 lite".
     pub fn kind(&self) -> Result<String> {
-        let mut a =
-            args!(PJRT_DeviceDescription_Kind_Args { device_description: self.description()? });
+        let mut a = args!(PJRT_DeviceDescription_Kind_Args { device_description: self.description()? });
         pjrt_call!(&self.client.api, PJRT_DeviceDescription_Kind, &mut a)?;
         // SAFETY: owned by the device description, which lives as long as the client.
         Ok(unsafe { lossy(a.device_kind, a.device_kind_size) })
@@ -182,18 +173,14 @@ impl Device {
 
     /// The plugin's one-line description of the device.
     pub fn debug_string(&self) -> Result<String> {
-        let mut a = args!(PJRT_DeviceDescription_DebugString_Args {
-            device_description: self.description()?
-        });
+        let mut a = args!(PJRT_DeviceDescription_DebugString_Args { device_description: self.description()? });
         pjrt_call!(&self.client.api, PJRT_DeviceDescription_DebugString, &mut a)?;
         // SAFETY: as for kind.
         Ok(unsafe { lossy(a.debug_string, a.debug_string_size) })
     }
 
     pub fn process_index(&self) -> Result<i32> {
-        let mut a = args!(PJRT_DeviceDescription_ProcessIndex_Args {
-            device_description: self.description()?
-        });
+        let mut a = args!(PJRT_DeviceDescription_ProcessIndex_Args { device_description: self.description()? });
         pjrt_call!(&self.client.api, PJRT_DeviceDescription_ProcessIndex, &mut a)?;
         Ok(a.process_index)
     }

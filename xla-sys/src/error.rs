@@ -10,9 +10,22 @@ pub struct ErrorCode(pub u32);
 impl ErrorCode {
     pub fn name(self) -> &'static str {
         const NAMES: [&str; 17] = [
-            "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-            "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-            "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
             "UNAUTHENTICATED",
         ];
         NAMES.get(self.0 as usize).copied().unwrap_or("UNRECOGNISED_CODE")
@@ -35,14 +48,7 @@ pub enum Error {
         "PJRT plugin {path} implements PJRT C API {major}.{minor}, but gemma-xla supports \
          {supported_major}.{min_minor} up to {supported_major}.{max_minor} (and later minors)"
     )]
-    UnsupportedVersion {
-        path: PathBuf,
-        major: i32,
-        minor: i32,
-        supported_major: i32,
-        min_minor: i32,
-        max_minor: i32,
-    },
+    UnsupportedVersion { path: PathBuf, major: i32, minor: i32, supported_major: i32, min_minor: i32, max_minor: i32 },
     #[error("{call} is not provided by this PJRT plugin (its C API is {major}.{minor})")]
     Unsupported { call: &'static str, major: i32, minor: i32 },
     #[error("{call} failed with {code}: {message}")]

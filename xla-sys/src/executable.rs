@@ -4,9 +4,9 @@
 use crate::api::{args, lossy, pjrt_call, slice_or_empty};
 use crate::bindings as b;
 use crate::buffer::{element_type_from_raw, Buffer};
-use dtype::DType;
 use crate::client::{ClientInner, Device};
 use crate::error::{Error, Result};
+use dtype::DType;
 use std::rc::Rc;
 
 /// A compiled program loaded on a client's devices. Drop destroys it.
@@ -60,10 +60,7 @@ impl LoadedExecutable {
         // SAFETY: owned by the executable.
         let raw = unsafe { slice_or_empty(a.output_types, a.num_output_types) };
         raw.iter()
-            .map(|&t| {
-                element_type_from_raw(t)
-                    .ok_or_else(|| Error::Invalid(format!("unsupported output element type {t}")))
-            })
+            .map(|&t| element_type_from_raw(t).ok_or_else(|| Error::Invalid(format!("unsupported output element type {t}"))))
             .collect()
     }
 
@@ -117,18 +114,14 @@ impl LoadedExecutable {
                 let Some(f) = (*ext).PJRT_Shardings_PJRT_Executable_ParameterShardings else {
                     return Ok(None);
                 };
-                let mut a = args!(PJRT_Shardings_PJRT_Executable_ParameterShardings_Args {
-                    executable: self.exe
-                });
+                let mut a = args!(PJRT_Shardings_PJRT_Executable_ParameterShardings_Args { executable: self.exe });
                 call(f(&mut a), "PJRT_Shardings_PJRT_Executable_ParameterShardings")?;
                 (a.num_parameters, a.shardings, a.sharding_sizes)
             } else {
                 let Some(f) = (*ext).PJRT_Shardings_PJRT_Executable_OutputShardings else {
                     return Ok(None);
                 };
-                let mut a = args!(PJRT_Shardings_PJRT_Executable_OutputShardings_Args {
-                    executable: self.exe
-                });
+                let mut a = args!(PJRT_Shardings_PJRT_Executable_OutputShardings_Args { executable: self.exe });
                 call(f(&mut a), "PJRT_Shardings_PJRT_Executable_OutputShardings")?;
                 (a.num_outputs, a.shardings, a.sharding_sizes)
             };
@@ -137,12 +130,7 @@ impl LoadedExecutable {
             }
             let ptrs = slice_or_empty(ptrs, num);
             let sizes = slice_or_empty(sizes, num);
-            Ok(Some(
-                ptrs.iter()
-                    .zip(sizes)
-                    .map(|(&p, &n)| slice_or_empty(p as *const u8, n).to_vec())
-                    .collect(),
-            ))
+            Ok(Some(ptrs.iter().zip(sizes).map(|(&p, &n)| slice_or_empty(p as *const u8, n).to_vec()).collect()))
         }
     }
 
@@ -153,10 +141,7 @@ impl LoadedExecutable {
         let num_args = args.first().map_or(0, |a| a.len());
         for (d, list) in args.iter().enumerate() {
             if list.len() != num_args {
-                return Err(Error::Invalid(format!(
-                    "device {d} got {} arguments, device 0 got {num_args}",
-                    list.len()
-                )));
+                return Err(Error::Invalid(format!("device {d} got {} arguments, device 0 got {num_args}", list.len())));
             }
             for (i, buf) in list.iter().enumerate() {
                 if !Rc::ptr_eq(buf.client_inner(), &self.client) {
@@ -172,17 +157,12 @@ impl LoadedExecutable {
         }
         let num_outputs = self.num_outputs()?;
         let keep: Vec<i64> = (0..num_args).filter(|i| !donate.contains(i)).map(|i| i as i64).collect();
-        let mut options = args!(PJRT_ExecuteOptions {
-            non_donatable_input_indices: keep.as_ptr(),
-            num_non_donatable_input_indices: keep.len(),
-        });
-        let arg_ptrs: Vec<Vec<*mut b::PJRT_Buffer>> =
-            args.iter().map(|l| l.iter().map(|b| b.ptr).collect()).collect();
+        let mut options =
+            args!(PJRT_ExecuteOptions { non_donatable_input_indices: keep.as_ptr(), num_non_donatable_input_indices: keep.len() });
+        let arg_ptrs: Vec<Vec<*mut b::PJRT_Buffer>> = args.iter().map(|l| l.iter().map(|b| b.ptr).collect()).collect();
         let arg_lists: Vec<*const *mut b::PJRT_Buffer> = arg_ptrs.iter().map(|l| l.as_ptr()).collect();
-        let mut out_ptrs: Vec<Vec<*mut b::PJRT_Buffer>> =
-            vec![vec![std::ptr::null_mut(); num_outputs]; args.len()];
-        let out_lists: Vec<*mut *mut b::PJRT_Buffer> =
-            out_ptrs.iter_mut().map(|l| l.as_mut_ptr()).collect();
+        let mut out_ptrs: Vec<Vec<*mut b::PJRT_Buffer>> = vec![vec![std::ptr::null_mut(); num_outputs]; args.len()];
+        let out_lists: Vec<*mut *mut b::PJRT_Buffer> = out_ptrs.iter_mut().map(|l| l.as_mut_ptr()).collect();
         let mut events: Vec<*mut b::PJRT_Event> = vec![std::ptr::null_mut(); args.len()];
         let mut a = args!(PJRT_LoadedExecutable_Execute_Args {
             executable: self.ptr,
@@ -195,10 +175,8 @@ impl LoadedExecutable {
         });
         pjrt_call!(&self.client.api, PJRT_LoadedExecutable_Execute, &mut a)?;
         // Wrap outputs first so they are freed even if an event reports an error.
-        let outputs: Vec<Vec<Buffer>> = out_ptrs
-            .iter()
-            .map(|l| l.iter().filter(|p| !p.is_null()).map(|&p| Buffer::wrap(self.client.clone(), p)).collect())
-            .collect();
+        let outputs: Vec<Vec<Buffer>> =
+            out_ptrs.iter().map(|l| l.iter().filter(|p| !p.is_null()).map(|&p| Buffer::wrap(self.client.clone(), p)).collect()).collect();
         let mut first_err = None;
         for ev in events {
             if let Err(e) = self.client.api.await_event("PJRT_LoadedExecutable_Execute", ev) {

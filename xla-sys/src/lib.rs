@@ -15,7 +15,7 @@ pub mod mmap;
 
 pub use api::{Api, NamedValue, BINDINGS_MINOR, MIN_PLUGIN_MINOR};
 pub use buffer::{element_type_from_raw, raw_element_type, Buffer};
-pub use dtype::{DType, TensorType};
 pub use client::{Client, Device};
+pub use dtype::{DType, TensorType};
 pub use error::{Error, ErrorCode, Result};
 pub use executable::LoadedExecutable;

@@ -23,7 +23,13 @@ fn write(dir: &Path) -> Result<()> {
         dir.join("config.json"),
         format!(
             r#"{{"model_type": "gemma", "vocab_size": {}, "hidden_size": {}, "intermediate_size": {}, "num_hidden_layers": {}, "num_attention_heads": {}, "num_key_value_heads": {}, "head_dim": {}, "hidden_activation": "gelu_pytorch_tanh", "rope_theta": 10000.0, "rms_norm_eps": 1e-6}}"#,
-            cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+            cfg.vocab_size,
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim
         ),
     )?;
     let shapes = gemma::param_shapes(&cfg);

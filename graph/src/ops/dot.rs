@@ -77,19 +77,22 @@ struct Side {
 /// result is batch, own free, then the other operand's contracting dimensions in its order,
 /// each standing for its paired contracting dimension of `own`; transpose back into order.
 fn operand_ct(ct: &Tensor, ct_other_free: Vec<usize>, own: &Side, other: &Tensor, other_side: &Side) -> Tensor {
-    let g = ct.dot_general(other, &DotDims {
-        lhs_batch: (0..own.batch.len()).collect(),
-        rhs_batch: other_side.batch.clone(),
-        lhs_contract: ct_other_free,
-        rhs_contract: other_side.free.clone(),
-    });
+    let g = ct.dot_general(
+        other,
+        &DotDims {
+            lhs_batch: (0..own.batch.len()).collect(),
+            rhs_batch: other_side.batch.clone(),
+            lhs_contract: ct_other_free,
+            rhs_contract: other_side.free.clone(),
+        },
+    );
     let mut other_contract = other_side.contract.clone();
     other_contract.sort();
     let mut owner: Vec<usize> = own.batch.clone();
     owner.extend(&own.free);
-    owner.extend(other_contract.iter().map(|c| {
-        own.contract[other_side.contract.iter().position(|x| x == c).expect("internal: paired dims")]
-    }));
+    owner.extend(
+        other_contract.iter().map(|c| own.contract[other_side.contract.iter().position(|x| x == c).expect("internal: paired dims")]),
+    );
     g.transpose_if_needed(&back_to_order(&owner))
 }
 
@@ -123,16 +126,15 @@ impl Tensor {
         }
         let nb = lr.saturating_sub(2);
         let batch: Vec<usize> = (0..nb).collect();
-        self.dot_general(rhs, &DotDims {
-            lhs_batch: batch.clone(),
-            rhs_batch: batch,
-            lhs_contract: vec![lc],
-            rhs_contract: vec![rr - 2],
-        })
+        self.dot_general(rhs, &DotDims { lhs_batch: batch.clone(), rhs_batch: batch, lhs_contract: vec![lc], rhs_contract: vec![rr - 2] })
     }
 
     #[track_caller]
     pub(crate) fn transpose_if_needed(&self, perm: &[usize]) -> Tensor {
-        if perm.iter().enumerate().all(|(i, &p)| i == p) { self.clone() } else { self.transpose(perm) }
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            self.clone()
+        } else {
+            self.transpose(perm)
+        }
     }
 }

@@ -47,11 +47,19 @@ pub(crate) fn infer(p: &Prim, x: &[&TensorType]) -> Result<TensorType, String> {
 }
 
 fn numeric(t: &TensorType) -> Result<(), String> {
-    if t.dtype == DType::Pred { Err("needs a numeric operand, got pred".into()) } else { Ok(()) }
+    if t.dtype == DType::Pred {
+        Err("needs a numeric operand, got pred".into())
+    } else {
+        Ok(())
+    }
 }
 
 fn float(t: &TensorType) -> Result<(), String> {
-    if t.dtype.is_float() { Ok(()) } else { Err(format!("needs a float operand, got {}", t.dtype)) }
+    if t.dtype.is_float() {
+        Ok(())
+    } else {
+        Err(format!("needs a float operand, got {}", t.dtype))
+    }
 }
 
 pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(String, TensorType)], out: &TensorType) -> String {
@@ -96,9 +104,8 @@ pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(String, TensorType)], out: 
                 d if d.is_unsigned() || d == DType::Pred => "UNSIGNED",
                 _ => "SIGNED",
             };
-            let attrs = format!(
-                "comparison_direction = #stablehlo<comparison_direction {dir}>, compare_type = #stablehlo<comparison_type {kind}>"
-            );
+            let attrs =
+                format!("comparison_direction = #stablehlo<comparison_direction {dir}>, compare_type = #stablehlo<comparison_type {kind}>");
             let ops: Vec<(&str, &TensorType)> = a.iter().map(|(n, t)| (n.as_str(), t)).collect();
             return e.op("stablehlo.compare", &ops, &attrs, None, out);
         }
@@ -162,7 +169,13 @@ fn broadcast_shape(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
     for i in 0..n {
         let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
         let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-        out[i] = if da == db || db == 1 { da } else if da == 1 { db } else { return None };
+        out[i] = if da == db || db == 1 {
+            da
+        } else if da == 1 {
+            db
+        } else {
+            return None;
+        };
     }
     Some(out)
 }
@@ -189,75 +202,139 @@ impl Tensor {
     }
 
     #[track_caller]
-    pub fn exp(&self) -> Tensor { self.unary(Prim::Exp) }
+    pub fn exp(&self) -> Tensor {
+        self.unary(Prim::Exp)
+    }
     #[track_caller]
-    pub fn log(&self) -> Tensor { self.unary(Prim::Log) }
+    pub fn log(&self) -> Tensor {
+        self.unary(Prim::Log)
+    }
     #[track_caller]
-    pub fn sqrt(&self) -> Tensor { self.unary(Prim::Sqrt) }
+    pub fn sqrt(&self) -> Tensor {
+        self.unary(Prim::Sqrt)
+    }
     #[track_caller]
-    pub fn rsqrt(&self) -> Tensor { self.unary(Prim::Rsqrt) }
+    pub fn rsqrt(&self) -> Tensor {
+        self.unary(Prim::Rsqrt)
+    }
     #[track_caller]
-    pub fn tanh(&self) -> Tensor { self.unary(Prim::Tanh) }
+    pub fn tanh(&self) -> Tensor {
+        self.unary(Prim::Tanh)
+    }
     /// The logistic sigmoid 1 / (1 + e^-x).
     #[track_caller]
-    pub fn logistic(&self) -> Tensor { self.unary(Prim::Logistic) }
+    pub fn logistic(&self) -> Tensor {
+        self.unary(Prim::Logistic)
+    }
     #[track_caller]
-    pub fn abs(&self) -> Tensor { self.unary(Prim::Abs) }
+    pub fn abs(&self) -> Tensor {
+        self.unary(Prim::Abs)
+    }
     #[track_caller]
-    pub fn sign(&self) -> Tensor { self.unary(Prim::Sign) }
+    pub fn sign(&self) -> Tensor {
+        self.unary(Prim::Sign)
+    }
     #[track_caller]
-    pub fn sin(&self) -> Tensor { self.unary(Prim::Sin) }
+    pub fn sin(&self) -> Tensor {
+        self.unary(Prim::Sin)
+    }
     #[track_caller]
-    pub fn cos(&self) -> Tensor { self.unary(Prim::Cos) }
+    pub fn cos(&self) -> Tensor {
+        self.unary(Prim::Cos)
+    }
     #[track_caller]
-    pub fn neg(&self) -> Tensor { self.unary(Prim::Neg) }
+    pub fn neg(&self) -> Tensor {
+        self.unary(Prim::Neg)
+    }
     /// Blocks gradients: the value passes, its cotangent is dropped.
     #[track_caller]
-    pub fn stop_gradient(&self) -> Tensor { self.unary(Prim::StopGradient) }
+    pub fn stop_gradient(&self) -> Tensor {
+        self.unary(Prim::StopGradient)
+    }
     #[track_caller]
     pub fn convert(&self, dtype: DType) -> Tensor {
-        if self.dtype() == dtype { self.clone() } else { self.unary(Prim::Convert { dtype }) }
+        if self.dtype() == dtype {
+            self.clone()
+        } else {
+            self.unary(Prim::Convert { dtype })
+        }
     }
     /// Reinterprets the bits as another type of the same width.
     #[track_caller]
-    pub fn bitcast(&self, dtype: DType) -> Tensor { self.unary(Prim::BitcastConvert { dtype }) }
+    pub fn bitcast(&self, dtype: DType) -> Tensor {
+        self.unary(Prim::BitcastConvert { dtype })
+    }
 
     #[track_caller]
-    pub fn add(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Add) }
+    pub fn add(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Add)
+    }
     #[track_caller]
-    pub fn sub(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Sub) }
+    pub fn sub(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Sub)
+    }
     #[track_caller]
-    pub fn mul(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Mul) }
+    pub fn mul(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Mul)
+    }
     #[track_caller]
-    pub fn div(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Div) }
+    pub fn div(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Div)
+    }
     #[track_caller]
-    pub fn pow(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Pow) }
+    pub fn pow(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Pow)
+    }
     #[track_caller]
-    pub fn max(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Max) }
+    pub fn max(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Max)
+    }
     #[track_caller]
-    pub fn min(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Min) }
+    pub fn min(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Min)
+    }
     #[track_caller]
-    pub fn and(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::And) }
+    pub fn and(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::And)
+    }
     #[track_caller]
-    pub fn or(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Or) }
+    pub fn or(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Or)
+    }
     #[track_caller]
-    pub fn shift_right_logical(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::ShiftRightLogical) }
+    pub fn shift_right_logical(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::ShiftRightLogical)
+    }
     #[track_caller]
-    pub fn eq(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Compare(Cmp::Eq)) }
+    pub fn eq(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Compare(Cmp::Eq))
+    }
     #[track_caller]
-    pub fn ne(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Compare(Cmp::Ne)) }
+    pub fn ne(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Compare(Cmp::Ne))
+    }
     #[track_caller]
-    pub fn lt(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Compare(Cmp::Lt)) }
+    pub fn lt(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Compare(Cmp::Lt))
+    }
     #[track_caller]
-    pub fn le(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Compare(Cmp::Le)) }
+    pub fn le(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Compare(Cmp::Le))
+    }
     #[track_caller]
-    pub fn gt(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Compare(Cmp::Gt)) }
+    pub fn gt(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Compare(Cmp::Gt))
+    }
     #[track_caller]
-    pub fn ge(&self, o: &Tensor) -> Tensor { self.binary(o, Prim::Compare(Cmp::Ge)) }
+    pub fn ge(&self, o: &Tensor) -> Tensor {
+        self.binary(o, Prim::Compare(Cmp::Ge))
+    }
 
     /// `v - self` for a number `v`.
     #[track_caller]
-    pub fn rsub(&self, v: f64) -> Tensor { self.scalar_like(v).sub(self) }
+    pub fn rsub(&self, v: f64) -> Tensor {
+        self.scalar_like(v).sub(self)
+    }
 
     /// `mask ? a : b` elementwise; all three are broadcast to one shape.
     #[track_caller]
@@ -284,11 +361,7 @@ impl Tracer {
     /// A constant of type `ty`: one value (splat) or one per element, row-major.
     #[track_caller]
     pub fn constant(&self, ty: &TensorType, values: Vec<f64>) -> Tensor {
-        let value = if ty.dtype.is_float() {
-            Literal::Float(values)
-        } else {
-            Literal::Int(values.into_iter().map(|v| v as i64).collect())
-        };
+        let value = if ty.dtype.is_float() { Literal::Float(values) } else { Literal::Int(values.into_iter().map(|v| v as i64).collect()) };
         Tensor::apply_in(&self.state, Prim::Constant { ty: ty.clone(), value }, &[])
     }
 
@@ -311,32 +384,44 @@ macro_rules! binop {
         impl ops::$tr<&Tensor> for &Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, o: &Tensor) -> Tensor { Tensor::$m(self, o) }
+            fn $m(self, o: &Tensor) -> Tensor {
+                Tensor::$m(self, o)
+            }
         }
         impl ops::$tr<Tensor> for Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, o: Tensor) -> Tensor { Tensor::$m(&self, &o) }
+            fn $m(self, o: Tensor) -> Tensor {
+                Tensor::$m(&self, &o)
+            }
         }
         impl ops::$tr<&Tensor> for Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, o: &Tensor) -> Tensor { Tensor::$m(&self, o) }
+            fn $m(self, o: &Tensor) -> Tensor {
+                Tensor::$m(&self, o)
+            }
         }
         impl ops::$tr<Tensor> for &Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, o: Tensor) -> Tensor { Tensor::$m(self, &o) }
+            fn $m(self, o: Tensor) -> Tensor {
+                Tensor::$m(self, &o)
+            }
         }
         impl ops::$tr<f64> for &Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, v: f64) -> Tensor { Tensor::$m(self, &self.scalar_like(v)) }
+            fn $m(self, v: f64) -> Tensor {
+                Tensor::$m(self, &self.scalar_like(v))
+            }
         }
         impl ops::$tr<f64> for Tensor {
             type Output = Tensor;
             #[track_caller]
-            fn $m(self, v: f64) -> Tensor { Tensor::$m(&self, &self.scalar_like(v)) }
+            fn $m(self, v: f64) -> Tensor {
+                Tensor::$m(&self, &self.scalar_like(v))
+            }
         }
     };
 }
@@ -348,10 +433,14 @@ binop!(Div, div);
 impl ops::Neg for &Tensor {
     type Output = Tensor;
     #[track_caller]
-    fn neg(self) -> Tensor { Tensor::neg(self) }
+    fn neg(self) -> Tensor {
+        Tensor::neg(self)
+    }
 }
 impl ops::Neg for Tensor {
     type Output = Tensor;
     #[track_caller]
-    fn neg(self) -> Tensor { Tensor::neg(&self) }
+    fn neg(self) -> Tensor {
+        Tensor::neg(&self)
+    }
 }

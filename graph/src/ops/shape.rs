@@ -25,7 +25,11 @@ pub(crate) fn infer(p: &Prim, x: &[&TensorType]) -> Result<TensorType, String> {
         }
         Iota { ty, dim } => {
             need(0)?;
-            if *dim < ty.rank() { Ok(ty.clone()) } else { Err(format!("iota dimension {dim} out of range for {ty}")) }
+            if *dim < ty.rank() {
+                Ok(ty.clone())
+            } else {
+                Err(format!("iota dimension {dim} out of range for {ty}"))
+            }
         }
         BroadcastInDim { dims, broadcast_dims } => {
             need(1)?;
@@ -121,9 +125,7 @@ pub(crate) fn infer(p: &Prim, x: &[&TensorType]) -> Result<TensorType, String> {
             if low.iter().chain(high).chain(interior).any(|&v| v < 0) {
                 return Err("negative padding is not supported".into());
             }
-            let dims: Vec<i64> = (0..a.rank())
-                .map(|i| low[i] + high[i] + a.dims[i] + (a.dims[i] - 1).max(0) * interior[i])
-                .collect();
+            let dims: Vec<i64> = (0..a.rank()).map(|i| low[i] + high[i] + a.dims[i] + (a.dims[i] - 1).max(0) * interior[i]).collect();
             Ok(TensorType::new(a.dtype, &dims))
         }
         _ => unreachable!("internal: {} is not a shape op", p.name()),
@@ -144,30 +146,19 @@ pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(String, TensorType)], out: 
     match p {
         Constant { value, .. } => e.constant(out, value),
         Iota { dim, .. } => e.op("stablehlo.iota", &[], &format!("iota_dimension = {dim} : i64"), None, out),
-        BroadcastInDim { broadcast_dims, .. } => e.op(
-            "stablehlo.broadcast_in_dim",
-            &ops,
-            &format!("broadcast_dimensions = {}", dims_array(broadcast_dims)),
-            None,
-            out,
-        ),
+        BroadcastInDim { broadcast_dims, .. } => {
+            e.op("stablehlo.broadcast_in_dim", &ops, &format!("broadcast_dimensions = {}", dims_array(broadcast_dims)), None, out)
+        }
         Reshape { .. } => e.op("stablehlo.reshape", &ops, "", None, out),
         Transpose { perm } => e.op("stablehlo.transpose", &ops, &format!("permutation = {}", dims_array(perm)), None, out),
         Slice { start, limit, strides } => e.op(
             "stablehlo.slice",
             &ops,
-            &format!(
-                "start_indices = {}, limit_indices = {}, strides = {}",
-                i64_array(start),
-                i64_array(limit),
-                i64_array(strides)
-            ),
+            &format!("start_indices = {}, limit_indices = {}, strides = {}", i64_array(start), i64_array(limit), i64_array(strides)),
             None,
             out,
         ),
-        DynamicSlice { sizes } => {
-            e.op("stablehlo.dynamic_slice", &ops, &format!("slice_sizes = {}", i64_array(sizes)), None, out)
-        }
+        DynamicSlice { sizes } => e.op("stablehlo.dynamic_slice", &ops, &format!("slice_sizes = {}", i64_array(sizes)), None, out),
         DynamicUpdateSlice => e.op("stablehlo.dynamic_update_slice", &ops, "", None, out),
         Concatenate { dim } => e.op("stablehlo.concatenate", &ops, &format!("dimension = {dim} : i64"), None, out),
         Pad { low, high, interior } => e.op(
@@ -212,9 +203,7 @@ pub(crate) fn vjp(p: &Prim, x: &[Tensor], _y: &Tensor, ct: &Tensor) -> Result<Ve
         Slice { start, limit: _, strides } => {
             let dims = x[0].dims();
             let n = ct.dims();
-            let high: Vec<i64> = (0..dims.len())
-                .map(|i| dims[i] - (start[i] + (n[i] - 1).max(0) * strides[i] + 1).min(dims[i]))
-                .collect();
+            let high: Vec<i64> = (0..dims.len()).map(|i| dims[i] - (start[i] + (n[i] - 1).max(0) * strides[i] + 1).min(dims[i])).collect();
             let interior: Vec<i64> = strides.iter().map(|s| s - 1).collect();
             Ok(vec![Some(ct.pad(&ct.scalar_like(0.0), start, &high, &interior))])
         }
@@ -275,7 +264,11 @@ impl Tensor {
 
     #[track_caller]
     pub fn reshape(&self, dims: &[i64]) -> Tensor {
-        if self.dims() == dims { self.clone() } else { Tensor::apply(Prim::Reshape { dims: dims.to_vec() }, &[self]) }
+        if self.dims() == dims {
+            self.clone()
+        } else {
+            Tensor::apply(Prim::Reshape { dims: dims.to_vec() }, &[self])
+        }
     }
 
     #[track_caller]
