@@ -130,6 +130,7 @@ pub(crate) fn mesh_devices(client: &Client, sharding: &NamedSharding) -> Result<
 
 /// An argument of `Executable::call`: borrowed (kept by the caller) or moved in (donated:
 /// the program may reuse its memory, and the caller no longer has it).
+#[allow(clippy::large_enum_variant)] // moved once per call; boxing would only add a heap hop
 pub enum Arg<'a> {
     Keep(&'a DeviceArray),
     Donate(DeviceArray),

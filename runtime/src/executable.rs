@@ -61,19 +61,10 @@ impl Executable {
             Ok(Some(types.iter().enumerate().map(|(i, t)| tiling(i, t)).collect::<Result<_, _>>()?))
         };
         let param_tilings = tilings(&program.params, &param_shardings)?;
-        let out_named = match &program.results {
-            None => None,
-            Some(results) => Some(
-                results
-                    .iter()
-                    .enumerate()
-                    .map(|(j, t)| {
-                        let op = output_shardings.as_ref().and_then(|o| o.get(j)).cloned().unwrap_or(OpSharding::Replicated);
-                        NamedSharding::infer(&mesh, &op, &t.dims)
-                    })
-                    .collect(),
-            ),
-        };
+        let out_named = program.results.as_ref().map(|results| {
+            let op = |j: usize| output_shardings.as_ref().and_then(|o| o.get(j)).cloned().unwrap_or(OpSharding::Replicated);
+            results.iter().enumerate().map(|(j, t)| NamedSharding::infer(&mesh, &op(j), &t.dims)).collect()
+        });
         let mut donated = program.donated.clone();
         donated.resize(program.params.as_ref().map_or(0, |p| p.len()), false);
         Ok(Executable {
