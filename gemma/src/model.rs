@@ -221,6 +221,14 @@ pub fn model(cfg: &Config, args: &Tree<Tensor>, opts: ModelOptions) -> Result<Tr
     let p = Params::new(cfg, args.subtree("params"))?;
     let tokens = args.leaf("tokens")?;
     let mask = if opts.mask { Some(args.leaf("mask")?) } else { None };
+    for (name, t) in [("tokens", Some(tokens)), ("mask", mask)] {
+        match t {
+            Some(t) if t.rank() != 2 || t.dims()[1] < 2 || !t.dtype().is_int() || t.dims() != tokens.dims() => {
+                return Err(graph::Error::Invalid(format!("{name} must be integer [batch, seq] with seq >= 2, got {}", t.ty())));
+            }
+            _ => {}
+        }
+    }
     let out = forward(cfg, &p, tokens, &default_positions(tokens), &causal_attention_mask(tokens, mask));
     let wide = if out.logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
     let mut t = Tree::new().with("loss", loss(&out.logits, tokens, mask))?.with("logits", out.logits.convert(wide))?;

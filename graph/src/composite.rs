@@ -47,6 +47,9 @@ impl Tensor {
     /// f32 (f64 for f64 inputs) and returned in x's dtype. `w` has the size of the last axis.
     #[track_caller]
     pub fn rms_norm(&self, w: &Tensor, eps: f64) -> Tensor {
+        if self.rank() == 0 {
+            return self.fail("rms_norm", "needs at least one dimension".into());
+        }
         let last = self.rank() - 1;
         let wd = wide(self.dtype());
         let x = self.convert(wd);
@@ -72,6 +75,10 @@ impl Tensor {
     #[track_caller]
     pub fn rope(&self, positions: &Tensor, theta: f64) -> Tensor {
         let d = self.dims();
+        if d.len() != 4 || d[3] % 2 != 0 || positions.dims() != d[..2] {
+            let why = format!("needs x [B, T, N, H] with H even and positions [B, T], got positions {}", positions.ty());
+            return self.fail("rope", why);
+        }
         let (b, t, n, h) = (d[0], d[1], d[2], d[3]);
         let half = h / 2;
         let inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / h as f64)).collect();
@@ -104,6 +111,9 @@ impl Tensor {
     /// mask [...] (1 = counted), the mean is over the masked positions.
     #[track_caller]
     pub fn cross_entropy(&self, labels: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        if self.rank() == 0 || labels.dims() != self.dims()[..self.rank() - 1] {
+            return self.fail("cross_entropy", format!("needs logits [..., V] and labels [...], got labels {}", labels.ty()));
+        }
         let last = self.rank() - 1;
         let wd = wide(self.dtype());
         let logp = self.convert(wd).log_softmax(last);

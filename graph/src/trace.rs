@@ -115,6 +115,16 @@ impl Tensor {
         self.ty().dims.len()
     }
 
+    /// Records a shape error for the composite op `op` on this value (the first error of a
+    /// trace wins) and returns the value itself as a placeholder, so tracing goes on.
+    #[track_caller]
+    pub(crate) fn fail(&self, op: &'static str, message: String) -> Tensor {
+        let loc = Loc::caller();
+        let e = Error::Shape { op, inputs: vec![self.ty()], loc, message };
+        self.tracer().fail(e);
+        self.clone()
+    }
+
     /// Appends `prim` applied to `inputs`; on a shape error records it and returns a
     /// placeholder of the first input's type so tracing can go on to report it.
     #[track_caller]

@@ -110,3 +110,14 @@ fn shardings_and_donation_that_do_not_fit_are_errors() {
     let err = meshed.shard_output(1, sharding::PartitionSpec::replicated(2)).unwrap_err();
     assert!(err.to_string().contains("no output 1"), "{err}");
 }
+
+#[test]
+fn composites_on_wrong_shapes_are_trace_errors_not_panics() {
+    let err = trace("r", &[("x", f32t(&[2, 3])), ("p", TensorType::new(DType::S32, &[2]))], |a| vec![a[0].rope(&a[1], 1e4)]).unwrap_err();
+    assert!(err.to_string().starts_with("rope at graph/tests/call.rs:"), "{err}");
+    let err = trace("n", &[("x", f32t(&[])), ("w", f32t(&[]))], |a| vec![a[0].rms_norm(&a[1], 1e-6)]).unwrap_err();
+    assert!(err.to_string().contains("rms_norm"), "{err}");
+    let err =
+        trace("c", &[("x", f32t(&[])), ("l", TensorType::new(DType::S32, &[]))], |a| vec![a[0].cross_entropy(&a[1], None)]).unwrap_err();
+    assert!(err.to_string().contains("cross_entropy"), "{err}");
+}
