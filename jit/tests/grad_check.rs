@@ -1,93 +1,14 @@
 //! Every primitive with a VJP rule, checked against central differences in f64 on the CPU
-//! plugin (the lowered programs; `graph`'s own tests check the rules through its evaluator). The table must have an entry for each differentiable primitive: adding a
-//! primitive without adding its check fails `the_table_covers_every_differentiable_primitive`.
+//! plugin (the lowered programs), with the same table as graph's own evaluator check. The
+//! table must have an entry for each differentiable primitive: adding a primitive without
+//! adding its check fails `the_table_covers_every_differentiable_primitive`.
+#[path = "../../graph/tests/support/vjp_cases.rs"]
+mod vjp_cases;
+
 use anyhow::Result;
-use graph::{DType, DotDims, Tensor, TensorType};
+use graph::{Tensor, TensorType};
 use runtime::{Client, HostArray, PluginSpec};
-
-struct Case {
-    prim: &'static str,
-    /// Float (f64) inputs: shape and value range; they are differentiated.
-    inputs: Vec<(Vec<i64>, f64, f64)>,
-    /// Integer (s32) inputs appended after the float ones: shape and values.
-    ints: Vec<(Vec<i64>, Vec<i64>)>,
-    build: fn(&[Tensor]) -> Tensor,
-    eps: f64,
-    tol: f64,
-}
-
-fn case(prim: &'static str, inputs: &[(&[i64], f64, f64)], build: fn(&[Tensor]) -> Tensor) -> Case {
-    Case { prim, inputs: inputs.iter().map(|(s, lo, hi)| (s.to_vec(), *lo, *hi)).collect(), ints: vec![], build, eps: 1e-6, tol: 1e-6 }
-}
-
-fn table() -> Vec<Case> {
-    const A: &[i64] = &[2, 3];
-    let any = (A, -2.0, 2.0);
-    let pos = (A, 0.5, 2.0);
-    let mut t = vec![
-        case("neg", &[any], |x| -&x[0]),
-        case("exp", &[any], |x| x[0].exp()),
-        case("log", &[pos], |x| x[0].log()),
-        case("sqrt", &[pos], |x| x[0].sqrt()),
-        case("rsqrt", &[pos], |x| x[0].rsqrt()),
-        case("tanh", &[any], |x| x[0].tanh()),
-        case("logistic", &[any], |x| x[0].logistic()),
-        case("abs", &[(A, 0.2, 2.0)], |x| (&x[0] - 1.1).abs()),
-        case("sin", &[any], |x| x[0].sin()),
-        case("cos", &[any], |x| x[0].cos()),
-        case("add", &[any, any], |x| &x[0] + &x[1]),
-        case("sub", &[any, any], |x| &x[0] - &x[1]),
-        case("mul", &[any, any], |x| &x[0] * &x[1]),
-        case("div", &[any, pos], |x| &x[0] / &x[1]),
-        case("pow", &[pos, any], |x| x[0].pow(&x[1])),
-        case("max", &[any, any], |x| x[0].max(&x[1])),
-        case("min", &[any, any], |x| x[0].min(&x[1])),
-        case("select", &[any, any], |x| Tensor::select(&x[0].gt(&x[1]), &(&x[0] * 2.0), &x[1].exp())),
-        case("dot_general", &[(&[2, 3, 4], -1.0, 1.0), (&[2, 4, 3], -1.0, 1.0)], |x| {
-            // Batch 0, contract lhs 2 with rhs 1: exercises the transposes in the rule.
-            x[0].dot_general(&x[1], &DotDims { lhs_batch: vec![0], rhs_batch: vec![0], lhs_contract: vec![2], rhs_contract: vec![1] })
-        }),
-        case("broadcast_in_dim", &[(&[3, 1], -1.0, 1.0)], |x| x[0].broadcast_in_dim(&[2, 3, 4], &[1, 2])),
-        case("reshape", &[any], |x| x[0].reshape(&[3, 2]) * x[0].reshape(&[3, 2]).exp()),
-        case("transpose", &[(&[2, 3, 2], -1.0, 1.0)], |x| x[0].transpose(&[2, 0, 1]).exp()),
-        case("slice", &[(&[4, 5], -1.0, 1.0)], |x| x[0].slice(&[1, 0], &[4, 5], &[2, 2]).exp()),
-        case("concatenate", &[any, (&[2, 2], -1.0, 1.0)], |x| x[0].concat(&[&x[1].exp()], 1)),
-        case("pad", &[any, (&[], -1.0, 1.0)], |x| x[0].pad(&x[1], &[1, 0], &[0, 2], &[1, 1]).exp()),
-        case("reduce_sum", &[(&[2, 3, 2], -1.0, 1.0)], |x| x[0].exp().sum(&[0, 2])),
-        case("reduce_max", &[(&[2, 3, 2], -1.0, 1.0)], |x| x[0].max_over(&[1])),
-    ];
-    let mut convert = case("convert", &[any], |x| x[0].convert(DType::F32).exp().convert(DType::F64));
-    // Through f32 the function is only f32-accurate: a larger step and tolerance.
-    convert.eps = 1e-3;
-    convert.tol = 1e-4;
-    t.push(convert);
-    let mut ds = case("dynamic_slice", &[(&[4, 3], -1.0, 1.0)], |x| x[0].dynamic_slice(&[x[1].clone(), x[2].clone()], &[2, 2]).exp());
-    ds.ints = vec![(vec![], vec![1]), (vec![], vec![1])];
-    t.push(ds);
-    let mut dus = case("dynamic_update_slice", &[(&[4, 3], -1.0, 1.0), (&[2, 2], -1.0, 1.0)], |x| {
-        x[0].dynamic_update_slice(&x[1].exp(), &[x[2].clone(), x[3].clone()]).exp()
-    });
-    dus.ints = vec![(vec![], vec![2]), (vec![], vec![0])];
-    t.push(dus);
-    let mut gather = case("gather", &[(&[5, 3], -1.0, 1.0)], |x| x[0].gather(&x[1]).exp());
-    gather.ints = vec![(vec![2, 2], vec![4, 0, 4, 2])]; // a repeated id accumulates
-    t.push(gather);
-    let mut scatter = case("scatter_add", &[(&[4, 3], -1.0, 1.0), (&[3, 3], -1.0, 1.0)], |x| x[0].scatter_add(&x[2], &x[1].exp()).exp());
-    scatter.ints = vec![(vec![3], vec![1, 3, 1])];
-    t.push(scatter);
-    t
-}
-
-/// Deterministic pseudo-random numbers in [lo, hi).
-fn values(n: usize, lo: f64, hi: f64, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            lo + (hi - lo) * ((s >> 11) as f64 / (1u64 << 53) as f64)
-        })
-        .collect()
-}
+use vjp_cases::{table, values, Case};
 
 fn check(client: &Client, c: &Case, seed: u64) -> Result<()> {
     let nf = c.inputs.len();
