@@ -1,0 +1,175 @@
+//! The train step as one traced function: loss and gradients (the model's value_and_grad,
+//! inlined with `Function::call`), the global gradient norm, clipping, the learning-rate
+//! schedule and AdamW, over the state tree {params, opt.m, opt.v, step}. The semantics are
+//! fixed so another framework can reproduce a run step for step:
+//!
+//! - grad_norm: global L2 norm of the unclipped gradient; clip C > 0 scales g by min(1, C / norm).
+//! - lr(s), s = updates applied so far: s < W: lr (s+1)/W; then cosine
+//!   min_lr + (lr - min_lr)/2 (1 + cos(pi (s-W) / max(1, S-W))); or constant lr.
+//! - AdamW as optax.adamw / torch.optim.AdamW: m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2,
+//!   m^ = m/(1-b1^(s+1)), v^ = v/(1-b2^(s+1)), p -= lr (m^/(sqrt(v^) + eps) + wd p), the decay
+//!   only on tensors of rank >= 2.
+//! - Master weights and optimizer states are f32; `compute` may be bf16 (the forward and
+//!   backward then run in bf16, the gradients arrive in f32 through the converts).
+use crate::config::Config;
+use crate::model::{model, model_args, param_types, ModelOptions};
+use graph::{DType, Tensor, TensorType, Tree};
+
+/// The learning-rate schedule after warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    Cosine,
+    Constant,
+}
+
+/// Optimizer and schedule settings (the `train` flags of the same names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hyper {
+    pub lr: f64,
+    pub warmup: u64,
+    /// Total steps S of the run (the cosine's length).
+    pub steps: u64,
+    pub schedule: Schedule,
+    pub min_lr: f64,
+    pub weight_decay: f64,
+    /// Global-norm clipping threshold; 0 turns clipping off.
+    pub clip: f64,
+    pub b1: f64,
+    pub b2: f64,
+    pub eps: f64,
+    /// The dtype of the forward and backward passes (f32 or bf16).
+    pub compute: DType,
+}
+
+impl Default for Hyper {
+    fn default() -> Self {
+        Hyper {
+            lr: 3e-3,
+            warmup: 20,
+            steps: 300,
+            schedule: Schedule::Cosine,
+            min_lr: 0.0,
+            weight_decay: 0.1,
+            clip: 1.0,
+            b1: 0.9,
+            b2: 0.95,
+            eps: 1e-8,
+            compute: DType::F32,
+        }
+    }
+}
+
+impl Hyper {
+    /// The learning rate of update `s` (0-based), in f64: the formula the program computes.
+    pub fn lr_at(&self, s: u64) -> f64 {
+        let (s, w) = (s as f64, self.warmup as f64);
+        if self.warmup > 0 && s < w {
+            return self.lr * (s + 1.0) / w;
+        }
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine => {
+                let span = (self.steps as f64 - w).max(1.0);
+                self.min_lr + (self.lr - self.min_lr) / 2.0 * (1.0 + (std::f64::consts::PI * (s - w) / span).cos())
+            }
+        }
+    }
+}
+
+/// The argument types of `train_step`: `state.params.<name>`, `state.opt.m.<name>`,
+/// `state.opt.v.<name>` (f32, checkpoint names), `state.step` (s32 scalar: updates applied)
+/// and `batch.tokens` (s32 [batch, seq]).
+pub fn train_args(cfg: &Config, batch: i64, seq: i64) -> Tree<TensorType> {
+    let mut t = Tree::new();
+    for (name, ty) in param_types(cfg, DType::F32) {
+        for part in ["params", "opt.m", "opt.v"] {
+            t.insert(format!("state.{part}.{name}"), ty.clone()).expect("internal: checkpoint names are distinct paths");
+        }
+    }
+    t.insert("state.step", TensorType::scalar(DType::S32)).expect("internal: fixed name");
+    t.insert("batch.tokens", TensorType::new(DType::S32, &[batch, seq])).expect("internal: fixed name");
+    t
+}
+
+/// One training step. Returns the new state under the same paths (`state.*`) and the
+/// metrics `metrics.loss` (before the update), `metrics.grad_norm` (unclipped) and
+/// `metrics.lr` (used by the update), all f32 scalars.
+pub fn train_step(cfg: &Config, hp: &Hyper, args: &Tree<Tensor>) -> Result<Tree<Tensor>, graph::Error> {
+    let params = args.subtree("state.params");
+    let tokens = args.leaf("batch.tokens")?.clone();
+    let dims = tokens.dims();
+    if dims.len() != 2 {
+        return Err(graph::Error::Invalid(format!("batch.tokens must be [batch, seq], got {}", tokens.ty())));
+    }
+    // The loss as a function of f32 master weights; the model runs in `compute`.
+    let compute = hp.compute;
+    let loss_args = model_args(cfg, DType::F32, dims[0], dims[1], ModelOptions::default());
+    let mut failed = None;
+    let loss_fn = graph::trace_tree("loss", &loss_args, |a| {
+        let cast = a.map(|path, t| if path.starts_with("params.") { t.convert(compute) } else { t.clone() });
+        model(cfg, &cast, ModelOptions::default()).unwrap_or_else(|e| {
+            failed = Some(e);
+            Tree::new()
+        })
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let loss_fn = loss_fn?;
+    let grad_fn = graph::value_and_grad_tree(&loss_fn, "loss", "params")?;
+    let call_args = params.clone().prefixed("params")?.with("tokens", tokens)?;
+    let out = grad_fn.call_tree(&call_args);
+    let loss = out.leaf("loss")?.clone();
+    let grads = out.subtree("grad.params");
+
+    let sumsq = grads.values().map(|g| (g * g).sum_all()).reduce(|a, b| a + b).ok_or_else(|| graph::Error::Invalid("the model has no parameters".into()))?;
+    let grad_norm = sumsq.sqrt();
+    let one = grad_norm.scalar_like(1.0);
+    // min(1, C / norm): a zero norm gives C / 0 = inf, so the scale is 1.
+    let scale = if hp.clip > 0.0 { (grad_norm.scalar_like(hp.clip) / &grad_norm).min(&one) } else { one };
+
+    let step = args.leaf("state.step")?.clone();
+    let s = step.convert(DType::F32);
+    let lr = lr_of(hp, &s);
+    let t = &s + 1.0;
+    let b1c = s.scalar_like(hp.b1).pow(&t).rsub(1.0); // 1 - b1^t
+    let b2c = s.scalar_like(hp.b2).pow(&t).rsub(1.0);
+
+    let mut next = Tree::new();
+    for (name, p) in params.iter() {
+        let g = grads.leaf(name)? * &scale;
+        let m = args.leaf(&format!("state.opt.m.{name}"))? * hp.b1 + &g * (1.0 - hp.b1);
+        let v = args.leaf(&format!("state.opt.v.{name}"))? * hp.b2 + &g * &g * (1.0 - hp.b2);
+        let mut update = (&m / &b1c) / ((&v / &b2c).sqrt() + hp.eps);
+        if p.rank() >= 2 && hp.weight_decay != 0.0 {
+            update = update + p * hp.weight_decay;
+        }
+        next.insert(format!("state.params.{name}"), p - &(update * &lr))?;
+        next.insert(format!("state.opt.m.{name}"), m)?;
+        next.insert(format!("state.opt.v.{name}"), v)?;
+    }
+    next.insert("state.step", &step + 1.0)?;
+    next.insert("metrics.loss", loss.convert(DType::F32))?;
+    next.insert("metrics.grad_norm", grad_norm)?;
+    next.insert("metrics.lr", lr)?;
+    Ok(next)
+}
+
+/// lr(s) in the program (f32), `s` the f32 count of updates applied.
+fn lr_of(hp: &Hyper, s: &Tensor) -> Tensor {
+    let w = hp.warmup as f64;
+    let peak = s.scalar_like(hp.lr);
+    let after = match hp.schedule {
+        Schedule::Constant => peak.clone(),
+        Schedule::Cosine => {
+            let span = (hp.steps as f64 - w).max(1.0);
+            let angle = (s - w) * (std::f64::consts::PI / span);
+            (angle.cos() + 1.0) * ((hp.lr - hp.min_lr) / 2.0) + hp.min_lr
+        }
+    };
+    if hp.warmup == 0 {
+        return after;
+    }
+    let ramp = (s + 1.0) * (hp.lr / w);
+    Tensor::select(&s.lt(&s.scalar_like(w)), &ramp, &after)
+}
