@@ -4,6 +4,7 @@
 
 mod forward;
 mod run;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ enum Command {
     Run(run::RunArgs),
     /// Logits, loss and (--grads) gradients of an HF Gemma checkpoint on a token file.
     Forward(forward::ForwardArgs),
+    /// Train Gemma with AdamW (one compiled, sharded step); with no flags, the tiny model on the built-in corpus.
+    Train(Box<train::TrainArgs>),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Devices { plugin } => devices(&plugin),
         Command::Run(args) => run::run(&args),
         Command::Forward(args) => forward::forward(&args),
+        Command::Train(args) => train::train(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -111,6 +111,33 @@ impl Config {
         Ok(())
     }
 
+    /// An HF `config.json` for this config (transformers' GemmaForCausalLM loads it; tied
+    /// embeddings, tanh GELU, float32 weights).
+    pub fn to_hf_json(&self) -> String {
+        let v = serde_json::json!({
+            "architectures": ["GemmaForCausalLM"],
+            "model_type": "gemma",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "hidden_act": "gelu_pytorch_tanh",
+            "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 8192,
+            "tie_word_embeddings": true,
+            "torch_dtype": "float32",
+            "bos_token_id": 2,
+            "eos_token_id": 1,
+            "pad_token_id": 0,
+        });
+        serde_json::to_string_pretty(&v).expect("internal: a json! value serializes") + "\n"
+    }
+
     /// `tiny` (for tests and the CPU demo), `2b` and `7b` (Gemma 1 model card).
     pub fn preset(name: &str) -> Result<Config, Error> {
         let c = |v, d, f, l, n, k, h| Config {
@@ -147,6 +174,14 @@ mod tests {
         "intermediate_size": 48, "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 1,
         "head_dim": 8, "rms_norm_eps": 1e-06, "rope_parameters": {"rope_theta": 500.0, "rope_type": "default"},
         "vocab_size": 64, "dtype": "float32"}"#;
+
+    #[test]
+    fn hf_json_round_trips() {
+        for name in ["tiny", "2b", "7b"] {
+            let c = Config::preset(name).unwrap();
+            assert_eq!(Config::from_json(&c.to_hf_json()).unwrap(), c);
+        }
+    }
 
     #[test]
     fn old_and_new_config_spellings() {

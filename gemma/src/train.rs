@@ -173,3 +173,45 @@ fn lr_of(hp: &Hyper, s: &Tensor) -> Tensor {
     let ramp = (s + 1.0) * (hp.lr / w);
     Tensor::select(&s.lt(&s.scalar_like(w)), &ramp, &after)
 }
+
+/// A freshly initialised model, as transformers initialises GemmaForCausalLM: every matrix
+/// (and the embedding) normal with std 0.02, the RMSNorm weights zero (scale 1 + w = 1).
+/// The values depend on `seed` and the tensor name only (never on the mesh or device count).
+pub fn init_params(cfg: &Config, seed: u64) -> Vec<(String, Vec<i64>, Vec<f32>)> {
+    crate::model::param_shapes(cfg)
+        .into_iter()
+        .map(|(name, dims)| {
+            let n = dims.iter().product::<i64>() as usize;
+            let values = if dims.len() == 1 { vec![0.0; n] } else { normals(seed ^ fnv1a(&name), n, 0.02) };
+            (name, dims, values)
+        })
+        .collect()
+}
+
+/// FNV-1a of a name: a stable per-tensor stream id.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// `n` normal samples with standard deviation `std` (SplitMix64 and Box-Muller).
+fn normals(seed: u64, n: usize, std: f64) -> Vec<f32> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let (u1, u2) = (1.0 - next(), next()); // u1 in (0, 1]
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let a = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * a.cos()) as f32);
+        if out.len() < n {
+            out.push((r * a.sin()) as f32);
+        }
+    }
+    out
+}

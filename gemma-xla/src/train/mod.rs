@@ -1,0 +1,360 @@
+//! `gemma-xla train`: one compiled AdamW step (forward, backward, clipping, schedule, update),
+//! sharded over a device mesh, its state donated and kept on the devices; metrics fetched only
+//! when logged; checkpoints written atomically and resumed exactly.
+mod checkpoints;
+mod report;
+mod sample;
+
+use crate::PluginArgs;
+use anyhow::{bail, Context, Result};
+use checkpoints::{HostState, Meta};
+use gemma::{Config, Hyper, Schedule};
+use gemma_xla::data::{Dataset, Tokenizer};
+use graph::{DType, Tree};
+use jit::Jit;
+use runtime::{Arg, Client, DeviceArray, HostArray, Mesh, NamedSharding, PartitionSpec};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Model config: tiny, 2b, 7b or a config.json [default: tiny, or --init's]
+    #[arg(long)]
+    config: Option<String>,
+    /// Start from this HF checkpoint directory (its config.json is the config)
+    #[arg(long, value_name = "DIR")]
+    init: Option<PathBuf>,
+    /// Training data: a text file, a directory of .txt/.jsonl files, or a token .npy [N, T] [default: the built-in corpus]
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// HF tokenizer.json [default: bytes]
+    #[arg(long, value_name = "tokenizer.json")]
+    tokenizer: Option<PathBuf>,
+    /// Device mesh, e.g. data=2,model=2 [default: data=2,model=2 on 4 devices, or data=N with --devices N]
+    #[arg(long)]
+    mesh: Option<String>,
+    /// Also split every weight and optimizer state over `data` (ZeRO-3 style)
+    #[arg(long)]
+    fsdp: bool,
+    #[command(flatten)]
+    plugin: PluginArgs,
+    /// Sequences per step (divisible by the mesh's data axis)
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Tokens per sequence (a token .npy sets it)
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Updates to apply in all (the cosine schedule's length)
+    #[arg(long, default_value_t = 300)]
+    steps: u64,
+    /// Peak learning rate
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Warmup steps: lr (s+1)/W for s < W
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
+    #[arg(long, default_value = "cosine", value_parser = ["cosine", "constant"])]
+    schedule: String,
+    /// The cosine's final learning rate
+    #[arg(long, default_value_t = 3e-4)]
+    min_lr: f64,
+    /// Decoupled weight decay on tensors of rank >= 2
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f64,
+    /// Global gradient-norm clipping threshold (0 = off)
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    #[arg(long, default_value_t = 0.9)]
+    b1: f64,
+    #[arg(long, default_value_t = 0.95)]
+    b2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    eps: f64,
+    /// Compute dtype: f32, or bf16 (f32 master weights and optimizer states)
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
+    /// Fetch and log the metrics every N steps
+    #[arg(long, default_value_t = 10)]
+    log_every: u64,
+    /// Save a checkpoint every N steps (0: only at the end)
+    #[arg(long, default_value_t = 100)]
+    save_every: u64,
+    /// Checkpoints to keep
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+    /// Output directory: metrics.jsonl, loss.png, checkpoints/, the final config.json + model.safetensors
+    #[arg(long, default_value = "out/train")]
+    out: PathBuf,
+    /// Continue from the newest complete checkpoint in --out
+    #[arg(long)]
+    resume: bool,
+    /// Seed of the initialisation, of --shuffle and of the sample
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Visit the rows in a seeded random order per epoch
+    #[arg(long)]
+    shuffle: bool,
+    /// Bytes (tokens) of the sample generated at the end (0: none)
+    #[arg(long, default_value_t = 160)]
+    sample: usize,
+}
+
+/// The config, and the checkpoint to start from.
+fn resolve_config(a: &TrainArgs) -> Result<Config> {
+    let config = a.config.as_deref().unwrap_or("tiny");
+    let named = |c: &str| -> Result<Config> {
+        if c.ends_with(".json") {
+            Ok(Config::from_json_file(Path::new(c))?)
+        } else {
+            Ok(Config::preset(c)?)
+        }
+    };
+    match &a.init {
+        None => named(config),
+        Some(dir) => {
+            let path = dir.join("config.json");
+            if !path.is_file() {
+                bail!("--init {}: no config.json in the directory", dir.display());
+            }
+            let cfg = Config::from_json_file(&path)?;
+            if a.config.is_some() && named(config)? != cfg {
+                bail!("--init {} has another config than --config {config} (see {})", dir.display(), path.display());
+            }
+            Ok(cfg)
+        }
+    }
+}
+
+fn resolve_mesh(a: &TrainArgs) -> Result<Mesh> {
+    let mesh = match (&a.mesh, a.plugin.devices) {
+        (Some(m), _) => Mesh::parse(m)?,
+        (None, Some(n)) => Mesh::parse(&format!("data={n}"))?,
+        (None, None) => Mesh::parse("data=2,model=2")?,
+    };
+    if let Some(n) = a.plugin.devices {
+        if mesh.num_devices() as usize != n {
+            bail!("the mesh {mesh} has {} devices but --devices is {n}", mesh.num_devices());
+        }
+    }
+    Ok(mesh)
+}
+
+pub fn hyper(a: &TrainArgs) -> Hyper {
+    Hyper {
+        lr: a.lr,
+        warmup: a.warmup,
+        steps: a.steps,
+        schedule: if a.schedule == "constant" { Schedule::Constant } else { Schedule::Cosine },
+        min_lr: a.min_lr,
+        weight_decay: a.weight_decay,
+        clip: a.clip,
+        b1: a.b1,
+        b2: a.b2,
+        eps: a.eps,
+        compute: if a.dtype == "bf16" { DType::Bf16 } else { DType::F32 },
+    }
+}
+
+/// Everything fixed for a run.
+pub(crate) struct Setup {
+    cfg: Config,
+    mesh: Mesh,
+    fsdp: bool,
+    batch: usize,
+    seq: usize,
+}
+
+impl Setup {
+    /// The spec of a state or batch path (`state.params.<name>`, `state.opt.m.<name>`, ...).
+    fn spec(&self, path: &str) -> Option<PartitionSpec> {
+        if path == "batch.tokens" {
+            return Some(gemma::rules::batch_spec(&self.mesh));
+        }
+        let name = ["state.params.", "state.opt.m.", "state.opt.v."].iter().find_map(|p| path.strip_prefix(p))?;
+        gemma::rules::param_spec(&self.cfg, name, &self.mesh, self.fsdp).ok()
+    }
+
+    fn sharding(&self, path: &str, rank: usize) -> NamedSharding {
+        let spec = self.spec(path).unwrap_or_else(|| PartitionSpec::replicated(rank));
+        NamedSharding { mesh: self.mesh.clone(), spec }
+    }
+}
+
+pub fn train(a: &TrainArgs) -> Result<()> {
+    let cfg = resolve_config(a)?;
+    let hp = hyper(a);
+    let tokenizer = Tokenizer::load(a.tokenizer.as_deref())?;
+    if tokenizer.vocab_size() as i64 > cfg.vocab_size {
+        bail!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), cfg.vocab_size);
+    }
+    let data = Dataset::load(a.data.as_deref(), &tokenizer, a.seq, cfg.vocab_size)?;
+    let mesh = resolve_mesh(a)?;
+    gemma::rules::check_batch(a.batch, &mesh)?;
+    gemma::rules::param_specs(&cfg, &mesh, a.fsdp)?; // every split must divide its dimension
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    if let Some(init) = &a.init {
+        if same_path(init, &a.out) {
+            bail!("--out {} is the --init directory; the run would overwrite its input", a.out.display());
+        }
+    }
+    let setup = Setup { cfg, mesh, fsdp: a.fsdp, batch: a.batch, seq: data.seq() };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
+    let client = a.plugin.open(Some(setup.mesh.num_devices() as usize))?;
+    let (host, resumed_from) = initial_state(a, &setup)?;
+    let start = host.step;
+    if start >= a.steps {
+        bail!("the checkpoint is at step {start}, which is not before --steps {}", a.steps);
+    }
+    let mut state = place_state(&client, &setup, &host)?;
+    drop(host);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // A second Ctrl-C while saving interrupts for real (the handler is set once per process).
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+
+    let jit = Jit::new("train_step", &client, |args: &Tree<graph::Tensor>| gemma::train_step(&setup.cfg, &hp, args))
+        .with_mesh(setup.mesh.clone())
+        .donate("state")
+        .with_rule(|path, _| setup.spec(path));
+    let mut log = report::Log::open(&a.out, start, a.steps, resumed_from.as_deref(), &setup, &data)?;
+    let meta = |step: u64| Meta {
+        seed: a.seed,
+        batch: a.batch,
+        seq: setup.seq,
+        shuffle: a.shuffle,
+        rows_consumed: step * a.batch as u64,
+        mesh: setup.mesh.to_string(),
+        dtype: a.dtype.clone(),
+    };
+    let shuffle = a.shuffle.then_some(a.seed);
+    let mut step = start;
+    while step < a.steps {
+        let tokens = data.batch(step, a.batch, shuffle);
+        let tokens = DeviceArray::place(&client, &tokens, &setup.sharding("batch.tokens", 2))?;
+        let mut args: Tree<Arg> = Tree::new();
+        for (path, array) in state.into_leaves() {
+            args.insert(path, Arg::Donate(array))?;
+        }
+        args.insert("batch.tokens", Arg::Donate(tokens))?;
+        let mut out = jit.call(args)?;
+        step += 1;
+        let metrics = out.take_subtree("metrics");
+        state = out;
+        let last = step == a.steps || stop.load(Ordering::SeqCst);
+        if step % a.log_every.max(1) == 0 || last {
+            log.record(step, &metrics, a.batch * setup.seq)?;
+        } else {
+            log.tick(step);
+        }
+        drop(metrics);
+        if (a.save_every > 0 && step % a.save_every == 0) || last {
+            let host = fetch_state(&state, &setup, step)?;
+            checkpoints::save(&a.out, &setup.cfg, &host, &meta(step), a.keep)?;
+            if step == a.steps {
+                let tensors = f32_save(&host.params);
+                gemma::save_model(&a.out, &setup.cfg.to_hf_json(), &tensors)?;
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            log.finish(true)?;
+            eprintln!("interrupted: saved {} at step {step}; continue with --resume", a.out.join("checkpoints").display());
+            std::process::exit(130);
+        }
+    }
+    log.finish(false)?;
+    if a.sample > 0 {
+        let text = sample::generate(&client, &setup, &state, &tokenizer, &data, a.sample, a.seed)?;
+        println!("sample: {text}");
+    }
+    Ok(())
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn f32_save(list: &[(String, HostArray)]) -> Vec<gemma::SaveTensor<'_>> {
+    list.iter()
+        .map(|(n, a)| gemma::SaveTensor { name: n.clone(), dtype: DType::F32, shape: a.dims().to_vec(), bytes: a.bytes() })
+        .collect()
+}
+
+/// The state to start from: a checkpoint to resume, an HF checkpoint (--init), or a seeded
+/// random initialisation; and the checkpoint resumed from, if any.
+fn initial_state(a: &TrainArgs, setup: &Setup) -> Result<(HostState, Option<PathBuf>)> {
+    let cfg = &setup.cfg;
+    let zeros = |params: &[(String, HostArray)]| -> Vec<(String, HostArray)> {
+        params.iter().map(|(n, p)| (n.clone(), HostArray::from_vec(p.dims(), vec![0f32; p.len()]).expect("internal: same shape"))).collect()
+    };
+    if a.resume {
+        let Some((path, state, meta)) = checkpoints::load_latest(&a.out, cfg)? else {
+            bail!("--resume: there is no checkpoint in {}", a.out.join("checkpoints").display());
+        };
+        if meta.batch != a.batch || meta.seq != setup.seq {
+            bail!(
+                "--resume: {} was trained with --batch {} --seq {}, this run has --batch {} --seq {}",
+                path.display(),
+                meta.batch,
+                meta.seq,
+                a.batch,
+                setup.seq
+            );
+        }
+        return Ok((state, Some(path)));
+    }
+    let params: Vec<(String, HostArray)> = match &a.init {
+        Some(dir) => {
+            let ck = gemma::Checkpoint::open_with(dir, &crate::forward::map_file)?;
+            ck.validate(cfg)?;
+            gemma::param_shapes(cfg)
+                .iter()
+                .map(|(n, _)| {
+                    let t = ck.get(n).expect("internal: validated");
+                    let v = runtime::HostView { dtype: t.dtype, dims: t.shape, bytes: t.bytes };
+                    Ok((n.clone(), if t.dtype == DType::F32 { HostArray::from_bytes(DType::F32, t.shape, t.bytes.to_vec())? } else { v.convert_float(DType::F32)? }))
+                })
+                .collect::<Result<_>>()?
+        }
+        None => gemma::init_params(cfg, a.seed)
+            .into_iter()
+            .map(|(n, dims, v)| Ok((n, HostArray::from_vec(&dims, v)?)))
+            .collect::<Result<_>>()?,
+    };
+    let (m, v) = (zeros(&params), zeros(&params));
+    Ok((HostState { params, m, v, step: 0 }, None))
+}
+
+/// Places the host state on the devices as the rules split it.
+fn place_state(client: &Client, setup: &Setup, host: &HostState) -> Result<Tree<DeviceArray>> {
+    let mut tree = Tree::new();
+    for (part, list) in [("params", &host.params), ("opt.m", &host.m), ("opt.v", &host.v)] {
+        for (name, array) in list.iter() {
+            let path = format!("state.{part}.{name}");
+            let sharding = setup.sharding(&path, array.dims().len());
+            tree.insert(path, DeviceArray::place(client, array, &sharding)?)?;
+        }
+    }
+    let step = HostArray::from_vec(&[], vec![host.step as i32])?;
+    tree.insert("state.step", DeviceArray::place(client, &step, &setup.sharding("state.step", 0))?)?;
+    Ok(tree)
+}
+
+/// Copies the state to the host, one tensor at a time.
+fn fetch_state(state: &Tree<DeviceArray>, setup: &Setup, step: u64) -> Result<HostState> {
+    let names: Vec<String> = gemma::param_shapes(&setup.cfg).into_iter().map(|(n, _)| n).collect();
+    let part = |p: &str| -> Result<Vec<(String, HostArray)>> {
+        names.iter().map(|n| Ok((n.clone(), state.leaf(&format!("state.{p}.{n}"))?.fetch()?))).collect()
+    };
+    Ok(HostState { params: part("params")?, m: part("opt.m")?, v: part("opt.v")?, step })
+}
