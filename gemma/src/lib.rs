@@ -5,6 +5,7 @@
 mod checkpoint;
 mod config;
 mod model;
+pub mod rules;
 mod train;
 
 pub use checkpoint::{save_model, save_safetensors, write_atomic, Checkpoint, FileBytes, OpenFile, SaveTensor, TensorRef};
@@ -25,6 +26,47 @@ pub enum Error {
     Checkpoint { path: String, message: String },
     #[error("{dir}: {problem} tensors: {}", names.join(", "))]
     Tensors { dir: String, problem: String, names: Vec<String> },
+    #[error("{name} is not a tensor of this Gemma config")]
+    UnknownTensor { name: String },
+    #[error("mesh axis {axis:?} has no sharding rule (known axes: {known})")]
+    UnknownMeshAxis { axis: String, known: String },
+    /// Dimension `dim` of `tensor` (`size` elements: `units` of `logical`) is split over
+    /// mesh axes `axis` (sizes multiplied: `axis_size`), which do not divide `units`.
+    #[error(
+        "{tensor}: dimension {dim} ({}) is split over mesh axis {axis}={axis_size}, which does not divide {units}{}; {suggestion}",
+        describe_dim(*.size, *.units, logical), also_text(also)
+    )]
+    Sharding {
+        tensor: String,
+        dim: usize,
+        size: i64,
+        logical: &'static str,
+        units: i64,
+        axis: String,
+        axis_size: i64,
+        /// Other logical axes this mesh cannot split, one tensor each.
+        also: Vec<String>,
+        suggestion: String,
+    },
+    #[error("batch {batch} cannot be split over {axis}={axis_size}; {suggestion}")]
+    Batch { batch: i64, axis: String, axis_size: i64, suggestion: String },
+}
+
+/// "size 4096: 16 heads" or "size 3072, embed".
+fn describe_dim(size: i64, units: i64, logical: &str) -> String {
+    if size == units {
+        format!("size {size}, {logical}")
+    } else {
+        format!("size {size}: {units} {logical}")
+    }
+}
+
+fn also_text(also: &[String]) -> String {
+    if also.is_empty() {
+        String::new()
+    } else {
+        format!("; also not divisible: {}", also.join("; "))
+    }
 }
 
 impl Error {

@@ -11,7 +11,10 @@ impl Mesh {
     pub fn new(axes: &[(&str, i64)]) -> Result<Mesh> {
         let mut seen = std::collections::HashSet::new();
         for (name, size) in axes {
-            if *size < 1 || name.is_empty() || !seen.insert(*name) {
+            if !seen.insert(*name) {
+                return Err(Error::Mesh(format!("axis {name:?} is listed twice")));
+            }
+            if *size < 1 || name.is_empty() {
                 return Err(Error::Mesh(format!("bad axis {name:?}={size} (names unique, sizes >= 1)")));
             }
         }

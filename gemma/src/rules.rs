@@ -1,0 +1,369 @@
+//! Gemma's sharding rules: every tensor dimension has a logical axis (named like MaxText's),
+//! and one table says which mesh axes each logical axis is split over, with and without FSDP.
+//!
+//! Batch goes over `data`; heads, MLP hidden and vocab over `model` (tensor parallel); with
+//! FSDP the `embed` dimension of every weight (and so of its gradient and optimizer state) is
+//! also split over `data` (ZeRO-3 style; XLA gathers a layer's weights when it needs them).
+//! A single kv head (2B) is never split: its projections stay replicated over `model`.
+//! The rules depend on the config and the mesh only; random initialisation must not depend on
+//! them (it depends on the seed alone).
+use crate::{param_shapes, Config, Error};
+use sharding::{Mesh, PartitionSpec};
+
+/// What a tensor dimension means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Logical {
+    /// Sequences of a batch.
+    Batch,
+    /// Positions within a sequence.
+    Seq,
+    /// Token ids of the vocabulary (rows of the tied embedding).
+    Vocab,
+    /// The model width D (the residual stream).
+    Embed,
+    /// Query heads times head_dim (N x H), split by whole heads.
+    Heads,
+    /// Key/value heads times head_dim (K x H) when K > 1, split by whole heads.
+    KvHeads,
+    /// The head_dim of a single key/value head (K = 1): never split.
+    KvHeadDim,
+    /// The MLP hidden width F.
+    Mlp,
+}
+
+use Logical::*;
+
+/// The mesh axes these rules know.
+pub const MESH_AXES: [&str; 2] = ["data", "model"];
+
+/// The rules. A mesh axis the mesh lacks is skipped (a mesh `model=8` splits nothing over `data`).
+const RULES: &[(Logical, &[&str], &[&str])] = &[
+    // logical    split over      also with --fsdp
+    (Batch, &["data"], &[]),
+    (Seq, &[], &[]),
+    (Vocab, &["model"], &[]),
+    (Embed, &[], &["data"]),
+    (Heads, &["model"], &[]),
+    (KvHeads, &["model"], &[]),
+    (KvHeadDim, &[], &[]),
+    (Mlp, &["model"], &[]),
+];
+
+/// The logical axes of the checkpoint tensors outside the layers (HF names).
+const GLOBAL_TENSORS: &[(&str, &[Logical])] = &[("model.embed_tokens.weight", &[Vocab, Embed]), ("model.norm.weight", &[Embed])];
+
+/// The logical axes of each layer's tensors (names after `model.layers.{i}.`; torch layout [out, in]).
+const LAYER_TENSORS: &[(&str, &[Logical])] = &[
+    ("input_layernorm.weight", &[Embed]),
+    ("self_attn.q_proj.weight", &[Heads, Embed]),
+    ("self_attn.k_proj.weight", &[KvHeads, Embed]),
+    ("self_attn.v_proj.weight", &[KvHeads, Embed]),
+    ("self_attn.o_proj.weight", &[Embed, Heads]),
+    ("post_attention_layernorm.weight", &[Embed]),
+    ("mlp.gate_proj.weight", &[Mlp, Embed]),
+    ("mlp.up_proj.weight", &[Mlp, Embed]),
+    ("mlp.down_proj.weight", &[Embed, Mlp]),
+];
+
+impl Logical {
+    pub fn name(self) -> &'static str {
+        match self {
+            Batch => "batch",
+            Seq => "seq",
+            Vocab => "vocab",
+            Embed => "embed",
+            Heads => "heads",
+            KvHeads => "kv_heads",
+            KvHeadDim => "kv_head_dim",
+            Mlp => "mlp",
+        }
+    }
+
+    /// The mesh axes this logical axis is split over (before dropping those a mesh lacks).
+    pub fn mesh_axes(self, fsdp: bool) -> Vec<&'static str> {
+        let (_, always, with_fsdp) = RULES.iter().find(|r| r.0 == self).copied().unwrap_or((self, &[], &[]));
+        let mut axes = always.to_vec();
+        if fsdp {
+            axes.extend(with_fsdp.iter().copied());
+        }
+        axes
+    }
+
+    /// How many units a dimension of `size` holds for divisibility: whole heads for the
+    /// head axes, single elements otherwise.
+    fn units(self, cfg: &Config, size: i64) -> i64 {
+        match self {
+            Heads => cfg.num_attention_heads,
+            KvHeads => cfg.num_key_value_heads,
+            _ => size,
+        }
+    }
+}
+
+/// The logical axis of each dimension of checkpoint tensor `name` (HF names, as
+/// `param_shapes` lists them). Key/value projections of a single kv head get `KvHeadDim`.
+pub fn logical_axes(cfg: &Config, name: &str) -> Result<Vec<Logical>, Error> {
+    let unknown = || Error::UnknownTensor { name: name.to_string() };
+    let axes = match layer_suffix(cfg, name) {
+        Some(rest) => LAYER_TENSORS.iter().find(|t| t.0 == rest),
+        None => GLOBAL_TENSORS.iter().find(|t| t.0 == name),
+    }
+    .ok_or_else(unknown)?
+    .1;
+    Ok(axes.iter().map(|&l| if l == KvHeads { kv_axis(cfg) } else { l }).collect())
+}
+
+/// The logical axis of the key/value projections' output dimension: `KvHeads`, or
+/// `KvHeadDim` for a single kv head (multi-query attention, as in 2B).
+pub fn kv_axis(cfg: &Config) -> Logical {
+    if cfg.num_key_value_heads > 1 {
+        KvHeads
+    } else {
+        KvHeadDim
+    }
+}
+
+/// `self_attn.q_proj.weight` for `model.layers.3.self_attn.q_proj.weight` (layer in range).
+fn layer_suffix<'a>(cfg: &Config, name: &'a str) -> Option<&'a str> {
+    let (layer, rest) = name.strip_prefix("model.layers.")?.split_once('.')?;
+    let i: usize = layer.parse().ok()?;
+    (i < cfg.num_hidden_layers && layer == i.to_string()).then_some(rest)
+}
+
+/// Refuses mesh axes that no rule knows, naming the known ones.
+pub fn check_mesh(mesh: &Mesh) -> Result<(), Error> {
+    match mesh.axes().iter().find(|(a, _)| !MESH_AXES.contains(&a.as_str())) {
+        Some((axis, _)) => Err(Error::UnknownMeshAxis { axis: axis.clone(), known: MESH_AXES.join(", ") }),
+        None => Ok(()),
+    }
+}
+
+/// The mesh axes of `mesh` that `logical` is split over, and the product of their sizes.
+pub fn split(logical: Logical, mesh: &Mesh, fsdp: bool) -> (Vec<String>, i64) {
+    let axes: Vec<String> = logical.mesh_axes(fsdp).into_iter().filter(|a| mesh.axis_size(a).is_some()).map(String::from).collect();
+    let size = axes.iter().filter_map(|a| mesh.axis_size(a)).product();
+    (axes, size)
+}
+
+/// A dimension that its axes do not divide (before suggestions are worked out).
+struct Failure {
+    tensor: String,
+    dim: usize,
+    size: i64,
+    logical: Logical,
+    units: i64,
+    axis: String,
+    axis_size: i64,
+}
+
+/// The spec of one tensor of shape `dims`, or the first dimension its axes do not divide.
+fn spec_of(cfg: &Config, name: &str, dims: &[i64], mesh: &Mesh, fsdp: bool) -> Result<Result<PartitionSpec, Failure>, Error> {
+    let logical = logical_axes(cfg, name)?;
+    let mut spec = PartitionSpec::replicated(dims.len());
+    for (dim, (&size, &l)) in dims.iter().zip(&logical).enumerate() {
+        let (axes, split_size) = split(l, mesh, fsdp);
+        let units = l.units(cfg, size);
+        if units % split_size != 0 {
+            let axis = axes.join(",");
+            return Ok(Err(Failure { tensor: name.to_string(), dim, size, logical: l, units, axis, axis_size: split_size }));
+        }
+        spec.dims[dim] = axes;
+    }
+    Ok(Ok(spec))
+}
+
+/// Every tensor's spec, or the failures (the first, then one per other logical axis at fault).
+type Specs = Result<Vec<(String, PartitionSpec)>, (Failure, Vec<Failure>)>;
+
+fn try_specs(cfg: &Config, mesh: &Mesh, fsdp: bool) -> Result<Specs, Error> {
+    let mut specs = Vec::new();
+    let mut failures: Vec<Failure> = Vec::new();
+    for (name, dims) in param_shapes(cfg) {
+        match spec_of(cfg, &name, &dims, mesh, fsdp)? {
+            Ok(spec) => specs.push((name, spec)),
+            Err(f) => {
+                if !failures.iter().any(|g| g.logical == f.logical) {
+                    failures.push(f);
+                }
+            }
+        }
+    }
+    let mut failures = failures.into_iter();
+    Ok(match failures.next() {
+        None => Ok(specs),
+        Some(first) => Err((first, failures.collect())),
+    })
+}
+
+/// The spec of checkpoint tensor `name` over `mesh` (with `fsdp`, also over `data`).
+pub fn param_spec(cfg: &Config, name: &str, mesh: &Mesh, fsdp: bool) -> Result<PartitionSpec, Error> {
+    check_mesh(mesh)?;
+    let dims = param_shapes(cfg).into_iter().find(|(n, _)| n == name).ok_or_else(|| Error::UnknownTensor { name: name.into() })?.1;
+    spec_of(cfg, name, &dims, mesh, fsdp)?.map_err(|f| sharding_error(cfg, mesh, fsdp, f, Vec::new()))
+}
+
+/// Every checkpoint tensor's spec, in `param_shapes` order. A dimension its axes do not
+/// divide is an error naming the tensor, dimension and axis, and the meshes that would work.
+pub fn param_specs(cfg: &Config, mesh: &Mesh, fsdp: bool) -> Result<Vec<(String, PartitionSpec)>, Error> {
+    check_mesh(mesh)?;
+    try_specs(cfg, mesh, fsdp)?.map_err(|(first, rest)| sharding_error(cfg, mesh, fsdp, first, rest))
+}
+
+fn sharding_error(cfg: &Config, mesh: &Mesh, fsdp: bool, f: Failure, rest: Vec<Failure>) -> Error {
+    let also = rest.iter().map(|g| format!("{} dimension {} ({} {})", g.tensor, g.dim, g.units, g.logical.name())).collect();
+    let suggestion = suggest_meshes(cfg, mesh.num_devices(), fsdp);
+    Error::Sharding {
+        tensor: f.tensor,
+        dim: f.dim,
+        size: f.size,
+        logical: f.logical.name(),
+        units: f.units,
+        axis: f.axis,
+        axis_size: f.axis_size,
+        also,
+        suggestion,
+    }
+}
+
+/// The meshes `data=a,model=b` with a x b = `devices` on which every tensor's split divides.
+pub fn working_meshes(cfg: &Config, devices: i64, fsdp: bool) -> Vec<Mesh> {
+    (1..=devices.max(0))
+        .filter(|a| devices % a == 0)
+        .filter_map(|a| Mesh::new(&[("data", a), ("model", devices / a)]).ok())
+        .filter(|m| matches!(try_specs(cfg, m, fsdp), Ok(Ok(_))))
+        .collect()
+}
+
+/// "meshes of 8 devices that work: data=8,model=1, data=4,model=2" (or that none does).
+pub fn suggest_meshes(cfg: &Config, devices: i64, fsdp: bool) -> String {
+    let ok = working_meshes(cfg, devices, fsdp);
+    if ok.is_empty() {
+        return format!("no data=A,model=B mesh of {devices} devices divides every tensor");
+    }
+    let names: Vec<String> = ok.iter().map(|m| m.to_string()).collect();
+    format!("meshes of {devices} devices that work: {}", names.join(", "))
+}
+
+/// The spec of the tokens [B, T]: batch over `data` when the mesh has it.
+pub fn batch_spec(mesh: &Mesh) -> PartitionSpec {
+    let (axes, _) = split(Batch, mesh, false);
+    PartitionSpec { dims: vec![axes, Vec::new()] }
+}
+
+/// The batch must be a positive multiple of the data axes' size.
+pub fn check_batch(batch: i64, mesh: &Mesh) -> Result<(), Error> {
+    let (axes, size) = split(Batch, mesh, false);
+    if batch >= 1 && batch % size == 0 {
+        return Ok(());
+    }
+    let up = (batch.max(1) + size - 1) / size * size;
+    let suggestion = format!("use a batch that is a multiple of {size} (e.g. {up}), or a mesh whose data axis divides {batch}");
+    Err(Error::Batch { batch, axis: axes.join(","), axis_size: size, suggestion })
+}
+
+/// The shape of one device's shard of `dims` under `spec` (ceiling division).
+pub fn shard_shape(dims: &[i64], spec: &PartitionSpec, mesh: &Mesh) -> Vec<i64> {
+    dims.iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            let n: i64 = spec.dims.get(i).map_or(1, |axes| axes.iter().filter_map(|a| mesh.axis_size(a)).product());
+            (d + n - 1) / n.max(1)
+        })
+        .collect()
+}
+
+/// The number of parameters of the checkpoint (the tied output embedding counted once).
+pub fn param_count(cfg: &Config) -> i64 {
+    param_shapes(cfg).iter().map(|(_, dims)| dims.iter().product::<i64>()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(text: &str) -> Mesh {
+        Mesh::parse(text).unwrap()
+    }
+
+    fn spec_text(cfg: &Config, name: &str, m: &Mesh, fsdp: bool) -> String {
+        param_spec(cfg, name, m, fsdp).unwrap().to_string()
+    }
+
+    #[test]
+    fn parameter_counts_of_the_checkpoints() {
+        assert_eq!(param_count(&Config::preset("2b").unwrap()), 2_506_172_416);
+        assert_eq!(param_count(&Config::preset("7b").unwrap()), 8_537_680_896);
+    }
+
+    #[test]
+    fn gemma_2b_keeps_its_single_kv_head_replicated() {
+        let cfg = Config::preset("2b").unwrap();
+        let m = mesh("data=2,model=4");
+        let layer = |s: &str| format!("model.layers.17.{s}");
+        assert_eq!(spec_text(&cfg, "model.embed_tokens.weight", &m, false), r#"[{"model"}, {}]"#);
+        assert_eq!(spec_text(&cfg, &layer("self_attn.q_proj.weight"), &m, false), r#"[{"model"}, {}]"#);
+        assert_eq!(spec_text(&cfg, &layer("self_attn.k_proj.weight"), &m, false), "[{}, {}]");
+        assert_eq!(spec_text(&cfg, &layer("self_attn.v_proj.weight"), &m, false), "[{}, {}]");
+        assert_eq!(spec_text(&cfg, &layer("self_attn.o_proj.weight"), &m, false), r#"[{}, {"model"}]"#);
+        assert_eq!(spec_text(&cfg, &layer("mlp.down_proj.weight"), &m, false), r#"[{}, {"model"}]"#);
+        assert_eq!(spec_text(&cfg, "model.norm.weight", &m, false), "[{}]");
+        // FSDP adds data to every embed dimension; the single kv head stays off model.
+        assert_eq!(spec_text(&cfg, &layer("self_attn.k_proj.weight"), &m, true), r#"[{}, {"data"}]"#);
+        assert_eq!(spec_text(&cfg, "model.embed_tokens.weight", &m, true), r#"[{"model"}, {"data"}]"#);
+        assert_eq!(spec_text(&cfg, &layer("input_layernorm.weight"), &m, true), r#"[{"data"}]"#);
+        assert_eq!(param_specs(&cfg, &m, true).unwrap().len(), 2 + 9 * 18);
+    }
+
+    #[test]
+    fn gemma_7b_splits_kv_heads_over_model() {
+        let cfg = Config::preset("7b").unwrap();
+        let m = mesh("data=2,model=4");
+        for (name, plain, fsdp) in [
+            ("model.layers.0.self_attn.k_proj.weight", r#"[{"model"}, {}]"#, r#"[{"model"}, {"data"}]"#),
+            ("model.layers.0.self_attn.o_proj.weight", r#"[{}, {"model"}]"#, r#"[{"data"}, {"model"}]"#),
+            ("model.layers.27.mlp.gate_proj.weight", r#"[{"model"}, {}]"#, r#"[{"model"}, {"data"}]"#),
+            ("model.norm.weight", "[{}]", r#"[{"data"}]"#),
+        ] {
+            assert_eq!(spec_text(&cfg, name, &m, false), plain, "{name}");
+            assert_eq!(spec_text(&cfg, name, &m, true), fsdp, "{name} with fsdp");
+        }
+        let specs = param_specs(&cfg, &m, true).unwrap();
+        assert_eq!(specs.len(), 2 + 9 * 28);
+        for ((name, dims), (_, spec)) in param_shapes(&cfg).iter().zip(&specs) {
+            // Matrices split over all 8 devices; norms (embed only) over data.
+            let ways = if dims.len() == 2 { 8 } else { 2 };
+            assert_eq!(shard_shape(dims, spec, &m).iter().product::<i64>() * ways, dims.iter().product::<i64>(), "{name}");
+        }
+    }
+
+    #[test]
+    fn gemma_7b_heads_do_not_split_three_ways() {
+        let cfg = Config::preset("7b").unwrap();
+        let err = param_specs(&cfg, &mesh("model=3"), false).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(&err, Error::Sharding { axis, axis_size: 3, .. } if axis == "model"), "{text}");
+        assert!(text.contains("model.layers.0.self_attn.q_proj.weight dimension 0 (16 heads)"), "{text}");
+        assert!(text.contains("meshes of 3 devices that work: data=3,model=1"), "{text}");
+        let one = param_spec(&cfg, "model.layers.4.self_attn.o_proj.weight", &mesh("data=1,model=3"), false).unwrap_err();
+        assert!(one.to_string().starts_with("model.layers.4.self_attn.o_proj.weight: dimension 1 (size 4096: 16 heads)"), "{one}");
+        assert_eq!(working_meshes(&cfg, 8, false).len(), 4);
+    }
+
+    #[test]
+    fn meshes_and_batches_that_do_not_fit() {
+        let cfg = Config::preset("tiny").unwrap();
+        let err = param_specs(&cfg, &mesh("data=2,expert=4"), false).unwrap_err();
+        assert_eq!(err.to_string(), "mesh axis \"expert\" has no sharding rule (known axes: data, model)");
+        assert!(param_spec(&cfg, "model.layers.2.mlp.up_proj.weight", &mesh("model=2"), false).is_err(), "tiny has 2 layers");
+        assert!(logical_axes(&cfg, "lm_head.weight").is_err());
+        assert_eq!(batch_spec(&mesh("data=2,model=4")).to_string(), r#"[{"data"}, {}]"#);
+        assert_eq!(batch_spec(&mesh("model=4")).to_string(), "[{}, {}]");
+        assert!(check_batch(8, &mesh("data=4,model=2")).is_ok());
+        assert!(check_batch(3, &mesh("model=8")).is_ok());
+        let err = check_batch(6, &mesh("data=4,model=2")).unwrap_err().to_string();
+        assert!(err.contains("batch 6 cannot be split over data=4"), "{err}");
+        assert!(err.contains("multiple of 4 (e.g. 8)"), "{err}");
+        // A mesh axis of size 1 never fails.
+        assert!(param_specs(&Config::preset("7b").unwrap(), &mesh("data=1,model=1"), true).is_ok());
+    }
+}
