@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod forward;
+mod plan;
 mod run;
 mod train;
 
@@ -42,6 +43,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Train Gemma with AdamW (one compiled, sharded step); with no flags, the tiny model on the built-in corpus.
     Train(Box<train::TrainArgs>),
+    /// Per-tensor shardings and bytes per device of a Gemma config on a mesh, before compiling.
+    Plan(plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Forward(args) => forward::forward(&args),
         Command::Train(args) => train::train(&args),
+        Command::Plan(args) => plan::plan(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

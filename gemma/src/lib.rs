@@ -30,43 +30,11 @@ pub enum Error {
     UnknownTensor { name: String },
     #[error("mesh axis {axis:?} has no sharding rule (known axes: {known})")]
     UnknownMeshAxis { axis: String, known: String },
-    /// Dimension `dim` of `tensor` (`size` elements: `units` of `logical`) is split over
-    /// mesh axes `axis` (sizes multiplied: `axis_size`), which do not divide `units`.
-    #[error(
-        "{tensor}: dimension {dim} ({}) is split over mesh axis {axis}={axis_size}, which does not divide {units}{}; {suggestion}",
-        describe_dim(*.size, *.units, logical), also_text(also)
-    )]
-    Sharding {
-        tensor: String,
-        dim: usize,
-        size: i64,
-        logical: &'static str,
-        units: i64,
-        axis: String,
-        axis_size: i64,
-        /// Other logical axes this mesh cannot split, one tensor each.
-        also: Vec<String>,
-        suggestion: String,
-    },
+    /// A tensor dimension that its mesh axes do not divide (boxed: it is large).
+    #[error(transparent)]
+    Sharding(Box<rules::ShardingError>),
     #[error("batch {batch} cannot be split over {axis}={axis_size}; {suggestion}")]
     Batch { batch: i64, axis: String, axis_size: i64, suggestion: String },
-}
-
-/// "size 4096: 16 heads" or "size 3072, embed".
-fn describe_dim(size: i64, units: i64, logical: &str) -> String {
-    if size == units {
-        format!("size {size}, {logical}")
-    } else {
-        format!("size {size}: {units} {logical}")
-    }
-}
-
-fn also_text(also: &[String]) -> String {
-    if also.is_empty() {
-        String::new()
-    } else {
-        format!("; also not divisible: {}", also.join("; "))
-    }
 }
 
 impl Error {

@@ -145,6 +145,44 @@ pub fn split(logical: Logical, mesh: &Mesh, fsdp: bool) -> (Vec<String>, i64) {
     (axes, size)
 }
 
+/// Dimension `dim` of `tensor` (`size` elements: `units` of `logical`) is split over mesh
+/// axes `axis` (sizes multiplied: `axis_size`), which do not divide `units`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{tensor}: dimension {dim} ({}) is split over mesh axis {axis}={axis_size}, which does not divide {units}{}; {suggestion}",
+    describe_dim(*.size, *.units, logical), also_text(also)
+)]
+pub struct ShardingError {
+    pub tensor: String,
+    pub dim: usize,
+    pub size: i64,
+    pub logical: &'static str,
+    pub units: i64,
+    pub axis: String,
+    pub axis_size: i64,
+    /// Other logical axes this mesh cannot split, one tensor each.
+    pub also: Vec<String>,
+    /// The meshes of the same device count that would work.
+    pub suggestion: String,
+}
+
+/// "size 4096: 16 heads" or "size 3072, embed".
+fn describe_dim(size: i64, units: i64, logical: &str) -> String {
+    if size == units {
+        format!("size {size}, {logical}")
+    } else {
+        format!("size {size}: {units} {logical}")
+    }
+}
+
+fn also_text(also: &[String]) -> String {
+    if also.is_empty() {
+        String::new()
+    } else {
+        format!("; also not divisible: {}", also.join("; "))
+    }
+}
+
 /// A dimension that its axes do not divide (before suggestions are worked out).
 struct Failure {
     tensor: String,
@@ -212,7 +250,7 @@ pub fn param_specs(cfg: &Config, mesh: &Mesh, fsdp: bool) -> Result<Vec<(String,
 fn sharding_error(cfg: &Config, mesh: &Mesh, fsdp: bool, f: Failure, rest: Vec<Failure>) -> Error {
     let also = rest.iter().map(|g| format!("{} dimension {} ({} {})", g.tensor, g.dim, g.units, g.logical.name())).collect();
     let suggestion = suggest_meshes(cfg, mesh.num_devices(), fsdp);
-    Error::Sharding {
+    Error::Sharding(Box::new(ShardingError {
         tensor: f.tensor,
         dim: f.dim,
         size: f.size,
@@ -222,7 +260,7 @@ fn sharding_error(cfg: &Config, mesh: &Mesh, fsdp: bool, f: Failure, rest: Vec<F
         axis_size: f.axis_size,
         also,
         suggestion,
-    }
+    }))
 }
 
 /// The meshes `data=a,model=b` with a x b = `devices` on which every tensor's split divides.
@@ -341,7 +379,7 @@ mod tests {
         let cfg = Config::preset("7b").unwrap();
         let err = param_specs(&cfg, &mesh("model=3"), false).unwrap_err();
         let text = err.to_string();
-        assert!(matches!(&err, Error::Sharding { axis, axis_size: 3, .. } if axis == "model"), "{text}");
+        assert!(matches!(&err, Error::Sharding(e) if e.axis == "model" && e.axis_size == 3), "{text}");
         assert!(text.contains("model.layers.0.self_attn.q_proj.weight dimension 0 (16 heads)"), "{text}");
         assert!(text.contains("meshes of 3 devices that work: data=3,model=1"), "{text}");
         let one = param_spec(&cfg, "model.layers.4.self_attn.o_proj.weight", &mesh("data=1,model=3"), false).unwrap_err();
