@@ -69,8 +69,7 @@ impl PerDevice {
 /// The activation estimate's formula, as printed.
 const ACTIVATION_FORMULA: &str = "L*Bl*T*((4*D + 2*(Nl+Kl)*H + 4*Fl)*c + Nl*T*(4+c)) + Bl*T*Vl*(c+8)";
 
-const ACTIVATION_LEGEND: &str = "\
-  Bl = B/data, Nl = N/model, Kl = K/model (K when K = 1), Fl = F/model, Vl = V/model, c = dtype bytes.
+const ACTIVATION_LEGEND: &str = "  Bl = B/data, Nl = N/model, Kl = K/model (K when K = 1), Fl = F/model, Vl = V/model, c = dtype bytes.
   Per layer, saved for the backward pass (no rematerialisation): the input, the residual after attention
   and their norms (4D); q, k, v and the attention output; gate, gelu(gate), up and their product (4Fl);
   f32 scores and c-byte probabilities (Nl*T per token). Then the logits in c and f32, and their f32 gradient.";
