@@ -265,8 +265,12 @@ fn sharding_error(cfg: &Config, mesh: &Mesh, fsdp: bool, f: Failure, rest: Vec<F
 
 /// The meshes `data=a,model=b` with a x b = `devices` on which every tensor's split divides.
 pub fn working_meshes(cfg: &Config, devices: i64, fsdp: bool) -> Vec<Mesh> {
-    (1..=devices.max(0))
-        .filter(|a| devices % a == 0)
+    let small: Vec<i64> = (1..).take_while(|a| a * a <= devices).filter(|a| devices % a == 0).collect();
+    let large = small.iter().rev().map(|a| devices / a).filter(|b| b * b != devices);
+    small
+        .iter()
+        .copied()
+        .chain(large)
         .filter_map(|a| Mesh::new(&[("data", a), ("model", devices / a)]).ok())
         .filter(|m| matches!(try_specs(cfg, m, fsdp), Ok(Ok(_))))
         .collect()
