@@ -1,7 +1,9 @@
-//! The file formats the CLI reads and writes (.npy, atomic writes) and the library errors
-//! of the CLI crate; compiling traced functions lives in the `jit` crate.
+//! The file formats the CLI reads and writes (.npy, atomic writes), training data (`data`:
+//! tokenizers, datasets, batches) and the library errors of the CLI crate; compiling traced
+//! functions lives in the `jit` crate.
 #![forbid(unsafe_code)]
 
+pub mod data;
 pub mod files;
 pub mod npy;
 
@@ -14,6 +16,10 @@ pub enum Error {
     Gemma(#[from] gemma::Error),
     #[error("cannot read {path}: {message}")]
     Read { path: String, message: String },
+    /// Bad training data or tokenizer; `path` is the file (with `:line` for .jsonl), the
+    /// directory, or `built-in corpus`.
+    #[error("{path}: {message}")]
+    Data { path: String, message: String },
     #[error("{0}")]
     Io(String),
     #[error("{0}")]
