@@ -389,3 +389,12 @@ fn batch_size_zero_is_an_error() {
     let d = Dataset::load(None, &Tokenizer::Bytes, None, 256).unwrap();
     assert!(d.batch(0, 0, None).is_err());
 }
+
+#[test]
+fn the_builtin_corpus_is_what_its_generator_writes() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/make_corpus.py");
+    match std::process::Command::new("python3").arg(&script).arg("--check").output() {
+        Ok(out) => assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        Err(e) => eprintln!("skipped: python3 is not available ({e})"),
+    }
+}
