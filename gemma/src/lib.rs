@@ -10,11 +10,11 @@ mod train;
 
 pub use checkpoint::{save_model, save_safetensors, write_atomic, Checkpoint, FileBytes, OpenFile, SaveTensor, TensorRef};
 pub use config::Config;
-pub use train::{init_params, train_args, train_step, Hyper, Schedule};
 pub use model::{
     block, causal_attention_mask, default_positions, embed, forward, loss, model, model_args, param_shapes, param_types, trace_loss,
     trace_model, unembed, Activations, BlockOutput, ModelOptions, Params,
 };
+pub use train::{init_params, train_args, train_step, Hyper, Schedule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -122,7 +122,11 @@ pub fn train_step(cfg: &Config, hp: &Hyper, args: &Tree<Tensor>) -> Result<Tree<
     let loss = out.leaf("loss")?.clone();
     let grads = out.subtree("grad.params");
 
-    let sumsq = grads.values().map(|g| (g * g).sum_all()).reduce(|a, b| a + b).ok_or_else(|| graph::Error::Invalid("the model has no parameters".into()))?;
+    let sumsq = grads
+        .values()
+        .map(|g| (g * g).sum_all())
+        .reduce(|a, b| a + b)
+        .ok_or_else(|| graph::Error::Invalid("the model has no parameters".into()))?;
     let grad_norm = sumsq.sqrt();
     let one = grad_norm.scalar_like(1.0);
     // min(1, C / norm): a zero norm gives C / 0 = inf, so the scale is 1.

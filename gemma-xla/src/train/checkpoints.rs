@@ -55,7 +55,8 @@ pub fn save(out: &Path, cfg: &Config, state: &HostState, meta: &Meta, keep: usiz
     });
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
-        let kept = previous.map_or("there is no earlier checkpoint".to_string(), |p| format!("the previous checkpoint {} is intact", p.display()));
+        let kept =
+            previous.map_or("there is no earlier checkpoint".to_string(), |p| format!("the previous checkpoint {} is intact", p.display()));
         return Err(e.context(format!("cannot save checkpoint {} ({kept})", final_dir.display())));
     }
     prune(&dir, keep)?;
@@ -104,7 +105,7 @@ fn complete(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
             found.push((n, entry.path()));
         }
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     Ok(found)
 }
 
@@ -141,7 +142,8 @@ fn load(dir: &Path, cfg: &Config) -> Result<(HostState, Meta)> {
         Ok(HostArray::from_bytes(DType::F32, t.shape, t.bytes.to_vec())?)
     };
     let model_file = dir.join("model.safetensors");
-    let params = names.iter().map(|n| Ok((n.clone(), f32_of(&model_file, ck.get(n).expect("internal: validated"))?))).collect::<Result<_>>()?;
+    let params =
+        names.iter().map(|n| Ok((n.clone(), f32_of(&model_file, ck.get(n).expect("internal: validated"))?))).collect::<Result<_>>()?;
     let opt_file = dir.join("optimizer.safetensors");
     let bytes = std::fs::read(&opt_file).with_context(|| format!("cannot read {}", opt_file.display()))?;
     let opt = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: bad safetensors file: {e}", opt_file.display()))?;
@@ -164,7 +166,8 @@ fn load(dir: &Path, cfg: &Config) -> Result<(HostState, Meta)> {
     let text = std::fs::read_to_string(&state_file).with_context(|| format!("cannot read {}", state_file.display()))?;
     let j: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", state_file.display()))?;
     let int = |k: &str| j.get(k).and_then(|v| v.as_u64()).ok_or_else(|| anyhow!("{}: missing or bad {k:?}", state_file.display()));
-    let text_of = |k: &str| j.get(k).and_then(|v| v.as_str()).map(str::to_string).ok_or_else(|| anyhow!("{}: missing {k:?}", state_file.display()));
+    let text_of =
+        |k: &str| j.get(k).and_then(|v| v.as_str()).map(str::to_string).ok_or_else(|| anyhow!("{}: missing {k:?}", state_file.display()));
     let meta = Meta {
         seed: int("seed")?,
         batch: int("batch")? as usize,

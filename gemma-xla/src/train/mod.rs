@@ -183,22 +183,23 @@ impl Setup {
 
 pub fn train(a: &TrainArgs) -> Result<()> {
     let cfg = resolve_config(a)?;
-    let hp = hyper(a);
-    let tokenizer = Tokenizer::load(a.tokenizer.as_deref())?;
-    if tokenizer.vocab_size() as i64 > cfg.vocab_size {
-        bail!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), cfg.vocab_size);
-    }
-    let data = Dataset::load(a.data.as_deref(), &tokenizer, a.seq, cfg.vocab_size)?;
-    let mesh = resolve_mesh(a)?;
-    gemma::rules::check_batch(a.batch, &mesh)?;
-    gemma::rules::param_specs(&cfg, &mesh, a.fsdp)?; // every split must divide its dimension
-    if a.steps == 0 {
-        bail!("--steps must be at least 1");
-    }
     if let Some(init) = &a.init {
         if same_path(init, &a.out) {
             bail!("--out {} is the --init directory; the run would overwrite its input", a.out.display());
         }
+    }
+    let hp = hyper(a);
+    let tokenizer = Tokenizer::load(a.tokenizer.as_deref())?;
+    let token_file = a.data.as_deref().is_some_and(|p| p.extension().is_some_and(|e| e == "npy"));
+    if !token_file && tokenizer.vocab_size() as i64 > cfg.vocab_size {
+        bail!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), cfg.vocab_size);
+    }
+    let data = Dataset::load(a.data.as_deref(), &tokenizer, a.seq, cfg.vocab_size)?;
+    let mesh = resolve_mesh(a)?;
+    gemma::rules::check_batch(a.batch as i64, &mesh)?;
+    gemma::rules::param_specs(&cfg, &mesh, a.fsdp)?; // every split must divide its dimension
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
     }
     let setup = Setup { cfg, mesh, fsdp: a.fsdp, batch: a.batch, seq: data.seq() };
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
@@ -237,7 +238,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let shuffle = a.shuffle.then_some(a.seed);
     let mut step = start;
     while step < a.steps {
-        let tokens = data.batch(step, a.batch, shuffle);
+        let tokens = data.batch(step, a.batch, shuffle)?;
         let tokens = DeviceArray::place(&client, &tokens, &setup.sharding("batch.tokens", 2))?;
         let mut args: Tree<Arg> = Tree::new();
         for (path, array) in state.into_leaves() {
@@ -285,9 +286,7 @@ fn same_path(a: &Path, b: &Path) -> bool {
 }
 
 fn f32_save(list: &[(String, HostArray)]) -> Vec<gemma::SaveTensor<'_>> {
-    list.iter()
-        .map(|(n, a)| gemma::SaveTensor { name: n.clone(), dtype: DType::F32, shape: a.dims().to_vec(), bytes: a.bytes() })
-        .collect()
+    list.iter().map(|(n, a)| gemma::SaveTensor { name: n.clone(), dtype: DType::F32, shape: a.dims().to_vec(), bytes: a.bytes() }).collect()
 }
 
 /// The state to start from: a checkpoint to resume, an HF checkpoint (--init), or a seeded
@@ -322,7 +321,14 @@ fn initial_state(a: &TrainArgs, setup: &Setup) -> Result<(HostState, Option<Path
                 .map(|(n, _)| {
                     let t = ck.get(n).expect("internal: validated");
                     let v = runtime::HostView { dtype: t.dtype, dims: t.shape, bytes: t.bytes };
-                    Ok((n.clone(), if t.dtype == DType::F32 { HostArray::from_bytes(DType::F32, t.shape, t.bytes.to_vec())? } else { v.convert_float(DType::F32)? }))
+                    Ok((
+                        n.clone(),
+                        if t.dtype == DType::F32 {
+                            HostArray::from_bytes(DType::F32, t.shape, t.bytes.to_vec())?
+                        } else {
+                            v.convert_float(DType::F32)?
+                        },
+                    ))
                 })
                 .collect::<Result<_>>()?
         }

@@ -31,7 +31,7 @@ pub(crate) fn generate(
     .with_mesh(setup.mesh.clone())
     .with_rule(|path, _| setup.spec(path));
     let replicated = |rank| NamedSharding { mesh: setup.mesh.clone(), spec: PartitionSpec::replicated(rank) };
-    let first = data.batch(0, 1, None).to_vec::<i32>()?;
+    let first = data.batch(0, 1, None)?.to_vec::<i32>()?;
     let mut window: Vec<i32> = first[..(seq / 4).max(1)].to_vec();
     let prompt = window.len();
     let mut rng = seed.wrapping_add(0x5eed);

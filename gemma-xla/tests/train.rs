@@ -1,0 +1,287 @@
+//! `gemma-xla train` as users run it: AdamW steps against an independent JAX + optax
+//! reference (on one device and on a data=2,model=2 mesh), exact resume, a save killed with
+//! SIGKILL, and the bad inputs the issue lists.
+use safetensors::SafeTensors;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn train(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gemma-xla")).arg("train").args(args).current_dir(repo()).output().expect("spawn gemma-xla")
+}
+
+fn ok(o: &Output) -> String {
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "train failed:\n{out}\n{err}");
+    format!("{out}{err}")
+}
+
+fn fails(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "expected exit 1, got {:?}\n{err}", o.status.code());
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gemma-xla-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// (step, loss, grad_norm, lr) of every line of metrics.jsonl.
+fn metrics(out: &Path) -> Vec<(u64, f64, f64, f64)> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {l}"));
+            for k in ["tokens_per_s", "elapsed_s"] {
+                assert!(v[k].as_f64().is_some(), "{k} in {l}");
+            }
+            (v["step"].as_u64().unwrap(), f("loss"), f("grad_norm"), f("lr"))
+        })
+        .collect()
+}
+
+fn f64s(st: &SafeTensors, name: &str) -> Vec<f64> {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    match t.dtype() {
+        safetensors::Dtype::F64 => t.data().chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+        safetensors::Dtype::F32 => t.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn write_tokens(path: &Path, shape: &[u64], values: &[i32]) {
+    use npyz::WriterBuilder;
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::<i32>::new().default_dtype().shape(shape).writer(f).begin_nd().unwrap();
+    w.extend(values.iter().cloned()).unwrap();
+    w.finish().unwrap();
+}
+
+const REF: &str = "gemma-xla/tests/fixtures/train";
+
+fn reference_run(out: &Path, mesh: &str) {
+    let o = train(&[
+        "--init",
+        "gemma-xla/tests/fixtures/gemma/mqa",
+        "--data",
+        &format!("{REF}/tokens.npy"),
+        "--mesh",
+        mesh,
+        "--batch",
+        "4",
+        "--steps",
+        "6",
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "2",
+        "--min-lr",
+        "1e-3",
+        "--weight-decay",
+        "0.1",
+        "--clip",
+        "0.5",
+        "--b1",
+        "0.9",
+        "--b2",
+        "0.95",
+        "--eps",
+        "1e-8",
+        "--log-every",
+        "1",
+        "--sample",
+        "0",
+        "--out",
+        &s(out),
+    ]);
+    ok(&o);
+}
+
+/// Six AdamW steps from the transformers-made mqa checkpoint against JAX + optax in float64
+/// (gemma-xla/tests/fixtures/train/make_reference.py): per-step loss, grad_norm and lr,
+/// and the final weights and moments.
+fn check_against_reference(mesh: &str) {
+    let out = scratch(&format!("ref-{}", mesh.replace([',', '='], "_")));
+    reference_run(&out, mesh);
+    let bytes = std::fs::read(repo().join(REF).join("reference.safetensors")).unwrap();
+    let want = SafeTensors::deserialize(&bytes).unwrap();
+    let (loss, norm, lr) = (f64s(&want, "loss"), f64s(&want, "grad_norm"), f64s(&want, "lr"));
+    let got = metrics(&out);
+    assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+    for (k, m) in got.iter().enumerate() {
+        let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+        assert!(rel(m.1, loss[k]) < 2e-5, "{mesh} step {k}: loss {} vs optax {}", m.1, loss[k]);
+        assert!(rel(m.2, norm[k]) < 2e-5, "{mesh} step {k}: grad_norm {} vs optax {}", m.2, norm[k]);
+        assert!(rel(m.3, lr[k]) < 1e-6, "{mesh} step {k}: lr {} vs {}", m.3, lr[k]);
+    }
+    let model = std::fs::read(out.join("model.safetensors")).unwrap();
+    let model = SafeTensors::deserialize(&model).unwrap();
+    let opt = std::fs::read(out.join("checkpoints/step_6/optimizer.safetensors")).unwrap();
+    let opt = SafeTensors::deserialize(&opt).unwrap();
+    let scale = want.names().iter().filter(|n| n.starts_with("params.")).flat_map(|n| f64s(&want, n)).fold(1.0f64, |a, v| a.max(v.abs()));
+    for name in want.names().iter().filter_map(|n| n.strip_prefix("params.")) {
+        for (file, key, prefix) in
+            [(&model, name.to_string(), "params."), (&opt, format!("m.{name}"), "opt.m."), (&opt, format!("v.{name}"), "opt.v.")]
+        {
+            let (g, w) = (f64s(file, &key), f64s(&want, &format!("{prefix}{name}")));
+            let tol = if prefix == "params." { 1e-4 * scale } else { 1e-4 * w.iter().fold(1e-12f64, |a, v| a.max(v.abs())) };
+            let worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(worst <= tol, "{mesh}: {prefix}{name} differs from optax by {worst} (tolerance {tol})");
+        }
+    }
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn adamw_steps_match_jax_and_optax_on_one_device() {
+    check_against_reference("data=1");
+}
+
+#[test]
+fn adamw_steps_match_jax_and_optax_on_a_data_model_mesh() {
+    check_against_reference("data=2,model=2");
+}
+
+fn resume_case(mesh: &str) {
+    let base = [
+        "--steps",
+        "100",
+        "--batch",
+        "4",
+        "--seq",
+        "32",
+        "--schedule",
+        "constant",
+        "--warmup",
+        "60",
+        "--log-every",
+        "10",
+        "--sample",
+        "0",
+        "--mesh",
+        mesh,
+    ];
+    let straight = scratch(&format!("straight-{}", mesh.replace([',', '='], "_")));
+    ok(&train(&[&base[..], &["--save-every", "50", "--out", &s(&straight)]].concat()));
+    let split = scratch(&format!("split-{}", mesh.replace([',', '='], "_")));
+    let mut first = base.to_vec();
+    first[1] = "50";
+    ok(&train(&[&first[..], &["--save-every", "50", "--out", &s(&split)]].concat()));
+    assert!(split.join("checkpoints/step_50/trainer_state.json").is_file());
+    let log = ok(&train(&[&base[..], &["--save-every", "50", "--resume", "--out", &s(&split)]].concat()));
+    assert!(log.contains("resumed from"), "{log}");
+    assert_eq!(metrics(&straight), metrics(&split), "losses differ between 100 steps straight and 2 x 50 with a resume ({mesh})");
+    let a = std::fs::read(straight.join("model.safetensors")).unwrap();
+    let b = std::fs::read(split.join("model.safetensors")).unwrap();
+    assert!(a == b, "final weights differ ({mesh})");
+    let opt = |d: &Path| std::fs::read(d.join("checkpoints/step_100/optimizer.safetensors")).unwrap();
+    assert!(opt(&straight) == opt(&split), "final optimizer states differ ({mesh})");
+    for d in [straight, split] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn two_times_fifty_steps_with_a_resume_equal_one_hundred_on_one_device() {
+    resume_case("data=1");
+}
+
+#[test]
+fn two_times_fifty_steps_with_a_resume_equal_one_hundred_on_a_mesh() {
+    resume_case("data=2,model=2");
+}
+
+#[test]
+fn a_run_killed_while_saving_leaves_a_loadable_checkpoint() {
+    let out = scratch("kill");
+    let small = ["--batch", "2", "--seq", "16", "--mesh", "data=1", "--sample", "0", "--out"];
+    ok(&train(&[&["--steps", "3", "--save-every", "1"][..], &small, &[&s(&out)]].concat()));
+    // Saving every step makes a kill during a save likely; each kill comes a bit later.
+    for delay_ms in [1500u64, 2200, 2900, 3600] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+            .args(["train", "--steps", "100000", "--save-every", "1", "--keep", "2", "--log-every", "1000", "--resume"])
+            .args(small)
+            .arg(s(&out))
+            .current_dir(repo())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    // Whatever the kills interrupted, the newest complete checkpoint loads and training goes on.
+    let names: Vec<String> =
+        std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().any(|n| n.starts_with("step_")), "{names:?}");
+    let newest = names.iter().filter_map(|n| n.strip_prefix("step_")).filter_map(|n| n.parse::<u64>().ok()).max().unwrap();
+    let target = (newest + 2).to_string();
+    let log = ok(&train(&[
+        "--steps",
+        &target,
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--mesh",
+        "data=1",
+        "--save-every",
+        "0",
+        "--sample",
+        "0",
+        "--resume",
+        "--out",
+        &s(&out),
+    ]));
+    assert!(log.contains("resumed from"), "{log}");
+    let left: Vec<String> =
+        std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| !n.contains(".tmp-")), "temporary directories were not cleaned up: {left:?}");
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let out = scratch("bad");
+    let o = s(&out);
+    let quick = ["--steps", "2", "--sample", "0", "--mesh", "data=1"];
+    let err = fails(&train(&[&quick[..], &["--resume", "--out", &o]].concat()));
+    assert!(err.contains("--resume: there is no checkpoint in"), "{err}");
+    let err = fails(&train(&[&quick[..], &["--init", "gemma-xla/tests/fixtures/gemma/mqa", "--config", "tiny", "--out", &o]].concat()));
+    assert!(err.contains("has another config than --config tiny"), "{err}");
+    let err = fails(&train(&["--steps", "2", "--mesh", "data=2", "--batch", "3", "--out", &o]));
+    assert!(err.contains("batch") && err.contains('3'), "{err}");
+    let err = fails(&train(
+        &[&quick[..], &["--init", "gemma-xla/tests/fixtures/gemma/mqa", "--out", "gemma-xla/tests/fixtures/gemma/mqa"]].concat(),
+    ));
+    assert!(err.contains("is the --init directory"), "{err}");
+    let short = out.join("short.txt");
+    std::fs::write(&short, "too short").unwrap();
+    let err = fails(&train(&[&quick[..], &["--data", &s(&short), "--seq", "64", "--out", &o]].concat()));
+    assert!(err.contains(&s(&short)), "{err}");
+    let big = out.join("big_ids.npy");
+    write_tokens(&big, &[2, 8], &[5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 300, 4, 5, 6, 7]);
+    let err = fails(&train(&[&quick[..], &["--data", &s(&big), "--batch", "2", "--out", &o]].concat()));
+    assert!(err.contains("big_ids.npy") && err.contains("300"), "tiny's vocabulary is 256: {err}");
+    // A corrupted checkpoint names the file.
+    ok(&train(&[&quick[..], &["--batch", "2", "--seq", "16", "--out", &o]].concat()));
+    let opt = out.join("checkpoints/step_2/optimizer.safetensors");
+    let len = std::fs::metadata(&opt).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&opt).unwrap().set_len(len / 2).unwrap();
+    let err = fails(&train(&["--steps", "4", "--sample", "0", "--mesh", "data=1", "--batch", "2", "--seq", "16", "--resume", "--out", &o]));
+    assert!(err.contains("optimizer.safetensors"), "{err}");
+    std::fs::remove_dir_all(out).unwrap();
+}
