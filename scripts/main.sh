@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# The main job, from a fresh clone: build, get the CPU PJRT plugin (pip, on first use),
-# list 8 CPU devices, run the shipped SPMD example over them, and run a tiny Gemma checkpoint.
+# The main job, from a fresh clone: build, get the CPU PJRT plugin (pip, on first use), and
+# train the tiny Gemma on the built-in corpus on 4 CPU devices (mesh data=2,model=2): one
+# compiled AdamW step, sharded, its state kept on the devices; checkpoints, metrics.jsonl and
+# loss.png under out/train, and a sample from the trained model at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p gemma-xla
-./target/release/gemma-xla devices --devices 8
-./target/release/gemma-xla run examples/spmd_matmul.mlir \
-  --arg examples/x.npy --arg examples/w.npy --arg examples/b.npy --out out/spmd_matmul
-# A tiny Gemma checkpoint written by transformers (MQA, 2 layers): loss and gradients.
-./target/release/gemma-xla forward --model gemma-xla/tests/fixtures/gemma/mqa \
-  --tokens gemma-xla/tests/fixtures/gemma/mqa/tokens.npy --out out/mqa_forward.safetensors --grads
+rm -rf out/train  # this demo starts afresh each time; train itself refuses to overwrite checkpoints
+./target/release/gemma-xla train --out out/train "$@"

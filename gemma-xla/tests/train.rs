@@ -278,6 +278,9 @@ fn bad_input_is_a_clear_error() {
     assert!(err.contains("big_ids.npy") && err.contains("300"), "tiny's vocabulary is 256: {err}");
     // A corrupted checkpoint names the file.
     ok(&train(&[&quick[..], &["--batch", "2", "--seq", "16", "--out", &o]].concat()));
+    // A fresh run does not overwrite an earlier run's checkpoints.
+    let err = fails(&train(&[&quick[..], &["--batch", "2", "--seq", "16", "--out", &o]].concat()));
+    assert!(err.contains("already holds checkpoints") && err.contains("--resume"), "{err}");
     let opt = out.join("checkpoints/step_2/optimizer.safetensors");
     let len = std::fs::metadata(&opt).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&opt).unwrap().set_len(len / 2).unwrap();

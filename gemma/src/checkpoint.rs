@@ -251,18 +251,73 @@ pub fn save_model(dir: &Path, config_json: &str, tensors: &[SaveTensor]) -> Resu
 /// Writes bytes to `path` via a temporary file in the same directory, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     use std::io::Write;
+    write_atomic_with(path, |f| f.write_all(bytes).map_err(|e| Error::io(path, e)))
+}
+
+/// Like `write_atomic`, the content written by `fill` into the temporary file. Whatever
+/// fails, `path` keeps its old content (or stays absent) and the temporary file is removed.
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<(), Error>) -> Result<(), Error> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+    let result = (|| -> Result<(), Error> {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        fill(&mut f)?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
     })();
-    result.map_err(|e| {
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
+    }
+    result
+}
+
+/// The name, dtype and shape of a tensor whose bytes are produced later.
+pub struct TensorMeta {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<i64>,
+}
+
+/// Writes a safetensors file tensor by tensor: the header first (from the metadata alone),
+/// then `bytes_of(i)` for each tensor in order, so only one tensor is in memory at a time
+/// (e.g. fetched from the devices one by one). Atomic like `write_atomic`.
+pub fn save_safetensors_streaming(
+    path: &Path,
+    tensors: &[TensorMeta],
+    mut bytes_of: impl FnMut(usize) -> Result<Vec<u8>, Error>,
+) -> Result<(), Error> {
+    use std::io::Write;
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut at = 0usize;
+    let mut sizes = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let st = st_dtype(t.dtype).ok_or_else(|| Error::checkpoint(path, format!("cannot save tensor {} of dtype {}", t.name, t.dtype)))?;
+        let size = graph::TensorType::new(t.dtype, &t.shape)
+            .size_bytes()
+            .ok_or_else(|| Error::checkpoint(path, format!("tensor {} of shape {:?} is too large", t.name, t.shape)))?;
+        header.insert(t.name.clone(), serde_json::json!({"dtype": format!("{st:?}"), "shape": t.shape, "data_offsets": [at, at + size]}));
+        sizes.push(size);
+        at += size;
+    }
+    let mut text = serde_json::to_string(&header).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    write_atomic_with(path, |f| {
+        let io = |e| Error::io(path, e);
+        let mut w = std::io::BufWriter::new(f);
+        w.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+        w.write_all(text.as_bytes()).map_err(io)?;
+        for (i, t) in tensors.iter().enumerate() {
+            let bytes = bytes_of(i)?;
+            if bytes.len() != sizes[i] {
+                return Err(Error::checkpoint(path, format!("tensor {}: {} bytes given for {} expected", t.name, bytes.len(), sizes[i])));
+            }
+            w.write_all(&bytes).map_err(io)?;
+        }
+        w.flush().map_err(io)
     })
 }

@@ -8,7 +8,10 @@ mod model;
 pub mod rules;
 mod train;
 
-pub use checkpoint::{save_model, save_safetensors, write_atomic, Checkpoint, FileBytes, OpenFile, SaveTensor, TensorRef};
+pub use checkpoint::{
+    save_model, save_safetensors, save_safetensors_streaming, write_atomic, write_atomic_with, Checkpoint, FileBytes, OpenFile, SaveTensor,
+    TensorMeta, TensorRef,
+};
 pub use config::Config;
 pub use model::{
     block, causal_attention_mask, default_positions, embed, forward, loss, model, model_args, param_shapes, param_types, trace_loss,

@@ -46,7 +46,7 @@ impl Default for Hyper {
         Hyper {
             lr: 3e-3,
             warmup: 20,
-            steps: 300,
+            steps: 1000,
             schedule: Schedule::Cosine,
             min_lr: 0.0,
             weight_decay: 0.1,

@@ -5,9 +5,9 @@
 //! renamed into place, so a crash or a full disk never leaves a half-written `step_<n>`; the
 //! previous checkpoints stay. Only the newest `keep` checkpoints are kept.
 use anyhow::{anyhow, bail, Context, Result};
-use gemma::{Config, SaveTensor};
-use graph::DType;
-use runtime::HostArray;
+use gemma::{Config, TensorMeta};
+use graph::{DType, Tree};
+use runtime::{DeviceArray, HostArray};
 use std::path::{Path, PathBuf};
 
 /// The training state on the host, tensors in checkpoint order.
@@ -32,21 +32,41 @@ pub struct Meta {
     pub dtype: String,
 }
 
-fn f32_tensors<'a>(prefix: &str, list: &'a [(String, HostArray)]) -> Vec<SaveTensor<'a>> {
-    list.iter()
-        .map(|(n, a)| SaveTensor { name: format!("{prefix}{n}"), dtype: DType::F32, shape: a.dims().to_vec(), bytes: a.bytes() })
-        .collect()
+/// Writes one safetensors file from device arrays, fetching one tensor at a time (host
+/// memory stays near one tensor). `entries`: (name in the file, path in the state tree).
+pub fn write_from_devices(path: &Path, state: &Tree<DeviceArray>, entries: &[(String, String)]) -> Result<()> {
+    let metas = entries
+        .iter()
+        .map(|(name, leaf)| Ok(TensorMeta { name: name.clone(), dtype: DType::F32, shape: state.leaf(leaf)?.ty().dims.clone() }))
+        .collect::<Result<Vec<_>>>()?;
+    gemma::save_safetensors_streaming(path, &metas, |i| {
+        let host = state
+            .leaf(&entries[i].1)
+            .map_err(|e| gemma::Error::Checkpoint { path: path.display().to_string(), message: e.to_string() })?
+            .fetch();
+        host.map(|h| h.bytes().to_vec()).map_err(|e| gemma::Error::Checkpoint {
+            path: path.display().to_string(),
+            message: format!("cannot fetch {}: {e}", entries[i].1),
+        })
+    })?;
+    Ok(())
 }
 
-/// Writes `OUT/checkpoints/step_<step>/` and keeps only the newest `keep` checkpoints.
-pub fn save(out: &Path, cfg: &Config, state: &HostState, meta: &Meta, keep: usize) -> Result<PathBuf> {
+/// (name, state path) of the parameters, with `prefix` before the name in the file.
+pub fn entries(cfg: &Config, part: &str, prefix: &str) -> Vec<(String, String)> {
+    gemma::param_shapes(cfg).into_iter().map(|(n, _)| (format!("{prefix}{n}"), format!("state.{part}.{n}"))).collect()
+}
+
+/// Writes `OUT/checkpoints/step_<step>/` from the state on the devices and keeps only the
+/// newest `keep` checkpoints.
+pub fn save(out: &Path, cfg: &Config, state: &Tree<DeviceArray>, step: u64, meta: &Meta, keep: usize) -> Result<PathBuf> {
     let dir = out.join("checkpoints");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = format!("step_{}", state.step);
+    let name = format!("step_{step}");
     let final_dir = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let previous = newest(&dir)?.map(|(_, p)| p);
-    let written = write_dir(&tmp, cfg, state, meta).and_then(|()| {
+    let written = write_dir(&tmp, cfg, state, step, meta).and_then(|()| {
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir).with_context(|| format!("cannot replace {}", final_dir.display()))?;
         }
@@ -63,14 +83,15 @@ pub fn save(out: &Path, cfg: &Config, state: &HostState, meta: &Meta, keep: usiz
     Ok(final_dir)
 }
 
-fn write_dir(tmp: &Path, cfg: &Config, state: &HostState, meta: &Meta) -> Result<()> {
+fn write_dir(tmp: &Path, cfg: &Config, state: &Tree<DeviceArray>, step: u64, meta: &Meta) -> Result<()> {
     std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    gemma::save_model(tmp, &cfg.to_hf_json(), &f32_tensors("", &state.params))?;
-    let mut opt = f32_tensors("m.", &state.m);
-    opt.extend(f32_tensors("v.", &state.v));
-    gemma::save_safetensors(&tmp.join("optimizer.safetensors"), &opt)?;
+    write_from_devices(&tmp.join("model.safetensors"), state, &entries(cfg, "params", ""))?;
+    gemma::write_atomic(&tmp.join("config.json"), cfg.to_hf_json().as_bytes())?;
+    let mut opt = entries(cfg, "opt.m", "m.");
+    opt.extend(entries(cfg, "opt.v", "v."));
+    write_from_devices(&tmp.join("optimizer.safetensors"), state, &opt)?;
     let json = serde_json::json!({
-        "step": state.step,
+        "step": step,
         "seed": meta.seed,
         "batch": meta.batch,
         "seq": meta.seq,
@@ -107,6 +128,11 @@ fn complete(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     }
     found.sort_by_key(|f| std::cmp::Reverse(f.0));
     Ok(found)
+}
+
+/// Whether `OUT/checkpoints` holds any complete checkpoint.
+pub fn any(out: &Path) -> Result<bool> {
+    Ok(newest(&out.join("checkpoints"))?.is_some())
 }
 
 fn newest(dir: &Path) -> Result<Option<(u64, PathBuf)>> {

@@ -46,7 +46,7 @@ pub struct TrainArgs {
     #[arg(long)]
     seq: Option<usize>,
     /// Updates to apply in all (the cosine schedule's length)
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 1000)]
     steps: u64,
     /// Peak learning rate
     #[arg(long, default_value_t = 3e-3)]
@@ -75,10 +75,10 @@ pub struct TrainArgs {
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
     /// Fetch and log the metrics every N steps
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 50)]
     log_every: u64,
     /// Save a checkpoint every N steps (0: only at the end)
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 250)]
     save_every: u64,
     /// Checkpoints to keep
     #[arg(long, default_value_t = 3)]
@@ -257,11 +257,12 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
         drop(metrics);
         if (a.save_every > 0 && step % a.save_every == 0) || last {
-            let host = fetch_state(&state, &setup, step)?;
-            checkpoints::save(&a.out, &setup.cfg, &host, &meta(step), a.keep)?;
+            checkpoints::save(&a.out, &setup.cfg, &state, step, &meta(step), a.keep)?;
             if step == a.steps {
-                let tensors = f32_save(&host.params);
-                gemma::save_model(&a.out, &setup.cfg.to_hf_json(), &tensors)?;
+                // The final weights where `forward --model OUT` finds them.
+                let params = checkpoints::entries(&setup.cfg, "params", "");
+                checkpoints::write_from_devices(&a.out.join("model.safetensors"), &state, &params)?;
+                gemma::write_atomic(&a.out.join("config.json"), setup.cfg.to_hf_json().as_bytes())?;
             }
         }
         if stop.load(Ordering::SeqCst) {
@@ -285,10 +286,6 @@ fn same_path(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn f32_save(list: &[(String, HostArray)]) -> Vec<gemma::SaveTensor<'_>> {
-    list.iter().map(|(n, a)| gemma::SaveTensor { name: n.clone(), dtype: DType::F32, shape: a.dims().to_vec(), bytes: a.bytes() }).collect()
-}
-
 /// The state to start from: a checkpoint to resume, an HF checkpoint (--init), or a seeded
 /// random initialisation; and the checkpoint resumed from, if any.
 fn initial_state(a: &TrainArgs, setup: &Setup) -> Result<(HostState, Option<PathBuf>)> {
@@ -296,6 +293,12 @@ fn initial_state(a: &TrainArgs, setup: &Setup) -> Result<(HostState, Option<Path
     let zeros = |params: &[(String, HostArray)]| -> Vec<(String, HostArray)> {
         params.iter().map(|(n, p)| (n.clone(), HostArray::from_vec(p.dims(), vec![0f32; p.len()]).expect("internal: same shape"))).collect()
     };
+    if !a.resume && checkpoints::any(&a.out)? {
+        bail!(
+            "{} already holds checkpoints of an earlier run: continue it with --resume, or choose another --out",
+            a.out.join("checkpoints").display()
+        );
+    }
     if a.resume {
         let Some((path, state, meta)) = checkpoints::load_latest(&a.out, cfg)? else {
             bail!("--resume: there is no checkpoint in {}", a.out.join("checkpoints").display());
@@ -354,13 +357,4 @@ fn place_state(client: &Client, setup: &Setup, host: &HostState) -> Result<Tree<
     let step = HostArray::from_vec(&[], vec![host.step as i32])?;
     tree.insert("state.step", DeviceArray::place(client, &step, &setup.sharding("state.step", 0))?)?;
     Ok(tree)
-}
-
-/// Copies the state to the host, one tensor at a time.
-fn fetch_state(state: &Tree<DeviceArray>, setup: &Setup, step: u64) -> Result<HostState> {
-    let names: Vec<String> = gemma::param_shapes(&setup.cfg).into_iter().map(|(n, _)| n).collect();
-    let part = |p: &str| -> Result<Vec<(String, HostArray)>> {
-        names.iter().map(|n| Ok((n.clone(), state.leaf(&format!("state.{p}.{n}"))?.fetch()?))).collect()
-    };
-    Ok(HostState { params: part("params")?, m: part("opt.m")?, v: part("opt.v")?, step })
 }

@@ -1,0 +1,148 @@
+//! The train step over 8 CPU devices on every mesh shape the issue names, with and without
+//! FSDP, against the single-device step; initialisation that depends on the seed only; and a
+//! checkpoint saved from one mesh resumed on another.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn train(args: &[&str]) -> Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla")).arg("train").args(args).current_dir(repo()).output().expect("spawn gemma-xla");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "train {args:?} failed:\n{err}");
+    o
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gemma-xla-sharded-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tiny MQA config with 8 query heads, so that model=8 splits whole heads.
+fn config(dir: &Path) -> String {
+    let cfg = r#"{"model_type": "gemma", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 8,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "gelu_pytorch_tanh"}"#;
+    let path = dir.join("config.json");
+    std::fs::write(&path, cfg).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// Every tensor of two safetensors files, as f32.
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .iter()
+        .map(|n| (n.clone(), st.tensor(n).unwrap().data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
+        .collect()
+}
+
+/// Every tensor within `tol` x max(1, max|w|) (f32 reduction orders differ between meshes,
+/// and Adam's normalised update amplifies that noise for small gradients).
+fn close(a: &Path, b: &Path, tol: f64, what: &str) {
+    for ((n, x), (_, y)) in weights(a).iter().zip(weights(b)) {
+        let scale = y.iter().fold(1f32, |m, v| m.max(v.abs())) as f64;
+        let worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs() as f64).fold(0.0, f64::max);
+        assert!(worst <= tol * scale, "{what}: {n} differs by {worst} (scale {scale})");
+    }
+}
+
+const COMMON: [&str; 12] = ["--steps", "3", "--batch", "8", "--seq", "16", "--log-every", "1", "--sample", "0", "--seed", "7"];
+
+#[test]
+fn every_mesh_with_and_without_fsdp_gives_the_single_device_step() {
+    let root = scratch("meshes");
+    let cfg = config(&root);
+    let single = root.join("single");
+    train(&[&COMMON[..], &["--config", &cfg, "--mesh", "data=1", "--out", single.to_str().unwrap()]].concat());
+    let want = losses(&single);
+    for mesh in ["data=8", "data=4,model=2", "data=2,model=4", "model=8"] {
+        for fsdp in [false, true] {
+            let out = root.join(format!("{}{}", mesh.replace([',', '='], "_"), if fsdp { "_fsdp" } else { "" }));
+            let mut args = vec!["--config", &cfg, "--mesh", mesh, "--out", out.to_str().unwrap()];
+            if fsdp {
+                args.push("--fsdp");
+            }
+            train(&[&COMMON[..], &args].concat());
+            let got = losses(&out);
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-5 * w.abs(), "{mesh} fsdp={fsdp} step {k}: loss {g} vs single device {w}");
+            }
+            close(&out.join("model.safetensors"), &single.join("model.safetensors"), 1e-5, &format!("{mesh} fsdp={fsdp}"));
+        }
+    }
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn initialisation_depends_on_the_seed_only() {
+    let root = scratch("init");
+    let cfg = config(&root);
+    // With lr 0 the first update leaves the weights as initialised.
+    let frozen = ["--steps", "1", "--lr", "0", "--warmup", "0", "--batch", "8", "--seq", "16", "--sample", "0", "--config", &cfg];
+    let a = root.join("a");
+    let b = root.join("b");
+    let c = root.join("c");
+    train(&[&frozen[..], &["--mesh", "data=1", "--seed", "3", "--out", a.to_str().unwrap()]].concat());
+    train(&[&frozen[..], &["--mesh", "data=2,model=4", "--fsdp", "--seed", "3", "--out", b.to_str().unwrap()]].concat());
+    train(&[&frozen[..], &["--mesh", "data=1", "--seed", "4", "--out", c.to_str().unwrap()]].concat());
+    let read = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(read(&a) == read(&b), "the same seed on another mesh gave other weights");
+    assert!(read(&a) != read(&c), "another seed gave the same weights");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_checkpoint_saved_on_one_mesh_resumes_on_another() {
+    let root = scratch("reshard");
+    let cfg = config(&root);
+    let run = [
+        "--steps",
+        "6",
+        "--batch",
+        "8",
+        "--seq",
+        "16",
+        "--schedule",
+        "constant",
+        "--warmup",
+        "4",
+        "--sample",
+        "0",
+        "--log-every",
+        "1",
+        "--config",
+        &cfg,
+    ];
+    let straight = root.join("straight");
+    train(&[&run[..], &["--mesh", "data=2,model=4", "--save-every", "3", "--out", straight.to_str().unwrap()]].concat());
+    for target in ["model=8", "data=1"] {
+        let out = root.join(target.replace('=', "_"));
+        let mut first = run.to_vec();
+        first[1] = "3";
+        train(&[&first[..], &["--mesh", "data=2,model=4", "--out", out.to_str().unwrap()]].concat());
+        train(&[&run[..], &["--mesh", target, "--resume", "--out", out.to_str().unwrap()]].concat());
+        let (a, b) = (losses(&straight), losses(&out));
+        assert_eq!(a.len(), b.len());
+        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() <= 1e-5 * x.abs(), "resumed on {target}, step {k}: {y} vs {x}");
+        }
+        close(&out.join("model.safetensors"), &straight.join("model.safetensors"), 1e-5, target);
+    }
+    std::fs::remove_dir_all(root).unwrap();
+}
