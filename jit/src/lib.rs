@@ -134,6 +134,12 @@ where
         self.stats.get()
     }
 
+    /// Time spent executing this function's programs on the devices so far (see
+    /// `Executable::execute_time`).
+    pub fn execute_time(&self) -> std::time::Duration {
+        self.cache.borrow().values().map(|e| e.executable.execute_time()).sum()
+    }
+
     fn is_donated(&self, path: &str) -> bool {
         self.donate.iter().any(|p| path == p || path.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.')))
     }

@@ -17,6 +17,8 @@ pub struct Executable {
     donated: Vec<bool>,
     /// How each parameter must be placed (text programs: from the compiled shardings).
     param_tilings: Option<Vec<Tiling>>,
+    /// Time spent inside PJRT executions (launch to completion) so far.
+    execute_time: std::cell::Cell<std::time::Duration>,
     /// Each output's sharding as a spec over `mesh` (text programs; None where no spec over
     /// the mesh describes it, which only `call` minds).
     out_named: Option<Vec<Option<NamedSharding>>>,
@@ -72,6 +74,7 @@ impl Executable {
             devices,
             mesh,
             donated,
+            execute_time: Default::default(),
             param_tilings,
             out_named,
             params: program.params.clone(),
@@ -122,6 +125,12 @@ impl Executable {
         &self.mesh
     }
 
+    /// Time spent in `call`'s executions so far (from launch until every device finished):
+    /// the rest of a training loop's time is host overhead.
+    pub fn execute_time(&self) -> std::time::Duration {
+        self.execute_time.get()
+    }
+
     /// Which parameters the program donates.
     pub fn donated(&self) -> &[bool] {
         &self.donated
@@ -161,7 +170,9 @@ impl Executable {
             }
         }
         let lists: Vec<Vec<&Buffer>> = (0..self.devices.len()).map(|d| args.iter().map(|a| &a.array().buffers()[d]).collect()).collect();
+        let started = std::time::Instant::now();
         let outputs = self.execute(&lists, &donate)?;
+        self.execute_time.set(self.execute_time.get() + started.elapsed());
         drop(lists);
         drop(args); // donated arrays end here; their buffers are already deleted by PJRT
         let mut per_output: Vec<Vec<Buffer>> = (0..results.len()).map(|_| Vec::new()).collect();

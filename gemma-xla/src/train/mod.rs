@@ -237,6 +237,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     };
     let shuffle = a.shuffle.then_some(a.seed);
     let mut step = start;
+    // Host overhead is measured from the end of the first step (which traces and compiles).
+    let mut loop_started = std::time::Instant::now();
+    let mut device_before = std::time::Duration::ZERO;
+    let mut saved = 0.0; // seconds spent saving, not counted as time between steps
     while step < a.steps {
         let tokens = data.batch(step, a.batch, shuffle)?;
         let tokens = DeviceArray::place(&client, &tokens, &setup.sharding("batch.tokens", 2))?;
@@ -247,6 +251,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         args.insert("batch.tokens", Arg::Donate(tokens))?;
         let mut out = jit.call(args)?;
         step += 1;
+        if step == start + 1 {
+            loop_started = std::time::Instant::now();
+            device_before = jit.execute_time();
+        }
         let metrics = out.take_subtree("metrics");
         state = out;
         let last = step == a.steps || stop.load(Ordering::SeqCst);
@@ -257,6 +265,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
         drop(metrics);
         if (a.save_every > 0 && step % a.save_every == 0) || last {
+            let saving = std::time::Instant::now();
             checkpoints::save(&a.out, &setup.cfg, &state, step, &meta(step), a.keep)?;
             if step == a.steps {
                 // The final weights where `forward --model OUT` finds them.
@@ -264,6 +273,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 checkpoints::write_from_devices(&a.out.join("model.safetensors"), &state, &params)?;
                 gemma::write_atomic(&a.out.join("config.json"), setup.cfg.to_hf_json().as_bytes())?;
             }
+            saved += saving.elapsed().as_secs_f64();
         }
         if stop.load(Ordering::SeqCst) {
             log.finish(true)?;
@@ -271,7 +281,15 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             std::process::exit(130);
         }
     }
+    let (wall, device) = (loop_started.elapsed().as_secs_f64() - saved, (jit.execute_time() - device_before).as_secs_f64());
+    let timed = (step - start - 1).max(1);
     log.finish(false)?;
+    println!(
+        "host time between steps: {:.2}% of the loop ({:.2} ms per step on the host, {:.2} ms executing)",
+        100.0 * (wall - device).max(0.0) / wall.max(1e-9),
+        1e3 * (wall - device).max(0.0) / timed as f64,
+        1e3 * device / timed as f64
+    );
     if a.sample > 0 {
         let text = sample::generate(&client, &setup, &state, &tokenizer, &data, a.sample, a.seed)?;
         println!("sample: {text}");
