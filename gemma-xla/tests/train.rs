@@ -288,3 +288,59 @@ fn bad_input_is_a_clear_error() {
     assert!(err.contains("optimizer.safetensors"), "{err}");
     std::fs::remove_dir_all(out).unwrap();
 }
+
+#[test]
+fn bf16_compute_with_f32_master_weights_learns() {
+    let out = scratch("bf16");
+    ok(&train(&[
+        "--dtype",
+        "bf16",
+        "--steps",
+        "40",
+        "--log-every",
+        "10",
+        "--mesh",
+        "data=2,model=2",
+        "--fsdp",
+        "--sample",
+        "0",
+        "--out",
+        &s(&out),
+    ]));
+    let m = metrics(&out);
+    assert!(m.last().unwrap().1 < m.first().unwrap().1 - 0.5, "bf16 loss did not fall: {m:?}");
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("model.norm.weight").unwrap().dtype(), safetensors::Dtype::F32, "master weights are saved in f32");
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn ctrl_c_finishes_the_step_saves_and_exits_130() {
+    let out = scratch("sigint");
+    let child = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+        .args(["train", "--steps", "100000", "--batch", "2", "--seq", "16", "--mesh", "data=1", "--save-every", "0", "--sample", "0"])
+        .args(["--out", &s(&out)])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted: saved"), "{err}");
+    let steps: Vec<u64> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_prefix("step_").and_then(|n| n.parse().ok()))
+        .collect();
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    let last = metrics(&out).last().unwrap().0;
+    assert_eq!(last, steps[0], "the last logged step is the saved one");
+    let target = (steps[0] + 1).to_string();
+    ok(&train(&["--steps", &target, "--batch", "2", "--seq", "16", "--mesh", "data=1", "--sample", "0", "--resume", "--out", &s(&out)]));
+    std::fs::remove_dir_all(out).unwrap();
+}
