@@ -146,3 +146,59 @@ fn a_checkpoint_saved_on_one_mesh_resumes_on_another() {
     }
     std::fs::remove_dir_all(root).unwrap();
 }
+
+/// The optimised, partitioned HLO of one train step (XLA's own dump), with the collectives
+/// counted by kind.
+fn partitioned_hlo(extra: &[&str]) -> String {
+    let root = scratch(&format!("hlo{}", extra.len()));
+    let dump = root.join("dump");
+    let out = root.join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+        .args(["train", "--steps", "1", "--mesh", "data=2,model=2", "--batch", "8", "--seq", "16", "--sample", "0", "--out"])
+        .arg(&out)
+        .args(extra)
+        .env("XLA_FLAGS", format!("--xla_dump_to={} --xla_dump_hlo_as_text", dump.display()))
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let file = std::fs::read_dir(&dump)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("train_step.cpu_after_optimizations.txt"))
+        .expect("XLA's dump of the optimised train step");
+    let text = std::fs::read_to_string(file).unwrap();
+    std::fs::remove_dir_all(root).unwrap();
+    text
+}
+
+/// The instructions of one kind (`all-gather`, `all-reduce`, ...), one line each.
+fn ops<'a>(hlo: &'a str, kind: &str) -> Vec<&'a str> {
+    hlo.lines().filter(|l| l.contains(&format!(" {kind}("))).collect()
+}
+
+#[test]
+fn the_partitioned_step_has_the_collectives_a_user_expects() {
+    // tiny on data=2,model=2: vocab 256 and MLP 128 split over model, batch over data.
+    let hlo = partitioned_hlo(&[]);
+    assert!(
+        ops(&hlo, "all-gather").is_empty(),
+        "no all-gather without FSDP (not of the embedding, not of logits):\n{:?}",
+        ops(&hlo, "all-gather")
+    );
+    // Gradients are summed over `data` (XLA names the mesh axes axis_0, axis_1): every one of
+    // tiny's 20 parameter shards, the vocab-split embedding [128, 64] among them.
+    let data_sums: Vec<&str> = ops(&hlo, "all-reduce").into_iter().filter(|l| l.contains("{'axis_0'}")).collect();
+    let operands: usize = data_sums.iter().map(|l| l.split(" all-reduce(").next().unwrap().matches("f32[").count()).sum();
+    assert!(operands >= 20, "gradient sums over data cover {operands} tensors: {data_sums:?}");
+    assert!(data_sums.iter().any(|l| l.contains("f32[128,64]")), "{data_sums:?}");
+
+    // With FSDP the weights are gathered over `data`, layer by layer, and the activations
+    // keep the batch split (no gather of [8, 16, ...] activations).
+    let hlo = partitioned_hlo(&["--fsdp"]);
+    let gathers = ops(&hlo, "all-gather");
+    let weights =
+        gathers.iter().filter(|l| ["f32[64,64]", "f32[64,32]", "f32[128,64]"].iter().any(|s| l.contains(&format!("= {s}")))).count();
+    assert!(weights >= 8, "FSDP weight gathers: {gathers:?}");
+    assert!(!gathers.iter().any(|l| l.contains("= f32[8,16,")), "an activation was gathered over the batch: {gathers:?}");
+}

@@ -14,8 +14,8 @@ pub use checkpoint::{
 };
 pub use config::Config;
 pub use model::{
-    block, causal_attention_mask, default_positions, embed, forward, loss, model, model_args, param_shapes, param_types, trace_loss,
-    trace_model, unembed, Activations, BlockOutput, ModelOptions, Params,
+    block, causal_attention_mask, default_positions, embed, forward, loss, model, model_args, model_with_layout, param_shapes, param_types,
+    trace_loss, trace_model, unembed, Activations, BlockOutput, ModelOptions, Params,
 };
 pub use train::{init_params, train_args, train_step, Hyper, Schedule};
 

@@ -2,6 +2,7 @@
 //! Shapes use fixed letters: B batch, T query, S key, N heads, K kv heads, G = N/K,
 //! H head_dim, D model, F MLP width, V vocab.
 use crate::config::Config;
+use crate::rules::{Layout, Logical};
 use graph::{DType, DotDims, Tensor, TensorType, Tree};
 
 /// Checkpoint tensor names and shapes, in a fixed order (HF layout; the output embedding is
@@ -35,6 +36,7 @@ pub fn param_types(cfg: &Config, dtype: DType) -> Vec<(String, TensorType)> {
 /// that the model code can look them up without failing.
 pub struct Params {
     tree: Tree<Tensor>,
+    layout: Option<Layout>,
 }
 
 impl Params {
@@ -52,7 +54,22 @@ impl Params {
             let extra: Vec<&str> = tree.paths().filter(|p| !shapes.iter().any(|(n, _)| n == p)).collect();
             return Err(graph::Error::Tree(format!("unexpected model parameters: {}", extra.join(", "))));
         }
-        Ok(Params { tree })
+        Ok(Params { tree, layout: None })
+    }
+
+    /// Constrains the model's activations to `layout` (see `rules::Layout`).
+    pub fn with_layout(mut self, layout: Option<Layout>) -> Params {
+        self.layout = layout;
+        self
+    }
+
+    /// `x` constrained to the layout of dimensions `dims`, when there is a layout.
+    #[track_caller]
+    fn constrain(&self, x: Tensor, dims: &[Option<Logical>]) -> Tensor {
+        match &self.layout {
+            Some(l) if l.mesh.num_devices() > 1 => x.with_sharding_constraint(&l.spec(dims)),
+            _ => x,
+        }
     }
 
     fn get(&self, name: &str) -> &Tensor {
@@ -85,7 +102,7 @@ pub struct Activations {
 pub fn embed(cfg: &Config, p: &Params, tokens: &Tensor) -> Tensor {
     let table = p.get("model.embed_tokens.weight");
     let scale = table.tracer().scalar(DType::F64, (cfg.hidden_size as f64).sqrt()).convert(table.dtype());
-    table.gather(tokens) * &scale
+    p.constrain(table.gather(tokens) * &scale, &[Some(Logical::Batch), None, None])
 }
 
 /// The attention mask [B, T, S] (true = query t may see key s) of a causal pass over T new
@@ -123,17 +140,19 @@ pub fn block(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor,
     let attention = attend(cfg, p, i, &h, positions, mask);
     let x = x + &attention;
     let h = x.rms_norm(p.layer(i, "post_attention_layernorm.weight"), cfg.rms_norm_eps);
-    let gate = linear(&h, p.layer(i, "mlp.gate_proj.weight")).gelu_tanh();
-    let up = linear(&h, p.layer(i, "mlp.up_proj.weight"));
+    let hidden = [Some(Logical::Batch), None, Some(Logical::Mlp)];
+    let gate = p.constrain(linear(&h, p.layer(i, "mlp.gate_proj.weight")), &hidden).gelu_tanh();
+    let up = p.constrain(linear(&h, p.layer(i, "mlp.up_proj.weight")), &hidden);
     let mlp = linear(&(gate * up), p.layer(i, "mlp.down_proj.weight"));
-    BlockOutput { x: &x + &mlp, attention, mlp }
+    let x = p.constrain(&x + &mlp, &[Some(Logical::Batch), None, None]);
+    BlockOutput { x, attention, mlp }
 }
 
 /// The final norm and the tied output embedding: x [B, T, D] -> (normed x, logits [B, T, V]).
 pub fn unembed(cfg: &Config, p: &Params, x: &Tensor) -> (Tensor, Tensor) {
     let normed = x.rms_norm(p.get("model.norm.weight"), cfg.rms_norm_eps);
     let logits = linear(&normed, p.get("model.embed_tokens.weight"));
-    (normed, logits)
+    (normed, p.constrain(logits, &[Some(Logical::Batch), None, Some(Logical::Vocab)]))
 }
 
 /// Logits [B, T, V] (in the parameters' dtype) for int tokens [B, T] at `positions` [B, T],
@@ -158,7 +177,8 @@ fn attend(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, al
     let s = allowed.dims()[2];
     let (n, k, h) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let g = n / k;
-    let q = linear(x, p.layer(i, "self_attn.q_proj.weight")).reshape(&[b, t, n, h]).rope(positions, cfg.rope_theta);
+    let q = linear(x, p.layer(i, "self_attn.q_proj.weight")).reshape(&[b, t, n, h]);
+    let q = p.constrain(q, &[Some(Logical::Batch), None, Some(Logical::Heads), None]).rope(positions, cfg.rope_theta);
     let kk = linear(x, p.layer(i, "self_attn.k_proj.weight")).reshape(&[b, t, k, h]).rope(positions, cfg.rope_theta);
     let v = linear(x, p.layer(i, "self_attn.v_proj.weight")).reshape(&[b, t, k, h]);
     // Query head n = kv head * G + group member, as HF's repeat_kv pairs them.
@@ -218,7 +238,17 @@ pub fn model_args(cfg: &Config, dtype: DType, batch: i64, seq: i64, opts: ModelO
 /// `loss(forward(params, tokens))` over a tree of arguments (see `model_args`). Outputs:
 /// `loss`, `logits` (f32, or f64 for f64 models), then the per-layer values if asked for.
 pub fn model(cfg: &Config, args: &Tree<Tensor>, opts: ModelOptions) -> Result<Tree<Tensor>, graph::Error> {
-    let p = Params::new(cfg, args.subtree("params"))?;
+    model_with_layout(cfg, args, opts, None)
+}
+
+/// `model` with its activations constrained to `layout` (for sharded training).
+pub fn model_with_layout(
+    cfg: &Config,
+    args: &Tree<Tensor>,
+    opts: ModelOptions,
+    layout: Option<Layout>,
+) -> Result<Tree<Tensor>, graph::Error> {
+    let p = Params::new(cfg, args.subtree("params"))?.with_layout(layout);
     let tokens = args.leaf("tokens")?;
     let mask = if opts.mask { Some(args.leaf("mask")?) } else { None };
     for (name, t) in [("tokens", Some(tokens)), ("mask", mask)] {

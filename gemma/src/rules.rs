@@ -286,6 +286,24 @@ pub fn suggest_meshes(cfg: &Config, devices: i64, fsdp: bool) -> String {
     format!("meshes of {devices} devices that work: {}", names.join(", "))
 }
 
+/// How the model lays out its activations over a mesh: sharding constraints at the points
+/// where the partitioner would otherwise pick a poor layout (with FSDP-split weights it
+/// would rather split activations by features and gather the batch than gather a layer's
+/// weights). Activations keep the batch over `data`; heads, MLP hidden and vocab go over
+/// `model`; the model width is never split in activations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub mesh: Mesh,
+    pub fsdp: bool,
+}
+
+impl Layout {
+    /// The spec of an activation whose dimensions mean `dims` (`None`: not split).
+    pub fn spec(&self, dims: &[Option<Logical>]) -> PartitionSpec {
+        PartitionSpec { dims: dims.iter().map(|d| d.map_or_else(Vec::new, |l| split(l, &self.mesh, false).0)).collect() }
+    }
+}
+
 /// The spec of the tokens [B, T]: batch over `data` when the mesh has it.
 pub fn batch_spec(mesh: &Mesh) -> PartitionSpec {
     let (axes, _) = split(Batch, mesh, false);

@@ -12,7 +12,8 @@
 //! - Master weights and optimizer states are f32; `compute` may be bf16 (the forward and
 //!   backward then run in bf16, the gradients arrive in f32 through the converts).
 use crate::config::Config;
-use crate::model::{model, model_args, param_types, ModelOptions};
+use crate::model::{model_args, model_with_layout, param_types, ModelOptions};
+use crate::rules::Layout;
 use graph::{DType, Tensor, TensorType, Tree};
 
 /// The learning-rate schedule after warmup.
@@ -94,7 +95,9 @@ pub fn train_args(cfg: &Config, batch: i64, seq: i64) -> Tree<TensorType> {
 /// One training step. Returns the new state under the same paths (`state.*`) and the
 /// metrics `metrics.loss` (before the update), `metrics.grad_norm` (unclipped) and
 /// `metrics.lr` (used by the update), all f32 scalars.
-pub fn train_step(cfg: &Config, hp: &Hyper, args: &Tree<Tensor>) -> Result<Tree<Tensor>, graph::Error> {
+/// `layout`: the mesh the step runs on, so the model's activations get sharding constraints
+/// (None on one device).
+pub fn train_step(cfg: &Config, hp: &Hyper, layout: Option<&Layout>, args: &Tree<Tensor>) -> Result<Tree<Tensor>, graph::Error> {
     let params = args.subtree("state.params");
     let tokens = args.leaf("batch.tokens")?.clone();
     let dims = tokens.dims();
@@ -107,7 +110,7 @@ pub fn train_step(cfg: &Config, hp: &Hyper, args: &Tree<Tensor>) -> Result<Tree<
     let mut failed = None;
     let loss_fn = graph::trace_tree("loss", &loss_args, |a| {
         let cast = a.map(|path, t| if path.starts_with("params.") { t.convert(compute) } else { t.clone() });
-        model(cfg, &cast, ModelOptions::default()).unwrap_or_else(|e| {
+        model_with_layout(cfg, &cast, ModelOptions::default(), layout.cloned()).unwrap_or_else(|e| {
             failed = Some(e);
             Tree::new()
         })

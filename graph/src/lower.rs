@@ -11,6 +11,8 @@ pub(crate) struct Emitter {
     lines: Vec<String>,
     next: usize,
     loc: String,
+    /// The mesh sharding constraints refer to (None: one device, constraints lower to nothing).
+    pub(crate) mesh: Option<sharding::Mesh>,
 }
 
 /// How a reduce/scatter region combines two scalars.
@@ -186,7 +188,9 @@ impl Function {
     pub fn to_stablehlo_with(&self, options: LowerOptions) -> Result<String, Error> {
         let live = self.live_nodes();
         let mut names: Vec<String> = vec![String::new(); self.nodes.len()];
-        let mut e = Emitter { lines: Vec::new(), next: 0, loc: String::new() };
+        let mesh = self.mesh.clone().filter(|m| m.num_devices() > 1);
+        self.check_constraints(mesh.as_ref(), &live)?;
+        let mut e = Emitter { lines: Vec::new(), next: 0, loc: String::new(), mesh };
         for (i, node) in self.nodes.iter().enumerate() {
             if let Prim::Param(p) = node.prim {
                 names[i] = format!("%arg{p}");
@@ -248,6 +252,19 @@ impl Function {
         let ret_types: Vec<String> = self.outputs.iter().map(|o| self.nodes[o.id].ty.mlir()).collect();
         out += &format!("    \"func.return\"({}) : ({}) -> ()\n  }}\n}}\n", ret.join(", "), ret_types.join(", "));
         Ok(out)
+    }
+}
+
+impl Function {
+    /// Sharding constraints must name axes of the mesh (when there is one to lower them for).
+    fn check_constraints(&self, mesh: Option<&sharding::Mesh>, live: &[bool]) -> Result<(), Error> {
+        let Some(mesh) = mesh else { return Ok(()) };
+        for (node, _) in self.nodes.iter().zip(live).filter(|(_, l)| **l) {
+            if let Prim::ShardingConstraint { spec } = &node.prim {
+                spec.check(mesh).map_err(|cause| Error::Sharding { what: format!("sharding_constraint at {}", node.loc), cause })?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 //! The closed set of primitives, close to StableHLO. Each family file in `ops/` holds the
 //! shape rule, lowering and VJP rule of its primitives side by side; this file dispatches.
 use crate::lower::Emitter;
-use crate::ops::{dot, elementwise, indexing, random, reduce, shape};
+use crate::ops::{dot, elementwise, indexing, random, reduce, shape, sharding};
 use crate::trace::Tensor;
 use crate::types::{DType, TensorType};
 
@@ -86,6 +86,8 @@ pub enum Prim {
     // indexing: rows of a table by integer ids, and the transpose (embedding lookups)
     Gather,
     ScatterAdd,
+    // layout
+    ShardingConstraint { spec: ::sharding::PartitionSpec },
 }
 
 /// Which family implements a primitive.
@@ -96,6 +98,7 @@ enum Family {
     Reduce,
     Indexing,
     Random,
+    Sharding,
 }
 
 impl Prim {
@@ -147,6 +150,7 @@ impl Prim {
             ReduceSum { .. } | ReduceMax { .. } => Family::Reduce,
             Gather | ScatterAdd => Family::Indexing,
             RngBitGenerator { .. } => Family::Random,
+            ShardingConstraint { .. } => Family::Sharding,
         }
     }
 
@@ -159,6 +163,7 @@ impl Prim {
             Family::Reduce => reduce::infer(self, inputs),
             Family::Indexing => indexing::infer(self, inputs),
             Family::Random => random::infer(self, inputs),
+            Family::Sharding => sharding::infer(self, inputs),
         }
     }
 
@@ -171,6 +176,7 @@ impl Prim {
             Family::Reduce => reduce::lower(self, e, args, out),
             Family::Indexing => indexing::lower(self, e, args, out),
             Family::Random => random::lower(self, e, args, out),
+            Family::Sharding => sharding::lower(self, e, args, out),
         }
     }
 
@@ -184,6 +190,7 @@ impl Prim {
             Family::Reduce => reduce::vjp(self, x, y, ct),
             Family::Indexing => indexing::vjp(self, x, y, ct),
             Family::Random => random::vjp(self, x, y, ct),
+            Family::Sharding => sharding::vjp(self, x, y, ct),
         }
     }
 
@@ -235,6 +242,7 @@ impl Prim {
             Concatenate { dim } => format!("dim={dim}"),
             Pad { low, high, interior } => format!("low={low:?} high={high:?} interior={interior:?}"),
             ReduceSum { axes } | ReduceMax { axes } => format!("axes={}", list(axes)),
+            ShardingConstraint { spec } => format!("{spec}"),
             _ => String::new(),
         }
     }

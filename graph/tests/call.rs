@@ -128,3 +128,31 @@ fn composites_on_wrong_shapes_are_trace_errors_not_panics() {
         trace("c", &[("x", f32t(&[])), ("l", TensorType::new(DType::S32, &[]))], |a| vec![a[0].cross_entropy(&a[1], None)]).unwrap_err();
     assert!(err.to_string().contains("cross_entropy"), "{err}");
 }
+
+#[test]
+fn sharding_constraints_lower_to_shardy_on_a_mesh_and_to_nothing_without() {
+    use sharding::{Mesh, PartitionSpec};
+    let spec = PartitionSpec::new(&[&["data"], &["model"]]);
+    let f = trace("c", &[("x", f32t(&[4, 8]))], |a| vec![a[0].exp().with_sharding_constraint(&spec).sum_all()]).unwrap();
+    assert!(format!("{f}").contains(r#"sharding_constraint[[{"data"}, {"model"}]]"#), "{f}");
+    let plain = f.to_stablehlo().unwrap();
+    assert!(!plain.contains("sdy."), "{plain}");
+    let meshed = f.clone().with_mesh(Mesh::parse("data=2,model=4").unwrap()).unwrap().to_stablehlo().unwrap();
+    assert!(
+        meshed.contains(r#""sdy.sharding_constraint"(%0) {sharding = #sdy.sharding<@mesh, [{"data"}, {"model"}]>} : (tensor<4x8xf32>) -> tensor<4x8xf32>"#),
+        "{meshed}"
+    );
+    // The cotangent gets the same constraint.
+    let g = value_and_grad(&f, &[0]).unwrap();
+    assert_eq!(g.count("sharding_constraint"), 2);
+    // An axis the mesh lacks is a lowering error naming the op's location.
+    let err = f.clone().with_mesh(Mesh::parse("data=8").unwrap()).unwrap().to_stablehlo().unwrap_err();
+    assert!(err.to_string().starts_with("sharding of sharding_constraint at graph/tests/call.rs:"), "{err}");
+    assert!(err.to_string().contains(r#"axis "model" is not in the mesh data=8"#), "{err}");
+    let err = trace("c", &[("x", f32t(&[4]))], |a| vec![a[0].with_sharding_constraint(&spec)]).unwrap_err();
+    assert!(err.to_string().contains("has 2 entries for an operand of rank 1"), "{err}");
+    let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[4, 8]), (0..32).map(|v| v as f64 / 32.0).collect()).unwrap();
+    let want: f64 = x.iter().map(|v| (*v as f32 as f64).exp() as f32 as f64).sum();
+    let got = graph::eval(&f, &[x]).unwrap()[0].iter().next().copied().unwrap();
+    assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+}

@@ -106,7 +106,7 @@ impl std::fmt::Display for Mesh {
 }
 
 /// For each array dimension, the mesh axes it is split over (empty: not split).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct PartitionSpec {
     pub dims: Vec<Vec<String>>,
 }

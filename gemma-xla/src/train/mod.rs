@@ -221,7 +221,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
     });
 
-    let jit = Jit::new("train_step", &client, |args: &Tree<graph::Tensor>| gemma::train_step(&setup.cfg, &hp, args))
+    let layout = gemma::rules::Layout { mesh: setup.mesh.clone(), fsdp: setup.fsdp };
+    let jit = Jit::new("train_step", &client, |args: &Tree<graph::Tensor>| gemma::train_step(&setup.cfg, &hp, Some(&layout), args))
         .with_mesh(setup.mesh.clone())
         .donate("state")
         .with_rule(|path, _| setup.spec(path));

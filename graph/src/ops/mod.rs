@@ -6,3 +6,4 @@ pub(crate) mod indexing;
 pub(crate) mod random;
 pub(crate) mod reduce;
 pub(crate) mod shape;
+pub(crate) mod sharding;
