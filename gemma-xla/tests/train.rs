@@ -344,3 +344,29 @@ fn ctrl_c_finishes_the_step_saves_and_exits_130() {
     ok(&train(&["--steps", &target, "--batch", "2", "--seq", "16", "--mesh", "data=1", "--sample", "0", "--resume", "--out", &s(&out)]));
     std::fs::remove_dir_all(out).unwrap();
 }
+
+#[test]
+fn a_full_disk_while_saving_keeps_the_previous_checkpoint() {
+    // A 2.6 MB tmpfs (in a private mount namespace) holds two checkpoints of tiny (about
+    // 1 MB each) but not a third.
+    let out = scratch("full");
+    let bin = env!("CARGO_BIN_EXE_gemma-xla");
+    let o = Command::new("unshare")
+        .args(["-rm", "sh", "-c", r#"mount -t tmpfs -o size=2600k tmpfs "$0" || exit 77; exec "$@""#])
+        .arg(&out)
+        .args([bin, "train", "--steps", "40", "--save-every", "5", "--keep", "5", "--batch", "2", "--seq", "16", "--mesh", "data=1"])
+        .args(["--sample", "0", "--out"])
+        .arg(&out)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    if o.status.code() == Some(77) || String::from_utf8_lossy(&o.stderr).contains("unshare failed") {
+        eprintln!("skipped: this machine cannot mount a tmpfs in a private namespace");
+        return;
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot save checkpoint") && err.contains("the previous checkpoint") && err.contains("is intact"), "{err}");
+    // The tmpfs is gone with the namespace; what is left is the directory as it was before.
+    std::fs::remove_dir_all(out).unwrap();
+}
