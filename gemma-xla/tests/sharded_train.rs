@@ -202,3 +202,29 @@ fn the_partitioned_step_has_the_collectives_a_user_expects() {
     assert!(weights >= 8, "FSDP weight gathers: {gathers:?}");
     assert!(!gathers.iter().any(|l| l.contains("= f32[8,16,")), "an activation was gathered over the batch: {gathers:?}");
 }
+
+#[test]
+fn bad_meshes_are_refused_before_compiling() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+            .arg("train")
+            .args(args)
+            .args(["--steps", "1", "--sample", "0"])
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = run(&["--mesh", "data=2,model=2", "--devices", "8"]);
+    assert!(err.contains("the mesh data=2,model=2 has 4 devices but --devices is 8"), "{err}");
+    let err = run(&["--mesh", "data=2,tensor=2"]);
+    assert!(err.contains("tensor"), "{err}");
+    let err = run(&["--mesh", "data=2,data=2"]);
+    assert!(err.contains("data") && err.contains("twice"), "{err}");
+    // tiny has 4 heads: model=3 splits neither them nor the vocabulary of 256.
+    let err = run(&["--mesh", "model=3"]);
+    assert!(err.contains("does not divide") && err.contains("meshes of 3 devices that work"), "{err}");
+    let err = run(&["--mesh", "data=4", "--batch", "6"]);
+    assert!(err.contains("batch") && err.contains('6'), "{err}");
+}
