@@ -241,7 +241,7 @@ impl Dataset {
         if bytes.is_empty() {
             return Err(bad("the file is empty".into()));
         }
-        check_npy_shape(&bytes).map_err(&bad)?;
+        crate::npy::check_npy_shape(&bytes).map_err(&bad)?;
         let mut data: &[u8] = &bytes;
         let header = npyz::NpyHeader::from_reader(&mut data).map_err(|e| bad(format!("not a .npy file: {e}")))?;
         let shape = header.shape().to_vec();
@@ -302,35 +302,6 @@ impl Dataset {
         let description = format!("{name}: {n} rows of {t} tokens ({ts} .npy)");
         Ok(Dataset { tokens, rows: n, seq: t, description })
     }
-}
-
-/// Refuses a .npy header whose shape's element count overflows 64 bits (npyz multiplies the
-/// dimensions unchecked). Anything it cannot parse is left for npyz to report.
-fn check_npy_shape(bytes: &[u8]) -> std::result::Result<(), String> {
-    if bytes.len() < 10 || !bytes.starts_with(b"\x93NUMPY") {
-        return Ok(());
-    }
-    let (start, len) = match bytes[6] {
-        1 => (10usize, usize::from(u16::from_le_bytes([bytes[8], bytes[9]]))),
-        _ if bytes.len() >= 12 => (12, u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize),
-        _ => return Ok(()),
-    };
-    let Some(header) = bytes.get(start..start.saturating_add(len)) else { return Ok(()) };
-    let header = String::from_utf8_lossy(header);
-    let Some(key) = header.find("shape") else { return Ok(()) };
-    let rest = &header[key..];
-    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else { return Ok(()) };
-    if close < open {
-        return Ok(());
-    }
-    let mut count: u64 = 1;
-    for dim in rest[open + 1..close].split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let Ok(d) = dim.trim_end_matches('L').parse::<u64>() else { return Ok(()) };
-        count = count
-            .checked_mul(d)
-            .ok_or_else(|| format!("the header's shape {} has more elements than fit in 64 bits", &rest[open..=close]))?;
-    }
-    Ok(())
 }
 
 enum IdError {

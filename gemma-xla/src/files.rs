@@ -15,3 +15,24 @@ pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
+
+/// Refuses to write `output` when it is one of `inputs`: the same path once canonical, or the
+/// same file by device and inode (a hard link). An output never overwrites an input.
+pub fn refuse_input_as_output(output: &Path, inputs: &[&Path]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let canonical = |p: &Path| -> Option<std::path::PathBuf> {
+        p.canonicalize().ok().or_else(|| {
+            let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Some(parent.canonicalize().ok()?.join(p.file_name()?))
+        })
+    };
+    let out_id = std::fs::metadata(output).ok().map(|m| (m.dev(), m.ino()));
+    let out_path = canonical(output);
+    for input in inputs {
+        let same_file = out_id.is_some() && std::fs::metadata(input).ok().map(|m| (m.dev(), m.ino())) == out_id;
+        if same_file || (out_path.is_some() && canonical(input) == out_path) {
+            return Err(Error::OutputIsInput { output: output.display().to_string(), input: input.display().to_string() });
+        }
+    }
+    Ok(())
+}

@@ -86,6 +86,15 @@ fn read_mask(path: &Path, dims: &[i64]) -> Result<HostArray> {
     if values.iter().all(|&v| v == 0.0) {
         bail!("{}: the mask hides every token", path.display());
     }
+    // The loss predicts tokens 1..T of each row: at least one of them must be real.
+    let t = dims[1].max(1) as usize;
+    if values.chunks(t).all(|row| row[1..].iter().all(|&v| v == 0.0)) {
+        bail!(
+            "{}: the mask leaves no target token (positions 1..{} of every row are padding), so the loss is undefined",
+            path.display(),
+            t
+        );
+    }
     Ok(HostArray::from_vec(dims, values.into_iter().map(|v| (v != 0.0) as i32).collect())?)
 }
 
@@ -97,6 +106,10 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     let cfg = Config::from_json_file(&config_path)?;
     let ck = Checkpoint::open_with(&a.model, &map_file)?;
     ck.validate(&cfg)?;
+    let mut inputs: Vec<&Path> = ck.files();
+    inputs.extend([config_path.as_path(), a.tokens.as_path()]);
+    inputs.extend(a.mask.as_deref());
+    gemma_xla::files::refuse_input_as_output(&a.out, &inputs)?;
     let tokens = read_tokens(&a.tokens, cfg.vocab_size)?;
     let (batch, seq) = (tokens.dims()[0], tokens.dims()[1]);
     let dtype = if a.dtype == "bf16" { DType::Bf16 } else { DType::F32 };
@@ -137,6 +150,7 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
         let f = gemma::trace_model(&cfg, dtype, batch, seq, opts)?;
         Ok(graph::value_and_grad_tree(&f, "loss", "params")?.call_tree(args))
     });
+    ck.check_unchanged()?; // a file truncated under the map would fault when read
     let outputs = jit.call_host(&args)?;
 
     let mut saved: Vec<(String, HostArray)> = Vec::new();

@@ -24,6 +24,8 @@ pub enum Error {
     Io(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("refusing to write {output}: it is the input {input}")]
+    OutputIsInput { output: String, input: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

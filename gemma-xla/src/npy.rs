@@ -5,7 +5,7 @@ use crate::{Error, Result};
 use half::{bf16, f16};
 use npyz::{Order, TypeChar};
 use runtime::{DType, Element, HostArray};
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 
 /// Any failure while decoding, as a message (the caller adds the file name).
@@ -31,8 +31,23 @@ where
 /// Reads a .npy file; errors name the file.
 pub fn read(path: &Path) -> Result<HostArray> {
     let inner = || -> Inner<HostArray> {
-        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-        let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(|e| e.to_string())?;
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        check_npy_shape(&bytes)?;
+        let mut data: &[u8] = &bytes;
+        let header = npyz::NpyHeader::from_reader(&mut data).map_err(|e| format!("not a .npy file: {e}"))?;
+        // The data must be exactly what the header describes (bounded before allocating).
+        if let npyz::DType::Plain(ts) = header.dtype() {
+            let need = header.shape().iter().try_fold(ts.size_field(), |acc, &d| acc.checked_mul(d));
+            if need != Some(data.len() as u64) {
+                let claims = need.map_or_else(|| "more bytes than fit in 64 bits".to_string(), |b| format!("{b} bytes"));
+                let shape = header.shape();
+                return Err(format!(
+                    "the header's shape {shape:?} of {ts} needs {claims} of data, but the file holds {} (truncated?)",
+                    data.len()
+                ));
+            }
+        }
+        let npy = npyz::NpyFile::with_header(header, data);
         let dims: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
         let npyz::DType::Plain(ts) = npy.dtype() else {
             return Err(format!("structured dtypes are not supported (got {})", npy.dtype().descr()));
@@ -87,4 +102,33 @@ pub fn encode_array(a: &HostArray) -> Result<Vec<u8>> {
             encode::<f32>(&HostArray::from_vec(a.dims(), f)?)
         }
     }
+}
+
+/// Refuses a .npy header whose shape's element count overflows 64 bits (npyz multiplies the
+/// dimensions unchecked). Anything it cannot parse is left for npyz to report.
+pub(crate) fn check_npy_shape(bytes: &[u8]) -> std::result::Result<(), String> {
+    if bytes.len() < 10 || !bytes.starts_with(b"\x93NUMPY") {
+        return Ok(());
+    }
+    let (start, len) = match bytes[6] {
+        1 => (10usize, usize::from(u16::from_le_bytes([bytes[8], bytes[9]]))),
+        _ if bytes.len() >= 12 => (12, u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize),
+        _ => return Ok(()),
+    };
+    let Some(header) = bytes.get(start..start.saturating_add(len)) else { return Ok(()) };
+    let header = String::from_utf8_lossy(header);
+    let Some(key) = header.find("shape") else { return Ok(()) };
+    let rest = &header[key..];
+    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else { return Ok(()) };
+    if close < open {
+        return Ok(());
+    }
+    let mut count: u64 = 1;
+    for dim in rest[open + 1..close].split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let Ok(d) = dim.trim_end_matches('L').parse::<u64>() else { return Ok(()) };
+        count = count
+            .checked_mul(d)
+            .ok_or_else(|| format!("the header's shape {} has more elements than fit in 64 bits", &rest[open..=close]))?;
+    }
+    Ok(())
 }

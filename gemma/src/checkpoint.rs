@@ -153,6 +153,23 @@ impl Checkpoint {
         &self.dir
     }
 
+    /// The files the checkpoint was read from.
+    pub fn files(&self) -> Vec<&Path> {
+        self.files.iter().map(|(p, _)| p.as_path()).collect()
+    }
+
+    /// Checks that no file shrank since it was opened (another process truncating a
+    /// memory-mapped file makes reading it fault); names the file that did.
+    pub fn check_unchanged(&self) -> Result<(), Error> {
+        for (path, bytes) in &self.files {
+            let now = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+            if now < bytes.bytes().len() as u64 {
+                return Err(Error::checkpoint(path, format!("the file shrank from {} to {now} bytes while in use", bytes.bytes().len())));
+            }
+        }
+        Ok(())
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
@@ -256,12 +273,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 
 /// Like `write_atomic`, the content written by `fill` into the temporary file. Whatever
 /// fails, `path` keeps its old content (or stays absent) and the temporary file is removed.
+///
+/// A symlink at `path` is written through (its target is replaced, the link stays), an
+/// existing file keeps its permissions, and temporary files left by killed writers of the
+/// same file are removed.
 pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<(), Error>) -> Result<(), Error> {
+    let target = through_symlinks(path);
+    let path = target.as_path();
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    remove_stale_temporaries(dir, &name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let old_permissions = std::fs::metadata(path).ok().map(|m| m.permissions());
     let result = (|| -> Result<(), Error> {
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        if let Some(p) = old_permissions {
+            f.set_permissions(p).map_err(|e| Error::io(&tmp, e))?;
+        }
         fill(&mut f)?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
@@ -271,6 +299,36 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> R
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The file a path names once symlinks are followed (the path itself if it is not a link;
+/// a dangling link's target).
+fn through_symlinks(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&p) {
+                Ok(t) if t.is_absolute() => p = t,
+                Ok(t) => p = p.parent().unwrap_or(Path::new(".")).join(t),
+                Err(_) => break,
+            },
+            _ => break,
+        }
+    }
+    p
+}
+
+/// Removes `.{name}.tmp-PID` files in `dir` whose writer process is gone.
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The name, dtype and shape of a tensor whose bytes are produced later.

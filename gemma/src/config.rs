@@ -63,8 +63,13 @@ impl Config {
             }
         }
         let act = hf.hidden_activation.as_deref().or(hf.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh");
-        if !act.starts_with("gelu") {
-            return Err(bad(format!("activation {act:?} is not GELU; Gemma 1 uses tanh-approximate GELU")));
+        // The GELU spellings transformers knows; Gemma 1 runs every one of them as tanh GELU.
+        const GELUS: [&str; 6] = ["gelu", "gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu_python", "gelu_accurate"];
+        if !GELUS.contains(&act) {
+            return Err(bad(format!(
+                "activation {act:?} is not a GELU transformers knows ({}); Gemma 1 uses tanh-approximate GELU",
+                GELUS.join(", ")
+            )));
         }
         let rope = hf.rope_parameters.as_ref();
         if let Some(kind) = rope.and_then(|r| r.rope_type.as_deref()) {
@@ -98,6 +103,28 @@ impl Config {
         ];
         if let Some((name, v)) = positive.iter().find(|(_, v)| *v < 1) {
             return Err(format!("{name} must be positive, got {v}"));
+        }
+        // Upper bounds far above any Gemma (7B: vocab 256000, width 3072, MLP 24576, 28
+        // layers), so that a typo cannot make the process try to allocate the impossible.
+        let bounds = [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers as i64, 1024),
+            ("num_attention_heads", self.num_attention_heads, 1024),
+            ("head_dim", self.head_dim, 1 << 13),
+        ];
+        if let Some((name, v, max)) = bounds.iter().find(|(_, v, max)| v > max) {
+            return Err(format!("{name} is {v}, above the supported maximum of {max}"));
+        }
+        if self.num_hidden_layers == 0 {
+            return Err("num_hidden_layers must be positive, got 0".into());
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(format!("rope_theta must be a positive number, got {}", self.rope_theta));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return Err(format!("rms_norm_eps must be a non-negative number, got {}", self.rms_norm_eps));
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err(format!(
@@ -176,6 +203,23 @@ mod tests {
         "vocab_size": 64, "dtype": "float32"}"#;
 
     #[test]
+    fn impossible_values_are_errors() {
+        let with = |k: &str, v: &str| NEW.replace(&format!("\"{k}\": "), &format!("\"{k}\": {v}, \"_old_{k}\": "));
+        for (k, v, want) in [
+            ("num_hidden_layers", "100000000", "num_hidden_layers is 100000000, above the supported maximum of 1024"),
+            ("vocab_size", "1000000000", "vocab_size is 1000000000"),
+            ("rms_norm_eps", "-1.0", "rms_norm_eps must be a non-negative number"),
+            ("hidden_act", "\"gelu_banana\"", "activation \"gelu_banana\" is not a GELU"),
+            ("num_hidden_layers", "0", "num_hidden_layers must be positive"),
+        ] {
+            let err = Config::from_json(&with(k, v)).unwrap_err().to_string();
+            assert!(err.contains(want), "{k}={v}: {err}");
+        }
+        let bad_theta = NEW.replace("\"rope_theta\": 500.0", "\"rope_theta\": 0.0");
+        assert!(Config::from_json(&bad_theta).unwrap_err().to_string().contains("rope_theta must be a positive number"));
+    }
+
+    #[test]
     fn hf_json_round_trips() {
         for name in ["tiny", "2b", "7b"] {
             let c = Config::preset(name).unwrap();
@@ -196,7 +240,7 @@ mod tests {
     #[test]
     fn bad_configs_say_what_is_wrong() {
         let relu = NEW.replace("gelu_pytorch_tanh", "relu");
-        assert!(Config::from_json(&relu).unwrap_err().to_string().contains("activation \"relu\" is not GELU"));
+        assert!(Config::from_json(&relu).unwrap_err().to_string().contains("activation \"relu\" is not a GELU"));
         let gemma2 = NEW.replace("\"model_type\": \"gemma\"", "\"model_type\": \"gemma2\"");
         assert!(Config::from_json(&gemma2).unwrap_err().to_string().contains("only Gemma 1"));
         let heads = NEW.replace("\"num_key_value_heads\": 1", "\"num_key_value_heads\": 3");

@@ -188,6 +188,14 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             bail!("--out {} is the --init directory; the run would overwrite its input", a.out.display());
         }
     }
+    // Nothing this run writes may be one of its inputs.
+    let written = ["model.safetensors", "config.json", "metrics.jsonl", "loss.png"].map(|f| a.out.join(f));
+    let mut inputs: Vec<&Path> = a.data.iter().chain(&a.tokenizer).map(PathBuf::as_path).collect();
+    let init_files: Vec<PathBuf> = a.init.iter().flat_map(|d| ["config.json", "model.safetensors"].map(|f| d.join(f))).collect();
+    inputs.extend(init_files.iter().map(PathBuf::as_path));
+    for w in &written {
+        gemma_xla::files::refuse_input_as_output(w, &inputs)?;
+    }
     let hp = hyper(a);
     let tokenizer = Tokenizer::load(a.tokenizer.as_deref())?;
     let token_file = a.data.as_deref().is_some_and(|p| p.extension().is_some_and(|e| e == "npy"));
@@ -338,6 +346,7 @@ fn initial_state(a: &TrainArgs, setup: &Setup) -> Result<(HostState, Option<Path
         Some(dir) => {
             let ck = gemma::Checkpoint::open_with(dir, &crate::forward::map_file)?;
             ck.validate(cfg)?;
+            ck.check_unchanged()?;
             gemma::param_shapes(cfg)
                 .iter()
                 .map(|(n, _)| {
