@@ -33,6 +33,9 @@ impl Client {
     /// Finds (or installs) the plugin and creates a client. `devices` sets the CPU plugin's
     /// `cpu_device_count`; on other plugins it is checked against the devices present.
     pub fn open(spec: &PluginSpec, devices: Option<usize>) -> Result<Client> {
+        if let Some(n) = devices.filter(|&n| n > MAX_DEVICES) {
+            return Err(Error::Argument(format!("{n} devices asked for; at most {MAX_DEVICES} are supported")));
+        }
         let path = spec.resolve()?;
         let mut options = Vec::new();
         if let (true, Some(n)) = (spec.is_cpu() || is_cpu_plugin_file(&path), devices) {
@@ -88,6 +91,7 @@ impl Client {
     }
 
     pub fn compile(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
+        check_sizes(program)?;
         let have = self.devices()?.len();
         if options.num_devices() > have {
             return Err(Error::NotEnoughDevices {
@@ -121,6 +125,26 @@ pub fn download(buffer: &Buffer) -> Result<HostArray> {
     let mut data = vec![0u8; crate::host::element_count(&dims)? * dtype.size_bytes()];
     buffer.copy_to_host(&mut data)?;
     HostArray::from_bytes(dtype, &dims, data)
+}
+
+/// The most devices a client may be asked for (the CPU plugin creates as many as asked).
+pub const MAX_DEVICES: usize = 4096;
+
+/// The largest array a program may take or return: 1 TiB (far above any device's memory).
+const MAX_ARRAY_BYTES: usize = 1 << 40;
+
+/// Refuses programs typed with impossibly large arrays before the compiler sees them (XLA
+/// would fail with an exception that cannot cross the C API).
+fn check_sizes(program: &Program) -> Result<()> {
+    let lists = [("parameter", &program.params), ("result", &program.results)];
+    for (what, types) in lists.iter().filter_map(|(w, t)| Some((*w, t.as_ref()?))) {
+        for (i, t) in types.iter().enumerate() {
+            if t.size_bytes().is_none_or(|b| b > MAX_ARRAY_BYTES) {
+                return Err(Error::Program(format!("{what} {i} is {t}, larger than the supported {MAX_ARRAY_BYTES} bytes")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_cpu_plugin_file(path: &Path) -> bool {

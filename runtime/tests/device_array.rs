@@ -105,3 +105,13 @@ fn bad_calls_are_typed_errors() -> Result<()> {
     assert_eq!(client.live_buffers(), 0);
     Ok(())
 }
+
+#[test]
+fn impossible_sizes_are_errors_before_the_plugin_sees_them() {
+    let err = Client::open(&PluginSpec::Cpu, Some(100_000)).err().unwrap();
+    assert!(err.to_string().contains("at most 4096"), "{err}");
+    let client = cpu(1);
+    let huge = "func.func public @main(%a: tensor<1152921504606846976xf32>) -> tensor<1152921504606846976xf32> {\n  return %a : tensor<1152921504606846976xf32>\n}";
+    let err = client.compile(&Program::from_text(huge).unwrap(), &CompileOptions::single_device()).err().unwrap();
+    assert!(err.to_string().contains("parameter 0 is f32[1152921504606846976], larger than the supported"), "{err}");
+}
