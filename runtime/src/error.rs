@@ -30,6 +30,8 @@ pub enum Error {
     ArgumentSharding { index: usize, expected: String, actual: String },
     #[error("argument {index}: its array is on other devices than the program's (device {device} differs)")]
     ArgumentDevices { index: usize, device: usize },
+    #[error("output {index} has type {ty}, which gemma-xla cannot hold (no complex, fp8 or sub-byte types); nothing was run")]
+    UnsupportedOutput { index: usize, ty: String },
     #[error("argument {index}: the program donates this parameter, so the array must be moved in (Arg::Donate), not lent")]
     MustDonate { index: usize },
     #[error(transparent)]

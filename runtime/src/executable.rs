@@ -2,6 +2,7 @@
 //! arrays, places each on the devices as the program's parameter shardings say (whole when
 //! replicated), executes, and assembles each output back into a whole array.
 use crate::client::download;
+use crate::compiled::{CompiledSignature, CompiledType};
 use crate::device_array::{Arg, DeviceArray};
 use crate::error::{Error, Result};
 use crate::host::{AsHostView, HostArray};
@@ -22,8 +23,14 @@ pub struct Executable {
     /// Each output's sharding as a spec over `mesh` (text programs; None where no spec over
     /// the mesh describes it, which only `call` minds).
     out_named: Option<Vec<Option<NamedSharding>>>,
+    /// Whole parameter and result types: the compiled program's own on one device; on
+    /// several, the text signature where it agrees with the compiled shards (else None).
     params: Option<Vec<TensorType>>,
     results: Option<Vec<TensorType>>,
+    /// The compiled program's parameter and result types, read back from the executable
+    /// (per device for SPMD programs). None only for text programs on a plugin that cannot
+    /// report them; their text signature is used instead.
+    compiled: Option<CompiledSignature>,
     param_shardings: Option<Vec<OpSharding>>,
     output_shardings: Option<Vec<OpSharding>>,
 }
@@ -54,21 +61,53 @@ impl Executable {
             None if single => Mesh::single(),
             None => Mesh::new(&[("devices", n as i64)])?,
         };
+        // Every format is checked against what XLA compiled, not what the file seems to
+        // say: read the parameter and result types back from the optimized program.
+        let compiled = match inner.optimized_program().map_err(Error::from).and_then(|(f, b)| CompiledSignature::decode(&f, &b)) {
+            Ok(c) => Some(c),
+            Err(_) if program.params.is_some() => None,
+            Err(e) => {
+                return Err(Error::Program(format!(
+                    "cannot read the compiled program's parameter types, so arguments cannot be checked: {e}"
+                )))
+            }
+        };
+        let op = |ops: &Option<Vec<OpSharding>>, i: usize| ops.as_ref().and_then(|o| o.get(i)).cloned().unwrap_or(OpSharding::Replicated);
+        // A whole type agrees with a compiled (per-device) one when it has the same element
+        // type and its shard under the compiled sharding has the compiled shape.
+        let agrees = |whole: &[TensorType], compiled: &[CompiledType], ops: &Option<Vec<OpSharding>>| {
+            whole.len() == compiled.len()
+                && whole.iter().zip(compiled).enumerate().all(|(i, (w, c))| {
+                    c.dtype() == Some(w.dtype) && Tiling::new(&op(ops, i), &w.dims, n).is_ok_and(|t| t.shard_shape == c.dims)
+                })
+        };
+        let whole = |types: &[CompiledType]| types.iter().map(CompiledType::tensor_type).collect::<Option<Vec<_>>>();
+        let (params, results) = match &compiled {
+            // On one device the compiled types are the whole types.
+            Some(c) if single => (whole(&c.params), whole(&c.results)),
+            // SPMD: XLA's optimized module is the partitioned one, so its types are shards.
+            // Whole types come from the text signature (read before partitioning), kept only
+            // where they agree with the compiled shards; otherwise (bytecode, protos)
+            // `check_args` compares each argument's shard under the parameter sharding.
+            Some(c) => (
+                program.params.clone().filter(|p| agrees(p, &c.params, &param_shardings)),
+                program.results.clone().filter(|r| agrees(r, &c.results, &output_shardings)),
+            ),
+            None => (program.params.clone(), program.results.clone()),
+        };
         let tilings = |types: &Option<Vec<TensorType>>, ops: &Option<Vec<OpSharding>>| -> Result<Option<Vec<Tiling>>> {
             let Some(types) = types else { return Ok(None) };
-            let tiling = |i: usize, t: &TensorType| {
-                let op = ops.as_ref().and_then(|o| o.get(i)).cloned().unwrap_or(OpSharding::Replicated);
-                Tiling::new(&op, &t.dims, n)
-            };
-            Ok(Some(types.iter().enumerate().map(|(i, t)| tiling(i, t)).collect::<Result<_, _>>()?))
+            Ok(Some(types.iter().enumerate().map(|(i, t)| Tiling::new(&op(ops, i), &t.dims, n)).collect::<Result<_, _>>()?))
         };
-        let param_tilings = tilings(&program.params, &param_shardings)?;
-        let out_named = program.results.as_ref().map(|results| {
-            let op = |j: usize| output_shardings.as_ref().and_then(|o| o.get(j)).cloned().unwrap_or(OpSharding::Replicated);
-            results.iter().enumerate().map(|(j, t)| NamedSharding::infer(&mesh, &op(j), &t.dims)).collect()
+        let param_tilings = tilings(&params, &param_shardings)?;
+        let out_named = results.as_ref().map(|results| {
+            results.iter().enumerate().map(|(j, t)| NamedSharding::infer(&mesh, &op(&output_shardings, j), &t.dims)).collect()
         });
-        let mut donated = program.donated.clone();
-        donated.resize(program.params.as_ref().map_or(0, |p| p.len()), false);
+        // Donation is read from the text signature: trust it only where that signature is
+        // the one used (an undonated parameter is merely copied if the program aliases it).
+        let mut donated = if params.is_some() && params == program.params { program.donated.clone() } else { Vec::new() };
+        let num_params = params.as_ref().map(|p| p.len()).or(compiled.as_ref().map(|c| c.params.len())).unwrap_or(0);
+        donated.resize(num_params, false);
         Ok(Executable {
             inner,
             devices,
@@ -77,8 +116,9 @@ impl Executable {
             execute_time: Default::default(),
             param_tilings,
             out_named,
-            params: program.params.clone(),
-            results: program.results.clone(),
+            params,
+            results,
+            compiled,
             param_shardings,
             output_shardings,
         })
@@ -140,10 +180,14 @@ impl Executable {
     /// Each argument must have the parameter's type and placement; parameters the program
     /// donates must be moved in (`Arg::Donate`), and their memory may be reused for outputs.
     pub fn call(&self, args: Vec<Arg<'_>>) -> Result<Vec<DeviceArray>> {
+        self.check_outputs()?;
         let (Some(params), Some(tilings), Some(results), Some(out_named)) =
             (&self.params, &self.param_tilings, &self.results, &self.out_named)
         else {
-            return Err(Error::Program("calling with device arrays needs a StableHLO text program (its signature)".into()));
+            return Err(Error::Program(
+                "calling with device arrays needs the whole parameter and result types (for SPMD programs, a StableHLO text signature)"
+                    .into(),
+            ));
         };
         if args.len() != params.len() {
             return Err(Error::ArgumentCount { expected: params.len(), actual: args.len() });
@@ -200,19 +244,67 @@ impl Executable {
         self.param_shardings.as_ref().and_then(|s| s.get(i)).cloned().unwrap_or(OpSharding::Replicated)
     }
 
-    /// Checks whole host arguments against the program's parameter types (when known).
+    /// The compiled program's parameter and result types as XLA reports them (per device
+    /// for SPMD programs), when the plugin could report them.
+    pub fn compiled_signature(&self) -> Option<&CompiledSignature> {
+        self.compiled.as_ref()
+    }
+
+    /// Checks whole host arguments against the compiled program's parameter types: the whole
+    /// types where known; for SPMD programs without a text signature, the element type, the
+    /// rank and the shard each device would get under the parameter's sharding.
     pub fn check_args<A: AsHostView>(&self, args: &[A]) -> Result<()> {
-        let Some(params) = &self.params else { return Ok(()) };
-        if params.len() != args.len() {
-            return Err(Error::Argument(format!("the program takes {} arguments but {} were given", params.len(), args.len())));
+        let count = match (&self.params, &self.compiled) {
+            (Some(p), _) => p.len(),
+            (None, Some(c)) => c.params.len(),
+            (None, None) => return Ok(()),
+        };
+        if count != args.len() {
+            return Err(Error::Argument(format!("the program takes {count} arguments but {} were given", args.len())));
         }
-        for (i, (p, a)) in params.iter().zip(args).enumerate() {
+        for (i, a) in args.iter().enumerate() {
             let a = a.host_view();
-            if p.dtype != a.dtype || p.dims != a.dims {
-                return Err(Error::Argument(format!("argument {i}: the program expects {p}, got {}", a.type_string())));
+            if let Some(p) = self.params.as_ref().and_then(|p| p.get(i)) {
+                if p.dtype != a.dtype || p.dims != a.dims {
+                    let actual = TensorType { dtype: a.dtype, dims: a.dims.to_vec() };
+                    return Err(Error::ArgumentType { index: i, expected: p.clone(), actual });
+                }
+            } else if let Some(c) = self.compiled.as_ref().and_then(|c| c.params.get(i)) {
+                let op = self.param_op_sharding(i);
+                let shard = Tiling::new(&op, a.dims, self.devices.len()).ok().filter(|_| a.dims.len() == c.dims.len());
+                if c.dtype() == Some(a.dtype) && shard.as_ref().is_some_and(|t| t.shard_shape == c.dims) {
+                    continue;
+                }
+                let message = if self.devices.len() == 1 || matches!(op, OpSharding::Replicated) {
+                    format!("argument {i}: the program expects {c}, got {}", a.type_string())
+                } else {
+                    let got = match shard {
+                        Some(t) => {
+                            format!("{}, whose shards would be {}", a.type_string(), TensorType { dtype: a.dtype, dims: t.shard_shape })
+                        }
+                        None => a.type_string(),
+                    };
+                    format!(
+                        "argument {i}: the program expects a rank-{} array whose shards under {} are {c} on each of {} devices, got {got}",
+                        c.dims.len(),
+                        op.describe(),
+                        self.devices.len()
+                    )
+                };
+                return Err(Error::Argument(message));
             }
         }
         Ok(())
+    }
+
+    /// Refuses, before anything runs, programs with outputs of an element type gemma-xla
+    /// cannot hold (complex, fp8, sub-byte integers, tokens, nested tuples).
+    pub fn check_outputs(&self) -> Result<()> {
+        let Some(c) = &self.compiled else { return Ok(()) };
+        match c.results.iter().enumerate().find(|(_, t)| t.dtype().is_none()) {
+            Some((index, t)) => Err(Error::UnsupportedOutput { index, ty: t.to_string() }),
+            None => Ok(()),
+        }
     }
 
     fn tiling(&self, sharding: Option<&OpSharding>, dims: &[i64]) -> Result<(OpSharding, Tiling)> {
@@ -224,6 +316,7 @@ impl Executable {
     /// Runs on whole host arrays and returns whole outputs with their shards.
     pub fn run_sharded<A: AsHostView>(&self, client: &crate::Client, args: &[A]) -> Result<Vec<ShardedOutput>> {
         self.check_args(args)?;
+        self.check_outputs()?;
         let n = self.devices.len();
         // buffers[d][i]: argument i's piece for device d.
         let mut buffers: Vec<Vec<Buffer>> = (0..n).map(|_| Vec::new()).collect();

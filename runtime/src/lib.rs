@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod compiled;
 mod device_array;
 pub mod discovery;
 mod error;
@@ -13,6 +14,7 @@ mod options;
 mod program;
 
 pub use client::{download, Client, PluginInfo};
+pub use compiled::{CompiledSignature, CompiledType};
 pub use device_array::{Arg, DeviceArray};
 pub use discovery::PluginSpec;
 pub use dtype::{DType, TensorType};

@@ -306,3 +306,31 @@ module @u attributes {mhlo.num_partitions = 2 : i32, mhlo.num_replicas = 1 : i32
     assert_eq!(f32s(&out[0]), vec![0., 2., 4., 6., 8., 10.]);
     Ok(())
 }
+
+#[test]
+fn parameter_types_are_read_back_from_the_compiled_program() -> Result<()> {
+    use runtime::{CompiledType, TensorType};
+    let f32_of = |dims: &[i64]| CompiledType { element_type: 11, dims: dims.to_vec() };
+    // A serialized HloModuleProto has no text signature: the types come from XLA.
+    let client = cpu(2);
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fixtures");
+    let exe = client.compile(&Program::from_file(&fixtures.join("affine.pb"))?, &CompileOptions::single_device())?;
+    let sig = exe.compiled_signature().expect("the CPU plugin reports the optimized program");
+    assert_eq!(sig.params, vec![f32_of(&[2, 3]), f32_of(&[3, 2])]);
+    assert_eq!(sig.results, vec![f32_of(&[2, 2])]);
+    let swapped = [HostArray::from_vec(&[3, 2], vec![0f32; 6])?, HostArray::from_vec(&[2, 3], vec![0f32; 6])?];
+    match exe.check_args(&swapped) {
+        Err(Error::ArgumentType { index: 0, expected, actual }) => {
+            assert_eq!((expected, actual), (TensorType::new(DType::F32, &[2, 3]), TensorType::new(DType::F32, &[3, 2])))
+        }
+        other => panic!("{other:?}"),
+    }
+    // SPMD: the compiled types are each device's shard.
+    let exe = client.compile(&Program::from_text(SHARDY_2)?, &CompileOptions::spmd(2, Partitioner::Shardy))?;
+    let sig = exe.compiled_signature().expect("optimized program");
+    assert_eq!(sig.params, vec![f32_of(&[2, 2]), f32_of(&[2, 2])]);
+    assert_eq!(sig.results, vec![f32_of(&[2, 2]), f32_of(&[])]);
+    let wrong = [HostArray::from_vec(&[4, 2], vec![0i32; 8])?, HostArray::from_vec(&[4, 2], vec![0f32; 8])?];
+    assert!(exe.check_args(&wrong).unwrap_err().to_string().contains("argument 0: the program expects f32[4,2], got s32[4,2]"));
+    Ok(())
+}

@@ -80,6 +80,24 @@ impl LoadedExecutable {
         Ok(out)
     }
 
+    /// The compiled (optimized, and for SPMD programs partitioned) program as PJRT serializes
+    /// it: `(format, bytes)`, where the format is "hlo_with_config" (a serialized
+    /// xla.HloModuleProtoWithConfig, what XLA's plugins return) or "hlo" (an HloModuleProto).
+    pub fn optimized_program(&self) -> Result<(String, Vec<u8>)> {
+        // First call with no buffer: the plugin reports the size (and the format).
+        let mut program = args!(PJRT_Program {});
+        let mut a = args!(PJRT_Executable_OptimizedProgram_Args { executable: self.exe, program: &mut program });
+        pjrt_call!(&self.client.api, PJRT_Executable_OptimizedProgram, &mut a)?;
+        let mut code = vec![0u8; program.code_size];
+        // Second call fills our buffer of exactly the reported size.
+        let mut program2 = args!(PJRT_Program { code: code.as_mut_ptr() as *mut _, code_size: code.len() });
+        let mut a = args!(PJRT_Executable_OptimizedProgram_Args { executable: self.exe, program: &mut program2 });
+        pjrt_call!(&self.client.api, PJRT_Executable_OptimizedProgram, &mut a)?;
+        // SAFETY: the format string is owned by the plugin (a static in XLA's wrapper).
+        let format = unsafe { lossy(program2.format, program2.format_size) };
+        Ok((format, code))
+    }
+
     /// The devices the program runs on, in execution order (argument_lists[i] goes to i).
     pub fn addressable_devices(&self) -> Result<Vec<Device>> {
         let mut a = args!(PJRT_LoadedExecutable_AddressableDevices_Args { executable: self.ptr });
