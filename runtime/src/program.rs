@@ -73,7 +73,10 @@ impl Program {
         };
         match format {
             ProgramFormat::MlirText => {
-                let text = std::str::from_utf8(&p.bytes).map_err(|e| Error::Program(format!("MLIR text is not UTF-8: {e}")))?.to_string();
+                let text = std::str::from_utf8(&p.bytes).map_err(|e| Error::Program(format!("MLIR text is not UTF-8: {e}")))?;
+                // Comments say nothing about the module: a commented-out signature or
+                // attribute must not be read as the real one.
+                let text = strip_comments(text);
                 p.num_partitions = module_int_attr(&text, "mhlo.num_partitions");
                 p.num_replicas = module_int_attr(&text, "mhlo.num_replicas");
                 p.annotations = if text.contains("sdy.sharding") || text.contains("sdy.mesh") {
@@ -112,6 +115,40 @@ impl Program {
             ProgramFormat::HloProto => "hlo",
         }
     }
+}
+
+/// `text` without its `//` comments (those outside string literals); line breaks stay.
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (mut in_str, mut escaped, mut cut) = (false, false, None);
+        let mut chars = line.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if in_str {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => in_str = false,
+                    _ => {}
+                }
+            } else if c == '"' {
+                in_str = true;
+            } else if c == '/' && chars.peek().is_some_and(|&(_, n)| n == '/') {
+                cut = Some(i);
+                break;
+            }
+        }
+        match cut {
+            Some(i) => {
+                out.push_str(&line[..i]);
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -188,8 +225,27 @@ pub fn parse_tensor_type(t: &str) -> Option<TensorType> {
 /// Parameter and result types of `func.func ... @main(...) -> (...)`.
 type Signature = (Vec<TensorType>, Vec<TensorType>, Vec<bool>);
 
+/// Where `@main` is defined: the `@main(` of `func.func [public|private] @main(`, not of a
+/// call to it.
+fn main_definition(text: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(k) = text[from..].find("func.func") {
+        from += k + "func.func".len();
+        let mut rest = text[from..].trim_start();
+        for visibility in ["public", "private", "nested"] {
+            if let Some(r) = rest.strip_prefix(visibility) {
+                rest = r.trim_start();
+            }
+        }
+        if rest.starts_with("@main(") {
+            return Some(text.len() - rest.len());
+        }
+    }
+    None
+}
+
 fn main_signature(text: &str) -> Option<Signature> {
-    let at = text.find("@main(")? + "@main".len();
+    let at = main_definition(text)? + "@main".len();
     let args = bracketed(text, at)?;
     let mut params = Vec::new();
     let mut donated = Vec::new();
@@ -244,5 +300,27 @@ mod tests {
         assert_eq!(p.results.unwrap()[0].dtype, DType::Bf16);
         assert_eq!(p.num_partitions, None);
         assert!(Program::new(b"garbage".to_vec(), ProgramFormat::MlirBytecode).is_err());
+    }
+
+    #[test]
+    fn comments_are_not_read_as_the_module() {
+        let text = r#"// module attributes {mhlo.num_partitions = 4 : i32}
+// func.func @main(%arg0: tensor<3xf32>) -> tensor<3xf32>
+module @m attributes {mhlo.num_replicas = 1 : i32} { // mhlo.sharding = "{replicated}"
+  func.func private @helper(%a: tensor<2xi32>) -> tensor<2xi32> {
+    %0 = func.call @main(%a) : (tensor<2xi32>) -> tensor<2xi32> // @main(%x: tensor<9xf64>)
+    return %0 : tensor<2xi32>
+  }
+  func.func public @main(%arg0: tensor<2xi32> {jax.result_info = "a // b"}) -> tensor<2xi32> {
+    return %arg0 : tensor<2xi32>
+  }
+}"#;
+        let p = Program::from_text(text).unwrap();
+        assert_eq!(p.num_partitions, None);
+        assert_eq!(p.num_replicas, Some(1));
+        assert_eq!(p.annotations, None);
+        assert_eq!(p.params.unwrap(), vec![TensorType::new(DType::S32, &[2])]);
+        assert_eq!(p.results.unwrap(), vec![TensorType::new(DType::S32, &[2])]);
+        assert_eq!(strip_comments("a \"x // \\\" // y\" b // c\nd"), "a \"x // \\\" // y\" b \nd");
     }
 }
