@@ -1,5 +1,6 @@
 //! `gemma-xla run`: compile a program file, place .npy arguments on the devices as the
-//! program's shardings say, execute, and write each whole output as DIR/out_<i>.npy.
+//! program's shardings say, execute, and write each whole output as DIR/out_<i>.npy, with a
+//! DIR/manifest.json listing them (replacing every output of an earlier run).
 use crate::PluginArgs;
 use anyhow::{bail, Context, Result};
 use gemma_xla::{files, npy};
@@ -63,11 +64,25 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if let Err(e) = exe.check_args(&args) {
         bail!("{}", name_argument(&e.to_string(), &a.args));
     }
+    if let Err(e) = exe.check_outputs() {
+        bail!("{}: {e}", a.program.display());
+    }
     let outputs = exe.run_sharded(&client, &args).with_context(|| format!("cannot run {}", a.program.display()))?;
+    let mut encoded = Vec::new();
+    let mut listed = Vec::new();
+    for (i, out) in outputs.iter().enumerate() {
+        let bytes = npy::encode_array(&out.array)?;
+        let name = format!("out_{i}.npy");
+        // What the file holds (bf16 is saved as f32).
+        let dtype = if out.array.dtype() == runtime::DType::Bf16 { runtime::DType::F32 } else { out.array.dtype() };
+        listed.push(serde_json::json!({"file": name, "dtype": dtype.name(), "shape": out.array.dims()}));
+        encoded.push((name, bytes));
+    }
+    let manifest = serde_json::json!({"program": a.program.display().to_string(), "outputs": listed});
+    files::replace_outputs(&a.out, &encoded, format!("{manifest:#}\n").as_bytes())?;
     println!("{}: {} output(s) on {} device(s)", a.program.display(), outputs.len(), exe.devices().len());
     for (i, out) in outputs.iter().enumerate() {
         let path = a.out.join(format!("out_{i}.npy"));
-        files::write_atomic(&path, &npy::encode_array(&out.array)?)?;
         let note = if out.array.dtype() == runtime::DType::Bf16 { " (saved as f32)" } else { "" };
         let sharding = if exe.devices().len() > 1 { format!(" sharding={}", out.sharding.describe()) } else { String::new() };
         println!("  {} {}{note}{sharding} {}", path.display(), out.array.type_string(), first_values(&out.array));

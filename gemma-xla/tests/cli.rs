@@ -354,3 +354,164 @@ fn cuda_and_tpu_plugins_are_found_where_pip_puts_them() {
     std::fs::remove_dir_all(site).unwrap();
     std::fs::remove_dir_all(empty).unwrap();
 }
+
+/// The files in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_format_checks_arguments_against_the_compiled_program() {
+    // Swapped x and w have the same byte size (6 floats), as does an int32 copy of x: all
+    // three formats must refuse them, from the types XLA compiled, naming the file.
+    let dir = scratch("compiled-types");
+    let x_i32 = dir.join("x_i32.npy");
+    write_npy(&x_i32, &[2, 3], &[1i32, 2, 3, 4, 5, 6]);
+    let (x, w) = ("examples/fixtures/affine_x.npy", "examples/fixtures/affine_w.npy");
+    let out = dir.join("o");
+    for program in ["affine.pb", "affine.mlirbc", "affine.mlir"] {
+        let path = format!("examples/fixtures/{program}");
+        let err = fails(&["run", &path, "--arg", w, "--arg", x, "--out", out.to_str().unwrap()]);
+        assert!(err.contains(&format!("--arg {w} (argument 0): the program expects f32[2,3], got f32[3,2]")), "{program}: {err}");
+        let err = fails(&["run", &path, "--arg", x_i32.to_str().unwrap(), "--arg", w, "--out", out.to_str().unwrap()]);
+        assert!(
+            err.contains(&format!("--arg {} (argument 0): the program expects f32[2,3], got s32[2,3]", x_i32.display())),
+            "{program}: {err}"
+        );
+        let err = fails(&["run", &path, "--arg", x, "--out", out.to_str().unwrap()]);
+        assert!(err.contains("the program takes 2 arguments but 1 were given"), "{program}: {err}");
+        assert!(!out.join("out_0.npy").exists());
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn spmd_programs_without_a_readable_signature_check_each_shard() {
+    // `!t` hides the signature from the text reader, as bytecode and protos do: arguments
+    // are checked against the compiled per-device parameter (f32[4] under {devices=[2]0,1}).
+    let dir = scratch("spmd-shards");
+    let program = dir.join("alias.mlir");
+    std::fs::write(
+        &program,
+        r#"!t = tensor<8xf32>
+module @m attributes {mhlo.num_partitions = 2 : i32, mhlo.num_replicas = 1 : i32} {
+  func.func public @main(%arg0: !t {mhlo.sharding = "{devices=[2]0,1}"}) -> (!t {mhlo.sharding = "{devices=[2]0,1}"}) {
+    %0 = stablehlo.add %arg0, %arg0 : !t
+    return %0 : !t
+  }
+}
+"#,
+    )
+    .unwrap();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    write_npy(&dir.join("x8.npy"), &[8], &[1f32, 2., 3., 4., 5., 6., 7., 8.]);
+    write_npy(&dir.join("x10.npy"), &[10], &[0f32; 10]);
+    write_npy(&dir.join("i8.npy"), &[8], &[0i32; 8]);
+    let o = gemma_xla(&["run", &p("alias.mlir"), "--arg", &p("x8.npy"), "--out", &p("o")]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("1 output(s) on 2 device(s)"), "{out}");
+    assert_eq!(read_f32(&dir.join("o/out_0.npy")), (vec![8], vec![2., 4., 6., 8., 10., 12., 14., 16.]));
+    let err = fails(&["run", &p("alias.mlir"), "--arg", &p("x10.npy"), "--out", &p("o")]);
+    assert!(
+        err.contains(
+            "(argument 0): the program expects a rank-1 array whose shards under {devices=[2]0,1} are f32[4] on each of 2 devices, \
+             got f32[10], whose shards would be f32[5]"
+        ),
+        "{err}"
+    );
+    let err = fails(&["run", &p("alias.mlir"), "--arg", &p("i8.npy"), "--out", &p("o")]);
+    assert!(
+        err.contains(&format!("--arg {} (argument 0)", p("i8.npy"))) && err.contains("are f32[4]") && err.contains("got s32[8]"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn comments_do_not_change_the_signature_or_the_partitions() {
+    let dir = scratch("comments");
+    let program = dir.join("commented.mlir");
+    std::fs::write(
+        &program,
+        r#"// func.func @main(%arg0: tensor<3xf32>) -> tensor<3xf32>
+// module attributes {mhlo.num_partitions = 4 : i32}
+module @m attributes {mhlo.num_replicas = 1 : i32} { // mhlo.num_partitions = 2
+  func.func public @main(%arg0: tensor<2xi32>) -> tensor<2xi32> {
+    %0 = stablehlo.add %arg0, %arg0 : tensor<2xi32>
+    return %0 : tensor<2xi32>
+  }
+}
+"#,
+    )
+    .unwrap();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    write_npy(&dir.join("i2.npy"), &[2], &[3i32, -4]);
+    write_npy(&dir.join("f3.npy"), &[3], &[0f32; 3]);
+    let o = gemma_xla(&["run", &p("commented.mlir"), "--arg", &p("i2.npy"), "--out", &p("o")]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("1 output(s) on 1 device(s)"), "{out}");
+    assert!(out.contains("s32[2] [6, -8]"), "{out}");
+    let err = fails(&["run", &p("commented.mlir"), "--arg", &p("f3.npy"), "--out", &p("o")]);
+    assert!(err.contains("(argument 0): the program expects s32[2], got f32[3]"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn complex_outputs_are_refused_before_running() {
+    let dir = scratch("complex");
+    std::fs::write(
+        dir.join("complex.mlir"),
+        r#"func.func @main(%re: tensor<2xf32>, %im: tensor<2xf32>) -> tensor<2xcomplex<f32>> {
+  %0 = stablehlo.complex %re, %im : tensor<2xcomplex<f32>>
+  return %0 : tensor<2xcomplex<f32>>
+}
+"#,
+    )
+    .unwrap();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    write_npy(&dir.join("a.npy"), &[2], &[1f32, 2.]);
+    let err = fails(&["run", &p("complex.mlir"), "--arg", &p("a.npy"), "--arg", &p("a.npy"), "--out", &p("o")]);
+    assert!(err.contains(&format!("{}: output 0 has type c64[2], which gemma-xla cannot hold", p("complex.mlir"))), "{err}");
+    assert!(err.contains("nothing was run"), "{err}");
+    assert!(listing(&dir.join("o")).is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_run_replaces_every_output_of_the_previous_run() {
+    let dir = scratch("stale");
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let program = |n: usize| {
+        let types = vec!["tensor<2xf32>"; n].join(", ");
+        let values = vec!["%a"; n].join(", ");
+        format!("func.func @main(%a: tensor<2xf32>) -> ({types}) {{\n  return {values} : {types}\n}}\n")
+    };
+    std::fs::write(dir.join("three.mlir"), program(3)).unwrap();
+    std::fs::write(dir.join("two.mlir"), program(2)).unwrap();
+    write_npy(&dir.join("a.npy"), &[2], &[1f32, 2.]);
+    let run = |prog: &str, out: &str| {
+        let o = gemma_xla(&["run", &p(prog), "--arg", &p("a.npy"), "--out", &p(out)]);
+        assert!(o.status.success(), "{}", text(&o).1);
+    };
+    // A directory only gemma-xla writes to is swapped as a whole.
+    run("three.mlir", "o");
+    assert_eq!(listing(&dir.join("o")), ["manifest.json", "out_0.npy", "out_1.npy", "out_2.npy"]);
+    run("two.mlir", "o");
+    assert_eq!(listing(&dir.join("o")), ["manifest.json", "out_0.npy", "out_1.npy"]);
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("o/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["program"], p("two.mlir"));
+    assert_eq!(manifest["outputs"][1], serde_json::json!({"file": "out_1.npy", "dtype": "f32", "shape": [2]}));
+    assert_eq!(manifest["outputs"].as_array().unwrap().len(), 2);
+    assert!(!listing(&dir).iter().any(|n| n.starts_with('.')), "{:?}", listing(&dir));
+    // One holding the user's files too is updated in place; their files stay.
+    std::fs::create_dir(dir.join("mine")).unwrap();
+    std::fs::write(dir.join("mine/notes.txt"), "keep me").unwrap();
+    run("three.mlir", "mine");
+    run("two.mlir", "mine");
+    assert_eq!(listing(&dir.join("mine")), ["manifest.json", "notes.txt", "out_0.npy", "out_1.npy"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
