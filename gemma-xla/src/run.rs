@@ -59,6 +59,15 @@ pub fn run(a: &RunArgs) -> Result<()> {
     // Read everything the user named before the (slow) compile, so bad input fails fast.
     let args: Vec<HostArray> = a.args.iter().map(|p| npy::read(p)).collect::<Result<_, _>>()?;
     files::ensure_writable_dir(&a.out)?;
+    // The outputs replace every out_*.npy and the manifest in --out: none may be an input.
+    let mut inputs: Vec<&std::path::Path> = a.args.iter().map(|p| p.as_path()).collect();
+    inputs.push(&a.program);
+    for entry in std::fs::read_dir(&a.out).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if files::is_output_name(&name) || name == files::MANIFEST {
+            files::refuse_input_as_output(&entry.path(), &inputs)?;
+        }
+    }
     let client = a.plugin.open(Some(partitions as usize))?;
     let exe = client.compile(&program, &options).with_context(|| format!("cannot compile {}", a.program.display()))?;
     if let Err(e) = exe.check_args(&args) {

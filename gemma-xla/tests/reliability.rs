@@ -152,3 +152,31 @@ fn atomic_writes_go_through_symlinks_keep_modes_and_clean_up_after_killed_writer
     assert!(!d.join(".real.txt.tmp-4194305").exists(), "the stale temporary file is still there");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+#[test]
+fn run_refuses_an_out_directory_whose_outputs_are_its_arguments() {
+    let d = scratch("runout");
+    let ex = repo().join("examples");
+    for f in ["x.npy", "w.npy", "b.npy"] {
+        std::fs::copy(ex.join(f), d.join(f)).unwrap();
+    }
+    // An earlier run's output used as this run's argument, in the same --out directory.
+    std::fs::copy(ex.join("x.npy"), d.join("out_0.npy")).unwrap();
+    let s = |f: &str| d.join(f).to_str().unwrap().to_string();
+    let o = gemma_xla(&[
+        "run",
+        "examples/spmd_matmul.mlir",
+        "--arg",
+        &s("out_0.npy"),
+        "--arg",
+        &s("w.npy"),
+        "--arg",
+        &s("b.npy"),
+        "--out",
+        &s(""),
+    ]);
+    let err = fails(&o);
+    assert!(err.contains("out_0.npy") && err.contains("it is the input"), "{err}");
+    assert!(d.join("out_0.npy").exists());
+    std::fs::remove_dir_all(d).unwrap();
+}
