@@ -117,6 +117,8 @@ impl Api {
         if !path.is_file() {
             return Err(load_err("not a file".into()));
         }
+        // dlopen of a truncated library dies of SIGBUS, and of some garbage aborts: check first.
+        crate::elf::check_shared_library(path).map_err(load_err)?;
         // SAFETY: loading a shared library runs its initialisers; we only load files the user
         // named as PJRT plugins. RTLD_NOW surfaces missing symbols here instead of later.
         let lib =

@@ -9,6 +9,7 @@ pub mod bindings;
 mod api;
 mod buffer;
 mod client;
+pub mod elf;
 mod error;
 mod executable;
 pub mod mmap;
