@@ -4,6 +4,7 @@
 
 mod forward;
 mod plan;
+mod plugin;
 mod run;
 mod train;
 
@@ -26,7 +27,7 @@ struct PluginArgs {
     #[arg(long)]
     plugin: Option<String>,
     /// Number of devices (the CPU plugin creates this many) [default: the plugin's own, or what the program needs]
-    #[arg(long)]
+    #[arg(long, value_parser = device_count)]
     devices: Option<usize>,
 }
 
@@ -45,6 +46,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Per-tensor shardings and bytes per device of a Gemma config on a mesh, before compiling.
     Plan(plan::PlanArgs),
+    /// Install (`install [--force]`) or verify (`check`) the CPU PJRT plugin in the gemma-xla cache.
+    Plugin(plugin::PluginCommand),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward::forward(&args),
         Command::Train(args) => train::train(&args),
         Command::Plan(args) => plan::plan(&args),
+        Command::Plugin(args) => plugin::plugin(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,6 +71,15 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--devices N`: a whole number of at least 1.
+fn device_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("the number of devices must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("expected a number of devices (at least 1), got {s:?}")),
     }
 }
 

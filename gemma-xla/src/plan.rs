@@ -32,7 +32,7 @@ pub struct PlanArgs {
     #[arg(long, default_value = "16GiB", value_parser = parse_bytes)]
     memory: u64,
     /// Refuse a mesh that does not have exactly this many devices
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     devices: Option<i64>,
     /// Print one JSON object (every tensor, integer bytes) instead of the table
     #[arg(long)]

@@ -122,7 +122,9 @@ fn missing_and_bogus_plugins() {
     let fake = dir.join("fake.so");
     std::fs::write(&fake, "hello").unwrap();
     let err = fails(&["devices", "--plugin", fake.to_str().unwrap()]);
-    assert!(err.contains(&format!("cannot load PJRT plugin {}", fake.display())), "{err}");
+    assert!(err.contains(&format!("cannot load PJRT plugin {}: not an ELF shared library", fake.display())), "{err}");
+    let err = fails(&["devices", "--plugin", dir.to_str().unwrap()]);
+    assert!(err.contains(&format!("PJRT plugin path {} is a directory; expected a PJRT plugin .so file", dir.display())), "{err}");
     let err = fails(&["devices", "--plugin", "rocm"]);
     assert!(err.contains("unknown plugin \"rocm\""), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
@@ -205,6 +207,24 @@ fn broken_npy_files_name_the_file() {
 }
 
 #[test]
+fn zero_devices_are_refused_by_every_command() {
+    for args in [
+        &["devices", "--devices", "0"][..],
+        &["run", "examples/spmd_matmul.mlir", "--devices", "0"],
+        &["forward", "--devices", "0"],
+        &["train", "--devices", "0"],
+        &["plan", "--devices", "0"],
+    ] {
+        let o = gemma_xla(args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}\nstdout: {out}\nstderr: {err}");
+        assert!(err.contains("invalid value '0' for '--devices"), "{args:?}: {err}");
+    }
+    let o = gemma_xla(&["devices", "--devices", "0"]);
+    assert!(text(&o).1.contains("the number of devices must be at least 1"));
+}
+
+#[test]
 fn more_partitions_than_devices() {
     let mut args = EXAMPLE.to_vec();
     args.extend(["--devices", "2", "--out", "/tmp/gemma-xla-cli-unused"]);
@@ -263,14 +283,18 @@ fn without_pip_the_error_gives_the_command_to_run() {
         .env("GEMMA_XLA_CACHE", &cache)
         .env("PYTHON", "/nonexistent/python3")
         .env_remove("GEMMA_XLA_PLUGIN")
+        .env_remove("GEMMA_XLA_PLUGIN_SOURCE")
         .output()
         .unwrap();
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot install the CPU PJRT plugin: pip is not available"), "{err}");
+    assert!(err.contains("run `gemma-xla plugin install --force`"), "{err}");
+    assert!(err.contains("GEMMA_XLA_PLUGIN_SOURCE=/path/to/pjrt_c_api_cpu_plugin.so gemma-xla plugin install --force"), "{err}");
     let dest = cache.join("plugins/lammps-jax-pjrt-cpu-0.11.2");
-    assert!(err.contains(&format!("python3 -m pip install --no-deps --target {} lammps-jax-pjrt-cpu==0.11.2", dest.display())), "{err}");
     assert!(!dest.exists(), "nothing half-installed is left where the plugin is looked for");
+    let leftovers: Vec<_> = std::fs::read_dir(cache.join("plugins")).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     std::fs::remove_dir_all(cache).unwrap();
 }
 

@@ -33,6 +33,9 @@ impl Client {
     /// Finds (or installs) the plugin and creates a client. `devices` sets the CPU plugin's
     /// `cpu_device_count`; on other plugins it is checked against the devices present.
     pub fn open(spec: &PluginSpec, devices: Option<usize>) -> Result<Client> {
+        if devices == Some(0) {
+            return Err(Error::Argument("the number of devices must be at least 1, got 0".into()));
+        }
         if let Some(n) = devices.filter(|&n| n > MAX_DEVICES) {
             return Err(Error::Argument(format!("{n} devices asked for; at most {MAX_DEVICES} are supported")));
         }

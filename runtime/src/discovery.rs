@@ -1,7 +1,10 @@
 //! Finding a PJRT plugin the way a user expects: `cpu`, `cuda`, `tpu` or a path, from a flag
-//! or `GEMMA_XLA_PLUGIN`. The CPU plugin is taken from an installed
-//! lammps-jax-pjrt-cpu==0.11.2 or installed on first use with pip (pinned by sha256) into
-//! a per-user cache, via a temporary directory renamed into place.
+//! or `GEMMA_XLA_PLUGIN`. The CPU plugin is taken from the per-user cache (checked before it
+//! is loaded, reinstalled when damaged; see `cpu_cache`), else from an installed
+//! lammps-jax-pjrt-cpu==0.11.2, else installed on first use with pip (pinned by sha256) into
+//! the cache, via a temporary directory renamed into place.
+use crate::cpu_cache::{self, CacheState};
+pub use crate::cpu_cache::{CPU_PACKAGE, CPU_SO, CPU_VERSION, CPU_WHEEL_SHA256, REPAIR_COMMAND, SOURCE_ENV};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,12 +13,6 @@ use std::process::Command;
 pub const PLUGIN_ENV: &str = "GEMMA_XLA_PLUGIN";
 /// Overrides the cache directory (default `$XDG_CACHE_HOME/gemma-xla` or `~/.cache/gemma-xla`).
 pub const CACHE_ENV: &str = "GEMMA_XLA_CACHE";
-
-pub const CPU_PACKAGE: &str = "lammps-jax-pjrt-cpu";
-pub const CPU_VERSION: &str = "0.11.2";
-/// sha256 of lammps_jax_pjrt_cpu-0.11.2-py3-none-manylinux_2_27_x86_64.whl, the wheel we test.
-pub const CPU_WHEEL_SHA256: &str = "1319390d948b39f69f7dade496b7c385149d9ca6097a6b62114da113216d9ad1";
-const CPU_SO: &str = "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so";
 
 /// Which plugin the user asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +54,7 @@ impl PluginSpec {
     pub fn resolve(&self) -> Result<PathBuf> {
         match self {
             PluginSpec::Path(p) if p.is_file() => Ok(p.clone()),
+            PluginSpec::Path(p) if p.is_dir() => Err(Error::PluginIsDirectory(p.clone())),
             PluginSpec::Path(p) => Err(Error::PluginMissing(p.clone())),
             PluginSpec::Cpu => find_or_install_cpu(),
             PluginSpec::Cuda => find_in_python(
@@ -93,26 +91,33 @@ pub fn cpu_install_dir() -> PathBuf {
     cache_dir().join("plugins").join(format!("{CPU_PACKAGE}-{CPU_VERSION}"))
 }
 
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+use cpu_cache::python;
+
+/// One install at a time in this process; other processes are handled by the rename.
+fn install_lock() -> std::sync::MutexGuard<'static, ()> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    INSTALL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn find_or_install_cpu() -> Result<PathBuf> {
-    // One install at a time in this process; other processes are handled by the rename.
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
-    let cached = cpu_install_dir().join(CPU_SO);
-    if cached.is_file() {
-        return Ok(cached);
+    let _guard = install_lock();
+    let dir = cpu_install_dir();
+    match cpu_cache::check(&dir, false) {
+        CacheState::Good { path, .. } => return Ok(path),
+        CacheState::Absent => {
+            if let Some(p) = installed_cpu_plugin() {
+                return Ok(p);
+            }
+        }
+        CacheState::Damaged { path, reason } => {
+            eprintln!("gemma-xla: the cached CPU plugin at {} is damaged ({reason}); reinstalling", path.display());
+        }
     }
-    if let Some(p) = installed_cpu_plugin() {
-        return Ok(p);
-    }
-    install_cpu_plugin(&cpu_install_dir())?;
-    Ok(cached)
+    cpu_cache::install(&dir)
 }
 
-/// The plugin of an installed lammps-jax-pjrt-cpu, if python3 finds exactly our version.
+/// The plugin of an installed lammps-jax-pjrt-cpu, if python3 finds exactly our version and
+/// its file has the pinned size and sound ELF headers.
 fn installed_cpu_plugin() -> Option<PathBuf> {
     let script = format!(
         "import importlib.metadata as m\n\
@@ -124,59 +129,22 @@ fn installed_cpu_plugin() -> Option<PathBuf> {
     let text = String::from_utf8(out.stdout).ok()?;
     let mut lines = text.lines();
     let (version, path) = (lines.next()?, PathBuf::from(lines.next()?));
-    (out.status.success() && version == CPU_VERSION && path.is_file()).then_some(path)
+    let sound =
+        || std::fs::metadata(&path).is_ok_and(|m| m.len() == cpu_cache::CPU_SO_SIZE) && xla_sys::elf::check_shared_library(&path).is_ok();
+    (out.status.success() && version == CPU_VERSION && sound()).then_some(path)
 }
 
-/// The command a user can run by hand to put the plugin where we look for it.
-pub fn manual_install_command(dest: &Path) -> String {
-    format!("python3 -m pip install --no-deps --target {} {CPU_PACKAGE}=={CPU_VERSION}", dest.display())
+/// Installs (or reinstalls) the pinned CPU plugin into the cache, whatever state it is in;
+/// returns the plugin file.
+pub fn install_cpu_plugin() -> Result<PathBuf> {
+    let _guard = install_lock();
+    cpu_cache::install(&cpu_install_dir())
 }
 
-/// pip-installs the pinned wheel into a temporary sibling of `dest`, then renames it into
-/// place, so a half-finished install is never found at `dest`.
-pub fn install_cpu_plugin(dest: &Path) -> Result<()> {
-    let manual = manual_install_command(dest);
-    let fail = |reason: String| Error::Install { reason, command: manual.clone() };
-    let parent = dest.parent().expect("internal: install dir has a parent");
-    std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
-    let pip_ok = Command::new(python()).args(["-m", "pip", "--version"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if !pip_ok {
-        return Err(fail(format!("pip is not available (tried `{} -m pip`)", python())));
-    }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let tmp = parent.join(format!(".tmp-{CPU_PACKAGE}-{}-{nanos}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| fail(format!("cannot create {}: {e}", tmp.display())))?;
-    let req = tmp.join("requirements.txt");
-    std::fs::write(&req, format!("{CPU_PACKAGE}=={CPU_VERSION} --hash=sha256:{CPU_WHEEL_SHA256}\n"))
-        .map_err(|e| fail(format!("cannot write {}: {e}", req.display())))?;
-    eprintln!(
-        "gemma-xla: installing the CPU PJRT plugin {CPU_PACKAGE}=={CPU_VERSION} (about 63 MB) \
-         with pip into {}",
-        dest.display()
-    );
-    let target = tmp.join("pkg");
-    let status = Command::new(python())
-        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--require-hashes", "--target"])
-        .arg(&target)
-        .arg("-r")
-        .arg(&req)
-        .status();
-    let result = match status {
-        Ok(s) if s.success() && target.join(CPU_SO).is_file() => {
-            match std::fs::rename(&target, dest) {
-                Ok(()) => Ok(()),
-                // Another process finished first: its complete install is as good as ours.
-                Err(_) if dest.join(CPU_SO).is_file() => Ok(()),
-                Err(e) => Err(fail(format!("cannot move the install into {}: {e}", dest.display()))),
-            }
-        }
-        Ok(s) if s.success() => Err(fail(format!("pip succeeded but {CPU_SO} is missing"))),
-        Ok(s) => Err(fail(format!("pip failed ({s})"))),
-        Err(e) => Err(fail(format!("cannot run pip: {e}"))),
-    };
-    let _ = std::fs::remove_dir_all(&tmp);
-    result
+/// The state of the CPU plugin in the cache; `always_hash` verifies its sha256 even when the
+/// record vouches for it.
+pub fn check_cpu_plugin(always_hash: bool) -> CacheState {
+    cpu_cache::check(&cpu_install_dir(), always_hash)
 }
 
 /// Looks for `relative` under every entry of python3's sys.path.

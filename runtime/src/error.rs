@@ -12,10 +12,12 @@ pub enum Error {
     BadPluginSpec(String),
     #[error("PJRT plugin file {0} does not exist")]
     PluginMissing(PathBuf),
+    #[error("PJRT plugin path {0} is a directory; expected a PJRT plugin .so file")]
+    PluginIsDirectory(PathBuf),
     #[error("no {what} PJRT plugin found; looked in: {looked}. {hint}")]
     PluginNotFound { what: &'static str, looked: String, hint: String },
-    #[error("cannot install the CPU PJRT plugin: {reason}. Run this yourself, then retry:\n  {command}")]
-    Install { reason: String, command: String },
+    #[error("cannot install the CPU PJRT plugin: {reason}. {hint}")]
+    Install { reason: String, hint: String },
     #[error("{0}")]
     Io(String),
     #[error("the program needs {needed} devices but the client has {available}{hint}")]

@@ -5,6 +5,7 @@
 
 mod client;
 mod compiled;
+pub mod cpu_cache;
 mod device_array;
 pub mod discovery;
 mod error;
@@ -15,6 +16,7 @@ mod program;
 
 pub use client::{download, Client, PluginInfo};
 pub use compiled::{CompiledSignature, CompiledType};
+pub use cpu_cache::CacheState;
 pub use device_array::{Arg, DeviceArray};
 pub use discovery::PluginSpec;
 pub use dtype::{DType, TensorType};

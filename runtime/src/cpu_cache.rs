@@ -1,0 +1,380 @@
+//! The CPU plugin in the gemma-xla cache: installing it (pip, or a local wheel or .so named by
+//! `GEMMA_XLA_PLUGIN_SOURCE`) into a temporary directory renamed into place, the record
+//! written next to it (`plugin.json`: file, size, sha256, package, wheel), and the check made
+//! before every load, so a damaged cache is reinstalled instead of crashing the process.
+//!
+//! Layout: `CACHE/plugins/lammps-jax-pjrt-cpu-0.11.2/{plugin.json,
+//! lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so}`; temporary siblings `.tmp-*` (an install
+//! under way) and `.old-*` (a replaced install being removed) carry the pid of their process.
+use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const CPU_PACKAGE: &str = "lammps-jax-pjrt-cpu";
+pub const CPU_VERSION: &str = "0.11.2";
+/// sha256 of lammps_jax_pjrt_cpu-0.11.2-py3-none-manylinux_2_27_x86_64.whl, the wheel we test.
+pub const CPU_WHEEL_SHA256: &str = "1319390d948b39f69f7dade496b7c385149d9ca6097a6b62114da113216d9ad1";
+/// The plugin inside the wheel (and inside the install directory).
+pub const CPU_SO: &str = "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so";
+/// Size and sha256 of that file as the pinned wheel installs it.
+pub const CPU_SO_SIZE: u64 = 201_600_336;
+pub const CPU_SO_SHA256: &str = "ad1309ac822b1b24d51b7f9947c7c9fa9ef5d67f390584cbc3d1fa2428fed9c2";
+/// The record written next to the installed plugin.
+pub const RECORD: &str = "plugin.json";
+/// A local `lammps_jax_pjrt_cpu-0.11.2-*.whl` or its `pjrt_c_api_cpu_plugin.so` to install
+/// from instead of PyPI (machines without network, tests); checked against the pinned sha256.
+pub const SOURCE_ENV: &str = "GEMMA_XLA_PLUGIN_SOURCE";
+/// The command that (re)installs the CPU plugin whatever state the cache is in.
+pub const REPAIR_COMMAND: &str = "gemma-xla plugin install --force";
+
+/// What is known about the CPU plugin in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheState {
+    /// No install directory.
+    Absent,
+    /// Fit to load: its size and ELF headers are right, and its sha256 was checked
+    /// (`hashed`) or the record written at install time vouches for it.
+    Good { path: PathBuf, size: u64, hashed: bool },
+    /// Must not be loaded; `reason` says why.
+    Damaged { path: PathBuf, reason: String },
+}
+
+/// Where the pinned CPU plugin lives once installed into `cache`'s plugin directory.
+pub fn plugin_file(install_dir: &Path) -> PathBuf {
+    install_dir.join(CPU_SO)
+}
+
+/// Checks the install in `dir` without loading it. The size and the ELF headers are always
+/// checked; the sha256 when `always_hash`, or when the record is missing, unreadable or does
+/// not describe the pinned file.
+pub fn check(dir: &Path, always_hash: bool) -> CacheState {
+    let path = plugin_file(dir);
+    let damaged = |reason: String| CacheState::Damaged { path: path.clone(), reason };
+    if !dir.exists() {
+        return CacheState::Absent;
+    }
+    let size = match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(_) => return damaged("it is not a file".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return damaged("the plugin file is missing".into()),
+        Err(e) => return damaged(format!("cannot read it: {e}")),
+    };
+    if size != CPU_SO_SIZE {
+        return damaged(format!("it is {size} bytes, expected {CPU_SO_SIZE}"));
+    }
+    if let Err(reason) = xla_sys::elf::check_shared_library(&path) {
+        return damaged(reason);
+    }
+    if !always_hash && read_record(dir).is_some_and(|r| r.describes_pinned()) {
+        return CacheState::Good { path, size, hashed: false };
+    }
+    match sha256_file(&path) {
+        Ok(sum) if sum == CPU_SO_SHA256 => CacheState::Good { path, size, hashed: true },
+        Ok(sum) => damaged(format!("its sha256 is {sum}, expected {CPU_SO_SHA256}")),
+        Err(e) => damaged(format!("cannot read it: {e}")),
+    }
+}
+
+/// The record of an install, as written to `plugin.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The plugin file, relative to the install directory.
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+    /// `lammps-jax-pjrt-cpu==0.11.2`.
+    pub package: String,
+    /// The wheel's sha256 (pip checked it), or null when a plain .so was copied in.
+    pub wheel_sha256: Option<String>,
+    /// `pypi`, or the local file it was installed from.
+    pub source: String,
+}
+
+impl Record {
+    fn describes_pinned(&self) -> bool {
+        self.file == CPU_SO && self.size == CPU_SO_SIZE && self.sha256 == CPU_SO_SHA256 && self.package == pinned_package()
+    }
+
+    fn to_json(&self) -> String {
+        let value = serde_json::json!({
+            "file": self.file,
+            "size": self.size,
+            "sha256": self.sha256,
+            "package": self.package,
+            "wheel_sha256": self.wheel_sha256,
+            "source": self.source,
+        });
+        // A json! object of strings and numbers always serializes.
+        serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+    }
+
+    fn from_json(text: &str) -> Option<Record> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        Some(Record {
+            file: s("file")?,
+            size: v.get("size")?.as_u64()?,
+            sha256: s("sha256")?,
+            package: s("package")?,
+            wheel_sha256: s("wheel_sha256"),
+            source: s("source").unwrap_or_default(),
+        })
+    }
+}
+
+/// The record in `dir`, if it is there and readable.
+pub fn read_record(dir: &Path) -> Option<Record> {
+    Record::from_json(&std::fs::read_to_string(dir.join(RECORD)).ok()?)
+}
+
+fn pinned_package() -> String {
+    format!("{CPU_PACKAGE}=={CPU_VERSION}")
+}
+
+/// sha256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf)? {
+            0 => break,
+            n => hasher.update(&buf[..n]),
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Installs the pinned CPU plugin into `dest` (replacing whatever is there): pip (or the
+/// local file of `GEMMA_XLA_PLUGIN_SOURCE`) installs into a temporary sibling, the record is
+/// written, the result is checked and renamed into place, so `dest` never holds half an
+/// install. Leftovers of killed installs are removed first. Returns the plugin file.
+pub fn install(dest: &Path) -> Result<PathBuf> {
+    let source = std::env::var_os(SOURCE_ENV).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let fail = |reason: String| Error::Install { reason, hint: repair_hint(source.is_some()) };
+    let parent = dest.parent().ok_or_else(|| fail(format!("{} has no parent directory", dest.display())))?;
+    std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+    remove_leftovers(parent);
+    let tmp = temporary(parent, "tmp");
+    std::fs::create_dir_all(&tmp).map_err(|e| fail(format!("cannot create {}: {e}", tmp.display())))?;
+    let target = tmp.join("pkg");
+    let result = fill(&target, &tmp, source.as_deref(), dest)
+        .map_err(fail)
+        .and_then(|record| {
+            let text = record.to_json();
+            std::fs::write(target.join(RECORD), text).map_err(|e| fail(format!("cannot write the record: {e}")))
+        })
+        .and_then(|()| match check(&target, false) {
+            CacheState::Good { .. } => Ok(()),
+            CacheState::Damaged { reason, .. } => Err(fail(format!("the freshly installed plugin is damaged ({reason})"))),
+            CacheState::Absent => Err(fail("the install vanished".into())),
+        })
+        .and_then(|()| replace(&target, dest, parent).map_err(fail));
+    let _ = std::fs::remove_dir_all(&tmp);
+    result.map(|()| plugin_file(dest))
+}
+
+/// What to tell a user whose install failed.
+fn repair_hint(from_source: bool) -> String {
+    let mut hint = format!("Fix that, then run `{REPAIR_COMMAND}`.");
+    if !from_source {
+        hint.push_str(&format!(
+            " Without pip or network: on another machine `python3 -m pip download --no-deps {CPU_PACKAGE}=={CPU_VERSION}`, \
+             unzip {CPU_SO} from the wheel, and run `{SOURCE_ENV}=/path/to/pjrt_c_api_cpu_plugin.so {REPAIR_COMMAND}`."
+        ));
+    }
+    hint
+}
+
+/// A fresh temporary sibling name: `.KIND-PACKAGE-PID-NANOS`.
+fn temporary(parent: &Path, kind: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    parent.join(format!(".{kind}-{CPU_PACKAGE}-{}-{nanos}", std::process::id()))
+}
+
+/// Removes `.tmp-*` / `.old-*` siblings left by installs whose process is gone.
+fn remove_leftovers(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(".tmp-").or_else(|| name.strip_prefix(".old-")) else { continue };
+        let Some(rest) = rest.strip_prefix(CPU_PACKAGE).and_then(|r| r.strip_prefix('-')) else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Puts the plugin into `target` (inside `tmp`) and says what was installed.
+fn fill(target: &Path, tmp: &Path, source: Option<&Path>, dest: &Path) -> std::result::Result<Record, String> {
+    let so = target.join(CPU_SO);
+    let (wheel_sha256, from) = match source {
+        Some(src) if src.extension().is_some_and(|e| e == "whl") => {
+            let src = std::fs::canonicalize(src).map_err(|e| format!("{SOURCE_ENV}={}: {e}", src.display()))?;
+            eprintln!("gemma-xla: installing the CPU PJRT plugin {} from {} into {}", pinned_package(), src.display(), dest.display());
+            pip_install(target, tmp, &format!("{} --hash=sha256:{CPU_WHEEL_SHA256}\n", src.display()), true)?;
+            (Some(CPU_WHEEL_SHA256.to_string()), src.display().to_string())
+        }
+        Some(src) => {
+            eprintln!("gemma-xla: installing the CPU PJRT plugin from {} into {}", src.display(), dest.display());
+            let sum = copy_hashed(src, &so).map_err(|e| format!("cannot copy {SOURCE_ENV}={}: {e}", src.display()))?;
+            if sum != CPU_SO_SHA256 {
+                return Err(format!(
+                    "{SOURCE_ENV}={} is not the plugin of {}: its sha256 is {sum}, expected {CPU_SO_SHA256}",
+                    src.display(),
+                    pinned_package()
+                ));
+            }
+            (None, src.display().to_string())
+        }
+        None => {
+            eprintln!("gemma-xla: installing the CPU PJRT plugin {} (about 63 MB) with pip into {}", pinned_package(), dest.display());
+            pip_install(target, tmp, &format!("{} --hash=sha256:{CPU_WHEEL_SHA256}\n", pinned_package()), false)?;
+            (Some(CPU_WHEEL_SHA256.to_string()), "pypi".to_string())
+        }
+    };
+    let size = std::fs::metadata(&so).map_err(|e| format!("{CPU_SO} is missing after the install ({e})"))?.len();
+    let sha256 = sha256_file(&so).map_err(|e| format!("cannot read {}: {e}", so.display()))?;
+    Ok(Record { file: CPU_SO.to_string(), size, sha256, package: pinned_package(), wheel_sha256, source: from })
+}
+
+/// Copies `src` to `dst` (creating its directory), returning the sha256 of what was copied.
+fn copy_hashed(src: &Path, dst: &Path) -> std::io::Result<String> {
+    if let Some(dir) = dst.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut input = File::open(src)?;
+    let mut output = File::create(dst)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match input.read(&mut buf)? {
+            0 => break,
+            n => {
+                hasher.update(&buf[..n]);
+                output.write_all(&buf[..n])?;
+            }
+        }
+    }
+    output.sync_all()?;
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Runs `pip install --no-deps --require-hashes --target TARGET -r REQUIREMENTS`. pip runs
+/// under a tiny Python wrapper that asks the kernel to kill it if this process dies, so a
+/// killed install leaves no pip behind; on every path here the child is waited for.
+fn pip_install(target: &Path, tmp: &Path, requirement: &str, offline: bool) -> std::result::Result<(), String> {
+    let pip_ok = Command::new(python()).args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !pip_ok {
+        return Err(format!("pip is not available (tried `{} -m pip`)", python()));
+    }
+    let req = tmp.join("requirements.txt");
+    std::fs::write(&req, requirement).map_err(|e| format!("cannot write {}: {e}", req.display()))?;
+    // PR_SET_PDEATHSIG (1) = SIGKILL, on Linux; elsewhere pip simply runs.
+    let wrapper = "import runpy, signal, sys\n\
+                   try:\n    import ctypes\n    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))\n\
+                   except Exception:\n    pass\n\
+                   sys.argv = ['pip'] + sys.argv[1:]\n\
+                   runpy.run_module('pip', run_name='__main__', alter_sys=True)\n";
+    let mut cmd = Command::new(python());
+    cmd.args(["-c", wrapper, "install", "--quiet", "--no-deps", "--require-hashes", "--target"]).arg(target).arg("-r").arg(&req);
+    if offline {
+        cmd.arg("--no-index");
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run pip: {e}"))?;
+    let status = match child.wait() {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("lost track of pip: {e}"));
+        }
+    };
+    if !status.success() {
+        return Err(format!("pip failed ({status})"));
+    }
+    if !target.join(CPU_SO).is_file() {
+        return Err(format!("pip succeeded but {CPU_SO} is missing"));
+    }
+    Ok(())
+}
+
+/// Renames the finished install `target` to `dest`, moving an old `dest` aside first.
+fn replace(target: &Path, dest: &Path, parent: &Path) -> std::result::Result<(), String> {
+    let old = temporary(parent, "old");
+    let moved_old = dest.exists() && std::fs::rename(dest, &old).is_ok();
+    let result = match std::fs::rename(target, dest) {
+        Ok(()) => Ok(()),
+        // Another process finished first: its complete install is as good as ours.
+        Err(_) if matches!(check(dest, false), CacheState::Good { .. }) => Ok(()),
+        Err(e) => Err(format!("cannot move the install into {}: {e}", dest.display())),
+    };
+    if moved_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_only_the_pinned_one_vouches() {
+        let r = Record {
+            file: CPU_SO.into(),
+            size: CPU_SO_SIZE,
+            sha256: CPU_SO_SHA256.into(),
+            package: pinned_package(),
+            wheel_sha256: None,
+            source: "/x/pjrt_c_api_cpu_plugin.so".into(),
+        };
+        assert_eq!(Record::from_json(&r.to_json()), Some(r.clone()));
+        assert!(r.describes_pinned());
+        assert!(!Record { size: 5, ..r.clone() }.describes_pinned());
+        assert_eq!(Record::from_json("{\"file\": 3}"), None);
+        assert_eq!(Record::from_json("garbage"), None);
+    }
+
+    #[test]
+    fn states_of_a_cache_directory() {
+        let dir = std::env::temp_dir().join(format!("runtime-cpu-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(check(&dir, false), CacheState::Absent);
+        std::fs::create_dir_all(dir.join("lammps_jax_pjrt_cpu")).unwrap();
+        let so = plugin_file(&dir);
+        assert_eq!(check(&dir, false), CacheState::Damaged { path: so.clone(), reason: "the plugin file is missing".into() });
+        std::fs::write(&so, "garbage").unwrap();
+        assert_eq!(check(&dir, false), CacheState::Damaged { path: so.clone(), reason: format!("it is 7 bytes, expected {CPU_SO_SIZE}") });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn leftovers_of_dead_processes_are_removed() {
+        let dir = std::env::temp_dir().join(format!("runtime-cpu-leftovers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dead = dir.join(format!(".tmp-{CPU_PACKAGE}-4294967295-1"));
+        let ours = dir.join(format!(".old-{CPU_PACKAGE}-{}-1", std::process::id()));
+        let other = dir.join(".tmp-something-else-4294967295-1");
+        for d in [&dead, &ours, &other] {
+            std::fs::create_dir_all(d.join("pkg")).unwrap();
+        }
+        remove_leftovers(&dir);
+        assert!(!dead.exists());
+        assert!(ours.exists() && other.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
