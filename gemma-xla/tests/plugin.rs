@@ -253,3 +253,61 @@ fn explicit_plugin_files_that_are_not_libraries_are_refused_before_loading() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_killed_install_leaves_no_pip_behind_and_its_directory_goes_at_the_next_install() {
+    use std::io::Read;
+    let cache = scratch("killed");
+    // A package index that accepts connections and never answers: pip hangs in the install.
+    let index = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = index.local_addr().unwrap().port();
+    let (connected, wait_connected) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in index.incoming().flatten() {
+            let _ = connected.send(());
+            held.push(stream);
+        }
+    });
+    // python3 through a script that notes each pid (exec keeps it).
+    let pids = cache.join("pids");
+    let python = cache.join("python3");
+    std::fs::write(&python, format!("#!/bin/sh\necho $$ >> '{}'\nexec python3 \"$@\"\n", pids.display())).unwrap();
+    std::fs::set_permissions(&python, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut child = command(&cache, false, &["devices"])
+        .env("PYTHON", &python)
+        .env("PIP_INDEX_URL", format!("http://127.0.0.1:{port}/simple"))
+        .env("PIP_DEFAULT_TIMEOUT", "300")
+        .env("PIP_RETRIES", "0")
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PIP_NO_CACHE_DIR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_connected.recv_timeout(std::time::Duration::from_secs(120)).expect("pip asks the index for the package");
+    let mut text = String::new();
+    std::fs::File::open(&pids).unwrap().read_to_string(&mut text).unwrap();
+    let pip: u32 = text.lines().last().unwrap().trim().parse().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pip}/cmdline")).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).contains("install"), "{}", String::from_utf8_lossy(&cmdline));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = || match std::fs::read_to_string(format!("/proc/{pip}/stat")) {
+        Err(_) => true,
+        // A zombie (state Z, after the pid) has exited; only its reaping is left.
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !gone() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(gone(), "pip (pid {pip}) outlived the killed install");
+    let plugins = cache.join("plugins");
+    let names =
+        || -> Vec<String> { std::fs::read_dir(&plugins).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect() };
+    assert!(names().iter().any(|n| n.starts_with(".tmp-lammps-jax-pjrt-cpu-")), "{:?}", names());
+    succeeds(&cache, true, &["plugin", "install"]);
+    assert_eq!(names(), vec!["lammps-jax-pjrt-cpu-0.11.2".to_string()]);
+    std::fs::remove_dir_all(cache).unwrap();
+}
