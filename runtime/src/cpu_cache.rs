@@ -72,7 +72,25 @@ pub fn check(dir: &Path, always_hash: bool) -> CacheState {
         return CacheState::Good { path, size, hashed: false };
     }
     match sha256_file(&path) {
-        Ok(sum) if sum == CPU_SO_SHA256 => CacheState::Good { path, size, hashed: true },
+        Ok(sum) if sum == CPU_SO_SHA256 => {
+            // An install made before records existed: vouch for it once, so later starts
+            // need not hash 200 MB again (best effort; without the record we just hash).
+            if !read_record(dir).is_some_and(|r| r.describes_pinned()) {
+                let record = Record {
+                    file: CPU_SO.to_string(),
+                    size,
+                    sha256: sum,
+                    package: pinned_package(),
+                    wheel_sha256: None,
+                    source: "an earlier install, verified by its sha256".into(),
+                };
+                let tmp = dir.join(format!(".plugin.json.tmp-{}", std::process::id()));
+                if std::fs::write(&tmp, record.to_json()).and_then(|()| std::fs::rename(&tmp, dir.join("plugin.json"))).is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
+            CacheState::Good { path, size, hashed: true }
+        }
         Ok(sum) => damaged(format!("its sha256 is {sum}, expected {CPU_SO_SHA256}")),
         Err(e) => damaged(format!("cannot read it: {e}")),
     }
