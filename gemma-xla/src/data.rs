@@ -390,11 +390,7 @@ fn read_directory(dir: &Path) -> Result<Vec<Document>> {
 }
 
 /// splitmix64's finalizer: a good 64-bit mixing function.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+use gemma::rng::mix64 as mix;
 
 /// Position `i` of a permutation of `0..n` chosen by `(seed, epoch)`, computed without
 /// building it: a 4-round Feistel network (a bijection of `0..2^(2h)`, `2^(2h) >= n`) with
@@ -406,7 +402,7 @@ pub fn permute(i: u64, n: u64, seed: u64, epoch: u64) -> u64 {
     let bits = 64 - (n - 1).leading_zeros(); // n <= 2^bits
     let half = bits.div_ceil(2).max(1);
     let mask = (1u64 << half) - 1;
-    let key = mix(seed ^ mix(epoch.wrapping_add(0x9e37_79b9_7f4a_7c15)));
+    let key = mix(seed ^ gemma::rng::mix_counter(epoch));
     let mut x = i % n;
     loop {
         let (mut l, mut r) = (x >> half, x & mask);

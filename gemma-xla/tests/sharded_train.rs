@@ -225,6 +225,9 @@ fn bad_meshes_are_refused_before_compiling() {
     // tiny has 4 heads: model=3 splits neither them nor the vocabulary of 256.
     let err = run(&["--mesh", "model=3"]);
     assert!(err.contains("does not divide") && err.contains("meshes of 3 devices that work"), "{err}");
+    // 7B's state (8.5 G parameters, 3 f32 copies: 95 GiB) is refused before allocating.
+    let err = run(&["--config", "7b", "--mesh", "data=1"]);
+    assert!(err.contains("does not fit in the") && err.contains("gemma-xla plan"), "{err}");
     let err = run(&["--mesh", "data=4", "--batch", "6"]);
     assert!(err.contains("batch") && err.contains('6'), "{err}");
 }

@@ -5,6 +5,7 @@
 mod checkpoint;
 mod config;
 mod model;
+pub mod rng;
 pub mod rules;
 mod train;
 

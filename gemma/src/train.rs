@@ -202,14 +202,8 @@ fn fnv1a(s: &str) -> u64 {
 
 /// `n` normal samples with standard deviation `std` (SplitMix64 and Box-Muller).
 fn normals(seed: u64, n: usize, std: f64) -> Vec<f32> {
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut rng = crate::rng::SplitMix64(seed);
+    let mut next = || rng.next_f64();
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let (u1, u2) = (1.0 - next(), next()); // u1 in (0, 1]

@@ -212,6 +212,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let setup = Setup { cfg, mesh, fsdp: a.fsdp, batch: a.batch, seq: data.seq() };
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
     let client = a.plugin.open(Some(setup.mesh.num_devices() as usize))?;
+    check_host_memory(&setup.cfg)?;
     let (host, resumed_from) = initial_state(a, &setup)?;
     let start = host.step;
     if start >= a.steps {
@@ -302,6 +303,25 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if a.sample > 0 {
         let text = sample::generate(&client, &setup, &state, &tokenizer, &data, a.sample, a.seed)?;
         println!("sample: {text}");
+    }
+    Ok(())
+}
+
+/// The state is built on the host before it is placed (f32 weights and both AdamW moments):
+/// refuse, before allocating, a model whose state does not fit in the memory available now.
+fn check_host_memory(cfg: &Config) -> Result<()> {
+    let bytes = 3 * 4 * gemma::rules::param_count(cfg) as u128;
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?.to_string();
+        Some(line.split_whitespace().nth(1)?.parse::<u128>().ok()? * 1024)
+    });
+    if let Some(avail) = available.filter(|&avail| bytes > avail) {
+        bail!(
+            "the training state (f32 weights, AdamW m and v: {:.1} GiB) does not fit in the {:.1} GiB of memory available; \
+             see `gemma-xla plan` for what each device needs",
+            bytes as f64 / (1u64 << 30) as f64,
+            avail as f64 / (1u64 << 30) as f64
+        );
     }
     Ok(())
 }

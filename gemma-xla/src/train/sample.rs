@@ -34,7 +34,7 @@ pub(crate) fn generate(
     let first = data.batch(0, 1, None)?.to_vec::<i32>()?;
     let mut window: Vec<i32> = first[..(seq / 4).max(1)].to_vec();
     let prompt = window.len();
-    let mut rng = seed.wrapping_add(0x5eed);
+    let mut rng = gemma::rng::SplitMix64(seed.wrapping_add(0x5eed));
     let mut out: Vec<u32> = Vec::new();
     for _ in 0..n {
         let pos = window.len().min(seq) - 1;
@@ -58,15 +58,11 @@ pub(crate) fn generate(
 }
 
 /// A token drawn from softmax(logits / temperature) with a SplitMix64 stream.
-fn draw(logits: &[f64], temperature: f64, state: &mut u64) -> u32 {
+fn draw(logits: &[f64], temperature: f64, state: &mut gemma::rng::SplitMix64) -> u32 {
     let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let weights: Vec<f64> = logits.iter().map(|l| ((l - max) / temperature).exp()).collect();
     let total: f64 = weights.iter().sum();
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 * total;
+    let u = state.next_f64() * total;
     let mut acc = 0.0;
     for (i, w) in weights.iter().enumerate() {
         acc += w;
