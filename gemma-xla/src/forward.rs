@@ -98,6 +98,16 @@ fn read_mask(path: &Path, dims: &[i64]) -> Result<HostArray> {
     Ok(HostArray::from_vec(dims, values.into_iter().map(|v| (v != 0.0) as i32).collect())?)
 }
 
+/// Every tensor of `cfg` as a view of the (validated) checkpoint, by checkpoint name.
+pub fn param_views<'a>(ck: &'a Checkpoint, cfg: &Config) -> Result<Tree<HostView<'a>>> {
+    let mut views = Tree::new();
+    for (name, _) in gemma::param_shapes(cfg) {
+        let t = ck.get(&name).with_context(|| format!("{}: the checkpoint has no {name}", ck.dir().display()))?;
+        views.insert(name, HostView { dtype: t.dtype, dims: t.shape, bytes: t.bytes })?;
+    }
+    Ok(views)
+}
+
 pub fn forward(a: &ForwardArgs) -> Result<()> {
     let config_path = a.model.join("config.json");
     if !config_path.is_file() {
@@ -120,18 +130,13 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     }
 
     // Parameters straight from the mapped checkpoint where the dtype matches, else converted.
-    let names: Vec<String> = gemma::param_shapes(&cfg).into_iter().map(|(n, _)| n).collect();
-    let views: Vec<HostView> = names
+    let views = param_views(&ck, &cfg)?;
+    let converted: Vec<(String, Option<HostArray>)> = views
         .iter()
-        .map(|name| {
-            let t = ck.get(name).expect("internal: validated");
-            HostView { dtype: t.dtype, dims: t.shape, bytes: t.bytes }
-        })
-        .collect();
-    let converted: Vec<Option<HostArray>> =
-        views.iter().map(|v| (v.dtype != dtype).then(|| v.convert_float(dtype)).transpose()).collect::<Result<_, _>>()?;
+        .map(|(name, v)| Ok((name.to_string(), (v.dtype != dtype).then(|| v.convert_float(dtype)).transpose()?)))
+        .collect::<Result<_>>()?;
     let mut args: Tree<HostView> = Tree::new();
-    for ((name, v), c) in names.iter().zip(&views).zip(&converted) {
+    for ((name, v), (_, c)) in views.iter().zip(&converted) {
         args.insert(format!("params.{name}"), c.as_ref().map_or(*v, |h| h.host_view()))?;
     }
     args.insert("tokens", tokens.host_view())?;

@@ -3,9 +3,12 @@
 //! functions lives in the `jit` crate.
 #![forbid(unsafe_code)]
 
+pub mod chat;
 pub mod data;
 pub mod files;
+pub mod generate;
 pub mod npy;
+pub mod text;
 
 /// Errors of the library half of this crate; the binary wraps them with anyhow.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +17,11 @@ pub enum Error {
     Runtime(#[from] runtime::Error),
     #[error(transparent)]
     Gemma(#[from] gemma::Error),
+    /// Boxed: jit's errors are large.
+    #[error(transparent)]
+    Jit(Box<jit::Error>),
+    #[error(transparent)]
+    Sharding(#[from] sharding::Error),
     #[error("cannot read {path}: {message}")]
     Read { path: String, message: String },
     /// Bad training data or tokenizer; `path` is the file (with `:line` for .jsonl), the
@@ -26,6 +34,12 @@ pub enum Error {
     Unsupported(String),
     #[error("refusing to write {output}: it is the input {input}")]
     OutputIsInput { output: String, input: String },
+}
+
+impl From<jit::Error> for Error {
+    fn from(e: jit::Error) -> Error {
+        Error::Jit(Box::new(e))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

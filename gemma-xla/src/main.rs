@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod forward;
+mod generate_cmd;
 mod plan;
 mod plugin;
 mod run;
@@ -42,6 +43,8 @@ enum Command {
     Run(run::RunArgs),
     /// Logits, loss and (--grads) gradients of an HF Gemma checkpoint on a token file.
     Forward(forward::ForwardArgs),
+    /// Continue prompts (text or token ids) or chat with an HF Gemma checkpoint, with a KV cache on the devices.
+    Generate(Box<generate_cmd::GenerateArgs>),
     /// Train Gemma with AdamW (one compiled, sharded step); with no flags, the tiny model on the built-in corpus.
     Train(Box<train::TrainArgs>),
     /// Per-tensor shardings and bytes per device of a Gemma config on a mesh, before compiling.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Forward(args) => forward::forward(&args),
         Command::Train(args) => train::train(&args),
+        Command::Generate(args) => generate_cmd::generate_cmd(&args),
         Command::Plan(args) => plan::plan(&args),
         Command::Plugin(args) => plugin::plugin(&args),
     };

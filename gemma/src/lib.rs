@@ -4,6 +4,7 @@
 
 mod checkpoint;
 mod config;
+pub mod decode;
 mod model;
 pub mod rng;
 pub mod rules;

@@ -65,25 +65,25 @@ impl Params {
 
     /// `x` constrained to the layout of dimensions `dims`, when there is a layout.
     #[track_caller]
-    fn constrain(&self, x: Tensor, dims: &[Option<Logical>]) -> Tensor {
+    pub(crate) fn constrain(&self, x: Tensor, dims: &[Option<Logical>]) -> Tensor {
         match &self.layout {
             Some(l) if l.mesh.num_devices() > 1 => x.with_sharding_constraint(&l.spec(dims)),
             _ => x,
         }
     }
 
-    fn get(&self, name: &str) -> &Tensor {
+    pub(crate) fn get(&self, name: &str) -> &Tensor {
         self.tree.get(name).expect("internal: checked by Params::new")
     }
 
-    fn layer(&self, i: usize, name: &str) -> &Tensor {
+    pub(crate) fn layer(&self, i: usize, name: &str) -> &Tensor {
         self.get(&format!("model.layers.{i}.{name}"))
     }
 }
 
 /// x [B, T, D] times a torch-layout weight [out, D]: [B, T, out].
 #[track_caller]
-fn linear(x: &Tensor, w: &Tensor) -> Tensor {
+pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Tensor {
     x.dot_general(w, &DotDims { lhs_contract: vec![2], rhs_contract: vec![1], ..Default::default() })
 }
 
@@ -138,6 +138,12 @@ pub struct BlockOutput {
 pub fn block(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, mask: &Tensor) -> BlockOutput {
     let h = x.rms_norm(p.layer(i, "input_layernorm.weight"), cfg.rms_norm_eps);
     let attention = attend(cfg, p, i, &h, positions, mask);
+    finish_block(cfg, p, i, x, attention)
+}
+
+/// The rest of layer `i` once its attention output [B, T, D] is known: residual add, norm,
+/// gated MLP, residual add.
+pub(crate) fn finish_block(cfg: &Config, p: &Params, i: usize, x: &Tensor, attention: Tensor) -> BlockOutput {
     let x = x + &attention;
     let h = x.rms_norm(p.layer(i, "post_attention_layernorm.weight"), cfg.rms_norm_eps);
     let hidden = [Some(Logical::Batch), None, Some(Logical::Mlp)];
@@ -173,28 +179,41 @@ pub fn forward(cfg: &Config, p: &Params, tokens: &Tensor, positions: &Tensor, ma
 
 /// Causal self-attention of layer `i` with grouped KV heads; softmax in f32 (f64 for f64).
 fn attend(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, allowed: &Tensor) -> Tensor {
+    let (q, k, v) = project_qkv(cfg, p, i, x, positions);
+    attention_output(cfg, p, i, &q, &k, &v, allowed)
+}
+
+/// Layer `i`'s queries [B, T, N, H] and keys and values [B, T, K, H] of x [B, T, D] at
+/// `positions` [B, T], RoPE applied to queries and keys.
+pub(crate) fn project_qkv(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor) -> (Tensor, Tensor, Tensor) {
     let (b, t) = (x.dims()[0], x.dims()[1]);
-    let s = allowed.dims()[2];
     let (n, k, h) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-    let g = n / k;
     let q = linear(x, p.layer(i, "self_attn.q_proj.weight")).reshape(&[b, t, n, h]);
     let q = p.constrain(q, &[Some(Logical::Batch), None, Some(Logical::Heads), None]).rope(positions, cfg.rope_theta);
     let kk = linear(x, p.layer(i, "self_attn.k_proj.weight")).reshape(&[b, t, k, h]).rope(positions, cfg.rope_theta);
     let v = linear(x, p.layer(i, "self_attn.v_proj.weight")).reshape(&[b, t, k, h]);
+    (q, kk, v)
+}
+
+/// Attention of queries q [B, T, N, H] over keys and values [B, S, K, H] where `allowed`
+/// [B, T, S] (pred) is true, then layer `i`'s output projection: [B, T, D].
+pub(crate) fn attention_output(cfg: &Config, p: &Params, i: usize, q: &Tensor, kk: &Tensor, v: &Tensor, allowed: &Tensor) -> Tensor {
+    let (b, t) = (q.dims()[0], q.dims()[1]);
+    let s = allowed.dims()[2];
+    let (n, k, h) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    let g = n / k;
     // Query head n = kv head * G + group member, as HF's repeat_kv pairs them.
     let q = q.reshape(&[b, t, k, g, h]);
     // scores [B, K, T, G, S]
-    let scores =
-        q.dot_general(&kk, &DotDims { lhs_batch: vec![0, 2], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![3] });
-    let wide = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let scores = q.dot_general(kk, &DotDims { lhs_batch: vec![0, 2], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![3] });
+    let wide = if q.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
     let scores = scores.convert(wide) * (h as f64).powf(-0.5);
     let shape = [b, k, t, g, s];
     let mask = allowed.broadcast_in_dim(&shape, &[0, 2, 4]);
     let lowest = scores.scalar_like(f32::MIN as f64);
-    let probs = Tensor::select(&mask, &scores, &lowest).softmax(4).convert(x.dtype());
+    let probs = Tensor::select(&mask, &scores, &lowest).softmax(4).convert(q.dtype());
     // out [B, K, T, G, H] -> [B, T, K, G, H] -> [B, T, N*H]
-    let out =
-        probs.dot_general(&v, &DotDims { lhs_batch: vec![0, 1], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![1] });
+    let out = probs.dot_general(v, &DotDims { lhs_batch: vec![0, 1], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![1] });
     let out = out.transpose(&[0, 2, 1, 3, 4]).reshape(&[b, t, n * h]);
     linear(&out, p.layer(i, "self_attn.o_proj.weight"))
 }

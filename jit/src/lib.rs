@@ -57,6 +57,8 @@ pub struct JitStats {
     pub hits: usize,
     /// Calls that traced, lowered and compiled.
     pub compiles: usize,
+    /// Time spent tracing, lowering and compiling, in all.
+    pub compile_time: std::time::Duration,
 }
 
 struct Entry {
@@ -256,6 +258,7 @@ where
             self.stats.set(stats);
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let trace_err = |cause| Error::Trace { name: self.name.clone(), cause };
         let function = self.trace(key).map_err(trace_err)?;
         let (function, out_shardings) = self.annotate(function, key).map_err(trace_err)?;
@@ -265,6 +268,7 @@ where
         let executable = self.client.compile(&program, &CompileOptions::for_mesh(&self.mesh)).map_err(compile_err)?;
         self.cache.borrow_mut().insert(key.clone(), Entry { function, executable, out_shardings });
         stats.compiles += 1;
+        stats.compile_time += started.elapsed();
         self.stats.set(stats);
         Ok(())
     }

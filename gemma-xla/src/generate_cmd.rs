@@ -1,0 +1,277 @@
+//! `gemma-xla generate`: text or token continuations of an HF Gemma checkpoint, with a key/
+//! value cache kept on the devices (see `gemma_xla::generate`), or an interactive chat.
+use crate::forward::{map_file, param_views};
+use crate::PluginArgs;
+use anyhow::{bail, Context, Result};
+use gemma::{Checkpoint, Config};
+use gemma_xla::chat::Message;
+use gemma_xla::generate::{bucket, generate, Generator, Placement, Sampler};
+use gemma_xla::npy;
+use gemma_xla::text::{ModelText, Stream, TextTokenizer};
+use graph::DType;
+use runtime::{HostArray, Mesh};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "tokens", "chat"])))]
+pub struct GenerateArgs {
+    /// HF model directory: config.json, model.safetensors (or shards), tokenizer.json, tokenizer_config.json
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Prompt text (tokenized with the model's tokenizer, BOS as its tokenizer_config.json says)
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Prompt token ids, int32 or int64 [batch, len]; every row is continued
+    #[arg(long, value_name = "PROMPT.npy")]
+    tokens: Option<PathBuf>,
+    /// Interactive chat (instruction-tuned models): one user turn per line on stdin
+    #[arg(long)]
+    chat: bool,
+    /// Tokens to generate per row (fewer when a row stops at EOS)
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0: greedy (the most likely token); otherwise the logits are divided by it and sampled
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Sample only among the K most likely tokens (0: all)
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample only among the most likely tokens whose probabilities reach P, in (0, 1]
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Seed of the sampling (each row has its own stream)
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write int32 [batch, len + N]: each prompt and its new tokens (rows that stopped early are padded with pad_token_id)
+    #[arg(long, value_name = "GEN.npy")]
+    out: Option<PathBuf>,
+    /// Keep generating after EOS (exactly --max-new-tokens per row)
+    #[arg(long)]
+    ignore_eos: bool,
+    /// tokenizer.json to use instead of the model directory's
+    #[arg(long, value_name = "tokenizer.json")]
+    tokenizer: Option<PathBuf>,
+    /// Device mesh, e.g. model=2 or data=2 (the batch goes over data) [default: one device]
+    #[arg(long)]
+    mesh: Option<String>,
+    /// Also split the weights over `data`
+    #[arg(long)]
+    fsdp: bool,
+    /// Compute dtype: f32, or bf16 (softmax in f32)
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
+    #[command(flatten)]
+    plugin: PluginArgs,
+}
+
+/// Prompt ids from a .npy: int32/int64 [batch, len], len >= 1, every id in the vocabulary.
+fn read_prompts(path: &Path, vocab: i64) -> Result<Vec<Vec<i32>>> {
+    let t = npy::read(path)?;
+    let ids: Vec<i64> = match t.dtype() {
+        DType::S32 => t.to_vec::<i32>()?.into_iter().map(i64::from).collect(),
+        DType::S64 => t.to_vec::<i64>()?,
+        other => bail!("{}: token ids must be int32 or int64, got {other}", path.display()),
+    };
+    let dims = t.dims();
+    if dims.len() != 2 || dims[0] < 1 || dims[1] < 1 {
+        bail!("{}: prompts must be [batch, len] with at least one token, got shape {dims:?}", path.display());
+    }
+    if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id < 0 || id >= vocab) {
+        let (row, col) = (i as i64 / dims[1], i as i64 % dims[1]);
+        bail!("{}: token [{row}, {col}] = {id} is outside the vocabulary [0, {vocab})", path.display());
+    }
+    Ok(ids.chunks(dims[1] as usize).map(|r| r.iter().map(|&i| i as i32).collect()).collect())
+}
+
+fn check_context(prompt: usize, new: usize, context: usize, what: &str) -> Result<()> {
+    if prompt >= context {
+        bail!("{what} has {prompt} tokens but the model's context is {context} (max_position_embeddings); shorten it");
+    }
+    if prompt + new > context {
+        bail!(
+            "{what} has {prompt} tokens and --max-new-tokens is {new}: {} tokens exceed the model's context of {context}; use --max-new-tokens {} or less",
+            prompt + new,
+            context - prompt
+        );
+    }
+    Ok(())
+}
+
+pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
+    let config_path = a.model.join("config.json");
+    if !config_path.is_file() {
+        bail!("{}: no config.json in the model directory", a.model.display());
+    }
+    let cfg = Config::from_json_file(&config_path)?;
+    let info = ModelText::load(&a.model)?;
+    let text = TextTokenizer::load(&a.model, a.tokenizer.as_deref())?;
+    if text.is_none() && (a.prompt.is_some() || a.chat) {
+        bail!(
+            "{} has no tokenizer.json, so --{} cannot be tokenized: pass --tokenizer FILE, or token ids with --tokens PROMPT.npy",
+            a.model.display(),
+            if a.chat { "chat" } else { "prompt" }
+        );
+    }
+    if let Some(t) = &text {
+        if t.tokenizer.vocab_size() as i64 > cfg.vocab_size {
+            bail!(
+                "{}: the tokenizer has {} tokens but the model's vocabulary is {}",
+                t.path.display(),
+                t.tokenizer.vocab_size(),
+                cfg.vocab_size
+            );
+        }
+    }
+    let mut sampler = Sampler::new(a.temperature, a.top_k, a.top_p, a.seed)?;
+    let mesh = match &a.mesh {
+        Some(m) => Mesh::parse(m)?,
+        None => Mesh::single(),
+    };
+    gemma::rules::check_mesh(&mesh)?;
+    let dtype = if a.dtype == "bf16" { DType::Bf16 } else { DType::F32 };
+
+    let prompts: Vec<Vec<i32>> = match (&a.tokens, &a.prompt) {
+        (Some(path), _) => read_prompts(path, cfg.vocab_size)?,
+        (None, Some(p)) => vec![text.as_ref().expect("checked above").encode(p, true)?],
+        (None, None) => Vec::new(),
+    };
+    if let Some(out) = &a.out {
+        if a.chat {
+            bail!("--out writes the tokens of --prompt or --tokens, not of a --chat session");
+        }
+        let ck_files: Vec<PathBuf> = Checkpoint::open_with(&a.model, &map_file)?.files().into_iter().map(Path::to_path_buf).collect();
+        let mut inputs: Vec<&Path> = ck_files.iter().map(PathBuf::as_path).collect();
+        inputs.push(config_path.as_path());
+        inputs.extend(a.tokens.as_deref());
+        gemma_xla::files::refuse_input_as_output(out, &inputs)?;
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if !a.chat {
+        if longest == 0 {
+            bail!("the prompt is empty: it has no tokens");
+        }
+        check_context(longest, a.max_new_tokens, info.context, "the prompt")?;
+    }
+    let batch = if a.chat { 1 } else { prompts.len() };
+    // The cache: room for the prompt's bucket and the new tokens (a chat gets the whole context).
+    let cache_len = if a.chat { info.context.min(8192) } else { (bucket(longest).max(longest + a.max_new_tokens)).min(info.context) };
+
+    let ck = Checkpoint::open_with(&a.model, &map_file)?;
+    ck.validate(&cfg)?;
+    ck.check_unchanged()?;
+    let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
+    let params = param_views(&ck, &cfg)?;
+    let mut g = Generator::new(&client, &cfg, &params, Placement { dtype, mesh: mesh.clone(), fsdp: a.fsdp }, batch, cache_len)?;
+    drop(params);
+    let mut stop: Vec<i32> = if a.ignore_eos { Vec::new() } else { info.eos.clone() };
+    if a.chat {
+        let t = text.as_ref().expect("checked above");
+        stop.extend(t.token_id("<end_of_turn>"));
+        return chat_loop(&mut g, t, &mut sampler, &stop, a.max_new_tokens, info.context.min(cache_len));
+    }
+
+    let refs: Vec<&[i32]> = prompts.iter().map(Vec::as_slice).collect();
+    let streaming = text.is_some() && batch == 1;
+    let mut stream = Stream::default();
+    let out = std::io::stdout();
+    let result = generate(&mut g, &refs, &vec![0; batch], a.max_new_tokens, &mut sampler, &stop, |_, id| {
+        if streaming && !stop.contains(&id) {
+            let piece = stream.push(text.as_ref().expect("streaming needs text"), id)?;
+            let mut o = out.lock();
+            let _ = write!(o, "{piece}");
+            let _ = o.flush();
+        }
+        Ok(())
+    })?;
+    if streaming {
+        println!("{}", stream.finish(text.as_ref().expect("streaming needs text"))?);
+    } else {
+        for (b, row) in result.new_tokens.iter().enumerate() {
+            let shown = match &text {
+                Some(t) => format!(" {:?}", t.decode(row)?),
+                None => String::new(),
+            };
+            println!("row {b}: {row:?}{shown}");
+        }
+    }
+    if let Some(path) = &a.out {
+        let width = longest + a.max_new_tokens;
+        let mut all = Vec::with_capacity(batch * width);
+        for (p, new) in prompts.iter().zip(&result.new_tokens) {
+            let start = all.len();
+            all.extend_from_slice(p);
+            all.extend_from_slice(new);
+            all.resize(start + width, info.pad);
+        }
+        let array = HostArray::from_vec(&[batch as i64, width as i64], all)?;
+        gemma_xla::files::write_atomic(path, &npy::encode_array(&array)?).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote int32 [{batch}, {width}] to {}", path.display());
+    }
+    report(&g);
+    Ok(())
+}
+
+fn report(g: &Generator<'_>) {
+    let t = g.timing;
+    eprintln!(
+        "prefill: {} tokens in {:.1} ms ({:.1} tokens/s); decode: {} tokens in {:.1} ms ({:.1} tokens/s); compile {:.2} s ({} programs)",
+        t.prefill_tokens,
+        t.prefill.as_secs_f64() * 1e3,
+        t.prefill_tokens_per_s(),
+        t.decode_tokens,
+        t.decode.as_secs_f64() * 1e3,
+        t.decode_tokens_per_s(),
+        t.compile.as_secs_f64(),
+        g.compiles()
+    );
+}
+
+/// One user turn per stdin line; the conversation is re-rendered with the chat template each
+/// turn, and only the tokens after the part the cache already holds are prefilled.
+fn chat_loop(g: &mut Generator<'_>, t: &TextTokenizer, sampler: &mut Sampler, stop: &[i32], max_new: usize, context: usize) -> Result<()> {
+    let mut messages: Vec<Message> = Vec::new();
+    let mut cached: Vec<i32> = Vec::new();
+    let stdin = std::io::stdin();
+    let interactive = std::io::IsTerminal::is_terminal(&stdin);
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        messages.push(Message::new("user", line));
+        let prompt = t.chat_prompt(&messages, true)?;
+        // The template writes BOS itself, so no special tokens are added here.
+        let ids = t.encode(&prompt, false)?;
+        let room = context.saturating_sub(ids.len());
+        if room == 0 {
+            bail!("the conversation has {} tokens, the model's context is {context}", ids.len());
+        }
+        let common = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        let mut stream = Stream::default();
+        let out = std::io::stdout();
+        let result = generate(g, &[&ids[common..]], &[common], max_new.min(room), sampler, stop, |_, id| {
+            if !stop.contains(&id) {
+                let mut o = out.lock();
+                let _ = write!(o, "{}", stream.push(t, id)?);
+                let _ = o.flush();
+            }
+            Ok(())
+        })?;
+        println!("{}", stream.finish(t)?);
+        let new = &result.new_tokens[0];
+        cached = ids.clone();
+        cached.extend(new.iter().take(new.len().saturating_sub(1)));
+        let reply: Vec<i32> = new.iter().copied().filter(|id| !stop.contains(id)).collect();
+        messages.push(Message::new("assistant", &t.decode(&reply)?));
+        report(g);
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Generation with a key/value cache. One function, [`extend`], appends `T` tokens to each
+//! row of a cache of `S` slots and returns the next-token logits: prefill is `extend` with `T`
+//! the prompt's length bucket, decode is `extend` with `T = 1`, so the two programs share
+//! every line of the model with `forward`.
+//!
+//! Row `b` writes its `T` new keys and values at slots `start[b] .. start[b] + T` and its
+//! query `t` (at position `start[b] + t`) sees slots `0 ..= start[b] + t`. Only the first
+//! `lengths[b]` of the `T` tokens are real: the padding after them writes slots that no real
+//! query sees and that the next call overwrites before anything can see them. Writes past the
+//! last slot are dropped.
+use crate::config::Config;
+use crate::model::{attention_output, embed, finish_block, project_qkv, unembed, Params};
+use crate::rules::{self, Layout, Logical};
+use graph::{DType, Tensor, TensorType, Tree};
+use sharding::{Mesh, PartitionSpec};
+
+/// The cache's shape for `batch` rows of `cache_len` slots: [B, S, K, H].
+pub fn cache_dims(cfg: &Config, batch: i64, cache_len: i64) -> Vec<i64> {
+    vec![batch, cache_len, cfg.num_key_value_heads, cfg.head_dim]
+}
+
+/// The cache's tensors by path: `cache.<layer>.k` and `cache.<layer>.v`, in `dtype`.
+pub fn cache_types(cfg: &Config, dtype: DType, batch: i64, cache_len: i64) -> Vec<(String, TensorType)> {
+    let ty = TensorType::new(dtype, &cache_dims(cfg, batch, cache_len));
+    (0..cfg.num_hidden_layers).flat_map(|i| [(format!("cache.{i}.k"), ty.clone()), (format!("cache.{i}.v"), ty.clone())]).collect()
+}
+
+/// The logical axes of a cache tensor: rows over the batch axis, kv heads over `model` when
+/// there are several (a single kv head is small and stays whole).
+fn cache_logical(cfg: &Config) -> [Option<Logical>; 4] {
+    let heads = (cfg.num_key_value_heads > 1).then_some(Logical::KvHeads);
+    [Some(Logical::Batch), None, heads, None]
+}
+
+/// How a cache tensor is split over `mesh`.
+pub fn cache_spec(cfg: &Config, mesh: &Mesh) -> PartitionSpec {
+    Layout { mesh: mesh.clone(), fsdp: false }.spec(&cache_logical(cfg))
+}
+
+/// The spec of `extend`'s argument or output at `path` on `mesh` (None: replicated).
+pub fn extend_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<PartitionSpec> {
+    if let Some(name) = path.strip_prefix("params.") {
+        return rules::param_spec(cfg, name, mesh, fsdp).ok();
+    }
+    if path.starts_with("cache.") {
+        return Some(cache_spec(cfg, mesh));
+    }
+    let batch = rules::batch_spec(mesh);
+    match path {
+        "tokens" => Some(batch),
+        "start" | "lengths" => Some(PartitionSpec { dims: vec![batch.dims[0].clone()] }),
+        _ => None,
+    }
+}
+
+/// Which logits `extend` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// `logits` [B, V] at each row's last real token (position `start + lengths - 1`).
+    Last,
+    /// `logits` [B, T, V] at every new token.
+    All,
+}
+
+/// The argument types of `extend`: `params.<checkpoint name>` and the cache in `dtype`,
+/// `tokens` [B, T], `start` [B] and `lengths` [B] (s32).
+pub fn extend_args(cfg: &Config, dtype: DType, batch: i64, tokens: i64, cache_len: i64) -> Tree<TensorType> {
+    let mut t = Tree::new();
+    for (name, ty) in crate::model::param_types(cfg, dtype) {
+        t.insert(format!("params.{name}"), ty).expect("internal: checkpoint names are distinct paths");
+    }
+    for (path, ty) in cache_types(cfg, dtype, batch, cache_len) {
+        t.insert(path, ty).expect("internal: distinct cache paths");
+    }
+    t.insert("tokens", TensorType::new(DType::S32, &[batch, tokens])).expect("internal: fixed name");
+    t.insert("start", TensorType::new(DType::S32, &[batch])).expect("internal: fixed name");
+    t.insert("lengths", TensorType::new(DType::S32, &[batch])).expect("internal: fixed name");
+    t
+}
+
+fn invalid(message: String) -> graph::Error {
+    graph::Error::Invalid(message)
+}
+
+/// Appends `tokens` to the cache (see the module docs). Outputs: the new `cache.<i>.k` /
+/// `cache.<i>.v` and `logits` (f32, f64 for f64 models) as `head` says.
+pub fn extend(cfg: &Config, args: &Tree<Tensor>, head: Head, layout: Option<Layout>) -> Result<Tree<Tensor>, graph::Error> {
+    let p = Params::new(cfg, args.subtree("params"))?.with_layout(layout);
+    let tokens = args.leaf("tokens")?;
+    let (start, lengths) = (args.leaf("start")?, args.leaf("lengths")?);
+    if tokens.rank() != 2 || !tokens.dtype().is_int() {
+        return Err(invalid(format!("tokens must be integer [batch, new tokens], got {}", tokens.ty())));
+    }
+    let (b, t) = (tokens.dims()[0], tokens.dims()[1]);
+    for (name, x) in [("start", start), ("lengths", lengths)] {
+        if x.dims() != [b] || x.dtype() != DType::S32 {
+            return Err(invalid(format!("{name} must be s32[{b}] (one per row of tokens), got {}", x.ty())));
+        }
+    }
+    let dtype = p.get("model.embed_tokens.weight").dtype();
+    let want = TensorType::new(dtype, &cache_dims(cfg, b, args.leaf("cache.0.k").map(|c| c.dims()[1]).unwrap_or(0)));
+    let s = want.dims[1];
+    if s < 1 {
+        return Err(invalid("the cache needs at least one slot".into()));
+    }
+    for (path, _) in cache_types(cfg, dtype, b, s) {
+        let c = args.leaf(&path)?;
+        if c.ty() != want {
+            return Err(invalid(format!("{path} must be {want} (as cache.0.k), got {}", c.ty())));
+        }
+    }
+    if args.subtree("cache").len() != 2 * cfg.num_hidden_layers {
+        return Err(invalid(format!("the cache must hold exactly cache.<0..{}>.k and .v", cfg.num_hidden_layers)));
+    }
+
+    let tr = tokens.tracer();
+    let s32 = |dims: &[i64]| TensorType::new(DType::S32, dims);
+    let tokens = tokens.convert(DType::S32);
+    // positions [B, T] = start + t
+    let positions = &start.broadcast_in_dim(&[b, t], &[0]) + &tr.iota(&s32(&[b, t]), 1);
+    // query t of row b sees slots s <= its position: [B, T, S]
+    let slot = tr.iota(&s32(&[b, t, s]), 2);
+    let allowed = slot.le(&positions.broadcast_in_dim(&[b, t, s], &[0, 1]));
+    // Rows of the cache flattened to [B*S, K*H]: new token (b, t) goes to row b*S + position,
+    // or nowhere (row B*S, out of range, dropped by the scatter) past the last slot.
+    let inside = positions.lt(&positions.scalar_like(s as f64));
+    let row = &tr.iota(&s32(&[b, t]), 0) * (s as f64) + &positions;
+    let rows = Tensor::select(&inside, &row, &row.scalar_like((b * s) as f64));
+    // The slots being written, [B, S]: start <= s < start + T.
+    let slot_bs = tr.iota(&s32(&[b, s]), 1);
+    let first = start.broadcast_in_dim(&[b, s], &[0]);
+    let written = slot_bs.ge(&first).and(&slot_bs.lt(&(&first + (t as f64))));
+    let (k, h) = (cfg.num_key_value_heads, cfg.head_dim);
+    let cache_dims = [b, s, k, h];
+    let cache_axes = cache_logical(cfg);
+    let write = |cache: &Tensor, new: &Tensor| -> Tensor {
+        let keep = written.broadcast_in_dim(&cache_dims, &[0, 1]);
+        let cleared = Tensor::select(&keep, &cache.scalar_like(0.0), cache);
+        let flat = cleared.reshape(&[b * s, k * h]);
+        let updates = new.convert(cache.dtype()).reshape(&[b, t, k * h]);
+        p.constrain(flat.scatter_add(&rows, &updates).reshape(&cache_dims), &cache_axes)
+    };
+
+    let mut out = Tree::new();
+    let mut x = embed(cfg, &p, &tokens);
+    for i in 0..cfg.num_hidden_layers {
+        let normed = x.rms_norm(p.layer(i, "input_layernorm.weight"), cfg.rms_norm_eps);
+        let (q, k_new, v_new) = project_qkv(cfg, &p, i, &normed, &positions);
+        let k_all = write(args.leaf(&format!("cache.{i}.k"))?, &k_new);
+        let v_all = write(args.leaf(&format!("cache.{i}.v"))?, &v_new);
+        let attention = attention_output(cfg, &p, i, &q, &k_all, &v_all, &allowed);
+        x = finish_block(cfg, &p, i, &x, attention).x;
+        out.insert(format!("cache.{i}.k"), k_all)?;
+        out.insert(format!("cache.{i}.v"), v_all)?;
+    }
+    let wide = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+    let d = cfg.hidden_size;
+    let logits = match head {
+        Head::All => unembed(cfg, &p, &x).1,
+        Head::Last => {
+            // x at t = lengths - 1 of each row (clamped into the row): [B, 1, D]
+            let last = (lengths - 1.0).max(&lengths.scalar_like(0.0)).min(&lengths.scalar_like((t - 1) as f64));
+            let ids = &tr.iota(&s32(&[b]), 0) * (t as f64) + &last;
+            let x_last = x.reshape(&[b * t, d]).gather(&ids).reshape(&[b, 1, d]);
+            unembed(cfg, &p, &x_last).1.reshape(&[b, cfg.vocab_size])
+        }
+    };
+    out.insert("logits", logits.convert(wide))?;
+    Ok(out)
+}
