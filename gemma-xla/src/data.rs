@@ -76,6 +76,41 @@ impl Tokenizer {
         }
     }
 
+    /// This tokenizer as HF files: (`tokenizer.json`, `tokenizer_config.json`), so that a
+    /// trained model's directory is complete for `generate` and for transformers. The byte
+    /// tokenizer becomes a BPE with byte fallback whose vocabulary is the 256 byte tokens
+    /// `<0x00>`..`<0xFF>` (ids 0..=255, no merges). BOS is not added: training did not add it.
+    pub fn hf_files(&self) -> Result<(String, String)> {
+        let json = match self {
+            Tokenizer::Bytes => {
+                let vocab: serde_json::Map<String, serde_json::Value> = (0..=255u8).map(|b| (format!("<0x{b:02X}>"), b.into())).collect();
+                let t = serde_json::json!({
+                    "version": "1.0",
+                    "truncation": null,
+                    "padding": null,
+                    "added_tokens": [],
+                    "normalizer": null,
+                    "pre_tokenizer": null,
+                    "post_processor": null,
+                    "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]},
+                    "model": {
+                        "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                        "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": true, "ignore_merges": false,
+                        "vocab": vocab, "merges": []
+                    }
+                });
+                serde_json::to_string_pretty(&t).expect("internal: a json! value serializes")
+            }
+            Tokenizer::Hf(t) => t.to_string(true).map_err(|e| Error::Unsupported(format!("cannot serialize the tokenizer: {e}")))?,
+        };
+        let config = serde_json::json!({
+            "add_bos_token": false,
+            "add_eos_token": false,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        });
+        Ok((json, serde_json::to_string_pretty(&config).expect("internal: a json! value serializes") + "\n"))
+    }
+
     /// The text of `ids`; bytes that are not UTF-8 become U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match self {

@@ -175,11 +175,13 @@ impl TextTokenizer {
 }
 
 /// Turns a growing list of ids into text increments, holding back a tail that ends inside a
-/// multi-byte character (decoded as U+FFFD until its last byte arrives).
+/// multi-byte character (decoded as U+FFFD until its last byte arrives). The printed text is
+/// the decoding of all ids so far, except when later byte tokens turn earlier valid bytes into
+/// an invalid sequence (the whole byte run then decodes as U+FFFD): what was printed stays.
 #[derive(Debug, Default)]
 pub struct Stream {
     ids: Vec<i32>,
-    printed: usize,
+    printed: String,
 }
 
 impl Stream {
@@ -187,19 +189,35 @@ impl Stream {
     pub fn push(&mut self, tok: &TextTokenizer, id: i32) -> Result<String> {
         self.ids.push(id);
         let text = tok.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.printed || !text.is_char_boundary(self.printed) {
+        if text.ends_with('\u{FFFD}') {
             return Ok(String::new());
         }
-        let new = text[self.printed..].to_string();
-        self.printed = text.len();
-        Ok(new)
+        Ok(self.advance(text))
+    }
+
+    fn advance(&mut self, text: String) -> String {
+        match text.strip_prefix(self.printed.as_str()) {
+            Some(new) => {
+                let new = new.to_string();
+                self.printed = text;
+                new
+            }
+            // Earlier text changed (a byte run became invalid): go on beyond the old length.
+            None => {
+                let mut at = self.printed.len().min(text.len());
+                while !text.is_char_boundary(at) {
+                    at += 1;
+                }
+                let new = text[at..].to_string();
+                self.printed = text;
+                new
+            }
+        }
     }
 
     /// Whatever is left (an unfinished character prints as U+FFFD).
     pub fn finish(&mut self, tok: &TextTokenizer) -> Result<String> {
         let text = tok.decode(&self.ids)?;
-        let new = text.get(self.printed..).unwrap_or("").to_string();
-        self.printed = text.len();
-        Ok(new)
+        Ok(self.advance(text))
     }
 }

@@ -398,3 +398,20 @@ fn the_builtin_corpus_is_what_its_generator_writes() {
         Err(e) => eprintln!("skipped: python3 is not available ({e})"),
     }
 }
+
+#[test]
+fn the_byte_tokenizer_as_hf_files_encodes_bytes() -> anyhow::Result<()> {
+    let (json, config) = Tokenizer::Bytes.hf_files()?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, json)?;
+    let hf = Tokenizer::load(Some(&path))?;
+    let text = "héllo, <0x41> wörld 🙂\n\t";
+    let ids = hf.encode(text)?;
+    assert_eq!(ids, Tokenizer::Bytes.encode(text)?);
+    assert_eq!(hf.decode(&ids)?, text);
+    assert_eq!(hf.vocab_size(), 256);
+    let config: serde_json::Value = serde_json::from_str(&config)?;
+    assert_eq!(config["add_bos_token"], false);
+    Ok(())
+}

@@ -189,7 +189,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
     }
     // Nothing this run writes may be one of its inputs.
-    let written = ["model.safetensors", "config.json", "metrics.jsonl", "loss.png"].map(|f| a.out.join(f));
+    let written =
+        ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl", "loss.png"].map(|f| a.out.join(f));
     let mut inputs: Vec<&Path> = a.data.iter().chain(&a.tokenizer).map(PathBuf::as_path).collect();
     let init_files: Vec<PathBuf> = a.init.iter().flat_map(|d| ["config.json", "model.safetensors"].map(|f| d.join(f))).collect();
     inputs.extend(init_files.iter().map(PathBuf::as_path));
@@ -282,6 +283,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 let params = checkpoints::entries(&setup.cfg, "params", "");
                 checkpoints::write_from_devices(&a.out.join("model.safetensors"), &state, &params)?;
                 gemma::write_atomic(&a.out.join("config.json"), setup.cfg.to_hf_json().as_bytes())?;
+                // The tokenizer too, so that `generate --model OUT --prompt ...` works.
+                let (tokenizer_json, tokenizer_config) = tokenizer.hf_files()?;
+                gemma::write_atomic(&a.out.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+                gemma::write_atomic(&a.out.join("tokenizer_config.json"), tokenizer_config.as_bytes())?;
             }
             saved += saving.elapsed().as_secs_f64();
         }
