@@ -164,6 +164,8 @@ pub struct Generator<'c> {
     batch: usize,
     cache_len: usize,
     jit: Jit<'c, ExtendFn<'c>>,
+    scorer: Jit<'c, ExtendFn<'c>>,
+    copier: Jit<'c, ExtendFn<'c>>,
     params: Tree<DeviceArray>,
     cache: Option<Tree<DeviceArray>>,
     /// Time spent in the programs so far.
@@ -188,12 +190,20 @@ impl<'c> Generator<'c> {
         gemma::rules::param_specs(cfg, &mesh, fsdp)?;
         let layout = (mesh.num_devices() > 1).then(|| Layout { mesh: mesh.clone(), fsdp });
         let c = cfg.clone();
-        let f: ExtendFn<'c> = Box::new(move |a: &Tree<Tensor>| decode::extend(&c, a, Head::Last, layout.clone()));
-        let (rule_cfg, rule_mesh) = (cfg.clone(), mesh.clone());
-        let jit = Jit::new("generate", client, f)
-            .with_mesh(mesh.clone())
-            .donate("cache")
-            .with_rule(move |path, _| decode::extend_spec(&rule_cfg, path, &rule_mesh, fsdp));
+        let l = layout.clone();
+        let f: ExtendFn<'c> = Box::new(move |a: &Tree<Tensor>| decode::extend(&c, a, Head::Last, l.clone()));
+        let (c, l) = (cfg.clone(), layout);
+        let s: ExtendFn<'c> = Box::new(move |a: &Tree<Tensor>| decode::score(&c, a, l.clone()));
+        let copy: ExtendFn<'c> = Box::new(decode::copy_rows);
+        let on_devices = |name: &str, f: ExtendFn<'c>| {
+            let (rule_cfg, rule_mesh) = (cfg.clone(), mesh.clone());
+            Jit::new(name, client, f).with_mesh(mesh.clone()).donate("cache").with_rule(move |path, _| {
+                let path = if path == "targets" || path == "logprob" || path == "greedy" { "tokens" } else { path };
+                let path = if path == "source" { "start" } else { path };
+                decode::extend_spec(&rule_cfg, path, &rule_mesh, fsdp)
+            })
+        };
+        let (jit, scorer, copier) = (on_devices("generate", f), on_devices("score", s), on_devices("copy_rows", copy));
         let mut placed = Tree::new();
         for (name, _) in gemma::param_shapes(cfg) {
             let host = params.get(&name).ok_or_else(|| Error::Unsupported(format!("the parameters have no {name}")))?.host_view();
@@ -213,6 +223,8 @@ impl<'c> Generator<'c> {
             batch,
             cache_len,
             jit,
+            scorer,
+            copier,
             params: placed,
             cache: None,
             timing: Timing::default(),
@@ -231,7 +243,11 @@ impl<'c> Generator<'c> {
 
     /// Programs compiled so far.
     pub fn compiles(&self) -> usize {
-        self.jit.stats().compiles
+        self.jit.stats().compiles + self.scorer.stats().compiles + self.copier.stats().compiles
+    }
+
+    fn compile_time(&self) -> Duration {
+        self.jit.stats().compile_time + self.scorer.stats().compile_time + self.copier.stats().compile_time
     }
 
     fn empty_cache(&self) -> Result<Tree<DeviceArray>> {
@@ -251,10 +267,10 @@ impl<'c> Generator<'c> {
         Ok(DeviceArray::place(self.client, &HostArray::from_vec(dims, values)?, &NamedSharding::new(self.mesh.clone(), spec)?)?)
     }
 
-    /// Writes `rows[b]` into row `b` of the cache from slot `start[b]` on and returns, per
-    /// row, the logits after its last token. Every row needs at least one token. One token per
-    /// row runs the decode program; more run the prefill program of their length bucket.
-    pub fn extend(&mut self, rows: &[&[i32]], start: &[usize]) -> Result<Vec<Vec<f32>>> {
+    /// Checks rows and starts, pads the rows to one length (1, or the bucket of the longest)
+    /// and places the arguments of an extend-like call, with the cache taken out of `self`
+    /// (the weights are added by `with_params`). Returns them and that length.
+    fn extend_args(&mut self, rows: &[&[i32]], start: &[usize]) -> Result<(Vec<(String, DeviceArray)>, usize)> {
         if rows.len() != self.batch || start.len() != self.batch {
             return Err(Error::Unsupported(format!("expected {} rows, got {} rows and {} starts", self.batch, rows.len(), start.len())));
         }
@@ -275,46 +291,109 @@ impl<'c> Generator<'c> {
             }
         }
         let t = if longest == 1 { 1 } else { bucket(longest) };
-        let mut tokens = Vec::with_capacity(self.batch * t);
-        for r in rows {
-            tokens.extend_from_slice(r);
-            tokens.resize(tokens.len() + t - r.len(), 0);
-        }
         let b = self.batch as i64;
-        let mut args: Tree<Arg> = Tree::new();
-        for (name, a) in self.params.iter() {
-            args.insert(format!("params.{name}"), Arg::Keep(a)).map_err(graph_error)?;
-        }
+        let tokens = self.place_s32(&[b, t as i64], pad_rows(rows, t), "tokens")?;
+        let starts = self.place_s32(&[b], start.iter().map(|&s| s as i32).collect(), "start")?;
+        let lengths = self.place_s32(&[b], rows.iter().map(|r| r.len() as i32).collect(), "lengths")?;
         let cache = self.cache.take().ok_or_else(|| Error::Unsupported("the cache was lost by an earlier failed call".into()))?;
-        for (path, a) in cache.into_leaves() {
-            args.insert(path, Arg::Donate(a)).map_err(graph_error)?;
-        }
-        args.insert("tokens", Arg::Donate(self.place_s32(&[b, t as i64], tokens, "tokens")?)).map_err(graph_error)?;
-        let starts = start.iter().map(|&s| s as i32).collect();
-        args.insert("start", Arg::Donate(self.place_s32(&[b], starts, "start")?)).map_err(graph_error)?;
-        let lengths = rows.iter().map(|r| r.len() as i32).collect();
-        args.insert("lengths", Arg::Donate(self.place_s32(&[b], lengths, "lengths")?)).map_err(graph_error)?;
+        let mut owned = cache.into_leaves();
+        owned.extend([("tokens".to_string(), tokens), ("start".to_string(), starts), ("lengths".to_string(), lengths)]);
+        Ok((owned, t))
+    }
 
-        let compile_before = self.jit.stats().compile_time;
-        let began = Instant::now();
-        let mut out = self.jit.call(args)?;
-        let logits = out.remove("logits").ok_or_else(|| Error::Unsupported("internal: extend returned no logits".into()))?.fetch()?;
-        let compile = self.jit.stats().compile_time - compile_before;
+    /// Accounts a call's time (less any compiling) to prefill or decode.
+    fn account(&mut self, began: Instant, compile_before: Duration, t: usize, tokens: usize) {
+        let compile = self.compile_time() - compile_before;
         let spent = began.elapsed().saturating_sub(compile);
         self.timing.compile += compile;
-        let real: usize = rows.iter().map(|r| r.len()).sum();
         if t == 1 {
             self.timing.decode += spent;
-            self.timing.decode_tokens += real;
+            self.timing.decode_tokens += tokens;
         } else {
             self.timing.prefill += spent;
-            self.timing.prefill_tokens += real;
+            self.timing.prefill_tokens += tokens;
         }
+    }
+
+    /// Writes `rows[b]` into row `b` of the cache from slot `start[b]` on and returns, per
+    /// row, the logits after its last token. Every row needs at least one token. One token per
+    /// row runs the decode program; more run the prefill program of their length bucket.
+    pub fn extend(&mut self, rows: &[&[i32]], start: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let (compile_before, began) = (self.compile_time(), Instant::now());
+        let (owned, t) = self.extend_args(rows, start)?;
+        let mut out = self.jit.call(with_params(&self.params, owned)?)?;
+        let logits = out.remove("logits").ok_or_else(|| Error::Unsupported("internal: extend returned no logits".into()))?.fetch()?;
         self.cache = Some(out.take_subtree("cache").prefixed("cache").map_err(graph_error)?);
+        self.account(began, compile_before, t, rows.iter().map(|r| r.len()).sum());
         let v = self.cfg.vocab_size as usize;
         let values = logits.to_vec::<f32>()?;
         Ok(values.chunks(v).map(<[f32]>::to_vec).collect())
     }
+
+    /// Like `extend`, but scores `targets[b]` (one per token of `rows[b]`): per row, the
+    /// log-probability of each target and whether it was the most likely token.
+    pub fn score(&mut self, rows: &[&[i32]], start: &[usize], targets: &[&[i32]]) -> Result<Vec<(Vec<f32>, Vec<bool>)>> {
+        for (b, (r, tg)) in rows.iter().zip(targets).enumerate() {
+            if r.len() != tg.len() {
+                return Err(Error::Unsupported(format!("row {b}: {} tokens but {} targets", r.len(), tg.len())));
+            }
+        }
+        let (compile_before, began) = (self.compile_time(), Instant::now());
+        let (mut owned, t) = self.extend_args(rows, start)?;
+        owned.push(("targets".to_string(), self.place_s32(&[self.batch as i64, t as i64], pad_rows(targets, t), "tokens")?));
+        let mut out = self.scorer.call(with_params(&self.params, owned)?)?;
+        let take = |out: &mut Tree<DeviceArray>, name: &str| -> Result<HostArray> {
+            Ok(out.remove(name).ok_or_else(|| Error::Unsupported(format!("internal: score returned no {name}")))?.fetch()?)
+        };
+        let logprob = take(&mut out, "logprob")?.to_vec::<f32>()?;
+        let greedy = take(&mut out, "greedy")?.to_vec::<i32>()?;
+        self.cache = Some(out.take_subtree("cache").prefixed("cache").map_err(graph_error)?);
+        self.account(began, compile_before, t.max(2), rows.iter().map(|r| r.len()).sum());
+        Ok(rows
+            .iter()
+            .enumerate()
+            .map(|(b, r)| (logprob[b * t..b * t + r.len()].to_vec(), greedy[b * t..b * t + r.len()].iter().map(|&g| g != 0).collect()))
+            .collect())
+    }
+
+    /// Replaces every cache row `b` with row `source[b]` (on the devices).
+    pub fn copy_rows(&mut self, source: &[usize]) -> Result<()> {
+        if source.len() != self.batch || source.iter().any(|&s| s >= self.batch) {
+            return Err(Error::Unsupported(format!("copy_rows needs {} row indices below {}, got {source:?}", self.batch, self.batch)));
+        }
+        let src = self.place_s32(&[self.batch as i64], source.iter().map(|&s| s as i32).collect(), "start")?;
+        let cache = self.cache.take().ok_or_else(|| Error::Unsupported("the cache was lost by an earlier failed call".into()))?;
+        let mut args: Tree<Arg> = Tree::new();
+        for (path, a) in cache.into_leaves() {
+            args.insert(path, Arg::Donate(a)).map_err(graph_error)?;
+        }
+        args.insert("source", Arg::Donate(src)).map_err(graph_error)?;
+        let mut out = self.copier.call(args)?;
+        self.cache = Some(out.take_subtree("cache").prefixed("cache").map_err(graph_error)?);
+        Ok(())
+    }
+}
+
+/// The weights (kept) and `owned` arrays (donated) as one call's arguments.
+fn with_params(params: &Tree<DeviceArray>, owned: Vec<(String, DeviceArray)>) -> Result<Tree<Arg<'_>>> {
+    let mut args: Tree<Arg> = Tree::new();
+    for (name, a) in params.iter() {
+        args.insert(format!("params.{name}"), Arg::Keep(a)).map_err(graph_error)?;
+    }
+    for (path, a) in owned {
+        args.insert(path, Arg::Donate(a)).map_err(graph_error)?;
+    }
+    Ok(args)
+}
+
+/// Rows padded with 0 to `t` tokens each, concatenated.
+fn pad_rows(rows: &[&[i32]], t: usize) -> Vec<i32> {
+    let mut all = Vec::with_capacity(rows.len() * t);
+    for r in rows {
+        all.extend_from_slice(r);
+        all.resize(all.len() + t - r.len(), 0);
+    }
+    all
 }
 
 fn graph_error(e: graph::Error) -> Error {
@@ -329,7 +408,8 @@ pub struct Generated {
 }
 
 /// Prefills `prompts` (row b from slot `start[b]`) and decodes up to `max_new` tokens per row;
-/// a row stops after a token of `stop`. `on_token(row, id)` sees each new token as it comes.
+/// a row stops after a token of `stop`, or when `on_token(row, id)`, which sees each new
+/// token as it comes, returns true.
 pub fn generate(
     g: &mut Generator<'_>,
     prompts: &[&[i32]],
@@ -337,7 +417,7 @@ pub fn generate(
     max_new: usize,
     sampler: &mut Sampler,
     stop: &[i32],
-    mut on_token: impl FnMut(usize, i32) -> Result<()>,
+    mut on_token: impl FnMut(usize, i32) -> Result<bool>,
 ) -> Result<Generated> {
     let rows = prompts.len();
     let mut new_tokens: Vec<Vec<i32>> = vec![Vec::new(); rows];
@@ -366,9 +446,9 @@ pub fn generate(
             }
             let id = sampler.pick(b, &logits[b]) as i32;
             new_tokens[b].push(id);
-            on_token(b, id)?;
+            let ended = on_token(b, id)?;
             next[b] = id;
-            if stop.contains(&id) {
+            if ended || stop.contains(&id) {
                 done[b] = true;
             }
         }

@@ -182,7 +182,7 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
             let _ = write!(o, "{piece}");
             let _ = o.flush();
         }
-        Ok(())
+        Ok(false)
     })?;
     if streaming {
         println!("{}", stream.finish(text.as_ref().expect("streaming needs text"))?);
@@ -263,7 +263,7 @@ fn chat_loop(g: &mut Generator<'_>, t: &TextTokenizer, sampler: &mut Sampler, st
                 let _ = write!(o, "{}", stream.push(t, id)?);
                 let _ = o.flush();
             }
-            Ok(())
+            Ok(false)
         })?;
         println!("{}", stream.finish(t)?);
         let new = &result.new_tokens[0];

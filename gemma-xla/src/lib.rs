@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod data;
+pub mod eval;
 pub mod files;
 pub mod generate;
 pub mod npy;

@@ -2,6 +2,7 @@
 //! programs, and move arrays between files and devices.
 #![forbid(unsafe_code)]
 
+mod eval_cmd;
 mod forward;
 mod generate_cmd;
 mod plan;
@@ -45,6 +46,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Continue prompts (text or token ids) or chat with an HF Gemma checkpoint, with a KV cache on the devices.
     Generate(Box<generate_cmd::GenerateArgs>),
+    /// Score a checkpoint on benchmark items (multiple choice by log-likelihood, generation by exact match) as lm-eval-harness does.
+    Eval(Box<eval_cmd::EvalArgs>),
     /// Train Gemma with AdamW (one compiled, sharded step); with no flags, the tiny model on the built-in corpus.
     Train(Box<train::TrainArgs>),
     /// Per-tensor shardings and bytes per device of a Gemma config on a mesh, before compiling.
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward::forward(&args),
         Command::Train(args) => train::train(&args),
         Command::Generate(args) => generate_cmd::generate_cmd(&args),
+        Command::Eval(args) => eval_cmd::eval_cmd(&args),
         Command::Plan(args) => plan::plan(&args),
         Command::Plugin(args) => plugin::plugin(&args),
     };

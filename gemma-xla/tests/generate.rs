@@ -134,16 +134,16 @@ fn generate_stops_rows_at_eos_and_samples_reproducibly() -> Result<()> {
     let rows = prompts(&dir)?;
     let refs: Vec<&[i32]> = rows.iter().map(Vec::as_slice).collect();
     let mut g = Generator::new(&client, &cfg, &p, Placement::single(DType::F32), 2, 32)?;
-    let free = generate(&mut g, &refs, &[0, 0], 10, &mut Sampler::greedy(), &[], |_, _| Ok(()))?;
+    let free = generate(&mut g, &refs, &[0, 0], 10, &mut Sampler::greedy(), &[], |_, _| Ok(false))?;
     // Stop at row 0's first greedy token: row 0 ends there, row 1 goes on until it meets it.
     let stop = free.new_tokens[0][0];
-    let stopped = generate(&mut g, &refs, &[0, 0], 10, &mut Sampler::greedy(), &[stop], |_, _| Ok(()))?;
+    let stopped = generate(&mut g, &refs, &[0, 0], 10, &mut Sampler::greedy(), &[stop], |_, _| Ok(false))?;
     assert_eq!(stopped.new_tokens[0], [stop]);
     let cut = free.new_tokens[1].iter().position(|&t| t == stop).map_or(10, |i| i + 1);
     assert_eq!(stopped.new_tokens[1], free.new_tokens[1][..cut]);
     let mut sample = |seed| -> Result<Vec<Vec<i32>>> {
         let mut s = Sampler::new(1.5, 20, 0.95, seed)?;
-        Ok(generate(&mut g, &refs, &[0, 0], 10, &mut s, &[], |_, _| Ok(()))?.new_tokens)
+        Ok(generate(&mut g, &refs, &[0, 0], 10, &mut s, &[], |_, _| Ok(false))?.new_tokens)
     };
     let a = sample(5)?;
     assert_eq!(a, sample(5)?, "same seed, same tokens");

@@ -168,3 +168,42 @@ pub fn extend(cfg: &Config, args: &Tree<Tensor>, head: Head, layout: Option<Layo
     out.insert("logits", logits.convert(wide))?;
     Ok(out)
 }
+
+/// `extend` that scores the new tokens instead of returning logits: with `targets` [B, T]
+/// (s32, the token that should follow each new token), outputs the new cache, `logprob`
+/// [B, T] (f32 log-softmax of the logits at the target, as lm-eval-harness computes it) and
+/// `greedy` [B, T] (s32, 1 where the target has the largest logit).
+pub fn score(cfg: &Config, args: &Tree<Tensor>, layout: Option<Layout>) -> Result<Tree<Tensor>, graph::Error> {
+    let targets = args.leaf("targets")?;
+    let tokens = args.leaf("tokens")?;
+    if targets.dims() != tokens.dims() || !targets.dtype().is_int() {
+        return Err(invalid(format!("targets must be integer {:?} like tokens, got {}", tokens.dims(), targets.ty())));
+    }
+    let mut inner = args.clone();
+    inner.remove("targets");
+    let mut out = extend(cfg, &inner, Head::All, layout)?;
+    let logits = out.remove("logits").expect("internal: extend returns logits").convert(DType::F32);
+    let logp = logits.log_softmax(2);
+    let dims = logp.dims();
+    let one_hot = targets.convert(DType::S32).one_hot(dims[2], DType::S32);
+    let hit = one_hot.ne(&one_hot.scalar_like(0.0));
+    let picked = Tensor::select(&hit, &logp, &logp.scalar_like(0.0)).sum(&[2]);
+    let greedy = picked.ge(&logp.max_over(&[2])).convert(DType::S32);
+    out.insert("logprob", picked)?;
+    out.insert("greedy", greedy)?;
+    Ok(out)
+}
+
+/// The cache with row `b` replaced by row `source[b]` (`source` [B], s32): shares a computed
+/// prefix (a few-shot prompt, a question's context) with the rows that continue it.
+pub fn copy_rows(args: &Tree<Tensor>) -> Result<Tree<Tensor>, graph::Error> {
+    let source = args.leaf("source")?;
+    let mut out = Tree::new();
+    for (path, c) in args.subtree("cache").iter() {
+        if source.rank() != 1 || source.dims()[0] != c.dims()[0] {
+            return Err(invalid(format!("source must be [{}] (one row index per cache row), got {}", c.dims()[0], source.ty())));
+        }
+        out.insert(format!("cache.{path}"), c.gather(source))?;
+    }
+    Ok(out)
+}
