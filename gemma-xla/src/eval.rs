@@ -4,6 +4,8 @@
 //! Task files are JSON lines, one item each:
 //! - `{"context": TEXT, "choices": [TEXT, ...], "gold": k}` or the tokenized
 //!   `{"context_ids": [...], "choices_ids": [[...], ...], "gold": k}` (ids used as given);
+//! - partial scoring (WinoGrande): `{"contexts": [TEXT, ...], "continuation": TEXT, "gold": k}`,
+//!   one context per option and the log-likelihood of the shared continuation after each;
 //! - `{"context": TEXT, "until": [TEXT, ...], "answers": [TEXT, ...], "max_new_tokens": N}`;
 //! - any of them with `"task": NAME` (results are grouped by it; default `default`).
 //!
@@ -21,9 +23,10 @@ use std::collections::BTreeMap;
 /// What an item asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
-    /// Score each continuation after the context. `chars`: each choice's length in Unicode
-    /// code points (None for tokenized items: acc_norm then divides by tokens).
-    Choice { context: Vec<i32>, continuations: Vec<Vec<i32>>, chars: Option<Vec<usize>>, gold: usize },
+    /// Score each continuation after its context (one per choice; usually all the same).
+    /// `chars`: each choice's length in Unicode code points (None for tokenized items:
+    /// acc_norm then divides by tokens).
+    Choice { contexts: Vec<Vec<i32>>, continuations: Vec<Vec<i32>>, chars: Option<Vec<usize>>, gold: usize },
     /// Greedy decoding after the context until a stop string.
     Generate { context: Vec<i32>, until: Vec<String>, answers: Vec<String>, max_new: usize },
 }
@@ -125,7 +128,7 @@ pub fn parse(file: &str, text: &str, tok: Option<&TextTokenizer>, vocab: i64, co
             if let Some(j) = continuations.iter().position(Vec::is_empty) {
                 return Err(bad(file, n, format!("choices_ids[{j}] is empty: there is nothing to score")));
             }
-            Kind::Choice { gold: gold(continuations.len())?, context, continuations, chars: None }
+            Kind::Choice { gold: gold(continuations.len())?, contexts: vec![context; continuations.len()], continuations, chars: None }
         } else if obj.contains_key("choices") {
             let context = string("context")?;
             let choices = strings("choices")?;
@@ -139,19 +142,31 @@ pub fn parse(file: &str, text: &str, tok: Option<&TextTokenizer>, vocab: i64, co
                 return Err(bad(file, n, format!("choice {j} is empty: there is nothing to score")));
             }
             let tok = text_tok()?;
-            let mut ctx = Vec::new();
-            let mut continuations = Vec::new();
-            for c in &choices {
-                let (a, b) = encode_pair(tok, &context, c)?;
-                ctx = a;
-                continuations.push(b);
-            }
+            let pairs = choices.iter().map(|c| encode_pair(tok, &context, c)).collect::<Result<Vec<_>>>()?;
+            let (contexts, continuations) = pairs.into_iter().unzip();
             Kind::Choice {
                 gold: gold(choices.len())?,
-                context: ctx,
+                contexts,
                 continuations,
                 chars: Some(choices.iter().map(|c| c.chars().count()).collect()),
             }
+        } else if obj.contains_key("contexts") {
+            let contexts = strings("contexts")?;
+            let continuation = string("continuation")?;
+            if contexts.is_empty() {
+                return Err(bad(file, n, "the item has no contexts (options)"));
+            }
+            if let Some(j) = contexts.iter().position(String::is_empty) {
+                return Err(bad(file, n, format!("context {j} is empty: there is nothing to condition on")));
+            }
+            if continuation.is_empty() {
+                return Err(bad(file, n, "the continuation is empty: there is nothing to score"));
+            }
+            let tok = text_tok()?;
+            let pairs = contexts.iter().map(|c| encode_pair(tok, c, &continuation)).collect::<Result<Vec<_>>>()?;
+            let (ctxs, continuations) = pairs.into_iter().unzip();
+            let chars = vec![continuation.chars().count(); contexts.len()];
+            Kind::Choice { gold: gold(contexts.len())?, contexts: ctxs, continuations, chars: Some(chars) }
         } else if obj.contains_key("until") || obj.contains_key("answers") {
             let context = string("context")?;
             if context.is_empty() {
@@ -169,10 +184,12 @@ pub fn parse(file: &str, text: &str, tok: Option<&TextTokenizer>, vocab: i64, co
             let ids = tok.encode(&context, special)?;
             Kind::Generate { context: ids, until: strings("until")?, answers: strings("answers")?, max_new: max_new as usize }
         } else {
-            return Err(bad(file, n, "expected \"choices\", \"choices_ids\" or \"until\"/\"answers\" (multiple choice or generation)"));
+            return Err(bad(file, n, "expected \"choices\", \"choices_ids\", \"contexts\" or \"until\"/\"answers\" (multiple choice, partial scoring or generation)"));
         };
         let need = match &kind {
-            Kind::Choice { context, continuations, .. } => context.len() + continuations.iter().map(Vec::len).max().unwrap_or(0) - 1,
+            Kind::Choice { contexts, continuations, .. } => {
+                contexts.iter().zip(continuations).map(|(a, b)| a.len() + b.len()).max().unwrap_or(1) - 1
+            }
             Kind::Generate { context, max_new, .. } => context.len() + max_new,
         };
         if need > context_len {
@@ -195,7 +212,9 @@ pub fn cache_len(items: &[Item], context_len: usize) -> usize {
     let need = items
         .iter()
         .map(|it| match &it.kind {
-            Kind::Choice { context, continuations, .. } => context.len() + continuations.iter().map(Vec::len).max().unwrap_or(0),
+            Kind::Choice { contexts, continuations, .. } => {
+                contexts.iter().zip(continuations).map(|(a, b)| a.len() + b.len()).max().unwrap_or(1)
+            }
             Kind::Generate { context, max_new, .. } => context.len() + max_new,
         })
         .max()
@@ -236,7 +255,7 @@ pub fn score_choices(
     for chunk in pairs.chunks(rows) {
         let ctx = |r: usize| -> &Vec<i32> {
             match &items[chunk[r].0].kind {
-                Kind::Choice { context, .. } => context,
+                Kind::Choice { contexts, .. } => &contexts[chunk[r].1],
                 Kind::Generate { .. } => unreachable!("only choice items are paired"),
             }
         };
@@ -251,9 +270,9 @@ pub fn score_choices(
             g.extend(&r, &vec![0; rows])?;
             g.copy_rows(&vec![0; rows])?;
         }
-        // 2. Each item's own rest of the context, in its first row, copied to its other rows.
+        // 2. Each distinct context's rest, in the first row that has it, copied to the others.
         let leader: Vec<usize> =
-            (0..rows).map(|r| if r < chunk.len() { (0..=r).find(|&q| chunk[q].0 == chunk[r].0).unwrap() } else { r }).collect();
+            (0..rows).map(|r| if r < chunk.len() { (0..=r).find(|&q| ctx(q) == ctx(r)).unwrap_or(r) } else { r }).collect();
         let mut r: Vec<&[i32]> = vec![dummy; rows];
         let mut start = vec![0; rows];
         let mut any = false;
@@ -282,9 +301,9 @@ pub fn score_choices(
                     return vec![0];
                 }
                 let (i, j) = chunk[q];
-                let Kind::Choice { context, continuations, .. } = &items[i].kind else { unreachable!() };
+                let Kind::Choice { continuations, .. } = &items[i].kind else { unreachable!() };
                 let cont = &continuations[j];
-                let mut v = vec![*context.last().expect("contexts are not empty")];
+                let mut v = vec![*ctx(q).last().expect("contexts are not empty")];
                 v.extend_from_slice(&cont[..cont.len() - 1]);
                 v
             })

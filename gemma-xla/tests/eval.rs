@@ -36,6 +36,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn run_eval(batch: &str, dir: &Path) -> (Vec<Value>, Value, String) {
+    run_eval_on(&fixtures().join("eval/tasks.jsonl"), batch, dir)
+}
+
+fn run_eval_on(tasks: &Path, batch: &str, dir: &Path) -> (Vec<Value>, Value, String) {
     let f = fixtures();
     let out = dir.join(format!("scores{batch}.jsonl"));
     let o = gemma_xla(&[
@@ -43,7 +47,7 @@ fn run_eval(batch: &str, dir: &Path) -> (Vec<Value>, Value, String) {
         "--model",
         f.join("generate").to_str().unwrap(),
         "--tasks",
-        f.join("eval/tasks.jsonl").to_str().unwrap(),
+        tasks.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--batch",
@@ -68,10 +72,10 @@ fn splits_follow_the_harness() -> Result<()> {
     let mut empty = 0;
     for (item, r) in items.iter().zip(&reference) {
         match &item.kind {
-            Kind::Choice { context, continuations, .. } => {
+            Kind::Choice { contexts, continuations, .. } => {
                 if let Some(enc) = r.get("context_enc").and_then(|c| c.as_array()) {
                     for (j, cont) in continuations.iter().enumerate() {
-                        assert_eq!(context, &ids(&enc[j]), "line {} context", item.line);
+                        assert_eq!(&contexts[j], &ids(&enc[j]), "line {} context", item.line);
                         assert_eq!(cont, &ids(&r["continuation_enc"][j]), "line {} choice {j}", item.line);
                         empty += cont.is_empty() as usize;
                     }
@@ -147,14 +151,24 @@ fn loglikelihoods_are_sums_of_forward_log_softmax() -> Result<()> {
     let ck = Checkpoint::open(&dir)?;
     let client = Client::open(&PluginSpec::Cpu, Some(1))?;
     let forward = Jit::new("forward", &client, |a: &Tree<Tensor>| gemma::model(&cfg, a, gemma::ModelOptions::default()));
-    let scores = run_eval("4", &scratch("forward")).0;
+    // The fixture's items and two partial-scoring (WinoGrande-style) items: one context per
+    // option, the shared continuation scored after each.
+    let scratch = scratch("forward");
+    let tasks = scratch.join("tasks.jsonl");
+    let mut text = std::fs::read_to_string(f.join("eval/tasks.jsonl"))?;
+    text.push_str("{\"task\": \"toy_partial\", \"contexts\": [\"The trophy did not fit in the bag because the trophy\", \"The trophy did not fit in the bag because the bag\"], \"continuation\": \" was too big.\", \"gold\": 0}\n");
+    text.push_str("{\"task\": \"toy_partial\", \"contexts\": [\"Anna gave Maria her book because Anna\", \"Anna gave Maria her book because Maria\"], \"continuation\": \" asked for it.\", \"gold\": 1}\n");
+    std::fs::write(&tasks, &text)?;
+    let scores = run_eval_on(&tasks, "4", &scratch).0;
     let tok = TextTokenizer::load(&dir, None)?.unwrap();
-    let items = eval::parse("tasks.jsonl", &std::fs::read_to_string(f.join("eval/tasks.jsonl"))?, Some(&tok), 512, 128)?;
+    let items = eval::parse("tasks.jsonl", &text, Some(&tok), 512, 128)?;
+    assert_eq!(scores.len(), items.len());
     let v = cfg.vocab_size as usize;
     let mut checked = 0;
     for (item, got) in items.iter().zip(&scores) {
-        let Kind::Choice { context, continuations, .. } = &item.kind else { continue };
+        let Kind::Choice { contexts, continuations, .. } = &item.kind else { continue };
         for (j, cont) in continuations.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+            let context = &contexts[j];
             // forward on context + continuation (padded to 64; causal, so padding is inert).
             let mut seq = context.clone();
             seq.extend(cont);
@@ -179,7 +193,7 @@ fn loglikelihoods_are_sums_of_forward_log_softmax() -> Result<()> {
             checked += 1;
         }
     }
-    assert!(checked >= 15, "{checked}");
+    assert!(checked >= 19, "{checked}");
     Ok(())
 }
 
