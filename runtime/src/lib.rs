@@ -23,7 +23,7 @@ pub use dtype::{DType, TensorType};
 pub use error::{Error, Result};
 pub use executable::{Executable, ShardedOutput};
 pub use host::{AsHostView, Element, HostArray, HostView};
-pub use options::{CompileOptions, Partitioner};
+pub use options::{CompileOptions, Partitioner, XlaDump};
 pub use program::{parse_tensor_type, Program, ProgramFormat};
 pub use sharding::OpSharding;
 pub use sharding::{Mesh, NamedSharding, PartitionSpec};

@@ -1,13 +1,43 @@
 //! xla.CompileOptionsProto, encoded with prost from the few fields we set. Both
 //! num_replicas and num_partitions are always sent: the CPU plugin aborts the process when
 //! either is missing.
+//!
+//! XLA's dump options (`XlaDump`) travel as `env_option_overrides` (field 7), which XLA
+//! applies by name onto its default `DebugOptions` (`CompileOptions::ApplyAllOptionOverrides`).
+//! They are deliberately not sent as `ExecutableBuildOptionsProto.debug_options` (field 3):
+//! a `debug_options` message replaces XLA's defaults wholesale
+//! (`ExecutableBuildOptionsFromProto`), so every option we did not set would become proto3's
+//! zero (`xla_backend_optimization_level` 0, `xla_cpu_use_thunk_runtime` false, ...) and the
+//! dumped program would not be the one `train` compiles.
 use prost::Message;
 use sharding::Mesh;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 #[derive(Clone, PartialEq, Message)]
 struct CompileOptionsProto {
     #[prost(message, optional, tag = "3")]
     executable_build_options: Option<ExecutableBuildOptionsProto>,
+    /// `map<string, OptionOverrideProto> env_option_overrides = 7`: xla.DebugOptions fields
+    /// by name (a BTreeMap, so the bytes do not depend on hashing).
+    #[prost(btree_map = "string, message", tag = "7")]
+    env_option_overrides: BTreeMap<String, OptionOverrideProto>,
+}
+
+/// xla.OptionOverrideProto: `oneof value { string string_field = 1; bool bool_field = 2;
+/// int64 int_field = 3; double double_field = 4; }` (only the two kinds we send).
+#[derive(Clone, PartialEq, Message)]
+struct OptionOverrideProto {
+    #[prost(oneof = "OptionValue", tags = "1, 2")]
+    value: Option<OptionValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum OptionValue {
+    #[prost(string, tag = "1")]
+    String(String),
+    #[prost(bool, tag = "2")]
+    Bool(bool),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -40,17 +70,58 @@ pub struct CompileOptions {
     /// The mesh the program's shardings name (not sent to XLA): outputs of `Executable::call`
     /// carry specs over it. None: one axis `devices` over all partitions.
     pub mesh: Option<Mesh>,
+    /// Ask XLA to write the HLO of this compilation to a directory.
+    pub dump: Option<XlaDump>,
+}
+
+/// XLA's own dump of a compilation (the `--xla_dump_*` flags, sent in the compile options
+/// rather than through `XLA_FLAGS`). XLA writes, per module, `module_NNNN.<name>.before_optimizations.txt`,
+/// `....<backend>_after_optimizations.txt`, the buffer assignment and memory usage report,
+/// and, for passes matching `pass_re`, `....<pass index>.<pipeline>.after_<pass>.txt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XlaDump {
+    /// `xla_dump_to`: the directory (XLA creates it).
+    pub dir: PathBuf,
+    /// `xla_dump_hlo_pass_re`: also dump the module after each pass whose name matches.
+    pub pass_re: Option<String>,
+    /// `xla_dump_hlo_module_re`: only dump modules whose name matches.
+    pub module_re: Option<String>,
+}
+
+impl XlaDump {
+    /// Text dumps into `dir`, no pass snapshots, every module.
+    pub fn to(dir: impl Into<PathBuf>) -> XlaDump {
+        XlaDump { dir: dir.into(), pass_re: None, module_re: None }
+    }
+
+    /// The `xla.DebugOptions` fields to override, by name. `xla_dump_hlo_as_text` is always
+    /// set (the dump is read back as text).
+    fn overrides(&self) -> BTreeMap<String, OptionOverrideProto> {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: OptionValue| {
+            m.insert(k.to_string(), OptionOverrideProto { value: Some(v) });
+        };
+        put("xla_dump_to", OptionValue::String(self.dir.to_string_lossy().into_owned()));
+        put("xla_dump_hlo_as_text", OptionValue::Bool(true));
+        if let Some(re) = &self.pass_re {
+            put("xla_dump_hlo_pass_re", OptionValue::String(re.clone()));
+        }
+        if let Some(re) = &self.module_re {
+            put("xla_dump_hlo_module_re", OptionValue::String(re.clone()));
+        }
+        m
+    }
 }
 
 impl CompileOptions {
     /// One replica, one partition.
     pub fn single_device() -> CompileOptions {
-        CompileOptions { num_replicas: 1, num_partitions: 1, partitioner: None, mesh: None }
+        CompileOptions { num_replicas: 1, num_partitions: 1, partitioner: None, mesh: None, dump: None }
     }
 
     /// SPMD over `num_partitions` devices.
     pub fn spmd(num_partitions: i64, partitioner: Partitioner) -> CompileOptions {
-        CompileOptions { num_replicas: 1, num_partitions, partitioner: Some(partitioner), mesh: None }
+        CompileOptions { num_replicas: 1, num_partitions, partitioner: Some(partitioner), mesh: None, dump: None }
     }
 
     /// For a program over `mesh`: SPMD over its devices with Shardy (or one device).
@@ -59,6 +130,12 @@ impl CompileOptions {
         let mut o = if n == 1 { CompileOptions::single_device() } else { CompileOptions::spmd(n, Partitioner::Shardy) };
         o.mesh = Some(mesh.clone());
         o
+    }
+
+    /// The same options, with XLA dumping this compilation as `dump` says.
+    pub fn with_dump(mut self, dump: XlaDump) -> CompileOptions {
+        self.dump = Some(dump);
+        self
     }
 
     pub fn num_devices(&self) -> usize {
@@ -73,7 +150,8 @@ impl CompileOptions {
             use_spmd_partitioning: self.partitioner.is_some(),
             use_shardy_partitioner: self.partitioner == Some(Partitioner::Shardy),
         };
-        CompileOptionsProto { executable_build_options: Some(build) }.encode_to_vec()
+        let env_option_overrides = self.dump.as_ref().map(XlaDump::overrides).unwrap_or_default();
+        CompileOptionsProto { executable_build_options: Some(build), env_option_overrides }.encode_to_vec()
     }
 }
 
@@ -89,5 +167,29 @@ mod tests {
             CompileOptions::spmd(2, Partitioner::Shardy).encode(),
             [0x1a, 0x09, 0x20, 0x01, 0x28, 0x02, 0x30, 0x01, 0x98, 0x01, 0x01]
         );
+    }
+
+    #[test]
+    fn dump_options_are_env_option_overrides_by_name() {
+        let dump = XlaDump { dir: "/d".into(), pass_re: Some("spmd".into()), module_re: None };
+        let bytes = CompileOptions::single_device().with_dump(dump).encode();
+        // Field 3 as before, then field 7 (tag 0x3a) once per map entry in key order, each a
+        // message {1: key, 2: OptionOverrideProto}: string_field is 1 (0x0a), bool_field 2 (0x10).
+        let mut want = vec![0x1a, 0x04, 0x20, 0x01, 0x28, 0x01];
+        let entry = |key: &str, value: &[u8]| {
+            let mut e = vec![0x0a, key.len() as u8];
+            e.extend(key.as_bytes());
+            e.extend([0x12, value.len() as u8]);
+            e.extend(value);
+            let mut out = vec![0x3a, e.len() as u8];
+            out.extend(e);
+            out
+        };
+        want.extend(entry("xla_dump_hlo_as_text", &[0x10, 0x01]));
+        want.extend(entry("xla_dump_hlo_pass_re", &[0x0a, 0x04, b's', b'p', b'm', b'd']));
+        want.extend(entry("xla_dump_to", &[0x0a, 0x02, b'/', b'd']));
+        assert_eq!(bytes, want);
+        // No dump: exactly the bytes without field 7.
+        assert_eq!(CompileOptions::single_device().encode(), [0x1a, 0x04, 0x20, 0x01, 0x28, 0x01]);
     }
 }
