@@ -61,6 +61,19 @@ pub struct JitStats {
     pub compile_time: std::time::Duration,
 }
 
+/// A function traced and lowered for one set of argument types and shardings, not compiled:
+/// what `Jit` would hand to XLA for a call with such arguments.
+pub struct Lowered {
+    /// The traced function, annotated with shardings and donation.
+    pub function: Function,
+    /// Its StableHLO text (with Rust source locations).
+    pub stablehlo: String,
+    /// The compile options `Jit` uses for it.
+    pub options: CompileOptions,
+    /// The sharding of each output, as annotated.
+    pub out_shardings: Vec<NamedSharding>,
+}
+
 struct Entry {
     function: Function,
     executable: Executable,
@@ -259,18 +272,34 @@ where
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let trace_err = |cause| Error::Trace { name: self.name.clone(), cause };
-        let function = self.trace(key).map_err(trace_err)?;
-        let (function, out_shardings) = self.annotate(function, key).map_err(trace_err)?;
-        let text = function.to_stablehlo().map_err(trace_err)?;
+        let Lowered { function, stablehlo, options, out_shardings } = self.lower_key(key)?;
         let compile_err = |cause| Error::Compile { name: self.name.clone(), cause };
-        let program = Program::from_text(&text).map_err(compile_err)?;
-        let executable = self.client.compile(&program, &CompileOptions::for_mesh(&self.mesh)).map_err(compile_err)?;
+        let program = Program::from_text(&stablehlo).map_err(compile_err)?;
+        let executable = self.client.compile(&program, &options).map_err(compile_err)?;
         self.cache.borrow_mut().insert(key.clone(), Entry { function, executable, out_shardings });
         stats.compiles += 1;
         stats.compile_time += started.elapsed();
         self.stats.set(stats);
         Ok(())
+    }
+
+    /// Traces and lowers for arguments of these types and shardings without compiling or
+    /// caching anything: exactly the program and options a call with such arrays compiles
+    /// (same donation, parameter and output shardings). No arrays or weights are needed.
+    pub fn lower(&self, args: &Tree<(TensorType, PartitionSpec)>) -> Result<Lowered> {
+        let key = self.key(args.iter().map(|(p, (t, s))| (p.to_string(), t.clone(), s.clone())).collect());
+        for (path, _, spec) in &key.args {
+            spec.check(&self.mesh).map_err(|e| Error::Argument { name: self.name.clone(), path: path.clone(), cause: e.into() })?;
+        }
+        self.lower_key(&key)
+    }
+
+    fn lower_key(&self, key: &Key) -> Result<Lowered> {
+        let trace_err = |cause| Error::Trace { name: self.name.clone(), cause };
+        let function = self.trace(key).map_err(trace_err)?;
+        let (function, out_shardings) = self.annotate(function, key).map_err(trace_err)?;
+        let stablehlo = function.to_stablehlo().map_err(trace_err)?;
+        Ok(Lowered { function, stablehlo, options: CompileOptions::for_mesh(&self.mesh), out_shardings })
     }
 
     fn trace(&self, key: &Key) -> Result<Function, graph::Error> {
