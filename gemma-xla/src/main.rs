@@ -8,6 +8,7 @@ mod generate_cmd;
 mod plan;
 mod plugin;
 mod run;
+mod setup;
 mod train;
 
 use anyhow::Result;

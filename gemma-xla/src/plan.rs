@@ -2,6 +2,7 @@
 //! partition spec and shard) and what one training step needs per device (weights, f32 master
 //! weights, gradients, AdamW states, an activation estimate) against a memory budget. Loads no
 //! plugin and compiles nothing; bad meshes and batches are refused with the meshes that work.
+use crate::setup::load_config;
 use anyhow::{bail, Context, Result};
 use gemma::rules::{self, Logical};
 use gemma::Config;
@@ -125,13 +126,6 @@ fn emit(text: &str) -> Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
-}
-
-fn load_config(text: &str) -> Result<Config> {
-    if text.ends_with(".json") {
-        return Ok(Config::from_json_file(std::path::Path::new(text))?);
-    }
-    Ok(Config::preset(text)?)
 }
 
 fn elements(dims: &[i64]) -> u64 {

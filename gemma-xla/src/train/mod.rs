@@ -5,14 +5,15 @@ mod checkpoints;
 mod report;
 mod sample;
 
+pub(crate) use crate::setup::Setup;
+use crate::setup::{load_config, resolve_mesh, train_step_jit};
 use crate::PluginArgs;
 use anyhow::{bail, Context, Result};
 use checkpoints::{HostState, Meta};
 use gemma::{Config, Hyper, Schedule};
 use gemma_xla::data::{Dataset, Tokenizer};
 use graph::{DType, Tree};
-use jit::Jit;
-use runtime::{Arg, Client, DeviceArray, HostArray, Mesh, NamedSharding, PartitionSpec};
+use runtime::{Arg, Client, DeviceArray, HostArray};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -103,22 +104,15 @@ pub struct TrainArgs {
 /// The config, and the checkpoint to start from.
 fn resolve_config(a: &TrainArgs) -> Result<Config> {
     let config = a.config.as_deref().unwrap_or("tiny");
-    let named = |c: &str| -> Result<Config> {
-        if c.ends_with(".json") {
-            Ok(Config::from_json_file(Path::new(c))?)
-        } else {
-            Ok(Config::preset(c)?)
-        }
-    };
     match &a.init {
-        None => named(config),
+        None => load_config(config),
         Some(dir) => {
             let path = dir.join("config.json");
             if !path.is_file() {
                 bail!("--init {}: no config.json in the directory", dir.display());
             }
             let cfg = Config::from_json_file(&path)?;
-            if a.config.is_some() && named(config)? != cfg {
+            if a.config.is_some() && load_config(config)? != cfg {
                 bail!("--init {} has another config than --config {config} (see {})", dir.display(), path.display());
             }
             Ok(cfg)
@@ -126,18 +120,16 @@ fn resolve_config(a: &TrainArgs) -> Result<Config> {
     }
 }
 
-fn resolve_mesh(a: &TrainArgs) -> Result<Mesh> {
-    let mesh = match (&a.mesh, a.plugin.devices) {
-        (Some(m), _) => Mesh::parse(m)?,
-        (None, Some(n)) => Mesh::parse(&format!("data={n}"))?,
-        (None, None) => Mesh::parse("data=2,model=2")?,
-    };
-    if let Some(n) = a.plugin.devices {
-        if mesh.num_devices() as usize != n {
-            bail!("the mesh {mesh} has {} devices but --devices is {n}", mesh.num_devices());
-        }
+/// `train`'s hyperparameters with every flag at its default but `--dtype` (what `dump`
+/// compiles for the train step).
+pub(crate) fn default_hyper(dtype: &str) -> Result<Hyper> {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        a: TrainArgs,
     }
-    Ok(mesh)
+    let d = <Defaults as clap::Parser>::try_parse_from(["train", "--dtype", dtype])?;
+    Ok(hyper(&d.a))
 }
 
 pub fn hyper(a: &TrainArgs) -> Hyper {
@@ -153,31 +145,6 @@ pub fn hyper(a: &TrainArgs) -> Hyper {
         b2: a.b2,
         eps: a.eps,
         compute: if a.dtype == "bf16" { DType::Bf16 } else { DType::F32 },
-    }
-}
-
-/// Everything fixed for a run.
-pub(crate) struct Setup {
-    cfg: Config,
-    mesh: Mesh,
-    fsdp: bool,
-    batch: usize,
-    seq: usize,
-}
-
-impl Setup {
-    /// The spec of a state or batch path (`state.params.<name>`, `state.opt.m.<name>`, ...).
-    fn spec(&self, path: &str) -> Option<PartitionSpec> {
-        if path == "batch.tokens" {
-            return Some(gemma::rules::batch_spec(&self.mesh));
-        }
-        let name = ["state.params.", "state.opt.m.", "state.opt.v."].iter().find_map(|p| path.strip_prefix(p))?;
-        gemma::rules::param_spec(&self.cfg, name, &self.mesh, self.fsdp).ok()
-    }
-
-    fn sharding(&self, path: &str, rank: usize) -> NamedSharding {
-        let spec = self.spec(path).unwrap_or_else(|| PartitionSpec::replicated(rank));
-        NamedSharding { mesh: self.mesh.clone(), spec }
     }
 }
 
@@ -204,7 +171,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         bail!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), cfg.vocab_size);
     }
     let data = Dataset::load(a.data.as_deref(), &tokenizer, a.seq, cfg.vocab_size)?;
-    let mesh = resolve_mesh(a)?;
+    let mesh = resolve_mesh(a.mesh.as_deref(), a.plugin.devices)?;
     gemma::rules::check_batch(a.batch as i64, &mesh)?;
     gemma::rules::param_specs(&cfg, &mesh, a.fsdp)?; // every split must divide its dimension
     if a.steps == 0 {
@@ -231,11 +198,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
     });
 
-    let layout = gemma::rules::Layout { mesh: setup.mesh.clone(), fsdp: setup.fsdp };
-    let jit = Jit::new("train_step", &client, |args: &Tree<graph::Tensor>| gemma::train_step(&setup.cfg, &hp, Some(&layout), args))
-        .with_mesh(setup.mesh.clone())
-        .donate("state")
-        .with_rule(|path, _| setup.spec(path));
+    let layout = setup.layout();
+    let jit = train_step_jit(&client, &setup, &hp, &layout);
     let mut log = report::Log::open(&a.out, start, a.steps, resumed_from.as_deref(), &setup, &data)?;
     let meta = |step: u64| Meta {
         seed: a.seed,
