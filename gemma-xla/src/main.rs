@@ -2,6 +2,7 @@
 //! programs, and move arrays between files and devices.
 #![forbid(unsafe_code)]
 
+mod dump;
 mod eval_cmd;
 mod forward;
 mod generate_cmd;
@@ -53,6 +54,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Per-tensor shardings and bytes per device of a Gemma config on a mesh, before compiling.
     Plan(plan::PlanArgs),
+    /// Compile a Gemma program without running it and write each compiler stage (StableHLO, XLA's HLO) and a summary.
+    Dump(Box<dump::DumpArgs>),
     /// Install (`install [--force]`) or verify (`check`) the CPU PJRT plugin in the gemma-xla cache.
     Plugin(plugin::PluginCommand),
 }
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate_cmd::generate_cmd(&args),
         Command::Eval(args) => eval_cmd::eval_cmd(&args),
         Command::Plan(args) => plan::plan(&args),
+        Command::Dump(args) => dump::dump(&args),
         Command::Plugin(args) => plugin::plugin(&args),
     };
     match result {
