@@ -98,8 +98,38 @@ fn bad_input_is_refused() {
     let err = fails(&["dump", "--config", config, "--what", "forward", "--devices", "1", "--out", config]);
     assert!(err.contains("refusing to write") && err.contains("it is the input"), "{err}");
     assert_eq!(std::fs::read(repo().join(config)).unwrap(), before, "the config was touched");
-    let dir = scratch("refuse");
-    let err = fails(&["dump", "--config", "tiny", "--what", "prefill", "--out", dir.join("d").to_str().unwrap()]);
-    assert!(err.contains("prefill"), "{err}");
-    assert!(!dir.exists());
+}
+
+#[test]
+fn prefill_and_decode_programs_dump_on_a_mesh() {
+    // gqa has 2 kv heads, so model=2 splits the cache by heads and data=2 its rows.
+    let config = "gemma-xla/tests/fixtures/gemma/gqa/config.json";
+    for what in ["prefill", "decode"] {
+        let out = scratch(what);
+        let stdout = ok(&[
+            "dump",
+            "--config",
+            config,
+            "--what",
+            what,
+            "--mesh",
+            "data=2,model=2",
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        for f in ["stablehlo.mlir", "before_optimizations.hlo", "after_spmd_partitioning.hlo", "after_optimizations.hlo", "summary.txt"] {
+            assert!(out.join(f).is_file(), "{what}: no {f}");
+        }
+        let mlir = std::fs::read_to_string(out.join("stablehlo.mlir")).unwrap();
+        // The cache (2 layers x k, v) is donated; prefill takes 16 new tokens per row, decode 1.
+        assert_eq!(mlir.matches("jax.buffer_donor = true").count(), 4, "{what}");
+        let tokens = if what == "prefill" { "tensor<2x16xi32>" } else { "tensor<2x1xi32>" };
+        assert!(mlir.contains(tokens), "{what}: no {tokens} argument");
+        assert!(total_bytes(&stdout) > 0.0, "{stdout}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
 }

@@ -37,9 +37,12 @@ pub struct DumpArgs {
     /// Sequences per step (divisible by the mesh's data axis)
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
-    /// Tokens per sequence
+    /// Tokens per sequence (for prefill: the prompt bucket, the new tokens per row of one call)
     #[arg(long, default_value_t = gemma_xla::data::DEFAULT_SEQ as u32, value_parser = clap::value_parser!(u32).range(2..))]
     seq: u32,
+    /// prefill and decode: the KV cache's slots per row [default: twice --seq]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    cache_len: Option<u32>,
     /// Compute dtype: f32, or bf16 (train-step keeps f32 master weights and optimizer states)
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
@@ -92,9 +95,23 @@ pub fn dump(a: &DumpArgs) -> Result<()> {
             let lowered = train_step_jit(&client, &setup, &hp, &layout).lower(&setup.train_args()?)?;
             lowered
         }
-        other => {
-            bail!("--what {other}: the KV-cache programs (prefill, decode) are not in gemma yet; this build dumps forward and train-step")
+        "prefill" | "decode" => {
+            // What `generate` compiles: extend over the cache, `--seq` new tokens per row for
+            // prefill, one for decode; the cache donated.
+            let sharded = setup.mesh.num_devices() > 1;
+            let cache_len = a.cache_len.map_or(2 * a.seq as i64, i64::from);
+            let new = if a.what == "decode" { 1 } else { a.seq as i64 };
+            let (cfg, mesh, fsdp) = (&setup.cfg, &setup.mesh, setup.fsdp);
+            let jit = Jit::new(&a.what, &client, |args: &Tree<Tensor>| {
+                gemma::decode::extend(cfg, args, gemma::decode::Head::Last, sharded.then(|| layout.clone()))
+            })
+            .with_mesh(mesh.clone())
+            .donate("cache")
+            .with_rule(|path, _| gemma::decode::extend_spec(cfg, path, mesh, fsdp));
+            let types = gemma::decode::extend_args(cfg, dtype, a.batch as i64, new, cache_len);
+            jit.lower(&with_specs(&types, |p| gemma::decode::extend_spec(cfg, p, mesh, fsdp)))?
         }
+        other => bail!("--what {other}: unknown program (one of {})", PROGRAMS.join(", ")),
     };
 
     prepare_out(&a.out)?;
