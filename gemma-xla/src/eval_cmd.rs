@@ -63,6 +63,7 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
         inputs.extend(a.tokenizer.as_deref());
         gemma_xla::files::refuse_input_as_output(out, &inputs)?;
         gemma_xla::files::refuse_input_as_output(&summary_path(out), &inputs)?;
+        gemma_xla::files::require_parent_dir(out)?;
     }
     let mesh = match &a.mesh {
         Some(m) => Mesh::parse(m)?,

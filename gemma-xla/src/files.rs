@@ -19,6 +19,16 @@ pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
 
 /// Refuses to write `output` when it is one of `inputs`: the same path once canonical, or the
 /// same file by device and inode (a hard link). An output never overwrites an input.
+/// An output file's directory must exist (checked before any work, so none is lost).
+pub fn require_parent_dir(out: &Path) -> Result<()> {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(Error::Io(format!("cannot write {}: directory {} does not exist", out.display(), parent.display())));
+        }
+    }
+    Ok(())
+}
+
 pub fn refuse_input_as_output(output: &Path, inputs: &[&Path]) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let canonical = |p: &Path| -> Option<std::path::PathBuf> {

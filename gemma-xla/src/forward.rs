@@ -123,11 +123,7 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     let tokens = read_tokens(&a.tokens, cfg.vocab_size)?;
     let (batch, seq) = (tokens.dims()[0], tokens.dims()[1]);
     let dtype = if a.dtype == "bf16" { DType::Bf16 } else { DType::F32 };
-    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            bail!("cannot write {}: directory {} does not exist", a.out.display(), parent.display());
-        }
-    }
+    gemma_xla::files::require_parent_dir(&a.out)?;
 
     // Parameters straight from the mapped checkpoint where the dtype matches, else converted.
     let views = param_views(&ck, &cfg)?;

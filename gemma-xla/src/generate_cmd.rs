@@ -145,6 +145,7 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         inputs.push(config_path.as_path());
         inputs.extend(a.tokens.as_deref());
         gemma_xla::files::refuse_input_as_output(out, &inputs)?;
+        gemma_xla::files::require_parent_dir(out)?;
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if !a.chat {

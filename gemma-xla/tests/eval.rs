@@ -220,6 +220,13 @@ fn bad_task_files_are_refused_before_compiling() {
         assert!(stderr.contains(want), "case {i}: {stderr}");
         assert!(!stderr.contains("cpu_device_count"), "case {i}: the plugin was loaded before the check: {stderr}");
     }
+    // --out in a directory that does not exist: refused before anything runs.
+    let path = dir.join("ok.jsonl");
+    std::fs::write(&path, "{\"context\": \"a\", \"choices\": [\" b\"], \"gold\": 0}\n").unwrap();
+    let missing = dir.join("missing/scores.jsonl");
+    let o = gemma_xla(&["eval", "--model", model.to_str().unwrap(), "--tasks", path.to_str().unwrap(), "--out", missing.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("does not exist") && !stderr.contains("cpu_device_count"), "{stderr}");
     // A text item for a model without a tokenizer.
     let path = dir.join("text.jsonl");
     std::fs::write(&path, "{\"context\": \"a\", \"choices\": [\" b\"], \"gold\": 0}\n").unwrap();
