@@ -143,7 +143,7 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
 
     let client = a.plugin.open(Some(1))?;
     let grads = a.grads;
-    let opts = gemma::ModelOptions { layers: a.layers, mask: mask.is_some() };
+    let opts = gemma::ModelOptions { layers: a.layers, mask: mask.is_some(), ..Default::default() };
     let jit = Jit::new("gemma_forward", &client, |args: &Tree<graph::Tensor>| -> Result<Tree<graph::Tensor>, graph::Error> {
         if !grads {
             return gemma::model(&cfg, args, opts);

@@ -38,6 +38,9 @@ pub struct PlanArgs {
     /// Print one JSON object (every tensor, integer bytes) instead of the table
     #[arg(long)]
     json: bool,
+    /// Rematerialisation of the decoder layers (as `train --remat`): what the activation estimate keeps
+    #[arg(long, default_value = "none", value_parser = ["none", "full", "save-dots"])]
+    remat: String,
 }
 
 /// One checkpoint tensor on the mesh.
@@ -67,13 +70,26 @@ impl PerDevice {
     }
 }
 
-/// The activation estimate's formula, as printed.
-const ACTIVATION_FORMULA: &str = "L*Bl*T*((4*D + 2*(Nl+Kl)*H + 4*Fl)*c + Nl*T*(4+c)) + Bl*T*Vl*(c+8)";
+/// The activation estimate's formula, as printed (`P` = one layer's saved values without
+/// rematerialisation: the layer being recomputed in the backward pass).
+const ACTIVATION_FORMULA: &str = "L*P + Bl*T*Vl*(c+8), P = Bl*T*((4*D + 2*(Nl+Kl)*H + 4*Fl)*c + Nl*T*(4+c))";
+const ACTIVATION_FORMULA_FULL: &str = "L*Bl*T*D*c + P + Bl*T*Vl*(c+8)";
+const ACTIVATION_FORMULA_DOTS: &str = "L*Bl*T*((3*D + 2*(Nl+Kl)*H + 2*Fl)*c + Nl*T*4) + P + Bl*T*Vl*(c+8)";
+
+fn activation_formula(remat: &str) -> String {
+    match remat {
+        "full" => format!("{ACTIVATION_FORMULA_FULL}, P = Bl*T*((4*D + 2*(Nl+Kl)*H + 4*Fl)*c + Nl*T*(4+c))"),
+        "save-dots" => format!("{ACTIVATION_FORMULA_DOTS}, P = Bl*T*((4*D + 2*(Nl+Kl)*H + 4*Fl)*c + Nl*T*(4+c))"),
+        _ => ACTIVATION_FORMULA.to_string(),
+    }
+}
 
 const ACTIVATION_LEGEND: &str = "  Bl = B/data, Nl = N/model, Kl = K/model (K when K = 1), Fl = F/model, Vl = V/model, c = dtype bytes.
   Per layer, saved for the backward pass (no rematerialisation): the input, the residual after attention
   and their norms (4D); q, k, v and the attention output; gate, gelu(gate), up and their product (4Fl);
-  f32 scores and c-byte probabilities (Nl*T per token). Then the logits in c and f32, and their f32 gradient.";
+  f32 scores and c-byte probabilities (Nl*T per token). Then the logits in c and f32, and their f32 gradient.
+  --remat full keeps only each layer's input (D) and recomputes one layer at a time (P); save-dots keeps
+  the input and every matmul result (q, k, v, f32 scores, attention output, o_proj, gate, up, down).";
 
 pub fn plan(args: &PlanArgs) -> Result<()> {
     let cfg = load_config(&args.config)?;
@@ -108,7 +124,7 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
         gradients: sharded * 4,
         adam_m: sharded * 4,
         adam_v: sharded * 4,
-        activations: activations(&cfg, &mesh, args.batch, args.seq, c),
+        activations: activations(&cfg, &mesh, args.batch, args.seq, c, &args.remat),
         fsdp_gather: if args.fsdp { fsdp_gather(&cfg, &mesh, c)? } else { 0 },
     };
     let text = if args.json {
@@ -138,8 +154,8 @@ fn local(count: i64, logical: Logical, mesh: &Mesh) -> u64 {
     ((count + n - 1) / n.max(1)).max(0) as u64
 }
 
-/// Saved activations of one training step per device (see `ACTIVATION_FORMULA`).
-fn activations(cfg: &Config, mesh: &Mesh, batch: i64, seq: i64, c: u64) -> u64 {
+/// Saved activations of one training step per device (see `activation_formula`).
+fn activations(cfg: &Config, mesh: &Mesh, batch: i64, seq: i64, c: u64, remat: &str) -> u64 {
     let bl = local(batch, Logical::Batch, mesh);
     let t = seq.max(0) as u64;
     let nl = local(cfg.num_attention_heads, Logical::Heads, mesh);
@@ -148,7 +164,12 @@ fn activations(cfg: &Config, mesh: &Mesh, batch: i64, seq: i64, c: u64) -> u64 {
     let vl = local(cfg.vocab_size, Logical::Vocab, mesh);
     let (d, h, l) = (cfg.hidden_size as u64, cfg.head_dim as u64, cfg.num_hidden_layers as u64);
     let per_layer = bl * t * ((4 * d + 2 * (nl + kl) * h + 4 * fl) * c + nl * t * (4 + c));
-    l * per_layer + bl * t * vl * (c + 8)
+    let logits = bl * t * vl * (c + 8);
+    match remat {
+        "full" => l * bl * t * d * c + per_layer + logits,
+        "save-dots" => l * bl * t * ((3 * d + 2 * (nl + kl) * h + 2 * fl) * c + nl * t * 4) + per_layer + logits,
+        _ => l * per_layer + logits,
+    }
 }
 
 /// With FSDP, the weights XLA gathers over `data` at a time: two layers (the one in use and
@@ -232,7 +253,8 @@ fn to_json(args: &PlanArgs, cfg: &Config, mesh: &Mesh, tensors: &[TensorPlan], p
             "fsdp_gather": per.fsdp_gather,
             "total": total,
         },
-        "activation_formula": ACTIVATION_FORMULA,
+        "activation_formula": activation_formula(&args.remat),
+        "remat": args.remat,
         "budget": args.memory,
         "fits": total <= args.memory,
     })
@@ -301,7 +323,7 @@ fn table(args: &PlanArgs, cfg: &Config, mesh: &Mesh, tensors: &[TensorPlan], per
     } else {
         let _ = writeln!(out, "does NOT fit in {} per device (over by {})", human(budget), human(total - budget));
     }
-    let _ = writeln!(out, "activations = {ACTIVATION_FORMULA}\n{ACTIVATION_LEGEND}");
+    let _ = writeln!(out, "activations (--remat {}) = {}\n{ACTIVATION_LEGEND}", args.remat, activation_formula(&args.remat));
     out
 }
 

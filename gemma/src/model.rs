@@ -37,6 +37,7 @@ pub fn param_types(cfg: &Config, dtype: DType) -> Vec<(String, TensorType)> {
 pub struct Params {
     tree: Tree<Tensor>,
     layout: Option<Layout>,
+    remat: graph::Remat,
 }
 
 impl Params {
@@ -54,7 +55,13 @@ impl Params {
             let extra: Vec<&str> = tree.paths().filter(|p| !shapes.iter().any(|(n, _)| n == p)).collect();
             return Err(graph::Error::Tree(format!("unexpected model parameters: {}", extra.join(", "))));
         }
-        Ok(Params { tree, layout: None })
+        Ok(Params { tree, layout: None, remat: graph::Remat::None })
+    }
+
+    /// Decoder layers are recomputed in the backward pass as `remat` says.
+    pub fn with_remat(mut self, remat: graph::Remat) -> Params {
+        self.remat = remat;
+        self
     }
 
     /// Constrains the model's activations to `layout` (see `rules::Layout`).
@@ -154,6 +161,50 @@ pub(crate) fn finish_block(cfg: &Config, p: &Params, i: usize, x: &Tensor, atten
     BlockOutput { x, attention, mlp }
 }
 
+/// `block` traced as a function of (x, positions, mask, the layer's weights) and called with
+/// `Function::call_remat`, so the backward pass recomputes it as `p.remat` says.
+fn remat_block(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, mask: &Tensor) -> BlockOutput {
+    let prefix = format!("model.layers.{i}");
+    let weights = p.tree.subtree(&prefix);
+    let mut types: Tree<TensorType> = Tree::new();
+    let mut args: Tree<Tensor> = Tree::new();
+    for (name, t) in [("x", x), ("positions", positions), ("mask", mask)] {
+        types.insert(name, t.ty()).expect("internal: fixed names");
+        args.insert(name, t.clone()).expect("internal: fixed names");
+    }
+    for (name, w) in weights.iter() {
+        types.insert(format!("w.{name}"), w.ty()).expect("internal: checkpoint names are distinct paths");
+        args.insert(format!("w.{name}"), w.clone()).expect("internal: checkpoint names are distinct paths");
+    }
+    let traced = graph::trace_tree(&format!("layer_{i}"), &types, |a| {
+        let layer = a.subtree("w").prefixed(&prefix).expect("internal: a valid prefix");
+        let inner = Params { tree: layer, layout: p.layout.clone(), remat: graph::Remat::None };
+        let out = block(
+            cfg,
+            &inner,
+            i,
+            a.leaf("x").expect("internal"),
+            a.leaf("positions").expect("internal"),
+            a.leaf("mask").expect("internal"),
+        );
+        Tree::from_leaves([("x", out.x), ("attention", out.attention), ("mlp", out.mlp)]).expect("internal: fixed names")
+    });
+    match traced {
+        Ok(f) => {
+            let flat: Vec<Tensor> =
+                f.params.iter().map(|q| args.get(&q.name).expect("internal: traced from these paths").clone()).collect();
+            let out = f.call_remat(&flat, p.remat);
+            let named = |name: &str| f.outputs.iter().position(|o| o.name == name).and_then(|k| out.get(k).cloned());
+            match (named("x"), named("attention"), named("mlp")) {
+                (Some(y), Some(attention), Some(mlp)) => BlockOutput { x: y, attention, mlp },
+                _ => block(cfg, p, i, x, positions, mask),
+            }
+        }
+        // Tracing the block failed: trace it inline, where the same error is recorded and reported.
+        Err(_) => block(cfg, p, i, x, positions, mask),
+    }
+}
+
 /// The final norm and the tied output embedding: x [B, T, D] -> (normed x, logits [B, T, V]).
 pub fn unembed(cfg: &Config, p: &Params, x: &Tensor) -> (Tensor, Tensor) {
     let normed = x.rms_norm(p.get("model.norm.weight"), cfg.rms_norm_eps);
@@ -168,7 +219,8 @@ pub fn forward(cfg: &Config, p: &Params, tokens: &Tensor, positions: &Tensor, ma
     let embeddings = x.clone();
     let (mut attention, mut mlp) = (Vec::new(), Vec::new());
     for i in 0..cfg.num_hidden_layers {
-        let out = block(cfg, p, i, &x, positions, mask);
+        let out =
+            if p.remat == graph::Remat::None { block(cfg, p, i, &x, positions, mask) } else { remat_block(cfg, p, i, &x, positions, mask) };
         x = out.x;
         attention.push(out.attention);
         mlp.push(out.mlp);
@@ -237,6 +289,8 @@ pub struct ModelOptions {
     /// Takes a `mask` [B, T] argument (nonzero = real token): padded keys are hidden from
     /// attention and padded targets are left out of the loss.
     pub mask: bool,
+    /// Recompute each decoder layer in the backward pass (`graph::Remat`); values unchanged.
+    pub remat: graph::Remat,
 }
 
 /// The argument types of `trace_model`: `params.<checkpoint name>` in `dtype`, `tokens`
@@ -267,7 +321,7 @@ pub fn model_with_layout(
     opts: ModelOptions,
     layout: Option<Layout>,
 ) -> Result<Tree<Tensor>, graph::Error> {
-    let p = Params::new(cfg, args.subtree("params"))?.with_layout(layout);
+    let p = Params::new(cfg, args.subtree("params"))?.with_layout(layout).with_remat(opts.remat);
     let tokens = args.leaf("tokens")?;
     let mask = if opts.mask { Some(args.leaf("mask")?) } else { None };
     for (name, t) in [("tokens", Some(tokens)), ("mask", mask)] {

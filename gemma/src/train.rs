@@ -40,6 +40,9 @@ pub struct Hyper {
     pub eps: f64,
     /// The dtype of the forward and backward passes (f32 or bf16).
     pub compute: DType,
+    /// Recompute each decoder layer in the backward pass (`--remat`): less memory, more FLOPs,
+    /// the same values.
+    pub remat: graph::Remat,
 }
 
 impl Default for Hyper {
@@ -56,6 +59,7 @@ impl Default for Hyper {
             b2: 0.95,
             eps: 1e-8,
             compute: DType::F32,
+            remat: graph::Remat::None,
         }
     }
 }
@@ -106,11 +110,12 @@ pub fn train_step(cfg: &Config, hp: &Hyper, layout: Option<&Layout>, args: &Tree
     }
     // The loss as a function of f32 master weights; the model runs in `compute`.
     let compute = hp.compute;
-    let loss_args = model_args(cfg, DType::F32, dims[0], dims[1], ModelOptions::default());
+    let opts = ModelOptions { remat: hp.remat, ..ModelOptions::default() };
+    let loss_args = model_args(cfg, DType::F32, dims[0], dims[1], opts);
     let mut failed = None;
     let loss_fn = graph::trace_tree("loss", &loss_args, |a| {
         let cast = a.map(|path, t| if path.starts_with("params.") { t.convert(compute) } else { t.clone() });
-        model_with_layout(cfg, &cast, ModelOptions::default(), layout.cloned()).unwrap_or_else(|e| {
+        model_with_layout(cfg, &cast, opts, layout.cloned()).unwrap_or_else(|e| {
             failed = Some(e);
             Tree::new()
         })

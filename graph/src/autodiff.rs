@@ -1,12 +1,13 @@
 //! Reverse-mode autodiff as a graph transform: the forward nodes are kept, and the backward
 //! pass is traced after them with the same primitives (through each primitive's VJP rule),
 //! so it lowers like any other code. Backward ops carry the forward op's source location.
-use crate::function::{Function, Node, Output, Param};
+use crate::function::{Function, Node, Output, Param, Remat, RematMark};
 use crate::prim::Prim;
 use crate::trace::{Tensor, TraceState};
 use crate::types::TensorType;
 use crate::Error;
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 /// Reopens a function's nodes as a trace to append to.
@@ -65,6 +66,9 @@ fn backward(f: &Function, x: &[Tensor], seeds: Vec<(usize, Tensor)>, wrt: &[usiz
         }
     }
     let trace = x[0].trace.clone();
+    // Values of recomputed blocks (rematerialisation), by forward node id.
+    let mut again: HashMap<usize, Tensor> = HashMap::new();
+    let mut recomputed: HashSet<u64> = HashSet::new();
     for i in (0..n).rev() {
         let node: &Node = &f.nodes[i];
         let Some(g) = ct[i].take() else { continue };
@@ -72,9 +76,15 @@ fn backward(f: &Function, x: &[Tensor], seeds: Vec<(usize, Tensor)>, wrt: &[usiz
             ct[i] = Some(g);
             continue;
         }
+        if let Some(mark) = node.remat {
+            if recomputed.insert(mark.region) {
+                recompute(f, x, mark, &ct, &g, &mut again);
+            }
+        }
         trace.borrow_mut().loc_override = Some(node.loc);
-        let inputs: Vec<Tensor> = node.inputs.iter().map(|&j| x[j].clone()).collect();
-        let grads = node.prim.vjp(&inputs, &x[i], &g).map_err(|()| Error::NoVjp { prim: node.prim.name(), loc: node.loc })?;
+        let value = |j: usize| again.get(&j).unwrap_or(&x[j]).clone();
+        let inputs: Vec<Tensor> = node.inputs.iter().map(|&j| value(j)).collect();
+        let grads = node.prim.vjp(&inputs, &value(i), &g).map_err(|()| Error::NoVjp { prim: node.prim.name(), loc: node.loc })?;
         for (&j, gj) in node.inputs.iter().zip(grads) {
             if let (true, Some(gj)) = (needs[j], gj) {
                 accumulate(&mut ct, j, gj);
@@ -89,6 +99,43 @@ fn backward(f: &Function, x: &[Tensor], seeds: Vec<(usize, Tensor)>, wrt: &[usiz
             ct[p].clone().unwrap_or_else(|| x[p].zeros_like())
         })
         .collect())
+}
+
+/// Recomputes the block `mark` names from its inputs, after the backward pass has reached it:
+/// each input goes through an optimization barrier together with the cotangents the block's
+/// outputs have by now, so XLA neither merges the recomputation with the forward pass nor
+/// runs it early; the block's values are then read from `again` by the VJP rules. Leaves
+/// (constants, iota) and, with `Remat::SaveDots`, dot_general results are kept instead.
+fn recompute(f: &Function, x: &[Tensor], mark: RematMark, ct: &[Option<Tensor>], g: &Tensor, again: &mut HashMap<usize, Tensor>) {
+    let members: Vec<usize> = (0..f.nodes.len()).filter(|&j| f.nodes[j].remat.is_some_and(|m| m.region == mark.region)).collect();
+    let inside: HashSet<usize> = members.iter().copied().collect();
+    let mut after: Vec<Tensor> = vec![g.clone()];
+    after.extend(members.iter().filter_map(|&j| ct[j].clone()));
+    let after_refs: Vec<&Tensor> = after.iter().collect();
+    let mut fenced: HashMap<usize, Tensor> = HashMap::new();
+    let trace = x[0].trace.clone();
+    for &j in &members {
+        let node = &f.nodes[j];
+        trace.borrow_mut().loc_override = Some(node.loc);
+        let keep = node.inputs.is_empty() || (mark.policy == Remat::SaveDots && matches!(node.prim, Prim::DotGeneral(_)));
+        if keep {
+            again.insert(j, x[j].clone());
+            continue;
+        }
+        let mut inputs = Vec::with_capacity(node.inputs.len());
+        for &k in &node.inputs {
+            let t = if inside.contains(&k) {
+                again[&k].clone()
+            } else if matches!(f.nodes[k].prim, Prim::Constant { .. } | Prim::Iota { .. }) {
+                x[k].clone()
+            } else {
+                fenced.entry(k).or_insert_with(|| x[k].barrier(&after_refs)).clone()
+            };
+            inputs.push(t);
+        }
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        again.insert(j, Tensor::apply(node.prim.clone(), &refs));
+    }
 }
 
 fn finish(f: &Function, state: Rc<RefCell<TraceState>>, params: Vec<Param>, outputs: Vec<Output>, name: String) -> Result<Function, Error> {
@@ -165,7 +212,7 @@ pub fn vjp(f: &Function, wrt: &[usize]) -> Result<Function, Error> {
         let ty: TensorType = f.nodes[o.id].ty.clone();
         let index = params.len();
         params.push(Param { name: format!("ct_{}", o.name), ty: ty.clone(), sharding: o.sharding.clone(), donate: false });
-        let node = Node { prim: Prim::Param(index), inputs: vec![], ty, loc: f.nodes[o.id].loc };
+        let node = Node { prim: Prim::Param(index), inputs: vec![], ty, loc: f.nodes[o.id].loc, remat: None };
         let id = {
             let mut st = state.borrow_mut();
             st.nodes.push(node);

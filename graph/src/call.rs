@@ -2,13 +2,19 @@
 //! function's live nodes into the trace being built, so `value_and_grad(loss)` can run
 //! inside a train-step trace and be differentiated again. And tracing over trees of named
 //! arguments: `trace_tree` flattens the tree to positional parameters in its fixed order.
-use crate::function::{Function, Node};
+use crate::function::{Function, Node, Remat, RematMark};
 use crate::prim::{Literal, Prim};
 use crate::trace::{trace, Loc, Tensor, Tracer};
 use crate::tree::Tree;
 use crate::types::TensorType;
 use crate::Error;
 use std::rc::Rc;
+
+/// A process-wide fresh id for a recomputed block.
+fn next_region() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 impl Function {
     /// Inlines this function into the trace of `args` (or, with no arguments, the innermost
@@ -18,7 +24,19 @@ impl Function {
     /// callee do not carry over; its ops keep their own source locations.
     #[track_caller]
     pub fn call(&self, args: &[Tensor]) -> Vec<Tensor> {
-        let loc = Loc::caller();
+        self.call_inner(args, Loc::caller(), Remat::None)
+    }
+
+    /// `call`, with the inlined nodes marked so that the backward pass recomputes them from
+    /// the block's inputs instead of keeping their values (JAX's `jax.checkpoint`), as
+    /// `policy` says. `Remat::None` is a plain `call`.
+    #[track_caller]
+    pub fn call_remat(&self, args: &[Tensor], policy: Remat) -> Vec<Tensor> {
+        self.call_inner(args, Loc::caller(), policy)
+    }
+
+    fn call_inner(&self, args: &[Tensor], loc: Loc, policy: Remat) -> Vec<Tensor> {
+        let mark = (policy != Remat::None).then(|| RematMark { region: next_region(), policy });
         let Some(tracer) = args.first().map(Tensor::tracer).or_else(Tracer::current) else {
             return Vec::new(); // nowhere to record: not tracing and nothing to trace with
         };
@@ -34,7 +52,7 @@ impl Function {
                 map[i] = args[p].id;
             } else if live[i] {
                 let inputs = node.inputs.iter().map(|&j| map[j]).collect();
-                st.nodes.push(Node { prim: node.prim.clone(), inputs, ty: node.ty.clone(), loc: node.loc });
+                st.nodes.push(Node { prim: node.prim.clone(), inputs, ty: node.ty.clone(), loc: node.loc, remat: mark.or(node.remat) });
                 map[i] = st.nodes.len() - 1;
             }
         }
@@ -65,7 +83,7 @@ impl Function {
         for o in &self.outputs {
             let ty: TensorType = self.nodes[o.id].ty.clone();
             let value = if ty.dtype.is_float() { Literal::Float(vec![0.0]) } else { Literal::Int(vec![0]) };
-            st.nodes.push(Node { prim: Prim::Constant { ty: ty.clone(), value }, inputs: vec![], ty, loc });
+            st.nodes.push(Node { prim: Prim::Constant { ty: ty.clone(), value }, inputs: vec![], ty, loc, remat: None });
             out.push(Tensor { id: st.nodes.len() - 1, trace: tracer.state.clone() });
         }
         out

@@ -14,6 +14,51 @@ pub struct Node {
     pub inputs: Vec<usize>,
     pub ty: TensorType,
     pub loc: Loc,
+    /// Set on the nodes of a block called with `Function::call_remat`.
+    pub remat: Option<RematMark>,
+}
+
+/// What the backward pass keeps of a block (JAX's `jax.checkpoint` policies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Remat {
+    /// Keep every intermediate value (no recomputation).
+    #[default]
+    None,
+    /// Keep only the block's inputs; recompute the rest in the backward pass.
+    Full,
+    /// Keep the block's inputs and its dot_general results; recompute the rest (norms,
+    /// softmax, activations: cheap to recompute, large to keep).
+    SaveDots,
+}
+
+impl std::str::FromStr for Remat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Remat, String> {
+        match s {
+            "none" => Ok(Remat::None),
+            "full" => Ok(Remat::Full),
+            "save-dots" => Ok(Remat::SaveDots),
+            other => Err(format!("unknown rematerialisation {other:?} (none, full, save-dots)")),
+        }
+    }
+}
+
+impl fmt::Display for Remat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Remat::None => "none",
+            Remat::Full => "full",
+            Remat::SaveDots => "save-dots",
+        })
+    }
+}
+
+/// Which recomputed block a node belongs to (`region` is unique in the process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RematMark {
+    pub region: u64,
+    pub policy: Remat,
 }
 
 #[derive(Debug, Clone, PartialEq)]

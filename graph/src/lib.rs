@@ -24,7 +24,7 @@ mod types;
 pub use autodiff::{grad, value_and_grad, value_and_grad_tree, vjp};
 pub use call::trace_tree;
 pub use eval::eval;
-pub use function::{Function, Node, Output, Param};
+pub use function::{Function, Node, Output, Param, Remat, RematMark};
 pub use lower::LowerOptions;
 pub use prim::{Cmp, DotDims, Literal, Prim};
 pub use trace::{trace, Loc, Tensor, Tracer};

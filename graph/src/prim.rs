@@ -1,7 +1,7 @@
 //! The closed set of primitives, close to StableHLO. Each family file in `ops/` holds the
 //! shape rule, lowering and VJP rule of its primitives side by side; this file dispatches.
 use crate::lower::Emitter;
-use crate::ops::{dot, elementwise, indexing, random, reduce, shape, sharding};
+use crate::ops::{barrier, dot, elementwise, indexing, random, reduce, shape, sharding};
 use crate::trace::Tensor;
 use crate::types::{DType, TensorType};
 
@@ -88,6 +88,8 @@ pub enum Prim {
     ScatterAdd,
     // layout
     ShardingConstraint { spec: ::sharding::PartitionSpec },
+    // scheduling: operand 0 once every operand is known (rematerialisation)
+    OptimizationBarrier,
 }
 
 /// Which family implements a primitive.
@@ -99,6 +101,7 @@ enum Family {
     Indexing,
     Random,
     Sharding,
+    Barrier,
 }
 
 impl Prim {
@@ -151,6 +154,7 @@ impl Prim {
             Gather | ScatterAdd => Family::Indexing,
             RngBitGenerator { .. } => Family::Random,
             ShardingConstraint { .. } => Family::Sharding,
+            OptimizationBarrier => Family::Barrier,
         }
     }
 
@@ -164,6 +168,7 @@ impl Prim {
             Family::Indexing => indexing::infer(self, inputs),
             Family::Random => random::infer(self, inputs),
             Family::Sharding => sharding::infer(self, inputs),
+            Family::Barrier => barrier::infer(self, inputs),
         }
     }
 
@@ -177,6 +182,7 @@ impl Prim {
             Family::Indexing => indexing::lower(self, e, args, out),
             Family::Random => random::lower(self, e, args, out),
             Family::Sharding => sharding::lower(self, e, args, out),
+            Family::Barrier => barrier::lower(self, e, args, out),
         }
     }
 
@@ -191,6 +197,7 @@ impl Prim {
             Family::Indexing => indexing::vjp(self, x, y, ct),
             Family::Random => random::vjp(self, x, y, ct),
             Family::Sharding => sharding::vjp(self, x, y, ct),
+            Family::Barrier => barrier::vjp(self, x, y, ct),
         }
     }
 

@@ -158,7 +158,7 @@ impl Tensor {
                 types.first().cloned().unwrap_or_default()
             }
         };
-        st.nodes.push(Node { prim, inputs: inputs.iter().map(|t| t.id).collect(), ty, loc });
+        st.nodes.push(Node { prim, inputs: inputs.iter().map(|t| t.id).collect(), ty, loc, remat: None });
         Tensor { id: st.nodes.len() - 1, trace: trace.clone() }
     }
 }
@@ -176,7 +176,7 @@ where
             .iter()
             .enumerate()
             .map(|(i, (_, ty))| {
-                st.nodes.push(Node { prim: Prim::Param(i), inputs: vec![], ty: ty.clone(), loc: Loc::caller() });
+                st.nodes.push(Node { prim: Prim::Param(i), inputs: vec![], ty: ty.clone(), loc: Loc::caller(), remat: None });
                 Tensor { id: st.nodes.len() - 1, trace: state.clone() }
             })
             .collect()

@@ -46,6 +46,9 @@ pub struct DumpArgs {
     /// Compute dtype: f32, or bf16 (train-step keeps f32 master weights and optimizer states)
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
+    /// train-step: recompute each decoder layer in the backward pass (as `train --remat`)
+    #[arg(long, default_value = "none", value_parser = ["none", "full", "save-dots"])]
+    remat: String,
     /// Output directory (created; an earlier dump in it is replaced)
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -91,7 +94,7 @@ pub fn dump(a: &DumpArgs) -> Result<()> {
             jit.lower(&with_specs(&types, |p| forward_spec(&setup, p)))?
         }
         "train-step" => {
-            let hp = crate::train::default_hyper(&a.dtype)?;
+            let hp = crate::train::default_hyper(&a.dtype, &a.remat)?;
             let lowered = train_step_jit(&client, &setup, &hp, &layout).lower(&setup.train_args()?)?;
             lowered
         }

@@ -72,6 +72,9 @@ pub struct TrainArgs {
     b2: f64,
     #[arg(long, default_value_t = 1e-8)]
     eps: f64,
+    /// Recompute each decoder layer in the backward pass: none, full (keep only layer inputs) or save-dots (keep matmul results too)
+    #[arg(long, default_value = "none", value_parser = ["none", "full", "save-dots"])]
+    remat: String,
     /// Compute dtype: f32, or bf16 (f32 master weights and optimizer states)
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
@@ -122,13 +125,13 @@ fn resolve_config(a: &TrainArgs) -> Result<Config> {
 
 /// `train`'s hyperparameters with every flag at its default but `--dtype` (what `dump`
 /// compiles for the train step).
-pub(crate) fn default_hyper(dtype: &str) -> Result<Hyper> {
+pub(crate) fn default_hyper(dtype: &str, remat: &str) -> Result<Hyper> {
     #[derive(clap::Parser)]
     struct Defaults {
         #[command(flatten)]
         a: TrainArgs,
     }
-    let d = <Defaults as clap::Parser>::try_parse_from(["train", "--dtype", dtype])?;
+    let d = <Defaults as clap::Parser>::try_parse_from(["train", "--dtype", dtype, "--remat", remat])?;
     Ok(hyper(&d.a))
 }
 
@@ -145,6 +148,7 @@ pub fn hyper(a: &TrainArgs) -> Hyper {
         b2: a.b2,
         eps: a.eps,
         compute: if a.dtype == "bf16" { DType::Bf16 } else { DType::F32 },
+        remat: a.remat.parse().unwrap_or_default(),
     }
 }
 
