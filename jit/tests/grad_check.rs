@@ -49,7 +49,11 @@ fn check(client: &Client, c: &Case, seed: u64) -> Result<()> {
     assert!(traced.count(c.prim) > 0, "the case for {} does not use it", c.prim);
 
     let loss_at = |args: &[HostArray]| -> Result<f64> { Ok(forward.call_flat(args)?[0].to_vec::<f64>()?[0]) };
-    assert!((loss_at(&args)? - out[0].to_vec::<f64>()?[0]).abs() < 1e-12);
+    let (plain, with_grad) = (loss_at(&args)?, out[0].to_vec::<f64>()?[0]);
+    // The same loss in both programs: to f64 rounding, or to f32 rounding for the cases that
+    // go through f32 (XLA may fuse the f32 round trip differently in the two programs).
+    let same = if c.eps > 1e-6 { 1e-7 } else { 1e-12 };
+    assert!((plain - with_grad).abs() < same * plain.abs().max(1.0), "{}: loss {plain} alone, {with_grad} with its gradient", c.prim);
     for i in 0..nf {
         let g = out[1 + i].to_vec::<f64>()?;
         let x = args[i].to_vec::<f64>()?;
