@@ -33,6 +33,12 @@ struct PluginArgs {
     /// Number of devices (the CPU plugin creates this many) [default: the plugin's own, or what the program needs]
     #[arg(long, value_parser = device_count)]
     devices: Option<usize>,
+    /// Compiled programs are kept here and loaded instead of compiled again [default: <per-user cache>/compile]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<std::path::PathBuf>,
+    /// Compile every program afresh, without reading or writing the compilation cache
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_compile_cache: bool,
 }
 
 #[derive(Subcommand)]
@@ -100,7 +106,12 @@ impl PluginArgs {
     /// Opens the plugin with `--devices`, else with `needed` devices (None: the plugin's default).
     fn open(&self, needed: Option<usize>) -> Result<Client> {
         let spec = PluginSpec::from_flag_or_env(self.plugin.as_deref())?;
-        Ok(Client::open(&spec, self.devices.or(needed))?)
+        let mut client = Client::open(&spec, self.devices.or(needed))?;
+        if !self.no_compile_cache {
+            let dir = self.cache_dir.clone().unwrap_or_else(runtime::CompileCache::default_dir);
+            client.set_compile_cache(Some(runtime::CompileCache::new(dir)));
+        }
+        Ok(client)
     }
 }
 

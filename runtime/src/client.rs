@@ -1,5 +1,6 @@
 //! The runtime's client: a loaded plugin plus a PJRT client, with plugin facts for
 //! `gemma-xla devices`, compilation, and host <-> device copies of `HostArray`s.
+use crate::compile_cache::CompileCache;
 use crate::discovery::PluginSpec;
 use crate::error::{Error, Result};
 use crate::executable::Executable;
@@ -27,6 +28,7 @@ impl PluginInfo {
 pub struct Client {
     inner: xla_sys::Client,
     info: PluginInfo,
+    cache: Option<CompileCache>,
 }
 
 impl Client {
@@ -59,7 +61,7 @@ impl Client {
         let api = Api::load(path)?;
         let info = plugin_info(&api)?;
         let inner = xla_sys::Client::create(&api, options)?;
-        Ok(Client { inner, info })
+        Ok(Client { inner, info, cache: None })
     }
 
     pub fn plugin(&self) -> &PluginInfo {
@@ -93,6 +95,19 @@ impl Client {
         self.inner.live_buffers()
     }
 
+    /// Compiled programs are kept in (and loaded from) `cache` from now on; None: no cache.
+    pub fn set_compile_cache(&mut self, cache: Option<CompileCache>) {
+        self.cache = cache;
+    }
+
+    pub fn compile_cache(&self) -> Option<&CompileCache> {
+        self.cache.as_ref()
+    }
+
+    /// Compiles `program` (or loads it from the compilation cache, when there is one and it
+    /// has a sound entry for exactly this program, these options, this plugin and this many
+    /// devices). Compilations that ask XLA for a dump (in the options, or `--xla_dump_to` in
+    /// `XLA_FLAGS`) always compile, so that the dump is written.
     pub fn compile(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
         check_sizes(program)?;
         let have = self.devices()?.len();
@@ -107,7 +122,28 @@ impl Client {
                 },
             });
         }
-        let exe = self.inner.compile(&program.bytes, program.pjrt_format(), &options.encode())?;
+        let encoded = options.encode();
+        let dumping = options.dump.is_some() || std::env::var("XLA_FLAGS").is_ok_and(|f| f.contains("xla_dump_to"));
+        let Some(cache) = self.cache.as_ref().filter(|_| !dumping) else {
+            let exe = self.inner.compile(&program.bytes, program.pjrt_format(), &encoded)?;
+            return Executable::new(exe, program, options.mesh.as_ref());
+        };
+        let key = CompileCache::key(&self.info, &self.platform_version()?, have, program.pjrt_format(), &program.bytes, &encoded);
+        if let Some(bytes) = cache.load(&key) {
+            match self.inner.deserialize_and_load(&bytes) {
+                Ok(exe) => {
+                    cache.count_hit();
+                    return Executable::new(exe, program, options.mesh.as_ref());
+                }
+                Err(_) => cache.count_rejected(),
+            }
+        }
+        cache.count_miss();
+        let exe = self.inner.compile(&program.bytes, program.pjrt_format(), &encoded)?;
+        match exe.serialize() {
+            Ok(bytes) => cache.store(&key, &bytes),
+            Err(e) => eprintln!("note: this plugin cannot serialize executables, so nothing is cached: {e}"),
+        }
         Executable::new(exe, program, options.mesh.as_ref())
     }
 

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod compile_cache;
 mod compiled;
 pub mod cpu_cache;
 mod device_array;
@@ -15,6 +16,7 @@ mod options;
 mod program;
 
 pub use client::{download, Client, PluginInfo};
+pub use compile_cache::{CacheKey, CacheStats, CompileCache};
 pub use compiled::{CompiledSignature, CompiledType};
 pub use cpu_cache::CacheState;
 pub use device_array::{Arg, DeviceArray};

@@ -116,6 +116,18 @@ impl Client {
         LoadedExecutable::wrap(self.inner.clone(), a.executable)
     }
 
+    /// Loads an executable serialized by `LoadedExecutable::serialize` of the same plugin
+    /// (PJRT_Executable_DeserializeAndLoad); a plugin that cannot read the bytes says so.
+    pub fn deserialize_and_load(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
+        let mut a = args!(PJRT_Executable_DeserializeAndLoad_Args {
+            client: self.inner.ptr,
+            serialized_executable: bytes.as_ptr() as *const _,
+            serialized_executable_size: bytes.len(),
+        });
+        pjrt_call!(&self.inner.api, PJRT_Executable_DeserializeAndLoad, &mut a)?;
+        LoadedExecutable::wrap(self.inner.clone(), a.loaded_executable)
+    }
+
     /// Copies a dense, row-major host array to `device` and waits until the copy is done.
     pub fn buffer_from_host(&self, data: &[u8], ty: DType, dims: &[i64], device: &Device) -> Result<Buffer> {
         if !Rc::ptr_eq(&device.client, &self.inner) {

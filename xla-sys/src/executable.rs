@@ -98,6 +98,20 @@ impl LoadedExecutable {
         Ok((format, code))
     }
 
+    /// The compiled executable as bytes the same plugin (same version) can load again with
+    /// `Client::deserialize_and_load` (PJRT_Executable_Serialize).
+    pub fn serialize(&self) -> Result<Vec<u8>> {
+        let mut a = args!(PJRT_Executable_Serialize_Args { executable: self.exe });
+        pjrt_call!(&self.client.api, PJRT_Executable_Serialize, &mut a)?;
+        // SAFETY: the bytes belong to `serialized_executable` until its deleter runs, below.
+        let bytes = unsafe { slice_or_empty(a.serialized_bytes as *const u8, a.serialized_bytes_size) }.to_vec();
+        if let Some(delete) = a.serialized_executable_deleter {
+            // SAFETY: the plugin's deleter for the object it handed us, called once.
+            unsafe { delete(a.serialized_executable) };
+        }
+        Ok(bytes)
+    }
+
     /// The devices the program runs on, in execution order (argument_lists[i] goes to i).
     pub fn addressable_devices(&self) -> Result<Vec<Device>> {
         let mut a = args!(PJRT_LoadedExecutable_AddressableDevices_Args { executable: self.ptr });

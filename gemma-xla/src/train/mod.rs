@@ -233,6 +233,15 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         if step == start + 1 {
             loop_started = std::time::Instant::now();
             device_before = jit.execute_time();
+            let from = match client.compile_cache().map(|c| c.stats()) {
+                Some(s) if s.hits > 0 => format!(
+                    " (loaded from the compilation cache {})",
+                    client.compile_cache().map_or(String::new(), |c| c.dir().display().to_string())
+                ),
+                Some(_) => " (compiled; stored in the compilation cache)".to_string(),
+                None => String::new(),
+            };
+            eprintln!("train step: traced, lowered and compiled in {:.2} s{from}", jit.stats().compile_time.as_secs_f64());
         }
         let metrics = out.take_subtree("metrics");
         state = out;
