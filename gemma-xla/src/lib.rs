@@ -8,6 +8,7 @@ pub mod data;
 pub mod eval;
 pub mod files;
 pub mod generate;
+pub mod hosts;
 pub mod npy;
 pub mod text;
 

@@ -153,6 +153,17 @@ pub fn hyper(a: &TrainArgs) -> Hyper {
 }
 
 pub fn train(a: &TrainArgs) -> Result<()> {
+    let role = gemma_xla::hosts::HostRole::from_env(|k| std::env::var(k).ok())?;
+    if role.count > 1 {
+        bail!(
+            "this process is host {} of {} ({}); a multi-host run needs every process to place only its own devices' \
+             shards of each array (gemma_xla::hosts::host_rows says which rows of a batch those are), and the runtime \
+             still places whole arrays on the devices of one process; run on one host (v5e-1, -4 or -8) for now, see docs/tpu-v5e.md",
+            role.index,
+            role.count,
+            role.source
+        );
+    }
     let cfg = resolve_config(a)?;
     if let Some(init) = &a.init {
         if same_path(init, &a.out) {
