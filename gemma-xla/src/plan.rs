@@ -323,7 +323,8 @@ fn table(args: &PlanArgs, cfg: &Config, mesh: &Mesh, tensors: &[TensorPlan], per
     } else {
         let _ = writeln!(out, "does NOT fit in {} per device (over by {})", human(budget), human(total - budget));
     }
-    let _ = writeln!(out, "activations (--remat {}) = {}\n{ACTIVATION_LEGEND}", args.remat, activation_formula(&args.remat));
+    let with = if args.remat == "none" { String::new() } else { format!(" (--remat {})", args.remat) };
+    let _ = writeln!(out, "activations{with} = {}\n{ACTIVATION_LEGEND}", activation_formula(&args.remat));
     out
 }
 

@@ -101,6 +101,34 @@ fn the_table_names_layers_once_and_gives_a_verdict() {
 }
 
 #[test]
+fn remat_shrinks_the_activation_estimate() {
+    let bytes = |remat: &str| -> i64 {
+        let o = gemma_xla(&[
+            "plan",
+            "--config",
+            "7b",
+            "--mesh",
+            "data=32,model=8",
+            "--fsdp",
+            "--batch",
+            "256",
+            "--seq",
+            "2048",
+            "--json",
+            "--remat",
+            remat,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["remat"], remat);
+        v["per_device"]["activations"].as_i64().unwrap()
+    };
+    let (none, full, dots) = (bytes("none"), bytes("full"), bytes("save-dots"));
+    assert!(full < dots && dots < none, "{full} {dots} {none}");
+    assert!(full * 4 < none, "full keeps one value per layer: {full} vs {none}");
+}
+
+#[test]
 fn bad_meshes_and_batches_are_refused() {
     let heads = fails(&["--config", "7b", "--mesh", "model=3"]);
     assert!(heads.contains("is split over mesh axis model=3"), "{heads}");
