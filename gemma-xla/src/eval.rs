@@ -14,6 +14,7 @@
 //! continuation (BOS first, as the tokenizer config says), and the continuation's tokens are
 //! the joint encoding after the context's length. (Encoding the continuation on its own gives
 //! other tokens where merges cross the boundary; the harness does not do that.)
+use crate::answer::Scoring;
 use crate::generate::{generate, Generator, Sampler};
 use crate::text::TextTokenizer;
 use crate::{Error, Result};
@@ -21,29 +22,43 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// What an item asks for.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Kind {
     /// Score each continuation after its context (one per choice; usually all the same).
     /// `chars`: each choice's length in Unicode code points (None for tokenized items:
     /// acc_norm then divides by tokens).
     Choice { contexts: Vec<Vec<i32>>, continuations: Vec<Vec<i32>>, chars: Option<Vec<usize>>, gold: usize },
-    /// Greedy decoding after the context until a stop string.
-    Generate { context: Vec<i32>, until: Vec<String>, answers: Vec<String>, max_new: usize },
+    /// Greedy decoding after the context until a stop string, the answer compared as
+    /// `scoring` says (the optional keys of the harness's task configs).
+    Generate { context: Vec<i32>, until: Vec<String>, answers: Vec<String>, max_new: usize, scoring: Scoring },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Item {
     /// 1-based line in the task file.
     pub line: usize,
     pub task: String,
+    /// `"subtask"` (e.g. an MMLU subject), reported per item.
+    pub subtask: Option<String>,
     pub kind: Kind,
 }
 
 /// One item's result.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Choice { loglikelihoods: Vec<f64>, is_greedy: Vec<bool>, pred: usize, pred_norm: usize, gold: usize },
-    Generate { generated: String, exact_match: bool },
+    Choice {
+        loglikelihoods: Vec<f64>,
+        is_greedy: Vec<bool>,
+        pred: usize,
+        pred_norm: usize,
+        gold: usize,
+    },
+    /// `answer`: what was compared (the generation, or what `answer_regex` took from it).
+    Generate {
+        generated: String,
+        answer: String,
+        exact_match: bool,
+    },
 }
 
 fn bad(file: &str, line: usize, message: impl Into<String>) -> Error {
@@ -182,7 +197,8 @@ pub fn parse(file: &str, text: &str, tok: Option<&TextTokenizer>, vocab: i64, co
             let tok = text_tok()?;
             let special = !context.starts_with(&tok.bos_token);
             let ids = tok.encode(&context, special)?;
-            Kind::Generate { context: ids, until: strings("until")?, answers: strings("answers")?, max_new: max_new as usize }
+            let scoring = Scoring::from_json(obj).map_err(|e| bad(file, n, e.to_string()))?;
+            Kind::Generate { context: ids, until: strings("until")?, answers: strings("answers")?, max_new: max_new as usize, scoring }
         } else {
             return Err(bad(file, n, "expected \"choices\", \"choices_ids\", \"contexts\" or \"until\"/\"answers\" (multiple choice, partial scoring or generation)"));
         };
@@ -199,7 +215,8 @@ pub fn parse(file: &str, text: &str, tok: Option<&TextTokenizer>, vocab: i64, co
                 format!("the item needs {need} tokens (context and continuation) but the model's context is {context_len}"),
             ));
         }
-        items.push(Item { line: n, task, kind });
+        let subtask = obj.get("subtask").and_then(Value::as_str).map(str::to_string);
+        items.push(Item { line: n, task, subtask, kind });
     }
     if items.is_empty() {
         return Err(Error::Data { path: file.to_string(), message: "no items".into() });
@@ -365,9 +382,9 @@ pub fn run_generation(
     let rows = g.batch();
     let mut results = Vec::new();
     for chunk in ids.chunks(rows) {
-        let get = |q: usize| -> (&Vec<i32>, &Vec<String>, &Vec<String>, usize) {
+        let get = |q: usize| -> (&Vec<i32>, &Vec<String>, &Vec<String>, usize, &Scoring) {
             match &items[chunk[q]].kind {
-                Kind::Generate { context, until, answers, max_new } => (context, until, answers, *max_new),
+                Kind::Generate { context, until, answers, max_new, scoring } => (context, until, answers, *max_new, scoring),
                 Kind::Choice { .. } => unreachable!("only generation items"),
             }
         };
@@ -385,10 +402,11 @@ pub fn run_generation(
             Ok(get(b).1.iter().any(|u| !u.is_empty() && text.contains(u.as_str())))
         })?;
         for (q, new) in out.new_tokens.iter().enumerate().take(chunk.len()) {
-            let (_, until, answers, _) = get(q);
+            let (_, until, answers, _, scoring) = get(q);
             let generated = cut_at_stops(&tok.decode(new)?, until);
-            let exact_match = answers.iter().any(|a| a.trim() == generated.trim());
-            results.push((chunk[q], Outcome::Generate { generated, exact_match }));
+            let answer = scoring.extract(&generated);
+            let exact_match = scoring.matches(&answer, answers);
+            results.push((chunk[q], Outcome::Generate { generated, answer, exact_match }));
         }
         progress(chunk.len());
     }
@@ -453,6 +471,9 @@ pub fn summarize(items: &[Item], outcomes: &[(usize, Outcome)]) -> serde_json::M
 pub fn outcome_json(index: usize, item: &Item, o: &Outcome) -> Value {
     let mut v = serde_json::json!({"index": index, "line": item.line, "task": item.task});
     let m = v.as_object_mut().expect("internal: an object");
+    if let Some(sub) = &item.subtask {
+        m.insert("subtask".into(), sub.clone().into());
+    }
     match o {
         Outcome::Choice { loglikelihoods, is_greedy, pred, pred_norm, gold } => {
             m.insert("loglikelihoods".into(), serde_json::json!(loglikelihoods));
@@ -463,8 +484,11 @@ pub fn outcome_json(index: usize, item: &Item, o: &Outcome) -> Value {
             m.insert("acc".into(), (pred == gold).into());
             m.insert("acc_norm".into(), (pred_norm == gold).into());
         }
-        Outcome::Generate { generated, exact_match } => {
+        Outcome::Generate { generated, answer, exact_match } => {
             m.insert("generated".into(), generated.clone().into());
+            if answer != generated {
+                m.insert("answer".into(), answer.clone().into());
+            }
             m.insert("exact_match".into(), (*exact_match).into());
         }
     }

@@ -3,6 +3,7 @@
 //! functions lives in the `jit` crate.
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod chat;
 pub mod data;
 pub mod eval;
