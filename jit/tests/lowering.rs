@@ -91,6 +91,7 @@ fn table() -> Vec<Case> {
         case("pad", vec![a(), f(&[], 17)], |x| x[0].pad(&x[1], &[1, 0], &[0, 2], &[1, 1])),
         case("reduce_sum", vec![f(&[2, 3, 4], 18)], |x| x[0].sum(&[0, 2])),
         case("reduce_max", vec![f(&[2, 3, 4], 19)], |x| x[0].max_over(&[1])),
+        case("optimization_barrier", vec![a(), a()], |x| x[0].barrier(&[&x[1]]).exp() + &x[1]),
         case("sharding_constraint", vec![a()], |x| x[0].with_sharding_constraint(&runtime::PartitionSpec::new(&[&["data"], &[]])).exp()),
         case("gather", vec![f(&[5, 3], 20), int(DType::S32, &[2, 2], &[4, 0, 7, -1])], |x| x[0].gather(&x[1])),
         case("scatter_add", vec![f(&[4, 3], 21), int(DType::S32, &[3], &[1, 9, 1]), f(&[3, 3], 22)], |x| x[0].scatter_add(&x[1], &x[2])),
