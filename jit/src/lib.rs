@@ -85,7 +85,8 @@ type Rule<'c> = Box<dyn Fn(&str, &TensorType) -> Option<PartitionSpec> + 'c>;
 
 pub struct Jit<'c, F> {
     name: String,
-    client: &'c Client,
+    /// None: made by `Jit::lowering_only`, for `lower` (ahead-of-time compilation elsewhere).
+    client: Option<&'c Client>,
     f: F,
     mesh: Mesh,
     donate: Vec<String>,
@@ -103,6 +104,17 @@ where
     /// A function of a tree of tensors, compiled for `client`, on one device until
     /// `with_mesh` says otherwise.
     pub fn new(name: &str, client: &'c Client, f: F) -> Self {
+        Self::with_client(name, Some(client), f)
+    }
+
+    /// A function that is only ever lowered (`lower`), never called: what compiling ahead of
+    /// time for a device topology needs, with no client. Calls are an error.
+    pub fn lowering_only(name: &str, f: F) -> Self {
+        Self::with_client(name, None, f)
+    }
+
+    /// `new` with a client, `lowering_only` without.
+    pub fn with_client(name: &str, client: Option<&'c Client>, f: F) -> Self {
         Jit {
             name: name.to_string(),
             client,
@@ -214,7 +226,7 @@ where
                 path: path.to_string(),
                 cause: e.into(),
             })?;
-            let array = DeviceArray::place(self.client, &v, &sharding).map_err(|cause| Error::Argument {
+            let array = DeviceArray::place(self.client()?, &v, &sharding).map_err(|cause| Error::Argument {
                 name: self.name.clone(),
                 path: path.to_string(),
                 cause,
@@ -262,6 +274,15 @@ where
         Key { args, mesh: self.mesh.clone(), donated }
     }
 
+    fn client(&self) -> Result<&'c Client> {
+        self.client.ok_or_else(|| Error::Run {
+            name: self.name.clone(),
+            cause: runtime::Error::Argument(
+                "this function was made for lowering only (Jit::lowering_only) and has no client to run on".into(),
+            ),
+        })
+    }
+
     /// Traces, lowers and compiles for `key` unless cached.
     fn compile(&self, key: &Key) -> Result<()> {
         let mut stats = self.stats.get();
@@ -275,7 +296,7 @@ where
         let Lowered { function, stablehlo, options, out_shardings } = self.lower_key(key)?;
         let compile_err = |cause| Error::Compile { name: self.name.clone(), cause };
         let program = Program::from_text(&stablehlo).map_err(compile_err)?;
-        let executable = self.client.compile(&program, &options).map_err(compile_err)?;
+        let executable = self.client()?.compile(&program, &options).map_err(compile_err)?;
         self.cache.borrow_mut().insert(key.clone(), Entry { function, executable, out_shardings });
         stats.compiles += 1;
         stats.compile_time += started.elapsed();

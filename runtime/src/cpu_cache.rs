@@ -1,11 +1,15 @@
-//! The CPU plugin in the gemma-xla cache: installing it (pip, or a local wheel or .so named by
-//! `GEMMA_XLA_PLUGIN_SOURCE`) into a temporary directory renamed into place, the record
-//! written next to it (`plugin.json`: file, size, sha256, package, wheel), and the check made
-//! before every load, so a damaged cache is reinstalled instead of crashing the process.
+//! Pinned plugins in the gemma-xla cache (the CPU plugin, and libtpu for compiling TPU
+//! programs ahead of time): installing one (pip with `--require-hashes`, or for the CPU plugin
+//! a local wheel or .so named by `GEMMA_XLA_PLUGIN_SOURCE`) into a temporary directory renamed
+//! into place, the record written next to it (`plugin.json`: file, size, sha256, package,
+//! wheel), and the check made before every load, so a damaged cache is reinstalled instead of
+//! crashing the process. A `Pinned` says which package, wheel and file; `CPU` and `TPU` are
+//! the two we pin.
 //!
 //! Layout: `CACHE/plugins/lammps-jax-pjrt-cpu-0.11.2/{plugin.json,
-//! lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so}`; temporary siblings `.tmp-*` (an install
-//! under way) and `.old-*` (a replaced install being removed) carry the pid of their process.
+//! lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so}` (and `CACHE/plugins/libtpu-0.0.52/{plugin.json,
+//! libtpu/libtpu.so}`); temporary siblings `.tmp-*` (an install under way) and `.old-*` (a
+//! replaced install being removed) carry the package and the pid of their process.
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -30,7 +34,68 @@ pub const SOURCE_ENV: &str = "GEMMA_XLA_PLUGIN_SOURCE";
 /// The command that (re)installs the CPU plugin whatever state the cache is in.
 pub const REPAIR_COMMAND: &str = "gemma-xla plugin install --force";
 
-/// What is known about the CPU plugin in the cache.
+/// libtpu, the TPU PJRT plugin, pinned for compiling against TPU topologies without a TPU.
+pub const TPU_PACKAGE: &str = "libtpu";
+pub const TPU_VERSION: &str = "0.0.52";
+/// sha256 of libtpu-0.0.52-cp311-cp311-manylinux_2_31_x86_64.whl. libtpu's wheels are tagged
+/// per Python version but hold the same library; pip is told to fetch exactly this one
+/// (`--python-version 3.11 --platform manylinux_2_31_x86_64`) whatever python3 runs it.
+pub const TPU_WHEEL_SHA256: &str = "f5e2e596eaea9357fbb5a6755a7a9007c6ab75bfde4a55191b03eff402971140";
+pub const TPU_SO: &str = "libtpu/libtpu.so";
+pub const TPU_SO_SIZE: u64 = 467_479_448;
+pub const TPU_SO_SHA256: &str = "f86de4d04a058e6b5101f73e0824b95f27e2cec996d2b9191d9cffda75c03077";
+
+/// A plugin pinned by package, version, wheel and file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pinned {
+    /// For messages: `CPU PJRT plugin`.
+    pub what: &'static str,
+    pub package: &'static str,
+    pub version: &'static str,
+    pub wheel_sha256: &'static str,
+    /// The plugin file inside the wheel (and inside the install directory).
+    pub so: &'static str,
+    pub so_size: u64,
+    pub so_sha256: &'static str,
+    /// Extra `pip install` arguments that pick the pinned wheel.
+    pub pip_args: &'static [&'static str],
+    /// The wheel's size, for the note printed while installing.
+    pub download: &'static str,
+    /// Where a local file may be named to install from (None: PyPI only).
+    pub source_env: Option<&'static str>,
+    /// What a user runs to (re)install it, or how else to get it.
+    pub repair: &'static str,
+}
+
+pub const CPU: Pinned = Pinned {
+    what: "CPU PJRT plugin",
+    package: CPU_PACKAGE,
+    version: CPU_VERSION,
+    wheel_sha256: CPU_WHEEL_SHA256,
+    so: CPU_SO,
+    so_size: CPU_SO_SIZE,
+    so_sha256: CPU_SO_SHA256,
+    pip_args: &[],
+    download: "about 63 MB",
+    source_env: Some(SOURCE_ENV),
+    repair: REPAIR_COMMAND,
+};
+
+pub const TPU: Pinned = Pinned {
+    what: "TPU PJRT plugin (libtpu)",
+    package: TPU_PACKAGE,
+    version: TPU_VERSION,
+    wheel_sha256: TPU_WHEEL_SHA256,
+    so: TPU_SO,
+    so_size: TPU_SO_SIZE,
+    so_sha256: TPU_SO_SHA256,
+    pip_args: &["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--platform", "manylinux_2_31_x86_64"],
+    download: "about 137 MB",
+    source_env: None,
+    repair: "rerun the command (a damaged install is replaced), or point TPU_LIBRARY_PATH at a libtpu.so",
+};
+
+/// What is known about a pinned plugin in the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheState {
     /// No install directory.
@@ -44,55 +109,77 @@ pub enum CacheState {
 
 /// Where the pinned CPU plugin lives once installed into `cache`'s plugin directory.
 pub fn plugin_file(install_dir: &Path) -> PathBuf {
-    install_dir.join(CPU_SO)
+    CPU.plugin_file(install_dir)
 }
 
-/// Checks the install in `dir` without loading it. The size and the ELF headers are always
-/// checked; the sha256 when `always_hash`, or when the record is missing, unreadable or does
-/// not describe the pinned file.
+/// `CPU.check(dir, always_hash)`.
 pub fn check(dir: &Path, always_hash: bool) -> CacheState {
-    let path = plugin_file(dir);
-    let damaged = |reason: String| CacheState::Damaged { path: path.clone(), reason };
-    if !dir.exists() {
-        return CacheState::Absent;
+    CPU.check(dir, always_hash)
+}
+
+/// `CPU.install(dest)`.
+pub fn install(dest: &Path) -> Result<PathBuf> {
+    CPU.install(dest)
+}
+
+impl Pinned {
+    /// Where the plugin lives in an install directory.
+    pub fn plugin_file(&self, install_dir: &Path) -> PathBuf {
+        install_dir.join(self.so)
     }
-    let size = match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => m.len(),
-        Ok(_) => return damaged("it is not a file".into()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return damaged("the plugin file is missing".into()),
-        Err(e) => return damaged(format!("cannot read it: {e}")),
-    };
-    if size != CPU_SO_SIZE {
-        return damaged(format!("it is {size} bytes, expected {CPU_SO_SIZE}"));
+
+    /// `package==version`.
+    pub fn requirement(&self) -> String {
+        format!("{}=={}", self.package, self.version)
     }
-    if let Err(reason) = xla_sys::elf::check_shared_library(&path) {
-        return damaged(reason);
-    }
-    if !always_hash && read_record(dir).is_some_and(|r| r.describes_pinned()) {
-        return CacheState::Good { path, size, hashed: false };
-    }
-    match sha256_file(&path) {
-        Ok(sum) if sum == CPU_SO_SHA256 => {
-            // An install made before records existed: vouch for it once, so later starts
-            // need not hash 200 MB again (best effort; without the record we just hash).
-            if !read_record(dir).is_some_and(|r| r.describes_pinned()) {
-                let record = Record {
-                    file: CPU_SO.to_string(),
-                    size,
-                    sha256: sum,
-                    package: pinned_package(),
-                    wheel_sha256: None,
-                    source: "an earlier install, verified by its sha256".into(),
-                };
-                let tmp = dir.join(format!(".plugin.json.tmp-{}", std::process::id()));
-                if std::fs::write(&tmp, record.to_json()).and_then(|()| std::fs::rename(&tmp, dir.join("plugin.json"))).is_err() {
-                    let _ = std::fs::remove_file(&tmp);
-                }
-            }
-            CacheState::Good { path, size, hashed: true }
+
+    /// Checks the install in `dir` without loading it. The size and the ELF headers are always
+    /// checked; the sha256 when `always_hash`, or when the record is missing, unreadable or does
+    /// not describe the pinned file.
+    pub fn check(&self, dir: &Path, always_hash: bool) -> CacheState {
+        let path = self.plugin_file(dir);
+        let damaged = |reason: String| CacheState::Damaged { path: path.clone(), reason };
+        if !dir.exists() {
+            return CacheState::Absent;
         }
-        Ok(sum) => damaged(format!("its sha256 is {sum}, expected {CPU_SO_SHA256}")),
-        Err(e) => damaged(format!("cannot read it: {e}")),
+        let size = match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => return damaged("it is not a file".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return damaged("the plugin file is missing".into()),
+            Err(e) => return damaged(format!("cannot read it: {e}")),
+        };
+        if size != self.so_size {
+            return damaged(format!("it is {size} bytes, expected {}", self.so_size));
+        }
+        if let Err(reason) = xla_sys::elf::check_shared_library(&path) {
+            return damaged(reason);
+        }
+        if !always_hash && read_record(dir).is_some_and(|r| r.describes(self)) {
+            return CacheState::Good { path, size, hashed: false };
+        }
+        match sha256_file(&path) {
+            Ok(sum) if sum == self.so_sha256 => {
+                // An install made before records existed: vouch for it once, so later starts
+                // need not hash 200 MB again (best effort; without the record we just hash).
+                if !read_record(dir).is_some_and(|r| r.describes(self)) {
+                    let record = Record {
+                        file: self.so.to_string(),
+                        size,
+                        sha256: sum,
+                        package: self.requirement(),
+                        wheel_sha256: None,
+                        source: "an earlier install, verified by its sha256".into(),
+                    };
+                    let tmp = dir.join(format!(".plugin.json.tmp-{}", std::process::id()));
+                    if std::fs::write(&tmp, record.to_json()).and_then(|()| std::fs::rename(&tmp, dir.join("plugin.json"))).is_err() {
+                        let _ = std::fs::remove_file(&tmp);
+                    }
+                }
+                CacheState::Good { path, size, hashed: true }
+            }
+            Ok(sum) => damaged(format!("its sha256 is {sum}, expected {}", self.so_sha256)),
+            Err(e) => damaged(format!("cannot read it: {e}")),
+        }
     }
 }
 
@@ -112,8 +199,8 @@ pub struct Record {
 }
 
 impl Record {
-    fn describes_pinned(&self) -> bool {
-        self.file == CPU_SO && self.size == CPU_SO_SIZE && self.sha256 == CPU_SO_SHA256 && self.package == pinned_package()
+    fn describes(&self, p: &Pinned) -> bool {
+        self.file == p.so && self.size == p.so_size && self.sha256 == p.so_sha256 && self.package == p.requirement()
     }
 
     fn to_json(&self) -> String {
@@ -148,10 +235,6 @@ pub fn read_record(dir: &Path) -> Option<Record> {
     Record::from_json(&std::fs::read_to_string(dir.join(RECORD)).ok()?)
 }
 
-fn pinned_package() -> String {
-    format!("{CPU_PACKAGE}=={CPU_VERSION}")
-}
-
 /// sha256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = File::open(path)?;
@@ -174,99 +257,169 @@ pub(crate) fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// Installs the pinned CPU plugin into `dest` (replacing whatever is there): pip (or the
-/// local file of `GEMMA_XLA_PLUGIN_SOURCE`) installs into a temporary sibling, the record is
-/// written, the result is checked and renamed into place, so `dest` never holds half an
-/// install. Leftovers of killed installs are removed first. Returns the plugin file.
-pub fn install(dest: &Path) -> Result<PathBuf> {
-    let source = std::env::var_os(SOURCE_ENV).filter(|s| !s.is_empty()).map(PathBuf::from);
-    let fail = |reason: String| Error::Install { reason, hint: repair_hint(source.is_some()) };
-    let parent = dest.parent().ok_or_else(|| fail(format!("{} has no parent directory", dest.display())))?;
-    std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
-    remove_leftovers(parent);
-    let tmp = temporary(parent, "tmp");
-    std::fs::create_dir_all(&tmp).map_err(|e| fail(format!("cannot create {}: {e}", tmp.display())))?;
-    let target = tmp.join("pkg");
-    let result = fill(&target, &tmp, source.as_deref(), dest)
-        .map_err(fail)
-        .and_then(|record| {
-            let text = record.to_json();
-            std::fs::write(target.join(RECORD), text).map_err(|e| fail(format!("cannot write the record: {e}")))
-        })
-        .and_then(|()| match check(&target, false) {
-            CacheState::Good { .. } => Ok(()),
-            CacheState::Damaged { reason, .. } => Err(fail(format!("the freshly installed plugin is damaged ({reason})"))),
-            CacheState::Absent => Err(fail("the install vanished".into())),
-        })
-        .and_then(|()| replace(&target, dest, parent).map_err(fail));
-    let _ = std::fs::remove_dir_all(&tmp);
-    result.map(|()| plugin_file(dest))
-}
+impl Pinned {
+    /// Installs the pinned plugin into `dest` (replacing whatever is there): pip (or the
+    /// local file of `source_env`) installs into a temporary sibling, the record is
+    /// written, the result is checked and renamed into place, so `dest` never holds half an
+    /// install. Leftovers of killed installs are removed first. Returns the plugin file.
+    pub fn install(&self, dest: &Path) -> Result<PathBuf> {
+        let source = self.source_env.and_then(std::env::var_os).filter(|s| !s.is_empty()).map(PathBuf::from);
+        let fail = |reason: String| Error::Install { what: self.what, reason, hint: self.repair_hint(source.is_some()) };
+        let parent = dest.parent().ok_or_else(|| fail(format!("{} has no parent directory", dest.display())))?;
+        std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+        self.remove_leftovers(parent);
+        let tmp = self.temporary(parent, "tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| fail(format!("cannot create {}: {e}", tmp.display())))?;
+        let target = tmp.join("pkg");
+        let result = self
+            .fill(&target, &tmp, source.as_deref(), dest)
+            .map_err(fail)
+            .and_then(|record| {
+                let text = record.to_json();
+                std::fs::write(target.join(RECORD), text).map_err(|e| fail(format!("cannot write the record: {e}")))
+            })
+            .and_then(|()| match self.check(&target, false) {
+                CacheState::Good { .. } => Ok(()),
+                CacheState::Damaged { reason, .. } => Err(fail(format!("the freshly installed plugin is damaged ({reason})"))),
+                CacheState::Absent => Err(fail("the install vanished".into())),
+            })
+            .and_then(|()| self.replace(&target, dest, parent).map_err(fail));
+        let _ = std::fs::remove_dir_all(&tmp);
+        result.map(|()| self.plugin_file(dest))
+    }
 
-/// What to tell a user whose install failed.
-fn repair_hint(from_source: bool) -> String {
-    let mut hint = format!("Fix that, then run `{REPAIR_COMMAND}`.");
-    if !from_source {
-        hint.push_str(&format!(
-            " Without pip or network: on another machine `python3 -m pip download --no-deps {CPU_PACKAGE}=={CPU_VERSION}`, \
+    /// What to tell a user whose install failed.
+    fn repair_hint(&self, from_source: bool) -> String {
+        if *self != CPU {
+            return format!("Fix that and {}; or `python3 -m pip install {}` where python3 finds it.", self.repair, self.requirement());
+        }
+        let mut hint = format!("Fix that, then run `{REPAIR_COMMAND}`.");
+        if !from_source {
+            hint.push_str(&format!(
+                " Without pip or network: on another machine `python3 -m pip download --no-deps {CPU_PACKAGE}=={CPU_VERSION}`, \
              unzip {CPU_SO} from the wheel, and run `{SOURCE_ENV}=/path/to/pjrt_c_api_cpu_plugin.so {REPAIR_COMMAND}`."
-        ));
-    }
-    hint
-}
-
-/// A fresh temporary sibling name: `.KIND-PACKAGE-PID-NANOS`.
-fn temporary(parent: &Path, kind: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    parent.join(format!(".{kind}-{CPU_PACKAGE}-{}-{nanos}", std::process::id()))
-}
-
-/// Removes `.tmp-*` / `.old-*` siblings left by installs whose process is gone.
-fn remove_leftovers(parent: &Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(".tmp-").or_else(|| name.strip_prefix(".old-")) else { continue };
-        let Some(rest) = rest.strip_prefix(CPU_PACKAGE).and_then(|r| r.strip_prefix('-')) else { continue };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        let alive = pid.is_some_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
-        if !alive {
-            let _ = std::fs::remove_dir_all(entry.path());
+            ));
         }
+        hint
     }
-}
 
-/// Puts the plugin into `target` (inside `tmp`) and says what was installed.
-fn fill(target: &Path, tmp: &Path, source: Option<&Path>, dest: &Path) -> std::result::Result<Record, String> {
-    let so = target.join(CPU_SO);
-    let (wheel_sha256, from) = match source {
-        Some(src) if src.extension().is_some_and(|e| e == "whl") => {
-            let src = std::fs::canonicalize(src).map_err(|e| format!("{SOURCE_ENV}={}: {e}", src.display()))?;
-            eprintln!("gemma-xla: installing the CPU PJRT plugin {} from {} into {}", pinned_package(), src.display(), dest.display());
-            pip_install(target, tmp, &format!("{} --hash=sha256:{CPU_WHEEL_SHA256}\n", src.display()), true)?;
-            (Some(CPU_WHEEL_SHA256.to_string()), src.display().to_string())
-        }
-        Some(src) => {
-            eprintln!("gemma-xla: installing the CPU PJRT plugin from {} into {}", src.display(), dest.display());
-            let sum = copy_hashed(src, &so).map_err(|e| format!("cannot copy {SOURCE_ENV}={}: {e}", src.display()))?;
-            if sum != CPU_SO_SHA256 {
-                return Err(format!(
-                    "{SOURCE_ENV}={} is not the plugin of {}: its sha256 is {sum}, expected {CPU_SO_SHA256}",
-                    src.display(),
-                    pinned_package()
-                ));
+    /// A fresh temporary sibling name: `.KIND-PACKAGE-PID-NANOS`.
+    fn temporary(&self, parent: &Path, kind: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        parent.join(format!(".{kind}-{}-{}-{nanos}", self.package, std::process::id()))
+    }
+
+    /// Removes `.tmp-*` / `.old-*` siblings left by installs whose process is gone.
+    fn remove_leftovers(&self, parent: &Path) {
+        let Ok(entries) = std::fs::read_dir(parent) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(".tmp-").or_else(|| name.strip_prefix(".old-")) else { continue };
+            let Some(rest) = rest.strip_prefix(self.package).and_then(|r| r.strip_prefix('-')) else { continue };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
-            (None, src.display().to_string())
         }
-        None => {
-            eprintln!("gemma-xla: installing the CPU PJRT plugin {} (about 63 MB) with pip into {}", pinned_package(), dest.display());
-            pip_install(target, tmp, &format!("{} --hash=sha256:{CPU_WHEEL_SHA256}\n", pinned_package()), false)?;
-            (Some(CPU_WHEEL_SHA256.to_string()), "pypi".to_string())
+    }
+
+    /// Puts the plugin into `target` (inside `tmp`) and says what was installed.
+    fn fill(&self, target: &Path, tmp: &Path, source: Option<&Path>, dest: &Path) -> std::result::Result<Record, String> {
+        let so = target.join(self.so);
+        let pinned_package = || self.requirement();
+        let (wheel_sha256, from) = match source {
+            Some(src) if src.extension().is_some_and(|e| e == "whl") => {
+                let src = std::fs::canonicalize(src).map_err(|e| format!("{SOURCE_ENV}={}: {e}", src.display()))?;
+                eprintln!("gemma-xla: installing the CPU PJRT plugin {} from {} into {}", pinned_package(), src.display(), dest.display());
+                self.pip_install(target, tmp, &format!("{} --hash=sha256:{}\n", src.display(), self.wheel_sha256), true)?;
+                (Some(self.wheel_sha256.to_string()), src.display().to_string())
+            }
+            Some(src) => {
+                eprintln!("gemma-xla: installing the CPU PJRT plugin from {} into {}", src.display(), dest.display());
+                let sum = copy_hashed(src, &so).map_err(|e| format!("cannot copy {SOURCE_ENV}={}: {e}", src.display()))?;
+                if sum != self.so_sha256 {
+                    return Err(format!(
+                        "{SOURCE_ENV}={} is not the plugin of {}: its sha256 is {sum}, expected {}",
+                        src.display(),
+                        pinned_package(),
+                        self.so_sha256
+                    ));
+                }
+                (None, src.display().to_string())
+            }
+            None => {
+                eprintln!(
+                    "gemma-xla: installing the {} {} ({}) with pip into {}",
+                    self.what,
+                    pinned_package(),
+                    self.download,
+                    dest.display()
+                );
+                self.pip_install(target, tmp, &format!("{} --hash=sha256:{}\n", pinned_package(), self.wheel_sha256), false)?;
+                (Some(self.wheel_sha256.to_string()), "pypi".to_string())
+            }
+        };
+        let size = std::fs::metadata(&so).map_err(|e| format!("{} is missing after the install ({e})", self.so))?.len();
+        let sha256 = sha256_file(&so).map_err(|e| format!("cannot read {}: {e}", so.display()))?;
+        Ok(Record { file: self.so.to_string(), size, sha256, package: pinned_package(), wheel_sha256, source: from })
+    }
+
+    /// Runs `pip install --no-deps --require-hashes --target TARGET -r REQUIREMENTS`. pip runs
+    /// under a tiny Python wrapper that asks the kernel to kill it if this process dies, so a
+    /// killed install leaves no pip behind; on every path here the child is waited for.
+    fn pip_install(&self, target: &Path, tmp: &Path, requirement: &str, offline: bool) -> std::result::Result<(), String> {
+        let pip_ok = Command::new(python()).args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success());
+        if !pip_ok {
+            return Err(format!("pip is not available (tried `{} -m pip`)", python()));
         }
-    };
-    let size = std::fs::metadata(&so).map_err(|e| format!("{CPU_SO} is missing after the install ({e})"))?.len();
-    let sha256 = sha256_file(&so).map_err(|e| format!("cannot read {}: {e}", so.display()))?;
-    Ok(Record { file: CPU_SO.to_string(), size, sha256, package: pinned_package(), wheel_sha256, source: from })
+        let req = tmp.join("requirements.txt");
+        std::fs::write(&req, requirement).map_err(|e| format!("cannot write {}: {e}", req.display()))?;
+        // PR_SET_PDEATHSIG (1) = SIGKILL, on Linux; elsewhere pip simply runs.
+        let wrapper = "import runpy, signal, sys\n\
+                   try:\n    import ctypes\n    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))\n\
+                   except Exception:\n    pass\n\
+                   sys.argv = ['pip'] + sys.argv[1:]\n\
+                   runpy.run_module('pip', run_name='__main__', alter_sys=True)\n";
+        let mut cmd = Command::new(python());
+        cmd.args(["-c", wrapper, "install", "--quiet", "--no-deps", "--require-hashes", "--target"]).arg(target).arg("-r").arg(&req);
+        cmd.args(self.pip_args);
+        if offline {
+            cmd.arg("--no-index");
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run pip: {e}"))?;
+        let status = match child.wait() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("lost track of pip: {e}"));
+            }
+        };
+        if !status.success() {
+            return Err(format!("pip failed ({status})"));
+        }
+        if !target.join(self.so).is_file() {
+            return Err(format!("pip succeeded but {} is missing", self.so));
+        }
+        Ok(())
+    }
+
+    /// Renames the finished install `target` to `dest`, moving an old `dest` aside first.
+    fn replace(&self, target: &Path, dest: &Path, parent: &Path) -> std::result::Result<(), String> {
+        let old = self.temporary(parent, "old");
+        let moved_old = dest.exists() && std::fs::rename(dest, &old).is_ok();
+        let result = match std::fs::rename(target, dest) {
+            Ok(()) => Ok(()),
+            // Another process finished first: its complete install is as good as ours.
+            Err(_) if matches!(self.check(dest, false), CacheState::Good { .. }) => Ok(()),
+            Err(e) => Err(format!("cannot move the install into {}: {e}", dest.display())),
+        };
+        if moved_old {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        result
+    }
 }
 
 /// Copies `src` to `dst` (creating its directory), returning the sha256 of what was copied.
@@ -291,61 +444,6 @@ fn copy_hashed(src: &Path, dst: &Path) -> std::io::Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Runs `pip install --no-deps --require-hashes --target TARGET -r REQUIREMENTS`. pip runs
-/// under a tiny Python wrapper that asks the kernel to kill it if this process dies, so a
-/// killed install leaves no pip behind; on every path here the child is waited for.
-fn pip_install(target: &Path, tmp: &Path, requirement: &str, offline: bool) -> std::result::Result<(), String> {
-    let pip_ok = Command::new(python()).args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success());
-    if !pip_ok {
-        return Err(format!("pip is not available (tried `{} -m pip`)", python()));
-    }
-    let req = tmp.join("requirements.txt");
-    std::fs::write(&req, requirement).map_err(|e| format!("cannot write {}: {e}", req.display()))?;
-    // PR_SET_PDEATHSIG (1) = SIGKILL, on Linux; elsewhere pip simply runs.
-    let wrapper = "import runpy, signal, sys\n\
-                   try:\n    import ctypes\n    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))\n\
-                   except Exception:\n    pass\n\
-                   sys.argv = ['pip'] + sys.argv[1:]\n\
-                   runpy.run_module('pip', run_name='__main__', alter_sys=True)\n";
-    let mut cmd = Command::new(python());
-    cmd.args(["-c", wrapper, "install", "--quiet", "--no-deps", "--require-hashes", "--target"]).arg(target).arg("-r").arg(&req);
-    if offline {
-        cmd.arg("--no-index");
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run pip: {e}"))?;
-    let status = match child.wait() {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("lost track of pip: {e}"));
-        }
-    };
-    if !status.success() {
-        return Err(format!("pip failed ({status})"));
-    }
-    if !target.join(CPU_SO).is_file() {
-        return Err(format!("pip succeeded but {CPU_SO} is missing"));
-    }
-    Ok(())
-}
-
-/// Renames the finished install `target` to `dest`, moving an old `dest` aside first.
-fn replace(target: &Path, dest: &Path, parent: &Path) -> std::result::Result<(), String> {
-    let old = temporary(parent, "old");
-    let moved_old = dest.exists() && std::fs::rename(dest, &old).is_ok();
-    let result = match std::fs::rename(target, dest) {
-        Ok(()) => Ok(()),
-        // Another process finished first: its complete install is as good as ours.
-        Err(_) if matches!(check(dest, false), CacheState::Good { .. }) => Ok(()),
-        Err(e) => Err(format!("cannot move the install into {}: {e}", dest.display())),
-    };
-    if moved_old {
-        let _ = std::fs::remove_dir_all(&old);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,13 +454,14 @@ mod tests {
             file: CPU_SO.into(),
             size: CPU_SO_SIZE,
             sha256: CPU_SO_SHA256.into(),
-            package: pinned_package(),
+            package: CPU.requirement(),
             wheel_sha256: None,
             source: "/x/pjrt_c_api_cpu_plugin.so".into(),
         };
         assert_eq!(Record::from_json(&r.to_json()), Some(r.clone()));
-        assert!(r.describes_pinned());
-        assert!(!Record { size: 5, ..r.clone() }.describes_pinned());
+        assert!(r.describes(&CPU));
+        assert!(!r.describes(&TPU));
+        assert!(!Record { size: 5, ..r.clone() }.describes(&CPU));
         assert_eq!(Record::from_json("{\"file\": 3}"), None);
         assert_eq!(Record::from_json("garbage"), None);
     }
@@ -390,7 +489,7 @@ mod tests {
         for d in [&dead, &ours, &other] {
             std::fs::create_dir_all(d.join("pkg")).unwrap();
         }
-        remove_leftovers(&dir);
+        CPU.remove_leftovers(&dir);
         assert!(!dead.exists());
         assert!(ours.exists() && other.exists());
         std::fs::remove_dir_all(&dir).unwrap();

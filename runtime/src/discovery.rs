@@ -2,11 +2,13 @@
 //! or `GEMMA_XLA_PLUGIN`. The CPU plugin is taken from the per-user cache (checked before it
 //! is loaded, reinstalled when damaged; see `cpu_cache`), else from an installed
 //! lammps-jax-pjrt-cpu==0.11.2, else installed on first use with pip (pinned by sha256) into
-//! the cache, via a temporary directory renamed into place.
+//! the cache, via a temporary directory renamed into place. libtpu is `TPU_LIBRARY_PATH`, else
+//! an installed `libtpu` Python package, else the pinned libtpu==0.0.52 in the cache (installed
+//! with pip on first use, the same way).
 use crate::cpu_cache::{self, CacheState};
 pub use crate::cpu_cache::{CPU_PACKAGE, CPU_SO, CPU_VERSION, CPU_WHEEL_SHA256, REPAIR_COMMAND, SOURCE_ENV};
 use crate::error::{Error, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// Environment variable naming the plugin when no flag is given.
@@ -62,14 +64,7 @@ impl PluginSpec {
                 &["jax_plugins/xla_cuda13/xla_cuda_plugin.so", "jax_plugins/xla_cuda12/xla_cuda_plugin.so"],
                 "pip install jax-cuda12-pjrt (or jax-cuda13-pjrt)",
             ),
-            PluginSpec::Tpu => {
-                if let Ok(p) = std::env::var("TPU_LIBRARY_PATH") {
-                    if Path::new(&p).is_file() {
-                        return Ok(PathBuf::from(p));
-                    }
-                }
-                find_in_python("TPU", &["libtpu/libtpu.so"], "pip install libtpu")
-            }
+            PluginSpec::Tpu => find_or_install_tpu(),
         }
     }
 }
@@ -92,6 +87,39 @@ pub fn cpu_install_dir() -> PathBuf {
 }
 
 use cpu_cache::python;
+
+/// Names the libtpu.so to load, as JAX reads it.
+pub const TPU_LIBRARY_ENV: &str = "TPU_LIBRARY_PATH";
+
+/// Where the pinned libtpu lives once installed into the cache.
+pub fn tpu_install_dir() -> PathBuf {
+    cache_dir().join("plugins").join(format!("{}-{}", cpu_cache::TPU.package, cpu_cache::TPU.version))
+}
+
+/// `TPU_LIBRARY_PATH`, else `libtpu/libtpu.so` of an installed libtpu package, else the
+/// pinned libtpu in the cache (installed on first use with pip, a note on stderr).
+fn find_or_install_tpu() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(TPU_LIBRARY_ENV).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return match p.is_file() {
+            true => Ok(p),
+            false => Err(Error::Argument(format!("{TPU_LIBRARY_ENV}={} is not a file; unset it or point it at a libtpu.so", p.display()))),
+        };
+    }
+    if let Ok(p) = find_in_python("TPU", &[cpu_cache::TPU_SO], "") {
+        return Ok(p);
+    }
+    let _guard = install_lock();
+    let dir = tpu_install_dir();
+    match cpu_cache::TPU.check(&dir, false) {
+        CacheState::Good { path, .. } => return Ok(path),
+        CacheState::Absent => {}
+        CacheState::Damaged { path, reason } => {
+            eprintln!("gemma-xla: the cached libtpu at {} is damaged ({reason}); reinstalling", path.display());
+        }
+    }
+    cpu_cache::TPU.install(&dir)
+}
 
 /// One install at a time in this process; other processes are handled by the rename.
 fn install_lock() -> std::sync::MutexGuard<'static, ()> {

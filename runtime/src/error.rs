@@ -16,8 +16,8 @@ pub enum Error {
     PluginIsDirectory(PathBuf),
     #[error("no {what} PJRT plugin found; looked in: {looked}. {hint}")]
     PluginNotFound { what: &'static str, looked: String, hint: String },
-    #[error("cannot install the CPU PJRT plugin: {reason}. {hint}")]
-    Install { reason: String, hint: String },
+    #[error("cannot install the {what}: {reason}. {hint}")]
+    Install { what: &'static str, reason: String, hint: String },
     #[error("{0}")]
     Io(String),
     #[error("the program needs {needed} devices but the client has {available}{hint}")]

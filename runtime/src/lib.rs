@@ -14,6 +14,7 @@ mod executable;
 mod host;
 mod options;
 mod program;
+mod topology;
 
 pub use client::{download, Client, PluginInfo};
 pub use compile_cache::{CacheKey, CacheStats, CompileCache};
@@ -29,6 +30,7 @@ pub use options::{CompileOptions, Partitioner, XlaDump};
 pub use program::{parse_tensor_type, Program, ProgramFormat};
 pub use sharding::OpSharding;
 pub use sharding::{Mesh, NamedSharding, PartitionSpec};
+pub use topology::{check_topology_name, AotExecutable, CompiledMemoryStats, CostAnalysis, Topology, TopologyDevice, TOPOLOGY_FORM};
 pub use xla_sys::mmap::MappedFile;
 pub use xla_sys::BINDINGS_MINOR;
 pub use xla_sys::{Buffer, Device, ErrorCode, NamedValue};

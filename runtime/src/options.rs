@@ -48,8 +48,28 @@ struct ExecutableBuildOptionsProto {
     num_partitions: i64,
     #[prost(bool, tag = "6")]
     use_spmd_partitioning: bool,
+    #[prost(message, optional, tag = "9")]
+    device_assignment: Option<DeviceAssignmentProto>,
     #[prost(bool, tag = "19")]
     use_shardy_partitioner: bool,
+}
+
+/// xla.DeviceAssignmentProto: `replica_count = 1`, `computation_count = 2`,
+/// `computation_devices = 3` (one per partition: `replica_device_ids = 1`, one per replica).
+#[derive(Clone, PartialEq, Message)]
+struct DeviceAssignmentProto {
+    #[prost(int32, tag = "1")]
+    replica_count: i32,
+    #[prost(int32, tag = "2")]
+    computation_count: i32,
+    #[prost(message, repeated, tag = "3")]
+    computation_devices: Vec<ComputationDevice>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ComputationDevice {
+    #[prost(int64, repeated, packed = "false", tag = "1")]
+    replica_device_ids: Vec<i64>,
 }
 
 /// Which SPMD partitioner reads the program's sharding annotations.
@@ -72,6 +92,10 @@ pub struct CompileOptions {
     pub mesh: Option<Mesh>,
     /// Ask XLA to write the HLO of this compilation to a directory.
     pub dump: Option<XlaDump>,
+    /// The device id that runs each partition (one replica), sent as the compile options'
+    /// device assignment: how a mesh is laid onto a topology's chips when compiling ahead of
+    /// time. None: XLA's default (partition i on the i-th device).
+    pub device_assignment: Option<Vec<i64>>,
 }
 
 /// XLA's own dump of a compilation (the `--xla_dump_*` flags, sent in the compile options
@@ -116,12 +140,12 @@ impl XlaDump {
 impl CompileOptions {
     /// One replica, one partition.
     pub fn single_device() -> CompileOptions {
-        CompileOptions { num_replicas: 1, num_partitions: 1, partitioner: None, mesh: None, dump: None }
+        CompileOptions { num_replicas: 1, num_partitions: 1, partitioner: None, mesh: None, dump: None, device_assignment: None }
     }
 
     /// SPMD over `num_partitions` devices.
     pub fn spmd(num_partitions: i64, partitioner: Partitioner) -> CompileOptions {
-        CompileOptions { num_replicas: 1, num_partitions, partitioner: Some(partitioner), mesh: None, dump: None }
+        CompileOptions { num_replicas: 1, num_partitions, partitioner: Some(partitioner), mesh: None, dump: None, device_assignment: None }
     }
 
     /// For a program over `mesh`: SPMD over its devices with Shardy (or one device).
@@ -148,6 +172,11 @@ impl CompileOptions {
             num_replicas: self.num_replicas,
             num_partitions: self.num_partitions,
             use_spmd_partitioning: self.partitioner.is_some(),
+            device_assignment: self.device_assignment.as_ref().map(|ids| DeviceAssignmentProto {
+                replica_count: 1,
+                computation_count: ids.len() as i32,
+                computation_devices: ids.iter().map(|&id| ComputationDevice { replica_device_ids: vec![id] }).collect(),
+            }),
             use_shardy_partitioner: self.partitioner == Some(Partitioner::Shardy),
         };
         let env_option_overrides = self.dump.as_ref().map(XlaDump::overrides).unwrap_or_default();
@@ -167,6 +196,19 @@ mod tests {
             CompileOptions::spmd(2, Partitioner::Shardy).encode(),
             [0x1a, 0x09, 0x20, 0x01, 0x28, 0x02, 0x30, 0x01, 0x98, 0x01, 0x01]
         );
+    }
+
+    #[test]
+    fn a_device_assignment_is_field_9_one_computation_per_partition() {
+        let mut o = CompileOptions::spmd(2, Partitioner::Gspmd);
+        o.device_assignment = Some(vec![3, 1]);
+        // {4: 1, 5: 2, 6: true, 9: {1: 1, 2: 2, 3: {1: 3}, 3: {1: 1}}}
+        let da = [0x08, 0x01, 0x10, 0x02, 0x1a, 0x02, 0x08, 0x03, 0x1a, 0x02, 0x08, 0x01];
+        let mut build = vec![0x20, 0x01, 0x28, 0x02, 0x30, 0x01, 0x4a, da.len() as u8];
+        build.extend(da);
+        let mut want = vec![0x1a, build.len() as u8];
+        want.extend(build);
+        assert_eq!(o.encode(), want);
     }
 
     #[test]

@@ -263,7 +263,7 @@ impl Api {
 }
 
 /// Reads a NamedValue the plugin owns into an owned Rust value.
-fn read_named_value(v: &b::PJRT_NamedValue) -> (String, NamedValue) {
+pub(crate) fn read_named_value(v: &b::PJRT_NamedValue) -> (String, NamedValue) {
     // SAFETY: name/name_size and the union member selected by `type_` are set by the plugin
     // and stay valid while it is loaded (forever).
     unsafe {

@@ -1,7 +1,7 @@
 //! PJRT_LoadedExecutable (and the PJRT_Executable behind it): output metadata, parameter
 //! and output shardings (shardings extension), and execution on one or many devices with
 //! donation of chosen inputs.
-use crate::api::{args, lossy, pjrt_call, slice_or_empty};
+use crate::api::{args, lossy, pjrt_call, slice_or_empty, Api};
 use crate::bindings as b;
 use crate::buffer::{element_type_from_raw, Buffer};
 use crate::client::{ClientInner, Device};
@@ -84,18 +84,7 @@ impl LoadedExecutable {
     /// it: `(format, bytes)`, where the format is "hlo_with_config" (a serialized
     /// xla.HloModuleProtoWithConfig, what XLA's plugins return) or "hlo" (an HloModuleProto).
     pub fn optimized_program(&self) -> Result<(String, Vec<u8>)> {
-        // First call with no buffer: the plugin reports the size (and the format).
-        let mut program = args!(PJRT_Program {});
-        let mut a = args!(PJRT_Executable_OptimizedProgram_Args { executable: self.exe, program: &mut program });
-        pjrt_call!(&self.client.api, PJRT_Executable_OptimizedProgram, &mut a)?;
-        let mut code = vec![0u8; program.code_size];
-        // Second call fills our buffer of exactly the reported size.
-        let mut program2 = args!(PJRT_Program { code: code.as_mut_ptr() as *mut _, code_size: code.len() });
-        let mut a = args!(PJRT_Executable_OptimizedProgram_Args { executable: self.exe, program: &mut program2 });
-        pjrt_call!(&self.client.api, PJRT_Executable_OptimizedProgram, &mut a)?;
-        // SAFETY: the format string is owned by the plugin (a static in XLA's wrapper).
-        let format = unsafe { lossy(program2.format, program2.format_size) };
-        Ok((format, code))
+        optimized_program(&self.client.api, self.exe)
     }
 
     /// The compiled executable as bytes the same plugin (same version) can load again with
@@ -220,6 +209,22 @@ impl LoadedExecutable {
             None => Ok(outputs),
         }
     }
+}
+
+/// PJRT_Executable_OptimizedProgram of `exe` (loaded or not): `(format, bytes)`.
+pub(crate) fn optimized_program(api: &Api, exe: *mut b::PJRT_Executable) -> Result<(String, Vec<u8>)> {
+    // First call with no buffer: the plugin reports the size (and the format).
+    let mut program = args!(PJRT_Program {});
+    let mut a = args!(PJRT_Executable_OptimizedProgram_Args { executable: exe, program: &mut program });
+    pjrt_call!(api, PJRT_Executable_OptimizedProgram, &mut a)?;
+    let mut code = vec![0u8; program.code_size];
+    // Second call fills our buffer of exactly the reported size.
+    let mut program2 = args!(PJRT_Program { code: code.as_mut_ptr() as *mut _, code_size: code.len() });
+    let mut a = args!(PJRT_Executable_OptimizedProgram_Args { executable: exe, program: &mut program2 });
+    pjrt_call!(api, PJRT_Executable_OptimizedProgram, &mut a)?;
+    // SAFETY: the format string is owned by the plugin (a static in XLA's wrapper).
+    let format = unsafe { lossy(program2.format, program2.format_size) };
+    Ok((format, code))
 }
 
 impl Drop for LoadedExecutable {

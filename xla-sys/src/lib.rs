@@ -13,6 +13,7 @@ pub mod elf;
 mod error;
 mod executable;
 pub mod mmap;
+mod topology;
 
 pub use api::{Api, NamedValue, BINDINGS_MINOR, MIN_PLUGIN_MINOR};
 pub use buffer::{element_type_from_raw, raw_element_type, Buffer};
@@ -20,3 +21,4 @@ pub use client::{Client, Device};
 pub use dtype::{DType, TensorType};
 pub use error::{Error, ErrorCode, Result};
 pub use executable::LoadedExecutable;
+pub use topology::{CompiledMemoryStats, DeviceDescription, Executable, Topology};
