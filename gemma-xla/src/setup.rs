@@ -71,14 +71,14 @@ impl Setup {
 }
 
 /// The compiled train step: `state` donated, every state tensor and the batch split as the
-/// rules say (the new state keeps its arguments' specs).
+/// rules say (the new state keeps its arguments' specs). No client: only for `Jit::lower`.
 pub(crate) fn train_step_jit<'a>(
-    client: &'a Client,
+    client: Option<&'a Client>,
     setup: &'a Setup,
     hp: &'a Hyper,
     layout: &'a Layout,
 ) -> Jit<'a, impl Fn(&Tree<Tensor>) -> Result<Tree<Tensor>, graph::Error> + 'a> {
-    Jit::new("train_step", client, move |args: &Tree<Tensor>| gemma::train_step(&setup.cfg, hp, Some(layout), args))
+    Jit::with_client("train_step", client, move |args: &Tree<Tensor>| gemma::train_step(&setup.cfg, hp, Some(layout), args))
         .with_mesh(setup.mesh.clone())
         .donate("state")
         .with_rule(|path, _| setup.spec(path))

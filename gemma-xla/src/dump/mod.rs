@@ -11,7 +11,7 @@ use gemma::rules::{self, Logical};
 use gemma::{Config, ModelOptions};
 use graph::{DType, Tensor, TensorType, Tree};
 use jit::{Jit, Lowered};
-use runtime::{PartitionSpec, Program, XlaDump};
+use runtime::{Client, PartitionSpec, Program, XlaDump};
 use std::path::{Path, PathBuf};
 
 /// The programs `dump` knows (the `--what` values).
@@ -75,62 +75,92 @@ pub fn dump(a: &DumpArgs) -> Result<()> {
     rules::check_mesh(&mesh)?;
     rules::param_specs(&cfg, &mesh, a.fsdp)?; // every split must divide its dimension
     rules::check_batch(a.batch as i64, &mesh)?;
-    let dtype = if a.dtype == "bf16" { DType::Bf16 } else { DType::F32 };
-
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
     let setup = Setup { cfg, mesh, fsdp: a.fsdp, batch: a.batch as usize, seq: a.seq as usize };
+    let lowered = lower(Some(&client), &setup, &a.what, &a.dtype, &a.remat, a.cache_len)?;
+
+    let what = format!("{} ({}; batch {} x seq {}, {})", a.what, config_name(a), a.batch, a.seq, a.dtype);
+    let text = write_dump(&a.out, &lowered, &setup, &what, |program, options| {
+        client.compile(program, options).with_context(|| format!("compiling {}", a.what))?;
+        Ok(())
+    })?;
+    print!("{text}");
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// Writes a dump of `lowered` into `out` (emptying an earlier dump there): our StableHLO, then
+/// `compile` is asked to compile it with XLA's dump options pointing into `out/xla`, then the
+/// stages and the summary (returned) are written. `compile` is the client's or a topology's.
+pub(crate) fn write_dump(
+    out: &Path,
+    lowered: &Lowered,
+    setup: &Setup,
+    what: &str,
+    compile: impl FnOnce(&Program, &runtime::CompileOptions) -> Result<()>,
+) -> Result<String> {
+    prepare_out(out)?;
+    let raw = out.join(RAW);
+    gemma_xla::files::write_atomic(&out.join(STABLEHLO), lowered.stablehlo.as_bytes())?;
+    let program = Program::from_text(&lowered.stablehlo)?;
+    let dump = XlaDump { dir: raw.clone(), pass_re: Some(summary::SPMD_PASS_RE.to_string()), module_re: None };
+    compile(&program, &lowered.options.clone().with_dump(dump))?;
+    let files = summary::XlaFiles::find(&raw, setup.mesh.num_devices() > 1)?;
+    let text = summary::write_stages(out, &files, what, &setup.mesh, setup.fsdp)?;
+    gemma_xla::files::write_atomic(&out.join(SUMMARY), text.as_bytes())?;
+    Ok(text)
+}
+
+/// Traces and lowers the program `what` (one of `PROGRAMS`) for `setup` in the compute dtype
+/// `dtype` (`f32` or `bf16`), without compiling: the StableHLO and the compile options that
+/// `train` and `generate` would use. `client` may be None (compiling ahead of time for a
+/// topology); `remat` as `train --remat`; `cache_len` is the KV cache of prefill and decode (default twice `seq`).
+pub(crate) fn lower(
+    client: Option<&Client>,
+    setup: &Setup,
+    what: &str,
+    dtype_name: &str,
+    remat: &str,
+    cache_len: Option<u32>,
+) -> Result<Lowered> {
+    let dtype = if dtype_name == "bf16" { DType::Bf16 } else { DType::F32 };
+    let (batch, seq) = (setup.batch as i64, setup.seq as i64);
     let layout = setup.layout();
+    let sharded = setup.mesh.num_devices() > 1;
     // One arm per program: the traced function, its argument types and their shardings;
     // `Jit::lower` adds donation and output shardings exactly as a call would.
-    let lowered: Lowered = match a.what.as_str() {
+    Ok(match what {
         "forward" => {
-            let sharded = setup.mesh.num_devices() > 1;
-            let jit = Jit::new("forward", &client, |args: &Tree<Tensor>| {
+            let jit = Jit::with_client("forward", client, |args: &Tree<Tensor>| {
                 gemma::model_with_layout(&setup.cfg, args, ModelOptions::default(), sharded.then(|| layout.clone()))
             })
             .with_mesh(setup.mesh.clone())
-            .with_rule(|path, _| forward_spec(&setup, path));
-            let types = gemma::model_args(&setup.cfg, dtype, a.batch as i64, a.seq as i64, ModelOptions::default());
-            jit.lower(&with_specs(&types, |p| forward_spec(&setup, p)))?
+            .with_rule(|path, _| forward_spec(setup, path));
+            let types = gemma::model_args(&setup.cfg, dtype, batch, seq, ModelOptions::default());
+            jit.lower(&with_specs(&types, |p| forward_spec(setup, p)))?
         }
         "train-step" => {
-            let hp = crate::train::default_hyper(&a.dtype, &a.remat)?;
-            let lowered = train_step_jit(&client, &setup, &hp, &layout).lower(&setup.train_args()?)?;
+            let hp = crate::train::default_hyper(dtype_name, remat)?;
+            let lowered = train_step_jit(client, setup, &hp, &layout).lower(&setup.train_args()?)?;
             lowered
         }
         "prefill" | "decode" => {
-            // What `generate` compiles: extend over the cache, `--seq` new tokens per row for
+            // What `generate` compiles: extend over the cache, `seq` new tokens per row for
             // prefill, one for decode; the cache donated.
-            let sharded = setup.mesh.num_devices() > 1;
-            let cache_len = a.cache_len.map_or(2 * a.seq as i64, i64::from);
-            let new = if a.what == "decode" { 1 } else { a.seq as i64 };
+            let cache_len = cache_len.map_or(2 * seq, i64::from);
+            let new = if what == "decode" { 1 } else { seq };
             let (cfg, mesh, fsdp) = (&setup.cfg, &setup.mesh, setup.fsdp);
-            let jit = Jit::new(&a.what, &client, |args: &Tree<Tensor>| {
+            let jit = Jit::with_client(what, client, |args: &Tree<Tensor>| {
                 gemma::decode::extend(cfg, args, gemma::decode::Head::Last, sharded.then(|| layout.clone()))
             })
             .with_mesh(mesh.clone())
             .donate("cache")
             .with_rule(|path, _| gemma::decode::extend_spec(cfg, path, mesh, fsdp));
-            let types = gemma::decode::extend_args(cfg, dtype, a.batch as i64, new, cache_len);
+            let types = gemma::decode::extend_args(cfg, dtype, batch, new, cache_len);
             jit.lower(&with_specs(&types, |p| gemma::decode::extend_spec(cfg, p, mesh, fsdp)))?
         }
         other => bail!("--what {other}: unknown program (one of {})", PROGRAMS.join(", ")),
-    };
-
-    prepare_out(&a.out)?;
-    let raw = a.out.join(RAW);
-    gemma_xla::files::write_atomic(&a.out.join(STABLEHLO), lowered.stablehlo.as_bytes())?;
-    let program = Program::from_text(&lowered.stablehlo)?;
-    let dump = XlaDump { dir: raw.clone(), pass_re: Some(summary::SPMD_PASS_RE.to_string()), module_re: None };
-    let options = lowered.options.clone().with_dump(dump);
-    client.compile(&program, &options).with_context(|| format!("compiling {}", a.what))?;
-    let files = summary::XlaFiles::find(&raw, setup.mesh.num_devices() > 1)?;
-    let what = format!("{} ({}; batch {} x seq {}, {})", a.what, config_name(a), a.batch, a.seq, a.dtype);
-    let text = summary::write_stages(&a.out, &files, &what, &setup.mesh, a.fsdp)?;
-    gemma_xla::files::write_atomic(&a.out.join(SUMMARY), text.as_bytes())?;
-    print!("{text}");
-    println!("wrote {}", a.out.display());
-    Ok(())
+    })
 }
 
 fn config_name(a: &DumpArgs) -> String {

@@ -214,7 +214,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     });
 
     let layout = setup.layout();
-    let jit = train_step_jit(&client, &setup, &hp, &layout);
+    let jit = train_step_jit(Some(&client), &setup, &hp, &layout);
     let mut log = report::Log::open(&a.out, start, a.steps, resumed_from.as_deref(), &setup, &data)?;
     let meta = |step: u64| Meta {
         seed: a.seed,
