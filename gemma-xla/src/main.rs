@@ -2,6 +2,7 @@
 //! programs, and move arrays between files and devices.
 #![forbid(unsafe_code)]
 
+mod compile;
 mod dump;
 mod eval_cmd;
 mod forward;
@@ -62,6 +63,8 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Compile a Gemma program without running it and write each compiler stage (StableHLO, XLA's HLO) and a summary.
     Dump(Box<dump::DumpArgs>),
+    /// Compile a Gemma program for a TPU slice (e.g. --topology v5e:2x4) without a TPU: memory per chip, collectives, FLOPs, step time.
+    Compile(Box<compile::CompileArgs>),
     /// Install (`install [--force]`) or verify (`check`) the CPU PJRT plugin in the gemma-xla cache.
     Plugin(plugin::PluginCommand),
 }
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval_cmd::eval_cmd(&args),
         Command::Plan(args) => plan::plan(&args),
         Command::Dump(args) => dump::dump(&args),
+        Command::Compile(args) => compile::compile(&args),
         Command::Plugin(args) => plugin::plugin(&args),
     };
     match result {

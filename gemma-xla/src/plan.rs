@@ -54,18 +54,18 @@ struct TensorPlan {
 }
 
 /// What one device holds during a training step, in bytes.
-struct PerDevice {
-    weights: u64,
-    master_weights: u64,
-    gradients: u64,
-    adam_m: u64,
-    adam_v: u64,
-    activations: u64,
-    fsdp_gather: u64,
+pub(crate) struct PerDevice {
+    pub(crate) weights: u64,
+    pub(crate) master_weights: u64,
+    pub(crate) gradients: u64,
+    pub(crate) adam_m: u64,
+    pub(crate) adam_v: u64,
+    pub(crate) activations: u64,
+    pub(crate) fsdp_gather: u64,
 }
 
 impl PerDevice {
-    fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.weights + self.master_weights + self.gradients + self.adam_m + self.adam_v + self.activations + self.fsdp_gather
     }
 }
@@ -118,21 +118,53 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
         })
         .collect();
     let sharded = tensors.iter().map(|t| elements(&t.shard)).sum::<u64>();
-    let per = PerDevice {
-        weights: sharded * c,
-        master_weights: if c == 4 { 0 } else { sharded * 4 },
-        gradients: sharded * 4,
-        adam_m: sharded * 4,
-        adam_v: sharded * 4,
-        activations: activations(&cfg, &mesh, args.batch, args.seq, c, &args.remat),
-        fsdp_gather: if args.fsdp { fsdp_gather(&cfg, &mesh, c)? } else { 0 },
-    };
+    let step = Step { fsdp: args.fsdp, batch: args.batch, seq: args.seq, c, remat: &args.remat };
+    let per = per_device(&cfg, &mesh, &step, sharded)?;
     let text = if args.json {
         serde_json::to_string_pretty(&to_json(args, &cfg, &mesh, &tensors, &per))? + "\n"
     } else {
         table(args, &cfg, &mesh, &tensors, &per)
     };
     emit(&text)
+}
+
+/// The per-device bytes of a training step, given the elements of one device's weight shards.
+/// The shape of a training step, for the estimates.
+pub(crate) struct Step<'a> {
+    pub fsdp: bool,
+    pub batch: i64,
+    pub seq: i64,
+    /// Bytes of the compute dtype.
+    pub c: u64,
+    /// `none`, `full` or `save-dots` (as `--remat`).
+    pub remat: &'a str,
+}
+
+fn per_device(cfg: &Config, mesh: &Mesh, step: &Step, sharded: u64) -> Result<PerDevice> {
+    let (c, fsdp) = (step.c, step.fsdp);
+    Ok(PerDevice {
+        weights: sharded * c,
+        master_weights: if c == 4 { 0 } else { sharded * 4 },
+        gradients: sharded * 4,
+        adam_m: sharded * 4,
+        adam_v: sharded * 4,
+        activations: activations(cfg, mesh, step.batch, step.seq, c, step.remat),
+        fsdp_gather: if fsdp { fsdp_gather(cfg, mesh, c)? } else { 0 },
+    })
+}
+
+/// What `plan` estimates one device needs for a training step of `cfg` on `mesh` (compute
+/// dtype of `c` bytes); errors as `plan`'s when a split does not divide.
+pub(crate) fn estimate(cfg: &Config, mesh: &Mesh, step: &Step) -> Result<PerDevice> {
+    let specs = rules::param_specs(cfg, mesh, step.fsdp)?;
+    let sharded =
+        gemma::param_shapes(cfg).iter().zip(&specs).map(|((_, shape), (_, spec))| elements(&rules::shard_shape(shape, spec, mesh))).sum();
+    per_device(cfg, mesh, step, sharded)
+}
+
+/// `human(bytes)` for other commands.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    human(bytes)
 }
 
 /// Writes to stdout; a reader that stops early (`| head`) is not an error.

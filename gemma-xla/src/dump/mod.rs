@@ -2,7 +2,7 @@
 //! and writes what each stage of the compiler made of it: our StableHLO, XLA's HLO before
 //! optimisation, after SPMD partitioning and after optimisation, XLA's raw dump, and a
 //! summary (ops, fusions, collectives, buffers, memory per device, source lines).
-mod summary;
+pub(crate) mod summary;
 
 use crate::setup::{load_config, resolve_mesh, train_step_jit, Setup};
 use crate::PluginArgs;

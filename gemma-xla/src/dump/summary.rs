@@ -105,24 +105,10 @@ pub fn write_stages(out: &Path, f: &XlaFiles, what: &str, mesh: &Mesh, fsdp: boo
         if fusion_list.is_empty() { "none".into() } else { fusion_list.join(", ") }
     )?;
 
-    let collectives: Vec<&Instr> = hlo.top_level().filter(|i| COLLECTIVES.contains(&i.opcode.as_str())).collect();
-    writeln!(w, "\ncollectives: {}", collectives.len())?;
-    for c in &collectives {
-        let groups = attr(&c.line, "replica_groups=").or_else(|| attr(&c.line, "source_target_pairs="));
-        let expanded = groups.and_then(|g| expand_groups(g).or_else(|| mesh_groups(g, mesh)));
-        let over = expanded.as_ref().map(|g| axes_of(g, mesh)).unwrap_or_else(|| "?".into());
-        writeln!(
-            w,
-            "  {} %{}: {} over {over}, replica_groups={}{}",
-            c.opcode,
-            c.name,
-            c.shape,
-            expanded.map(|g| format_groups(&g)).or(groups.map(str::to_string)).unwrap_or_else(|| "(all)".into()),
-            attr(&c.line, "channel_id=").map(|id| format!(" channel_id={id}")).unwrap_or_default()
-        )?;
-        let op_name = op_name(&c.line);
-        let from = locate(c, &sources).map(|l| format!(" at {l}")).unwrap_or_default();
-        writeln!(w, "      op_name={}{from}", op_name.unwrap_or("-"))?;
+    let lines = collective_lines(&hlo, &sources, mesh);
+    writeln!(w, "\ncollectives: {}", lines.len() / 2)?;
+    for l in &lines {
+        writeln!(w, "{l}")?;
     }
 
     writeln!(w, "\nlargest buffers (xla/{}):", name(&f.buffers))?;
@@ -157,6 +143,33 @@ pub fn write_stages(out: &Path, f: &XlaFiles, what: &str, mesh: &Mesh, fsdp: boo
         writeln!(w, "  {n:>6} {loc}")?;
     }
     Ok(s)
+}
+
+/// The collectives of an optimised HLO text (outside fusion bodies), two lines each as
+/// `summary.txt` prints them: the op, its shape, the mesh axes it runs over and its groups;
+/// then its op_name and source line (found through `before`, the HLO before optimisation).
+pub fn collectives(after: &str, before: &str, mesh: &Mesh) -> Vec<String> {
+    collective_lines(&Hlo::parse(after), &source_map(before), mesh)
+}
+
+fn collective_lines(hlo: &Hlo, sources: &HashMap<String, String>, mesh: &Mesh) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in hlo.top_level().filter(|i| COLLECTIVES.contains(&i.opcode.as_str())) {
+        let groups = attr(&c.line, "replica_groups=").or_else(|| attr(&c.line, "source_target_pairs="));
+        let expanded = groups.and_then(|g| expand_groups(g).or_else(|| mesh_groups(g, mesh)));
+        let over = expanded.as_ref().map(|g| axes_of(g, mesh)).unwrap_or_else(|| "?".into());
+        out.push(format!(
+            "  {} %{}: {} over {over}, replica_groups={}{}",
+            c.opcode,
+            c.name,
+            c.shape,
+            expanded.map(|g| format_groups(&g)).or(groups.map(str::to_string)).unwrap_or_else(|| "(all)".into()),
+            attr(&c.line, "channel_id=").map(|id| format!(" channel_id={id}")).unwrap_or_default()
+        ));
+        let from = locate(c, sources).map(|l| format!(" at {l}")).unwrap_or_default();
+        out.push(format!("      op_name={}{from}", op_name(&c.line).unwrap_or("-")));
+    }
+    out
 }
 
 const COLLECTIVES: [&str; 9] = [
