@@ -1,0 +1,182 @@
+//! The train step (forward, backward, clipping, AdamW in one program) with its state kept on
+//! the devices, as `gemma-xla train` runs it: `jit` over `gemma::train_step`, the state
+//! donated, every tensor split as `gemma::rules` says. Peer: benches/jax_train_step.py.
+//!
+//! ```text
+//! train_step step CONFIG BATCH SEQ MESH STEPS   one JSON line: median step time (wall, with the
+//!                                               loss fetched every step), host time between steps
+//! train_step matmul N REPS                      one JSON line: an N x N x N f32 matmul through jit
+//! train_step specs CONFIG MESH                  the rules' PartitionSpec of every parameter (JSON)
+//! ```
+//! CONFIG is a preset (tiny, 2b, 7b) or an HF config.json; MESH e.g. `data=1` or `data=2,model=2`.
+use anyhow::{bail, Context, Result};
+use gemma::{Config, Hyper};
+use graph::{DType, Tensor, TensorType, Tree};
+use runtime::{Arg, Client, DeviceArray, HostArray, Mesh, NamedSharding, PartitionSpec, PluginSpec};
+use std::path::Path;
+use std::time::Instant;
+
+fn config(name: &str) -> Result<Config> {
+    Ok(if name.ends_with(".json") { Config::from_json_file(Path::new(name))? } else { Config::preset(name)? })
+}
+
+fn client(devices: usize) -> Result<Client> {
+    Ok(Client::open(&PluginSpec::from_flag_or_env(None)?, Some(devices))?)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Multiply-adds x 2 of one train step: 3x the forward's (the backward does two products per
+/// forward product), embedding lookups not counted.
+fn step_flops(cfg: &Config, batch: i64, seq: i64) -> f64 {
+    let (d, f, v) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.vocab_size as f64);
+    let (n, k, h) = (cfg.num_attention_heads as f64, cfg.num_key_value_heads as f64, cfg.head_dim as f64);
+    let per_layer = d * n * h * 2.0 + 2.0 * d * k * h + 3.0 * d * f;
+    let tokens = (batch * seq) as f64;
+    let dense = 2.0 * tokens * (per_layer * cfg.num_hidden_layers as f64 + d * v);
+    let attention = 4.0 * batch as f64 * (seq * seq) as f64 * n * h * cfg.num_hidden_layers as f64;
+    3.0 * (dense + attention)
+}
+
+fn spec_of(cfg: &Config, mesh: &Mesh, path: &str) -> Option<PartitionSpec> {
+    if path == "batch.tokens" {
+        return Some(gemma::rules::batch_spec(mesh));
+    }
+    let name = ["state.params.", "state.opt.m.", "state.opt.v."].iter().find_map(|p| path.strip_prefix(p))?;
+    gemma::rules::param_spec(cfg, name, mesh, false).ok()
+}
+
+fn sharding(cfg: &Config, mesh: &Mesh, path: &str, rank: usize) -> NamedSharding {
+    NamedSharding { mesh: mesh.clone(), spec: spec_of(cfg, mesh, path).unwrap_or_else(|| PartitionSpec::replicated(rank)) }
+}
+
+fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize) -> Result<()> {
+    let cfg = config(cfg_name)?;
+    let mesh = Mesh::parse(mesh)?;
+    let client = client(mesh.num_devices() as usize)?;
+    let hp = Hyper { steps: 1000, ..Hyper::default() };
+    let layout = gemma::rules::Layout { mesh: mesh.clone(), fsdp: false };
+    let layout = (mesh.num_devices() > 1).then_some(layout);
+    let jit = jit::Jit::new("train_step", &client, |args: &Tree<Tensor>| gemma::train_step(&cfg, &hp, layout.as_ref(), args))
+        .with_mesh(mesh.clone())
+        .donate("state")
+        .with_rule(|path, _| spec_of(&cfg, &mesh, path));
+    let mut state: Tree<DeviceArray> = Tree::new();
+    for (name, dims, values) in gemma::init_params(&cfg, 0) {
+        let zeros = HostArray::from_vec(&dims, vec![0f32; values.len()])?;
+        let p = format!("state.params.{name}");
+        state.insert(&p, DeviceArray::place(&client, &HostArray::from_vec(&dims, values)?, &sharding(&cfg, &mesh, &p, dims.len()))?)?;
+        for part in ["m", "v"] {
+            let p = format!("state.opt.{part}.{name}");
+            state.insert(&p, DeviceArray::place(&client, &zeros, &sharding(&cfg, &mesh, &p, dims.len()))?)?;
+        }
+    }
+    let s = HostArray::from_vec(&[], vec![0i32])?;
+    state.insert("state.step", DeviceArray::place(&client, &s, &sharding(&cfg, &mesh, "state.step", 0))?)?;
+    let v = cfg.vocab_size as i64;
+    let batches: Vec<HostArray> = (0..4)
+        .map(|b| HostArray::from_vec(&[batch, seq], (0..batch * seq).map(|i| ((i * 7919 + b * 104729 + 1) % (v - 1) + 1) as i32).collect()))
+        .collect::<Result<_, _>>()?;
+    let tok_sharding = sharding(&cfg, &mesh, "batch.tokens", 2);
+    let (mut wall, mut exec) = (Vec::new(), Vec::new());
+    let mut compile = 0.0;
+    let mut loss = 0.0;
+    let mut losses = Vec::new();
+    for i in 0..steps + 1 {
+        let t0 = Instant::now();
+        let exec0 = jit.execute_time();
+        let tokens = DeviceArray::place(&client, &batches[i % batches.len()], &tok_sharding)?;
+        let mut args: Tree<Arg> = Tree::new();
+        for (path, array) in state.into_leaves() {
+            args.insert(path, Arg::Donate(array))?;
+        }
+        args.insert("batch.tokens", Arg::Donate(tokens))?;
+        let mut out = jit.call(args)?;
+        let metrics = out.take_subtree("metrics");
+        state = out;
+        // Logging every step: the three metrics come back to the host.
+        let m: Vec<(String, f64)> =
+            metrics.iter().map(|(k, a)| a.fetch().map(|h| (k.to_string(), h.to_f64_vec()[0]))).collect::<Result<_, _>>()?;
+        loss = m.iter().find(|(k, _)| k.ends_with("loss")).context("no metrics.loss")?.1;
+        losses.push(format!("{loss:.4}"));
+        let dt = t0.elapsed().as_secs_f64();
+        if i == 0 {
+            compile = dt;
+        } else {
+            wall.push(dt);
+            exec.push((jit.execute_time() - exec0).as_secs_f64());
+        }
+    }
+    if !loss.is_finite() {
+        bail!("the loss is {loss}");
+    }
+    let host: Vec<f64> = wall.iter().zip(&exec).map(|(w, e)| w - e).collect();
+    let flops = step_flops(&cfg, batch, seq);
+    println!(
+        "{{\"side\": \"gemma-xla\", \"median_ms\": {:.3}, \"exec_median_ms\": {:.3}, \"host_median_us\": {:.1}, \"first_step_s\": {:.2}, \"steps\": {}, \"gflop\": {:.3}, \"loss\": {loss:.6}, \"losses\": [{}]}}",
+        1e3 * median(&wall),
+        1e3 * median(&exec),
+        1e6 * median(&host),
+        compile,
+        wall.len(),
+        flops / 1e9,
+        losses.join(", ")
+    );
+    Ok(())
+}
+
+fn matmul(n: i64, reps: usize) -> Result<()> {
+    let client = client(1)?;
+    let jit = jit::flat("matmul", &client, |a: &[Tensor]| vec![a[0].matmul(&a[1])]);
+    let ty = TensorType::new(DType::F32, &[n, n]);
+    let host = HostArray::from_vec(&ty.dims, (0..n * n).map(|i| ((i % 17) as f32 - 8.0) / 16.0).collect())?;
+    let one = NamedSharding { mesh: Mesh::parse("data=1")?, spec: PartitionSpec::replicated(2) };
+    let a = DeviceArray::place(&client, &host, &one)?;
+    let b = DeviceArray::place(&client, &host, &one)?;
+    let mut times = Vec::new();
+    for i in 0..reps + 1 {
+        let before = jit.execute_time();
+        let out = jit.call(Tree::from_leaves([("0", Arg::Keep(&a)), ("1", Arg::Keep(&b))])?)?;
+        drop(out);
+        if i > 0 {
+            times.push((jit.execute_time() - before).as_secs_f64());
+        }
+    }
+    let t = median(&times);
+    let flops = 2.0 * (n * n * n) as f64;
+    println!("{{\"side\": \"gemma-xla\", \"n\": {n}, \"median_ms\": {:.3}, \"gflops\": {:.1}}}", 1e3 * t, flops / t / 1e9);
+    Ok(())
+}
+
+fn specs(cfg_name: &str, mesh: &str) -> Result<()> {
+    let cfg = config(cfg_name)?;
+    let mesh = Mesh::parse(mesh)?;
+    let mut parts = Vec::new();
+    for (name, spec) in gemma::rules::param_specs(&cfg, &mesh, false)? {
+        let dims: Vec<String> = spec
+            .dims
+            .iter()
+            .map(|axes| format!("[{}]", axes.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")))
+            .collect();
+        parts.push(format!("\"{name}\": [{}]", dims.join(", ")));
+    }
+    let batch: Vec<String> = gemma::rules::batch_spec(&mesh).dims[0].iter().map(|a| format!("\"{a}\"")).collect();
+    println!("{{\"params\": {{{}}}, \"batch\": [{}]}}", parts.join(", "), batch.join(", "));
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| a.get(i).map(String::as_str).with_context(|| format!("missing argument {i} (see the file's header)"));
+    let num = |i: usize| -> Result<i64> { Ok(arg(i)?.parse()?) };
+    match arg(0)? {
+        "step" => step(arg(1)?, num(2)?, num(3)?, arg(4)?, num(5)? as usize),
+        "matmul" => matmul(num(1)?, num(2)? as usize),
+        "specs" => specs(arg(1)?, arg(2)?),
+        other => bail!("unknown command {other:?}: step, matmul or specs"),
+    }
+}
