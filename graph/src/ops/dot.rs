@@ -76,7 +76,26 @@ struct Side {
 /// the other operand's free dimensions (`ct_other_free`) with those free dimensions. The
 /// result is batch, own free, then the other operand's contracting dimensions in its order,
 /// each standing for its paired contracting dimension of `own`; transpose back into order.
+///
+/// Without batch dimensions, when the cotangent is larger than the other operand (a weight's
+/// gradient from a wide output, e.g. the unembedding's), the product is taken the other way
+/// round, `other^T ct`, and its (weight-sized) result transposed: XLA's CPU dot wants the
+/// large operand's contracting dimensions where they already are in that order, and would
+/// otherwise emit a transposing copy of the cotangent.
 fn operand_ct(ct: &Tensor, ct_other_free: Vec<usize>, own: &Side, other: &Tensor, other_side: &Side) -> Tensor {
+    let mut other_contract = other_side.contract.clone();
+    other_contract.sort();
+    let paired = |c: &usize| own.contract[other_side.contract.iter().position(|x| x == c).expect("internal: paired dims")];
+    if own.batch.is_empty() && ct.ty().num_elements() > other.ty().num_elements() {
+        let g = other.dot_general(
+            ct,
+            &DotDims { lhs_batch: vec![], rhs_batch: vec![], lhs_contract: other_side.free.clone(), rhs_contract: ct_other_free },
+        );
+        // g: the other operand's contracting dimensions (in order), then own free.
+        let mut owner: Vec<usize> = other_contract.iter().map(paired).collect();
+        owner.extend(&own.free);
+        return g.transpose_if_needed(&back_to_order(&owner));
+    }
     let g = ct.dot_general(
         other,
         &DotDims {
@@ -86,13 +105,9 @@ fn operand_ct(ct: &Tensor, ct_other_free: Vec<usize>, own: &Side, other: &Tensor
             rhs_contract: other_side.free.clone(),
         },
     );
-    let mut other_contract = other_side.contract.clone();
-    other_contract.sort();
     let mut owner: Vec<usize> = own.batch.clone();
     owner.extend(&own.free);
-    owner.extend(
-        other_contract.iter().map(|c| own.contract[other_side.contract.iter().position(|x| x == c).expect("internal: paired dims")]),
-    );
+    owner.extend(other_contract.iter().map(paired));
     g.transpose_if_needed(&back_to_order(&owner))
 }
 

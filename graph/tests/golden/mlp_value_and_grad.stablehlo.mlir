@@ -27,8 +27,7 @@ module @mlp_value_and_grad attributes {mhlo.num_partitions = 1 : i32, mhlo.num_r
     %23 = "stablehlo.broadcast_in_dim"(%22) {broadcast_dimensions = array<i64>} : (tensor<f32>) -> tensor<4x5xf32>
     %24 = "stablehlo.subtract"(%23, %21) : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5xf32>
     %25 = "stablehlo.multiply"(%18, %24) : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5xf32>
-    %26 = "stablehlo.dot_general"(%25, %arg0) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [0], rhs_contracting_dimensions = [0]>} : (tensor<4x5xf32>, tensor<4x3xf32>) -> tensor<5x3xf32>
-    %27 = "stablehlo.transpose"(%26) {permutation = array<i64: 1, 0>} : (tensor<5x3xf32>) -> tensor<3x5xf32>
-    "func.return"(%11, %27, %20) : (tensor<f32>, tensor<3x5xf32>, tensor<5x2xf32>) -> ()
+    %26 = "stablehlo.dot_general"(%arg0, %25) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [0], rhs_contracting_dimensions = [0]>} : (tensor<4x3xf32>, tensor<4x5xf32>) -> tensor<3x5xf32>
+    "func.return"(%11, %26, %20) : (tensor<f32>, tensor<3x5xf32>, tensor<5x2xf32>) -> ()
   }
 }
