@@ -116,10 +116,18 @@ impl Tensor {
         }
         let last = self.rank() - 1;
         let wd = wide(self.dtype());
-        let logp = self.convert(wd).log_softmax(last);
-        let v = self.dims()[last];
-        let picked = (logp * labels.one_hot(v, wd)).sum(&[last]);
-        let nll = -picked;
+        // nll = logsumexp(x) - x[label]: the label's logit picked by a select (no one-hot
+        // product), so the backward is the closed form (softmax(x) - one_hot) * g: the
+        // exponentials' VJP gives softmax * g and the select's puts -g at the labels.
+        let x = self.convert(wd);
+        let shifted = &x - x.max_keep(last);
+        let lse = shifted.exp().sum(&[last]).log();
+        let dims = self.dims();
+        let kept: Vec<usize> = (0..last).collect();
+        let iota = self.tracer().iota(&TensorType::new(labels.dtype(), &dims), last);
+        let hit = iota.eq(&labels.broadcast_in_dim(&dims, &kept));
+        let picked = Tensor::select(&hit, &shifted, &shifted.zeros_like()).sum(&[last]);
+        let nll = lse - picked;
         match mask {
             None => nll.mean(&(0..last).collect::<Vec<_>>()),
             Some(m) => {
