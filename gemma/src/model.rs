@@ -272,13 +272,20 @@ pub(crate) fn attention_output(cfg: &Config, p: &Params, i: usize, q: &Tensor, k
 
 /// Mean next-token cross-entropy of logits[:, :-1] against tokens[:, 1:] (what transformers
 /// computes with labels=input_ids), in f32 (f64 for f64 logits); `loss_mask` [B, T] weights the target tokens.
+///
+/// The logits are not sliced to [B, T-1, V] (a copy forward and a padding copy backward of
+/// the largest activation): every position gets a target (the next token, and token 0 at the
+/// last position) and the last position a weight of zero, so the mean is still over the
+/// B*(T-1) (masked) targets.
 pub fn loss(logits: &Tensor, tokens: &Tensor, loss_mask: Option<&Tensor>) -> Tensor {
     let d = logits.dims();
-    let (b, t, v) = (d[0], d[1], d[2]);
-    let pred = logits.slice(&[0, 0, 0], &[b, t - 1, v], &[1, 1, 1]);
-    let target = tokens.slice(&[0, 1], &[b, t], &[1, 1]);
-    let mask = loss_mask.map(|m| m.slice(&[0, 1], &[b, t], &[1, 1]));
-    pred.cross_entropy(&target, mask.as_ref())
+    let (b, t) = (d[0], d[1]);
+    let shift = |x: &Tensor| x.slice(&[0, 1], &[b, t], &[1, 1]).concat(&[&x.slice(&[0, 0], &[b, 1], &[1, 1]).zeros_like()], 1);
+    let weight = match loss_mask {
+        None => shift(&(tokens.zeros_like() + 1.0)),
+        Some(m) => shift(m),
+    };
+    logits.cross_entropy(&shift(tokens), Some(&weight))
 }
 
 /// What `trace_model` adds to the plain loss-and-logits function.
