@@ -178,11 +178,15 @@ impl TensorType {
 
     /// `tensor<4x2xf32>`
     pub fn mlir(&self) -> String {
-        let mut s = String::from("tensor<");
+        use std::fmt::Write;
+        let mut s = String::with_capacity(12 + 6 * self.dims.len());
+        s.push_str("tensor<");
         for d in &self.dims {
-            s += &format!("{d}x");
+            let _ = write!(s, "{d}x");
         }
-        s + self.dtype.mlir() + ">"
+        s.push_str(self.dtype.mlir());
+        s.push('>');
+        s
     }
 
     /// Parses `tensor<4x2xf32>` (static shapes only).

@@ -5,6 +5,7 @@ use crate::function::Function;
 use crate::prim::{Literal, Prim};
 use crate::types::{DType, TensorType};
 use crate::Error;
+use std::fmt::Write;
 
 /// Collects the op lines of one function body and hands out SSA names.
 pub(crate) struct Emitter {
@@ -38,17 +39,26 @@ impl Emitter {
         result: &TensorType,
     ) -> String {
         let r = self.fresh();
-        let names: Vec<&str> = operands.iter().map(|o| o.0).collect();
-        let types: Vec<String> = operands.iter().map(|o| o.1.mlir()).collect();
         let region = region.map(|(c, dt)| self.region(c, dt)).unwrap_or_default();
-        let attrs = if attrs.is_empty() { String::new() } else { format!(" {{{attrs}}}") };
-        self.lines.push(format!(
-            "{r} = \"{name}\"({}){region}{attrs} : ({}) -> {}{}",
-            names.join(", "),
-            types.join(", "),
-            result.mlir(),
-            self.loc
-        ));
+        // One string per line, written in place (this runs once per node of large programs).
+        let mut line = String::with_capacity(64 + name.len() + attrs.len() + region.len() + self.loc.len() + 40 * operands.len());
+        let _ = write!(line, "{r} = \"{name}\"(");
+        for (k, o) in operands.iter().enumerate() {
+            line.push_str(if k == 0 { "" } else { ", " });
+            line.push_str(o.0);
+        }
+        line.push(')');
+        line.push_str(&region);
+        if !attrs.is_empty() {
+            let _ = write!(line, " {{{attrs}}}");
+        }
+        line.push_str(" : (");
+        for (k, o) in operands.iter().enumerate() {
+            line.push_str(if k == 0 { "" } else { ", " });
+            line.push_str(&o.1.mlir());
+        }
+        let _ = write!(line, ") -> {}{}", result.mlir(), self.loc);
+        self.lines.push(line);
         r
     }
 
@@ -190,7 +200,9 @@ impl Function {
         let mut names: Vec<String> = vec![String::new(); self.nodes.len()];
         let mesh = self.mesh.clone().filter(|m| m.num_devices() > 1);
         self.check_constraints(mesh.as_ref(), &live)?;
-        let mut e = Emitter { lines: Vec::new(), next: 0, loc: String::new(), mesh };
+        let mut e = Emitter { lines: Vec::with_capacity(self.nodes.len()), next: 0, loc: String::new(), mesh };
+        // The quoted file name of the last location (nodes come in runs from one file).
+        let mut file: (&str, String) = ("", String::new());
         for (i, node) in self.nodes.iter().enumerate() {
             if let Prim::Param(p) = node.prim {
                 names[i] = format!("%arg{p}");
@@ -200,7 +212,11 @@ impl Function {
                 continue;
             }
             if options.locations {
-                e.loc = format!(" loc({}:{}:{})", quoted(node.loc.file), node.loc.line, node.loc.col);
+                if file.0 != node.loc.file {
+                    file = (node.loc.file, quoted(node.loc.file));
+                }
+                e.loc.clear();
+                let _ = write!(e.loc, " loc({}:{}:{})", file.1, node.loc.line, node.loc.col);
             }
             let args: Vec<(String, TensorType)> = node.inputs.iter().map(|&j| (names[j].clone(), self.nodes[j].ty.clone())).collect();
             names[i] = node.prim.lower(&mut e, &args, &node.ty);
@@ -245,8 +261,13 @@ impl Function {
             results.push(format!("{} {{{}}}", ty.mlir(), attrs.join(", ")));
         }
         out += &format!("  func.func public @main({}) -> ({}) {{\n", params.join(", "), results.join(", "));
+        // One allocation for the body (it is megabytes for a large model: growing it by
+        // doubling costs copies and fresh pages each time).
+        out.reserve(e.lines.iter().map(|l| l.len() + 5).sum::<usize>() + 256);
         for line in &e.lines {
-            out += &format!("    {line}\n");
+            out.push_str("    ");
+            out.push_str(line);
+            out.push('\n');
         }
         let ret: Vec<&str> = self.outputs.iter().map(|o| names[o.id].as_str()).collect();
         let ret_types: Vec<String> = self.outputs.iter().map(|o| self.nodes[o.id].ty.mlir()).collect();

@@ -21,6 +21,11 @@ impl<T> Default for Tree<T> {
 
 /// The fixed flattening order of paths.
 pub fn path_order(a: &str, b: &str) -> Ordering {
+    // Segments before the one holding the first differing byte are equal: start there (paths
+    // share long prefixes, and trees compare them in every insert and lookup).
+    let common = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    let start = a.as_bytes()[..common].iter().rposition(|&c| c == b'.').map_or(0, |k| k + 1);
+    let (a, b) = (&a[start..], &b[start..]);
     let mut sa = a.split('.');
     let mut sb = b.split('.');
     loop {
