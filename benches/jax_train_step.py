@@ -2,7 +2,7 @@
 jax.numpy like benches/jax_trace_gemma.py), value_and_grad, optax.chain(clip_by_global_norm,
 adamw) in one jax.jit with the state donated, the loss fetched every step.
 
-python benches/jax_train_step.py step CONFIG.json BATCH SEQ MESH STEPS [SPECS.json]
+python benches/jax_train_step.py step CONFIG.json BATCH SEQ MESH STEPS [SPECS.json|-] [f32|bf16]
 python benches/jax_train_step.py matmul N REPS
 python benches/jax_train_step.py trace 2b|7b REPS        (trace + lower of the train step)
 
@@ -109,20 +109,20 @@ def make_step(cfg, compute=jnp.float32, steps=1000, lr=3e-3, warmup=20):
     return opt, step
 
 
-def step_cmd(cfg_path, batch, seq, mesh_text, steps, specs_path=None):
+def step_cmd(cfg_path, batch, seq, mesh_text, steps, specs_path=None, compute="f32"):
     cfg = json.load(open(cfg_path))
     axes = [a.split("=") for a in mesh_text.split(",")]
     names, sizes = [a for a, _ in axes], [int(n) for _, n in axes]
     devices = np.array(jax.devices()[: int(np.prod(sizes))]).reshape(sizes)
     mesh = Mesh(devices, names)
-    specs = json.load(open(specs_path)) if specs_path else {"params": {}, "batch": []}
+    specs = json.load(open(specs_path)) if specs_path not in (None, "-") else {"params": {}, "batch": []}
     spec = lambda name, rank: P(*[tuple(a) or None for a in specs["params"][name]]) if name in specs["params"] else P(*([None] * rank))
     rng = np.random.default_rng(0)
     params = {}
     for name, shape in param_shapes(cfg).items():
         host = np.zeros(shape, np.float32) if len(shape) == 1 else (rng.standard_normal(shape, np.float32) * 0.02)
         params[name] = jax.device_put(host, NamedSharding(mesh, spec(name, len(shape))))
-    opt, step = make_step(cfg)
+    opt, step = make_step(cfg, compute=jnp.bfloat16 if compute == "bf16" else jnp.float32)
     opt_state = opt.init(params)  # the moments take their parameter's sharding
     tok_sharding = NamedSharding(mesh, P(tuple(specs["batch"]) or None, None))
     V = cfg["vocab_size"]
@@ -138,10 +138,12 @@ def step_cmd(cfg_path, batch, seq, mesh_text, steps, specs_path=None):
         losses.append(round(m["loss"], 4))
         if i == 0:
             first = dt
+            cpu0 = time.process_time()
         else:
             times.append(dt)
     assert math.isfinite(m["loss"]), m
-    print(json.dumps({"side": f"jax {jax.__version__}", "median_ms": round(statistics.median(times) * 1e3, 3),
+    print(json.dumps({"side": f"jax {jax.__version__}", "median_ms": round(statistics.median(times) * 1e3, 3), "min_ms": round(min(times) * 1e3, 3),
+                      "cpu_ms": round((time.process_time() - cpu0) / len(times) * 1e3, 1),
                       "first_step_s": round(first, 2), "steps": len(times), "loss": round(m["loss"], 6), "losses": losses}))
 
 
@@ -184,7 +186,7 @@ def trace_cmd(preset, reps, batch=8, seq=2048):
 if __name__ == "__main__":
     cmd, a = sys.argv[1], sys.argv[2:]
     if cmd == "step":
-        step_cmd(a[0], int(a[1]), int(a[2]), a[3], int(a[4]), a[5] if len(a) > 5 else None)
+        step_cmd(a[0], int(a[1]), int(a[2]), a[3], int(a[4]), *a[5:7])
     elif cmd == "matmul":
         matmul_cmd(int(a[0]), int(a[1]))
     elif cmd == "trace":

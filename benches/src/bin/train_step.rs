@@ -3,10 +3,13 @@
 //! donated, every tensor split as `gemma::rules` says. Peer: benches/jax_train_step.py.
 //!
 //! ```text
-//! train_step step CONFIG BATCH SEQ MESH STEPS   one JSON line: median step time (wall, with the
+//! train_step step CONFIG BATCH SEQ MESH STEPS [f32|bf16]
+//!                                               one JSON line: median step time (wall, with the
 //!                                               loss fetched every step), host time between steps
 //! train_step matmul N REPS                      one JSON line: an N x N x N f32 matmul through jit
 //! train_step specs CONFIG MESH                  the rules' PartitionSpec of every parameter (JSON)
+//! train_step trace PRESET REPS                   trace + lower the whole bf16-compute train step
+//!                                               (batch 8 x 2048), shapes only: one JSON line
 //! ```
 //! CONFIG is a preset (tiny, 2b, 7b) or an HF config.json; MESH e.g. `data=1` or `data=2,model=2`.
 use anyhow::{bail, Context, Result};
@@ -22,6 +25,16 @@ fn config(name: &str) -> Result<Config> {
 
 fn client(devices: usize) -> Result<Client> {
     Ok(Client::open(&PluginSpec::from_flag_or_env(None)?, Some(devices))?)
+}
+
+/// CPU time (user + system) of this process so far, in seconds, from /proc/self/stat (Linux;
+/// 0 elsewhere): less disturbed than wall time by other processes on a shared machine.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name; 100 Hz.
+    f.get(11).zip(f.get(12)).map(|(u, s)| (u + s) / 100.0).unwrap_or(0.0)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -54,11 +67,11 @@ fn sharding(cfg: &Config, mesh: &Mesh, path: &str, rank: usize) -> NamedSharding
     NamedSharding { mesh: mesh.clone(), spec: spec_of(cfg, mesh, path).unwrap_or_else(|| PartitionSpec::replicated(rank)) }
 }
 
-fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize) -> Result<()> {
+fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute: DType) -> Result<()> {
     let cfg = config(cfg_name)?;
     let mesh = Mesh::parse(mesh)?;
     let client = client(mesh.num_devices() as usize)?;
-    let hp = Hyper { steps: 1000, ..Hyper::default() };
+    let hp = Hyper { steps: 1000, compute, ..Hyper::default() };
     let layout = gemma::rules::Layout { mesh: mesh.clone(), fsdp: false };
     let layout = (mesh.num_devices() > 1).then_some(layout);
     let jit = jit::Jit::new("train_step", &client, |args: &Tree<Tensor>| gemma::train_step(&cfg, &hp, layout.as_ref(), args))
@@ -86,6 +99,7 @@ fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize) -> Resul
     let mut compile = 0.0;
     let mut loss = 0.0;
     let mut losses = Vec::new();
+    let mut cpu0 = 0.0;
     for i in 0..steps + 1 {
         let t0 = Instant::now();
         let exec0 = jit.execute_time();
@@ -106,6 +120,7 @@ fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize) -> Resul
         let dt = t0.elapsed().as_secs_f64();
         if i == 0 {
             compile = dt;
+            cpu0 = cpu_seconds();
         } else {
             wall.push(dt);
             exec.push((jit.execute_time() - exec0).as_secs_f64());
@@ -114,11 +129,14 @@ fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize) -> Resul
     if !loss.is_finite() {
         bail!("the loss is {loss}");
     }
+    let cpu = (cpu_seconds() - cpu0) / wall.len() as f64;
     let host: Vec<f64> = wall.iter().zip(&exec).map(|(w, e)| w - e).collect();
     let flops = step_flops(&cfg, batch, seq);
     println!(
-        "{{\"side\": \"gemma-xla\", \"median_ms\": {:.3}, \"exec_median_ms\": {:.3}, \"host_median_us\": {:.1}, \"first_step_s\": {:.2}, \"steps\": {}, \"gflop\": {:.3}, \"loss\": {loss:.6}, \"losses\": [{}]}}",
+        "{{\"side\": \"gemma-xla\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"cpu_ms\": {:.1}, \"exec_median_ms\": {:.3}, \"host_median_us\": {:.1}, \"first_step_s\": {:.2}, \"steps\": {}, \"gflop\": {:.3}, \"loss\": {loss:.6}, \"losses\": [{}]}}",
         1e3 * median(&wall),
+        1e3 * wall.iter().cloned().fold(f64::INFINITY, f64::min),
+        1e3 * cpu,
         1e3 * median(&exec),
         1e6 * median(&host),
         compile,
@@ -157,15 +175,52 @@ fn specs(cfg_name: &str, mesh: &str) -> Result<()> {
     let mesh = Mesh::parse(mesh)?;
     let mut parts = Vec::new();
     for (name, spec) in gemma::rules::param_specs(&cfg, &mesh, false)? {
-        let dims: Vec<String> = spec
-            .dims
-            .iter()
-            .map(|axes| format!("[{}]", axes.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")))
-            .collect();
+        let dims: Vec<String> =
+            spec.dims.iter().map(|axes| format!("[{}]", axes.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", "))).collect();
         parts.push(format!("\"{name}\": [{}]", dims.join(", ")));
     }
     let batch: Vec<String> = gemma::rules::batch_spec(&mesh).dims[0].iter().map(|a| format!("\"{a}\"")).collect();
     println!("{{\"params\": {{{}}}, \"batch\": [{}]}}", parts.join(", "), batch.join(", "));
+    Ok(())
+}
+
+/// Trace (the model, its value_and_grad, clipping and AdamW: `gemma::train_step`) and lower to
+/// StableHLO text, as `Jit::lower` does on one device, `reps` times.
+fn trace(preset: &str, reps: usize) -> Result<()> {
+    let cfg = config(preset)?;
+    let hp = Hyper { compute: DType::Bf16, ..Hyper::default() };
+    let types = gemma::train_args(&cfg, 8, 2048);
+    let (mut total, mut traced, mut lowered) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut nodes, mut bytes) = (0, 0);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let mut failed = None;
+        let f = graph::trace_tree("train_step", &types, |a| {
+            gemma::train_step(&cfg, &hp, None, a).unwrap_or_else(|e| {
+                failed = Some(e);
+                Tree::new()
+            })
+        })?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let t1 = Instant::now();
+        let text = f.to_stablehlo()?;
+        let t2 = Instant::now();
+        traced.push((t1 - t0).as_secs_f64() * 1e3);
+        lowered.push((t2 - t1).as_secs_f64() * 1e3);
+        total.push((t2 - t0).as_secs_f64() * 1e3);
+        (nodes, bytes) = (f.nodes.len(), text.len());
+        drop((f, text));
+    }
+    let list = |v: &[f64]| v.iter().map(|t| format!("{t:.1}")).collect::<Vec<_>>().join(", ");
+    println!(
+        "{{\"side\": \"gemma-xla\", \"preset\": \"{preset}\", \"median_ms\": {:.1}, \"trace_ms\": {:.1}, \"lower_ms\": {:.1}, \"times_ms\": [{}], \"nodes\": {nodes}, \"bytes\": {bytes}}}",
+        median(&total),
+        median(&traced),
+        median(&lowered),
+        list(&total)
+    );
     Ok(())
 }
 
@@ -174,9 +229,17 @@ fn main() -> Result<()> {
     let arg = |i: usize| a.get(i).map(String::as_str).with_context(|| format!("missing argument {i} (see the file's header)"));
     let num = |i: usize| -> Result<i64> { Ok(arg(i)?.parse()?) };
     match arg(0)? {
-        "step" => step(arg(1)?, num(2)?, num(3)?, arg(4)?, num(5)? as usize),
+        "step" => {
+            let compute = match a.get(6).map(String::as_str) {
+                None | Some("f32") => DType::F32,
+                Some("bf16") => DType::Bf16,
+                Some(other) => bail!("compute dtype {other:?}: f32 or bf16"),
+            };
+            step(arg(1)?, num(2)?, num(3)?, arg(4)?, num(5)? as usize, compute)
+        }
         "matmul" => matmul(num(1)?, num(2)? as usize),
         "specs" => specs(arg(1)?, arg(2)?),
-        other => bail!("unknown command {other:?}: step, matmul or specs"),
+        "trace" => trace(arg(1)?, num(2)? as usize),
+        other => bail!("unknown command {other:?}: step, matmul, specs or trace"),
     }
 }
