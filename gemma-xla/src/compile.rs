@@ -269,7 +269,7 @@ fn layout_text(topo: &Topology, mesh: &Mesh, ids: &[i64]) -> String {
     }
     let model = mesh.axis_size("model").unwrap_or(1) as usize;
     let per_host = ids.len() / topo.num_processes().max(1);
-    let within = model <= per_host && per_host % model == 0;
+    let within = model <= per_host && per_host.checked_rem(model) == Some(0);
     format!("{s}] (model={model} {} a host's {per_host} chips)", if within { "inside" } else { "spans more than" })
 }
 
