@@ -148,13 +148,12 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     );
 
     let lines = summary::collectives(&after, &before, &mesh);
-    println!("\ncollectives in the partitioned, optimised HLO: {}", lines.len() / 2);
-    for l in lines.iter().step_by(2) {
-        // Tuples of many gradients make long lines: keep the op, the mesh axes and the groups.
-        match (l.len() > 160, l.find(": "), l.rfind(" over ")) {
-            (true, Some(a), Some(b)) if b > a => println!("{}: (a tuple of {} arrays){}", &l[..a], l[a..b].matches('[').count(), &l[b..]),
-            _ => println!("{l}"),
-        }
+    println!(
+        "\ncollectives in the partitioned, optimised HLO: {} (by kind and mesh axes; each one is in --dump's summary.txt)",
+        lines.len() / 2
+    );
+    for (n, kind, example) in group_collectives(&lines) {
+        println!("  {n:>5} {kind}  (e.g. {example})");
     }
 
     let cost = exe.cost_analysis()?;
@@ -178,6 +177,12 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
                     flops_text(model),
                     total / model
                 );
+                if total < 0.9 * model {
+                    println!(
+                        "  (below the formula: XLA's cost analysis counts a while loop's body once, and the TPU compiler puts \
+                         some sharded matmuls into loops of collective-permutes; step times below use the compiled count)"
+                    );
+                }
             }
             for share in [1.0, 0.5] {
                 let step = per_chip / (V5E_PEAK_FLOPS * share);
@@ -205,6 +210,25 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
         bail!("{}", does_not_fit(a, &setup, chips, used)?);
     }
     Ok(())
+}
+
+/// Counts of summary.txt's collective lines by opcode and mesh axes, in order of first
+/// appearance, each with its first op's name and shape as an example.
+fn group_collectives(lines: &[String]) -> Vec<(usize, String, String)> {
+    let mut groups: Vec<(usize, String, String)> = Vec::new();
+    for l in lines.iter().step_by(2) {
+        let l = l.trim_start();
+        let (Some((op, rest)), Some(over)) = (l.split_once(' '), l.rfind(" over ")) else { continue };
+        let axes = l[over + 6..].split(", replica_groups").next().unwrap_or("?");
+        let kind = format!("{op} over {axes}");
+        let (name, shape) = rest[..over.saturating_sub(op.len() + 1).min(rest.len())].split_once(": ").unwrap_or((rest, ""));
+        let shape = if shape.len() > 60 { format!("a tuple of {} arrays", shape.matches('[').count()) } else { shape.to_string() };
+        match groups.iter_mut().find(|g| g.1 == kind) {
+            Some(g) => g.0 += 1,
+            None => groups.push((1, kind, format!("{name}: {shape}"))),
+        }
+    }
+    groups
 }
 
 /// Why a program needs more than a chip's HBM, and the meshes to try.

@@ -40,13 +40,18 @@ pub struct Topology {
     plugin: PluginInfo,
 }
 
-/// Sets `TPU_SKIP_MDS_QUERY=1` (once, unless set) before libtpu is loaded.
+/// Sets `TPU_SKIP_MDS_QUERY=1` and `ALLOW_MULTIPLE_LIBTPU_LOAD=1` (once, each unless set)
+/// before libtpu is loaded for a topology. Without the second, a second process loading
+/// libtpu (another compile, a test, a training run on a TPU VM) fails to initialise it on
+/// libtpu's lock file `/tmp/libtpu_lockfile`; compiling touches no TPU, so it need not hold it.
 fn skip_metadata_queries() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if std::env::var_os("TPU_SKIP_MDS_QUERY").is_none() {
-            // Set before libtpu is loaded; libtpu reads it during initialisation.
-            std::env::set_var("TPU_SKIP_MDS_QUERY", "1");
+        for var in ["TPU_SKIP_MDS_QUERY", "ALLOW_MULTIPLE_LIBTPU_LOAD"] {
+            if std::env::var_os(var).is_none() {
+                // Set before libtpu is loaded; libtpu reads them during initialisation.
+                std::env::set_var(var, "1");
+            }
         }
     });
 }
@@ -77,6 +82,7 @@ impl Topology {
     /// For libtpu, `TPU_SKIP_MDS_QUERY=1` is set first unless the environment already sets
     /// it: without it libtpu asks the GCE metadata server about the TPU VM it runs on, 30
     /// tries per key (minutes) on a machine that is not one, and a topology needs none of it.
+    /// `ALLOW_MULTIPLE_LIBTPU_LOAD=1` likewise, so several compiles can run at once.
     /// libtpu still warns that TPU_ACCELERATOR_TYPE and TPU_WORKER_HOSTNAMES are unknown;
     /// those warnings are harmless for compiling.
     pub fn open(spec: &PluginSpec, name: &str) -> Result<Topology> {
