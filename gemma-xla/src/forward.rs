@@ -51,8 +51,14 @@ pub struct ForwardArgs {
     plugin: PluginArgs,
 }
 
-/// Token ids as s32 [B, T], each checked against the vocabulary.
+/// Token ids as s32 [B, T], each checked against the vocabulary (`forward`: T >= 2).
 fn read_tokens(path: &Path, vocab: i64) -> Result<HostArray> {
+    read_token_ids(path, vocab, 2)
+}
+
+/// Token ids from an int32/int64 .npy [B, T] with T >= `min_len`, each checked against the
+/// vocabulary (naming the row and column), as s32.
+pub fn read_token_ids(path: &Path, vocab: i64, min_len: i64) -> Result<HostArray> {
     let t = npy::read(path)?;
     let ids: Vec<i64> = match t.dtype() {
         DType::S32 => t.to_vec::<i32>()?.into_iter().map(i64::from).collect(),
@@ -66,8 +72,9 @@ fn read_tokens(path: &Path, vocab: i64) -> Result<HostArray> {
     if ids.is_empty() {
         bail!("{}: the token file is empty (shape {dims:?})", path.display());
     }
-    if dims[1] < 2 {
-        bail!("{}: each row needs at least 2 tokens for a next-token loss, got {}", path.display(), dims[1]);
+    if dims[1] < min_len {
+        let why = if min_len >= 2 { "for a next-token loss" } else { "to continue" };
+        bail!("{}: each row needs at least {min_len} tokens {why}, got {}", path.display(), dims[1]);
     }
     if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id < 0 || id >= vocab) {
         let (row, col) = (i as i64 / dims[1], i as i64 % dims[1]);

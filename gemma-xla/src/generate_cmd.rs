@@ -67,21 +67,9 @@ pub struct GenerateArgs {
 
 /// Prompt ids from a .npy: int32/int64 [batch, len], len >= 1, every id in the vocabulary.
 fn read_prompts(path: &Path, vocab: i64) -> Result<Vec<Vec<i32>>> {
-    let t = npy::read(path)?;
-    let ids: Vec<i64> = match t.dtype() {
-        DType::S32 => t.to_vec::<i32>()?.into_iter().map(i64::from).collect(),
-        DType::S64 => t.to_vec::<i64>()?,
-        other => bail!("{}: token ids must be int32 or int64, got {other}", path.display()),
-    };
-    let dims = t.dims();
-    if dims.len() != 2 || dims[0] < 1 || dims[1] < 1 {
-        bail!("{}: prompts must be [batch, len] with at least one token, got shape {dims:?}", path.display());
-    }
-    if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id < 0 || id >= vocab) {
-        let (row, col) = (i as i64 / dims[1], i as i64 % dims[1]);
-        bail!("{}: token [{row}, {col}] = {id} is outside the vocabulary [0, {vocab})", path.display());
-    }
-    Ok(ids.chunks(dims[1] as usize).map(|r| r.iter().map(|&i| i as i32).collect()).collect())
+    let t = crate::forward::read_token_ids(path, vocab, 1)?;
+    let width = t.dims()[1] as usize;
+    Ok(t.to_vec::<i32>()?.chunks(width).map(<[i32]>::to_vec).collect())
 }
 
 fn check_context(prompt: usize, new: usize, context: usize, what: &str) -> Result<()> {
