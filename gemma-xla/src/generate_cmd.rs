@@ -76,10 +76,10 @@ fn check_context(prompt: usize, new: usize, context: usize, what: &str) -> Resul
     if prompt >= context {
         bail!("{what} has {prompt} tokens but the model's context is {context} (max_position_embeddings); shorten it");
     }
-    if prompt + new > context {
+    if prompt.saturating_add(new) > context {
         bail!(
             "{what} has {prompt} tokens and --max-new-tokens is {new}: {} tokens exceed the model's context of {context}; use --max-new-tokens {} or less",
-            prompt + new,
+            prompt.saturating_add(new),
             context - prompt
         );
     }
@@ -124,12 +124,13 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         (None, Some(p)) => vec![text.as_ref().expect("checked above").encode(p, true)?],
         (None, None) => Vec::new(),
     };
+    let ck = Checkpoint::open_with(&a.model, &map_file)?;
+    ck.validate(&cfg)?;
     if let Some(out) = &a.out {
         if a.chat {
             bail!("--out writes the tokens of --prompt or --tokens, not of a --chat session");
         }
-        let ck_files: Vec<PathBuf> = Checkpoint::open_with(&a.model, &map_file)?.files().into_iter().map(Path::to_path_buf).collect();
-        let mut inputs: Vec<&Path> = ck_files.iter().map(PathBuf::as_path).collect();
+        let mut inputs: Vec<&Path> = ck.files();
         inputs.push(config_path.as_path());
         inputs.extend(a.tokens.as_deref());
         gemma_xla::files::refuse_input_as_output(out, &inputs)?;
@@ -146,8 +147,6 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     // The cache: room for the prompt's bucket and the new tokens (a chat gets the whole context).
     let cache_len = if a.chat { info.context.min(8192) } else { (bucket(longest).max(longest + a.max_new_tokens)).min(info.context) };
 
-    let ck = Checkpoint::open_with(&a.model, &map_file)?;
-    ck.validate(&cfg)?;
     ck.check_unchanged()?;
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
     let params = param_views(&ck, &cfg)?;

@@ -70,18 +70,18 @@ impl PerDevice {
     }
 }
 
-/// The activation estimate's formula, as printed (`P` = one layer's saved values without
-/// rematerialisation: the layer being recomputed in the backward pass).
-const ACTIVATION_FORMULA: &str = "L*P + Bl*T*Vl*(c+8), P = Bl*T*((4*D + 2*(Nl+Kl)*H + 4*Fl)*c + Nl*T*(4+c))";
-const ACTIVATION_FORMULA_FULL: &str = "L*Bl*T*D*c + P + Bl*T*Vl*(c+8)";
-const ACTIVATION_FORMULA_DOTS: &str = "L*Bl*T*((3*D + 2*(Nl+Kl)*H + 2*Fl)*c + Nl*T*4) + P + Bl*T*Vl*(c+8)";
+/// One layer's saved values without rematerialisation (also the layer being recomputed in
+/// the backward pass with it), and the logits; the activation formulas print these names.
+const LAYER_FORMULA: &str = "P = Bl*T*((4*D + 2*(Nl+Kl)*H + 4*Fl)*c + Nl*T*(4+c))";
 
+/// The activation estimate's formula for `--remat`, as printed.
 fn activation_formula(remat: &str) -> String {
-    match remat {
-        "full" => format!("{ACTIVATION_FORMULA_FULL}, P = Bl*T*((4*D + 2*(Nl+Kl)*H + 4*Fl)*c + Nl*T*(4+c))"),
-        "save-dots" => format!("{ACTIVATION_FORMULA_DOTS}, P = Bl*T*((4*D + 2*(Nl+Kl)*H + 4*Fl)*c + Nl*T*(4+c))"),
-        _ => ACTIVATION_FORMULA.to_string(),
-    }
+    let kept = match remat {
+        "full" => "L*Bl*T*D*c + P",
+        "save-dots" => "L*Bl*T*((3*D + 2*(Nl+Kl)*H + 2*Fl)*c + Nl*T*4) + P",
+        _ => "L*P",
+    };
+    format!("{kept} + Bl*T*Vl*(c+8), {LAYER_FORMULA}")
 }
 
 const ACTIVATION_LEGEND: &str = "  Bl = B/data, Nl = N/model, Kl = K/model (K when K = 1), Fl = F/model, Vl = V/model, c = dtype bytes.

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 /// The context length assumed when config.json does not give max_position_embeddings.
 pub const DEFAULT_CONTEXT: usize = 8192;
+/// The longest context accepted from a config.json (caches are sized from it).
+pub const MAX_CONTEXT: usize = 1 << 20;
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
@@ -53,8 +55,14 @@ impl ModelText {
         }
         let bos = ids(generation.get("bos_token_id").or(config.get("bos_token_id"))).first().copied();
         let pad = ids(generation.get("pad_token_id").or(config.get("pad_token_id"))).first().copied().or(eos.first().copied()).unwrap_or(0);
-        let context = config.get("max_position_embeddings").and_then(Value::as_u64).map_or(DEFAULT_CONTEXT, |c| c as usize);
-        Ok(ModelText { bos, eos, pad, context })
+        let context = config.get("max_position_embeddings").and_then(Value::as_u64).map_or(DEFAULT_CONTEXT as u64, |c| c);
+        if context == 0 || context > MAX_CONTEXT as u64 {
+            return Err(Error::Data {
+                path: dir.join("config.json").display().to_string(),
+                message: format!("max_position_embeddings {context} is outside 1..={MAX_CONTEXT}"),
+            });
+        }
+        Ok(ModelText { bos, eos, pad, context: context as usize })
     }
 }
 

@@ -199,6 +199,18 @@ fn bad_input_is_refused_clearly() {
     // None of --prompt, --tokens, --chat.
     let e = fails(&["generate", "--model", model]);
     assert!(e.contains("--prompt") || e.contains("required"), "{e}");
+    // A config whose context is absurd: refused before a cache is sized from it.
+    let huge = s.join("huge");
+    std::fs::create_dir_all(&huge).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(d.join(f), huge.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"max_position_embeddings\": 128", "\"max_position_embeddings\": 1000000000000");
+    std::fs::write(huge.join("config.json"), config).unwrap();
+    let e = fails(&["generate", "--model", huge.to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "18446744073709551615"]);
+    assert!(e.contains("max_position_embeddings") && e.contains("config.json"), "{e}");
     // --out over an input.
     let e = fails(&[
         "generate",
