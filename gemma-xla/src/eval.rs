@@ -206,7 +206,7 @@ pub fn parse(file: &str, text: &str, tok: Option<&TextTokenizer>, vocab: i64, co
             Kind::Choice { contexts, continuations, .. } => {
                 contexts.iter().zip(continuations).map(|(a, b)| a.len() + b.len()).max().unwrap_or(1) - 1
             }
-            Kind::Generate { context, max_new, .. } => context.len() + max_new,
+            Kind::Generate { context, max_new, .. } => context.len().saturating_add(*max_new),
         };
         if need > context_len {
             return Err(bad(
@@ -232,7 +232,7 @@ pub fn cache_len(items: &[Item], context_len: usize) -> usize {
             Kind::Choice { contexts, continuations, .. } => {
                 contexts.iter().zip(continuations).map(|(a, b)| a.len() + b.len()).max().unwrap_or(1)
             }
-            Kind::Generate { context, max_new, .. } => context.len() + max_new,
+            Kind::Generate { context, max_new, .. } => context.len().saturating_add(*max_new),
         })
         .max()
         .unwrap_or(1);
