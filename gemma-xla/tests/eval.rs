@@ -210,7 +210,10 @@ fn bad_task_files_are_refused_before_compiling() {
         ("{\"context_ids\": [2, 900], \"choices_ids\": [[5]], \"gold\": 0}", "token 900 is outside the vocabulary [0, 512)"),
         ("{\"context\": \"a\", \"until\": [\"\\n\"], \"answers\": [\"b\"], \"max_new_tokens\": 500}", "but the model's context is 128"),
         ("{\"context\": \"a\"}", "expected \"choices\""),
-        ("{\"context\": \"a\", \"until\": [], \"answers\": [\"b\"], \"max_new_tokens\": 18446744073709551615}", "but the model's context is 128"),
+        (
+            "{\"context\": \"a\", \"until\": [], \"answers\": [\"b\"], \"max_new_tokens\": 18446744073709551615}",
+            "but the model's context is 128",
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let path = dir.join(format!("tasks{i}.jsonl"));
