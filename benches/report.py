@@ -1,7 +1,7 @@
 """Renders benches/run.sh's results (JSON lines) as the BENCHMARKS.md sections run.sh owns,
 and splices them in between the `benches/run.sh` markers, keeping every other section.
 
-python3 benches/report.py --results R.jsonl --machine TEXT --rounds N --perf-steps N --tiny-steps N [--write BENCHMARKS.md]
+python3 benches/report.py --results R.jsonl --machine TEXT --rounds N --perf-steps N --tiny-steps N [--torch 0|1] [--write BENCHMARKS.md]
 (standard library only)
 """
 import argparse
@@ -22,6 +22,7 @@ def main():
     ap.add_argument("--rounds", type=int, required=True)
     ap.add_argument("--perf-steps", type=int, required=True)
     ap.add_argument("--tiny-steps", type=int, required=True)
+    ap.add_argument("--torch", type=int, default=0)
     ap.add_argument("--write")
     a = ap.parse_args()
     runs = collections.defaultdict(list)  # (bench, who) -> results in round order
@@ -32,8 +33,8 @@ def main():
     def med(bench, who, key):
         return statistics.median(r[key] for r in runs[(bench, who)])
 
-    def per_round(bench, key):
-        return [o[key] / j[key] for o, j in zip(runs[(bench, "ours")], runs[(bench, "jax")])]
+    def per_round(bench, key, peer="jax"):
+        return [o[key] / j[key] for o, j in zip(runs[(bench, "ours")], runs[(bench, peer)])]
 
     jax_version = runs[("perf1", "jax")][0]["side"]
     peak = med("matmul", "ours", "gflops")
@@ -55,7 +56,7 @@ def main():
     out.append(f"| {jax_version} | {med('matmul', 'jax', 'median_ms'):.1f} | {med('matmul', 'jax', 'gflops'):.1f} |")
     out.append("")
 
-    def step_section(bench, title, cmd_ours, cmd_jax, note):
+    def step_section(bench, title, cmd_ours, cmd_jax, note, extra=()):
         o, j = runs[(bench, "ours")], runs[(bench, "jax")]
         gflop = o[0]["gflop"]
         om, jm = med(bench, "ours", "median_ms"), med(bench, "jax", "median_ms")
@@ -74,10 +75,33 @@ def main():
         ratios = ", ".join(f"{x:.2f}" for x in per_round(bench, "median_ms"))
         out.append(f"| **ours / JAX** | **{om / jm:.2f}x** (per round: {ratios}) | {med(bench, 'ours', 'min_ms') / med(bench, 'jax', 'min_ms'):.2f}x | "
                    f"{oc / jc:.2f}x | | | |")
+        for who, label, ratio_label in extra:
+            if not runs[(bench, who)]:
+                continue
+            xm, xc = med(bench, who, "median_ms"), med(bench, who, "cpu_ms")
+            name = label.format(side=runs[(bench, who)][0]["side"])
+            out.append(f"| {name} | {xm:.1f} ms | {med(bench, who, 'min_ms'):.1f} ms | {xc:.0f} ms | {gflop / xm * 1e3:.1f} | "
+                       f"{gflop / xm * 1e3 / peak * 100:.0f}% | {med(bench, who, 'first_step_s'):.1f} s |")
+            if ratio_label:
+                rr = ", ".join(f"{x:.2f}" for x in per_round(bench, "median_ms", who))
+                out.append(f"| **{ratio_label}** | **{om / xm:.2f}x** (per round: {rr}) | "
+                           f"{med(bench, 'ours', 'min_ms') / med(bench, who, 'min_ms'):.2f}x | {oc / xc:.2f}x | | | |")
         out.append("")
+        tail = [f"ours {o[-1]['loss']:.4f}", f"JAX {j[-1]['loss']:.4f}"]
+        if runs[(bench, "torch")]:
+            tail.append(f"torch {runs[(bench, 'torch')][-1]['loss']:.4f}")
+        if any(runs[(bench, who)] for who, _, _ in extra):
+            out.append("Rows: `gemma-xla` runs as shipped, with glibc's `glibc.malloc.hugetlb=1` tunable "
+                       "(`runtime::host_malloc`: transparent huge pages for XLA's scratch memory); 'glibc defaults' is the "
+                       "same binary with `GLIBC_TUNABLES=`; the JAX row is JAX as users run it, and 'JAX + hugetlb' is "
+                       "JAX with the same tunable, so the table shows what the setting is worth to each side."
+                       + (" `torch` is transformers' GemmaForCausalLM (sdpa attention) with `torch.optim.AdamW` and "
+                          "`clip_grad_norm_`, eager (`benches/torch_train_step.py`), fetching the loss every step."
+                          if runs[(bench, "torch")] else ""))
+            out.append("")
         out.append(f"{gflop:.1f} GFLOP per step (2 x multiply-adds of the forward's products, x3 for the backward; "
                    f"embedding lookups and elementwise work not counted). Losses after the last step: "
-                   f"ours {o[-1]['loss']:.4f}, JAX {j[-1]['loss']:.4f} (same data, different random initial weights).")
+                   f"{', '.join(tail)} (same data, different random initial weights).")
         out.append("")
 
     step_section("perf1", "Train step, perf config, one CPU device",
@@ -87,7 +111,10 @@ def main():
                  "`optax.chain(clip_by_global_norm(1), adamw(...))`, params and optimizer state donated); d_model 512, "
                  "8 heads, 1 kv head, head_dim 64, MLP 2048, 4 layers, vocab 8192; batch 4 x 128, f32. State on the device; "
                  f"every step uploads the batch and fetches the metrics (loss, grad_norm, lr), as a run logging every step; "
-                 f"{a.perf_steps} timed steps after the first (which compiles).")
+                 f"{a.perf_steps} timed steps after the first (which compiles).",
+                 extra=(("ours-default-malloc", "gemma-xla, glibc defaults", ""),
+                        ("jax-hugetlb", "{side} + hugetlb", "ours / (JAX + hugetlb)"),
+                        ("torch", "{side}", "ours / torch")))
     step_section("perf4", "Train step, perf config, 4 CPU devices (data=2, model=2)",
                  f"train_step step perf.json 4 128 data=2,model=2 {a.perf_steps}",
                  f"XLA_FLAGS=--xla_force_host_platform_device_count=4 jax_train_step.py step perf.json 4 128 data=2,model=2 "

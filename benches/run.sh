@@ -3,7 +3,7 @@
 # `benches/run.sh` markers (our number, the peer's, the ratio, the command, the machine, the
 # date) and keeps every other section as it is.
 #
-#   benches/run.sh [--rounds N] [--quick] [--no-write]
+#   benches/run.sh [--rounds N] [--quick] [--no-write] [--torch]
 #
 # - The peer: JAX on CPU with pinned versions, installed with pip into benches/.venv on first
 #   use (jax/jaxlib 0.10.2, optax 0.2.8, numpy 2.4.6).
@@ -12,20 +12,27 @@
 # - Comparisons: the machine's f32 matmul peak through our runtime; the train step on the perf
 #   config on one device and on 4 CPU devices (data=2,model=2); the tiny config's step (host
 #   overhead); trace + lower of the 2B- and 7B-shaped train steps.
-# - `--torch` (transformers/PyTorch peer of the train step) is not written yet and refused.
+# - Allocator: our binaries run with glibc's huge-page tunable (runtime::host_malloc); the perf
+#   step is also run with it off for us (`GLIBC_TUNABLES=`) and on for JAX, so the table shows
+#   what the setting is worth to each side.
+# - `--torch` adds transformers' GemmaForCausalLM in PyTorch eager as a peer of the one-device
+#   perf step (benches/torch_train_step.py). Its wheels are large (torch pulls CUDA libraries,
+#   about 4 GB): they are pip-installed into benches/.venv-torch on first use, unless
+#   TORCH_PYTHON names a python that already has torch and transformers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=3
 perf_steps=5
 tiny_steps=40
 write=1
+torch=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --quick) rounds=1; perf_steps=2; tiny_steps=10; shift ;;
     --no-write) write=0; shift ;;
-    --torch) echo "benches/run.sh: --torch: the PyTorch train-step peer is not written yet" >&2; exit 2 ;;
-    *) echo "usage: benches/run.sh [--rounds N] [--quick] [--no-write]" >&2; exit 2 ;;
+    --torch) torch=1; shift ;;
+    *) echo "usage: benches/run.sh [--rounds N] [--quick] [--no-write] [--torch]" >&2; exit 2 ;;
   esac
 done
 
@@ -33,6 +40,15 @@ py=benches/.venv/bin/python
 if ! "$py" -c 'import jax, optax; assert jax.__version__ == "0.10.2" and optax.__version__ == "0.2.8"' 2>/dev/null; then
   python3 -m venv benches/.venv
   benches/.venv/bin/pip install --quiet jax==0.10.2 jaxlib==0.10.2 optax==0.2.8 numpy==2.4.6
+fi
+tpy=
+if [ "$torch" = 1 ]; then
+  tpy=${TORCH_PYTHON:-benches/.venv-torch/bin/python}
+  if ! "$tpy" -c 'import torch, transformers' 2>/dev/null; then
+    [ -n "${TORCH_PYTHON:-}" ] && { echo "benches/run.sh: TORCH_PYTHON=$TORCH_PYTHON cannot import torch and transformers" >&2; exit 2; }
+    python3 -m venv benches/.venv-torch
+    benches/.venv-torch/bin/pip install --quiet torch==2.15.0 transformers==5.24.0 numpy==2.4.6
+  fi
 fi
 cargo build --quiet --release -p benches --bin train_step
 ours=./target/release/train_step
@@ -66,6 +82,9 @@ for r in $(seq "$rounds"); do
   run matmul jax "$py" benches/jax_train_step.py matmul 2048 5
   run perf1 ours "$ours" step "$dir/perf.json" 4 128 data=1 "$perf_steps"
   run perf1 jax "$py" benches/jax_train_step.py step "$dir/perf.json" 4 128 data=1 "$perf_steps"
+  run perf1 ours-default-malloc env GLIBC_TUNABLES= "$ours" step "$dir/perf.json" 4 128 data=1 "$perf_steps"
+  run perf1 jax-hugetlb env GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "$py" benches/jax_train_step.py step "$dir/perf.json" 4 128 data=1 "$perf_steps"
+  if [ -n "$tpy" ]; then run perf1 torch "$tpy" benches/torch_train_step.py step "$dir/perf.json" 4 128 "$perf_steps"; fi
   run perf4 ours "$ours" step "$dir/perf.json" 4 128 data=2,model=2 "$perf_steps"
   run perf4 jax env "$four" "$py" benches/jax_train_step.py step "$dir/perf.json" 4 128 data=2,model=2 "$perf_steps" "$dir/specs4.json"
   run tiny ours "$ours" step "$dir/tiny.json" 8 64 data=1 "$tiny_steps"
@@ -76,6 +95,6 @@ for r in $(seq "$rounds"); do
   done
 done
 machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
-args=(--results "$results" --machine "$machine" --rounds "$rounds" --perf-steps "$perf_steps" --tiny-steps "$tiny_steps")
+args=(--torch "$torch" --results "$results" --machine "$machine" --rounds "$rounds" --perf-steps "$perf_steps" --tiny-steps "$tiny_steps")
 [ "$write" = 1 ] && args+=(--write BENCHMARKS.md)
 python3 benches/report.py "${args[@]}"

@@ -70,6 +70,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // glibc's huge-page tunable for XLA's host memory (runtime::host_malloc); re-executes
+    // once, before anything else runs.
+    runtime::host_malloc::reexec_with_huge_pages();
     // The plugins log INFO lines through absl; keep warnings and errors unless the user
     // chose a level. Set before any thread exists or any plugin is loaded.
     if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {

@@ -12,6 +12,7 @@ pub mod discovery;
 mod error;
 mod executable;
 mod host;
+pub mod host_malloc;
 mod options;
 mod program;
 mod topology;

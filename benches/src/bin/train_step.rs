@@ -225,6 +225,8 @@ fn trace(preset: &str, reps: usize) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // As the gemma-xla binary does (`GLIBC_TUNABLES=` turns it off).
+    runtime::host_malloc::reexec_with_huge_pages();
     let a: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| a.get(i).map(String::as_str).with_context(|| format!("missing argument {i} (see the file's header)"));
     let num = |i: usize| -> Result<i64> { Ok(arg(i)?.parse()?) };
