@@ -178,15 +178,22 @@ impl TensorType {
 
     /// `tensor<4x2xf32>`
     pub fn mlir(&self) -> String {
-        use std::fmt::Write;
         let mut s = String::with_capacity(12 + 6 * self.dims.len());
-        s.push_str("tensor<");
-        for d in &self.dims {
-            let _ = write!(s, "{d}x");
-        }
-        s.push_str(self.dtype.mlir());
-        s.push('>');
+        self.write_mlir(&mut s);
         s
+    }
+
+    /// Appends [`TensorType::mlir`]'s text to `out` (no allocation of its own: lowering
+    /// writes megabytes of these).
+    pub fn write_mlir(&self, out: &mut String) {
+        let mut digits = itoa::Buffer::new();
+        out.push_str("tensor<");
+        for &d in &self.dims {
+            out.push_str(digits.format(d));
+            out.push('x');
+        }
+        out.push_str(self.dtype.mlir());
+        out.push('>');
     }
 
     /// Parses `tensor<4x2xf32>` (static shapes only).

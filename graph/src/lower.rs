@@ -9,7 +9,8 @@ use std::fmt::Write;
 
 /// Collects the op lines of one function body and hands out SSA names.
 pub(crate) struct Emitter {
-    lines: Vec<String>,
+    /// The function body: one op per line, each indented by four spaces.
+    body: String,
     next: usize,
     loc: String,
     /// The mesh sharding constraints refer to (None: one device, constraints lower to nothing).
@@ -26,7 +27,12 @@ pub(crate) enum Combiner {
 impl Emitter {
     fn fresh(&mut self) -> String {
         self.next += 1;
-        format!("%{}", self.next - 1)
+        let mut digits = itoa::Buffer::new();
+        let n = digits.format(self.next - 1);
+        let mut name = String::with_capacity(1 + n.len());
+        name.push('%');
+        name.push_str(n);
+        name
     }
 
     /// Emits `%r = "name"(operands) region {attrs} : (types) -> result` and returns `%r`.
@@ -40,9 +46,13 @@ impl Emitter {
     ) -> String {
         let r = self.fresh();
         let region = region.map(|(c, dt)| self.region(c, dt)).unwrap_or_default();
-        // One string per line, written in place (this runs once per node of large programs).
-        let mut line = String::with_capacity(64 + name.len() + attrs.len() + region.len() + self.loc.len() + 40 * operands.len());
-        let _ = write!(line, "{r} = \"{name}\"(");
+        // Written straight into the body (this runs once per node of large programs).
+        let line = &mut self.body;
+        line.push_str("    ");
+        line.push_str(&r);
+        line.push_str(" = \"");
+        line.push_str(name);
+        line.push_str("\"(");
         for (k, o) in operands.iter().enumerate() {
             line.push_str(if k == 0 { "" } else { ", " });
             line.push_str(o.0);
@@ -50,15 +60,19 @@ impl Emitter {
         line.push(')');
         line.push_str(&region);
         if !attrs.is_empty() {
-            let _ = write!(line, " {{{attrs}}}");
+            line.push_str(" {");
+            line.push_str(attrs);
+            line.push('}');
         }
         line.push_str(" : (");
         for (k, o) in operands.iter().enumerate() {
             line.push_str(if k == 0 { "" } else { ", " });
-            line.push_str(&o.1.mlir());
+            o.1.write_mlir(line);
         }
-        let _ = write!(line, ") -> {}{}", result.mlir(), self.loc);
-        self.lines.push(line);
+        line.push_str(") -> ");
+        result.write_mlir(line);
+        line.push_str(&self.loc);
+        line.push('\n');
         r
     }
 
@@ -68,14 +82,15 @@ impl Emitter {
         let names: Vec<&str> = operands.iter().map(|o| o.0).collect();
         let types: Vec<String> = operands.iter().map(|o| o.1.mlir()).collect();
         let outs: Vec<String> = results.iter().map(|t| t.mlir()).collect();
-        self.lines.push(format!(
-            "{r}:{} = \"{name}\"({}) {{{attrs}}} : ({}) -> ({}){}",
+        let _ = writeln!(
+            self.body,
+            "    {r}:{} = \"{name}\"({}) {{{attrs}}} : ({}) -> ({}){}",
             results.len(),
             names.join(", "),
             types.join(", "),
             outs.join(", "),
             self.loc
-        ));
+        );
         (0..results.len()).map(|i| format!("{r}#{i}")).collect()
     }
 
@@ -200,7 +215,9 @@ impl Function {
         let mut names: Vec<String> = vec![String::new(); self.nodes.len()];
         let mesh = self.mesh.clone().filter(|m| m.num_devices() > 1);
         self.check_constraints(mesh.as_ref(), &live)?;
-        let mut e = Emitter { lines: Vec::with_capacity(self.nodes.len()), next: 0, loc: String::new(), mesh };
+        // About 180 bytes per node in large programs; one allocation up front spares the
+        // copies and fresh pages of growing megabytes by doubling.
+        let mut e = Emitter { body: String::with_capacity(200 * self.nodes.len() + 1024), next: 0, loc: String::new(), mesh };
         // The quoted file name of the last location (nodes come in runs from one file).
         let mut file: (&str, String) = ("", String::new());
         for (i, node) in self.nodes.iter().enumerate() {
@@ -218,8 +235,9 @@ impl Function {
                 e.loc.clear();
                 let _ = write!(e.loc, " loc({}:{}:{})", file.1, node.loc.line, node.loc.col);
             }
-            let args: Vec<(String, TensorType)> = node.inputs.iter().map(|&j| (names[j].clone(), self.nodes[j].ty.clone())).collect();
-            names[i] = node.prim.lower(&mut e, &args, &node.ty);
+            let args: Vec<(&str, &TensorType)> = node.inputs.iter().map(|&j| (names[j].as_str(), &self.nodes[j].ty)).collect();
+            let name = node.prim.lower(&mut e, &args, &node.ty);
+            names[i] = name;
         }
         let partitions = self.mesh.as_ref().map_or(1, |m| m.num_devices());
         let mut out = format!(
@@ -261,14 +279,8 @@ impl Function {
             results.push(format!("{} {{{}}}", ty.mlir(), attrs.join(", ")));
         }
         out += &format!("  func.func public @main({}) -> ({}) {{\n", params.join(", "), results.join(", "));
-        // One allocation for the body (it is megabytes for a large model: growing it by
-        // doubling costs copies and fresh pages each time).
-        out.reserve(e.lines.iter().map(|l| l.len() + 5).sum::<usize>() + 256);
-        for line in &e.lines {
-            out.push_str("    ");
-            out.push_str(line);
-            out.push('\n');
-        }
+        out.reserve(e.body.len() + 256);
+        out.push_str(&e.body);
         let ret: Vec<&str> = self.outputs.iter().map(|o| names[o.id].as_str()).collect();
         let ret_types: Vec<String> = self.outputs.iter().map(|o| self.nodes[o.id].ty.mlir()).collect();
         out += &format!("    \"func.return\"({}) : ({}) -> ()\n  }}\n}}\n", ret.join(", "), ret_types.join(", "));
@@ -291,12 +303,15 @@ impl Function {
 
 /// `array<i64: 1, 2>`
 pub(crate) fn i64_array(v: &[i64]) -> String {
-    let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
-    if parts.is_empty() {
-        "array<i64>".into()
-    } else {
-        format!("array<i64: {}>", parts.join(", "))
+    let mut digits = itoa::Buffer::new();
+    let mut out = String::with_capacity(12 + 4 * v.len());
+    out.push_str("array<i64");
+    for (k, &x) in v.iter().enumerate() {
+        out.push_str(if k == 0 { ": " } else { ", " });
+        out.push_str(digits.format(x));
     }
+    out.push('>');
+    out
 }
 
 /// `array<i64: ...>` of dimension numbers.

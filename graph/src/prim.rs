@@ -173,7 +173,7 @@ impl Prim {
     }
 
     /// Emits StableHLO for this node; returns the SSA value of its result.
-    pub(crate) fn lower(&self, e: &mut Emitter, args: &[(String, TensorType)], out: &TensorType) -> String {
+    pub(crate) fn lower(&self, e: &mut Emitter, args: &[(&str, &TensorType)], out: &TensorType) -> String {
         match self.family() {
             Family::Elementwise => elementwise::lower(self, e, args, out),
             Family::Dot => dot::lower(self, e, args, out),

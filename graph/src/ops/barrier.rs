@@ -15,9 +15,9 @@ pub(crate) fn infer(_p: &Prim, x: &[&TensorType]) -> Result<TensorType, String> 
     }
 }
 
-pub(crate) fn lower(_p: &Prim, e: &mut Emitter, a: &[(String, TensorType)], _out: &TensorType) -> String {
-    let operands: Vec<(&str, &TensorType)> = a.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let results: Vec<TensorType> = a.iter().map(|(_, t)| t.clone()).collect();
+pub(crate) fn lower(_p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], _out: &TensorType) -> String {
+    let operands: Vec<(&str, &TensorType)> = a.to_vec();
+    let results: Vec<TensorType> = a.iter().map(|(_, t)| (*t).clone()).collect();
     e.multi_op("stablehlo.optimization_barrier", &operands, "", &results).swap_remove(0)
 }
 

@@ -40,7 +40,7 @@ pub(crate) fn infer(p: &Prim, x: &[&TensorType]) -> Result<TensorType, String> {
     Ok(TensorType::new(l.dtype, &dims))
 }
 
-pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(String, TensorType)], out: &TensorType) -> String {
+pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &TensorType) -> String {
     let Prim::DotGeneral(d) = p else { unreachable!("internal") };
     let mut fields = Vec::new();
     for (name, v) in [

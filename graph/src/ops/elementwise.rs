@@ -62,10 +62,10 @@ fn float(t: &TensorType) -> Result<(), String> {
     }
 }
 
-pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(String, TensorType)], out: &TensorType) -> String {
+pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &TensorType) -> String {
     use Prim::*;
     let name = match p {
-        StopGradient => return a[0].0.clone(),
+        StopGradient => return a[0].0.to_string(),
         Neg => "stablehlo.negate",
         Exp => "stablehlo.exponential",
         Log => "stablehlo.log",
@@ -106,12 +106,12 @@ pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(String, TensorType)], out: 
             };
             let attrs =
                 format!("comparison_direction = #stablehlo<comparison_direction {dir}>, compare_type = #stablehlo<comparison_type {kind}>");
-            let ops: Vec<(&str, &TensorType)> = a.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let ops: Vec<(&str, &TensorType)> = a.to_vec();
             return e.op("stablehlo.compare", &ops, &attrs, None, out);
         }
         _ => unreachable!("internal: {} is not elementwise", p.name()),
     };
-    let ops: Vec<(&str, &TensorType)> = a.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let ops: Vec<(&str, &TensorType)> = a.to_vec();
     e.op(name, &ops, "", None, out)
 }
 

@@ -35,11 +35,11 @@ pub(crate) fn infer(p: &Prim, x: &[&TensorType]) -> Result<TensorType, String> {
     }
 }
 
-pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(String, TensorType)], out: &TensorType) -> String {
+pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &TensorType) -> String {
     let (table, ids) = (&a[0].1, &a[1].1);
     let k = ids.rank();
     let window: Vec<usize> = (k..k + table.rank() - 1).collect();
-    let ops: Vec<(&str, &TensorType)> = a.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let ops: Vec<(&str, &TensorType)> = a.to_vec();
     match p {
         Prim::Gather => {
             let mut sizes = vec![1i64];

@@ -20,7 +20,7 @@ pub(crate) fn infer(p: &Prim, x: &[&TensorType]) -> Result<TensorType, String> {
     Ok(TensorType::new(a.dtype, &dims))
 }
 
-pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(String, TensorType)], out: &TensorType) -> String {
+pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &TensorType) -> String {
     let dtype = a[0].1.dtype;
     let (axes, init, comb) = match p {
         Prim::ReduceSum { axes } => (axes, e.scalar(dtype, 0.0), Combiner::Add),

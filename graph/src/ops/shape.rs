@@ -140,9 +140,9 @@ fn check_indices(idx: &[&TensorType]) -> Result<(), String> {
     }
 }
 
-pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(String, TensorType)], out: &TensorType) -> String {
+pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &TensorType) -> String {
     use Prim::*;
-    let ops: Vec<(&str, &TensorType)> = a.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let ops: Vec<(&str, &TensorType)> = a.to_vec();
     match p {
         Constant { value, .. } => e.constant(out, value),
         Iota { dim, .. } => e.op("stablehlo.iota", &[], &format!("iota_dimension = {dim} : i64"), None, out),
