@@ -54,7 +54,7 @@ pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &
         }
     }
     let attrs = format!("dot_dimension_numbers = #stablehlo.dot<{}>", fields.join(", "));
-    e.op("stablehlo.dot_general", &[(&a[0].0, &a[0].1), (&a[1].0, &a[1].1)], &attrs, None, out)
+    e.op("stablehlo.dot_general", &[(a[0].0, a[0].1), (a[1].0, a[1].1)], &attrs, None, out)
 }
 
 /// The permutation that puts dimension k (belonging to original dimension `owner[k]`) back

@@ -16,7 +16,7 @@ pub(crate) fn infer(p: &Prim, x: &[&TensorType]) -> Result<TensorType, String> {
 pub(crate) fn lower(_p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &TensorType) -> String {
     let results = [a[0].1.clone(), out.clone()];
     let names =
-        e.multi_op("stablehlo.rng_bit_generator", &[(&a[0].0, &a[0].1)], "rng_algorithm = #stablehlo<rng_algorithm THREE_FRY>", &results);
+        e.multi_op("stablehlo.rng_bit_generator", &[(a[0].0, a[0].1)], "rng_algorithm = #stablehlo<rng_algorithm THREE_FRY>", &results);
     names[1].clone()
 }
 

@@ -31,13 +31,7 @@ pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &
         _ => unreachable!("internal"),
     };
     let scalar = TensorType::scalar(dtype);
-    e.op(
-        "stablehlo.reduce",
-        &[(&a[0].0, &a[0].1), (&init, &scalar)],
-        &format!("dimensions = {}", dims_array(axes)),
-        Some((comb, dtype)),
-        out,
-    )
+    e.op("stablehlo.reduce", &[(a[0].0, a[0].1), (&init, &scalar)], &format!("dimensions = {}", dims_array(axes)), Some((comb, dtype)), out)
 }
 
 fn lowest_int(d: DType) -> i64 {

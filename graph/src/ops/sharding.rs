@@ -23,7 +23,7 @@ pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &
     let Prim::ShardingConstraint { spec } = p else { unreachable!("internal") };
     // Specs were checked against the mesh before lowering (`Function::to_stablehlo_with`).
     match e.mesh.as_ref().and_then(|m| spec.sdy_sharding(m, "mesh").ok()) {
-        Some(sharding) => e.op("sdy.sharding_constraint", &[(&a[0].0, &a[0].1)], &format!("sharding = {sharding}"), None, out),
+        Some(sharding) => e.op("sdy.sharding_constraint", &[(a[0].0, a[0].1)], &format!("sharding = {sharding}"), None, out),
         None => a[0].0.to_string(),
     }
 }
