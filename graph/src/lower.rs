@@ -108,8 +108,12 @@ impl Emitter {
 
     /// A constant of type `ty` from a literal (splat when it holds one value).
     pub(crate) fn constant(&mut self, ty: &TensorType, value: &Literal) -> String {
-        let dense = dense_text(ty, value);
-        self.op("stablehlo.constant", &[], &format!("value = dense<{dense}> : {}", ty.mlir()), None, ty)
+        let mut attrs = String::with_capacity(48);
+        attrs.push_str("value = dense<");
+        write_dense(&mut attrs, ty, value);
+        attrs.push_str("> : ");
+        ty.write_mlir(&mut attrs);
+        self.op("stablehlo.constant", &[], &attrs, None, ty)
     }
 
     pub(crate) fn scalar(&mut self, dtype: DType, v: f64) -> String {
@@ -118,59 +122,79 @@ impl Emitter {
     }
 }
 
-/// MLIR text of one element.
-pub(crate) fn element_text(dtype: DType, v: f64, i: i64) -> String {
+/// Appends the MLIR text of one element.
+fn write_element(out: &mut String, dtype: DType, v: f64, i: i64) {
     match dtype {
-        DType::Pred => (if i != 0 { "true" } else { "false" }).to_string(),
-        d if d.is_int() => i.to_string(),
-        d => float_text(d, v),
+        DType::Pred => out.push_str(if i != 0 { "true" } else { "false" }),
+        d if d.is_int() => out.push_str(itoa::Buffer::new().format(i)),
+        d => write_float(out, d, v),
     }
 }
 
 /// A float literal MLIR parses exactly: shortest round-trip decimal with a '.', or the bit
 /// pattern in hex for infinities and NaN.
-fn float_text(dtype: DType, v: f64) -> String {
+fn write_float(out: &mut String, dtype: DType, v: f64) {
     if !v.is_finite() {
-        return match dtype {
-            DType::F64 => format!("0x{:016X}", v.to_bits()),
-            DType::F32 => format!("0x{:08X}", (v as f32).to_bits()),
-            DType::Bf16 => format!("0x{:04X}", half::bf16::from_f64(v).to_bits()),
-            _ => format!("0x{:04X}", half::f16::from_f64(v).to_bits()),
+        let _ = match dtype {
+            DType::F64 => write!(out, "0x{:016X}", v.to_bits()),
+            DType::F32 => write!(out, "0x{:08X}", (v as f32).to_bits()),
+            DType::Bf16 => write!(out, "0x{:04X}", half::bf16::from_f64(v).to_bits()),
+            _ => write!(out, "0x{:04X}", half::f16::from_f64(v).to_bits()),
         };
+        return;
     }
-    let s = match dtype {
-        DType::F64 => format!("{v:e}"),
-        DType::F32 => format!("{:e}", v as f32),
-        DType::Bf16 => format!("{:e}", half::bf16::from_f64(v).to_f32()),
-        _ => format!("{:e}", half::f16::from_f64(v).to_f32()),
+    let start = out.len();
+    let _ = match dtype {
+        DType::F64 => write!(out, "{v:e}"),
+        DType::F32 => write!(out, "{:e}", v as f32),
+        DType::Bf16 => write!(out, "{:e}", half::bf16::from_f64(v).to_f32()),
+        _ => write!(out, "{:e}", half::f16::from_f64(v).to_f32()),
     };
-    match s.split_once('e') {
-        Some((m, e)) if !m.contains('.') => format!("{m}.0e{e}"),
-        _ => s,
+    // `{:e}` writes `1e0` for 1: MLIR wants a '.' in a float literal.
+    if let Some(at) = out[start..].find('e').map(|k| start + k) {
+        if !out[start..at].contains('.') {
+            out.insert_str(at, ".0");
+        }
     }
 }
 
-fn dense_text(ty: &TensorType, value: &Literal) -> String {
-    let (floats, ints): (Vec<f64>, Vec<i64>) = match value {
-        Literal::Float(v) => (v.clone(), v.iter().map(|&x| x as i64).collect()),
-        Literal::Int(v) => (v.iter().map(|&x| x as f64).collect(), v.clone()),
-        Literal::Empty => (vec![], vec![]),
+/// The elements of a dense literal: one value when it holds one (a splat), else nested
+/// `[[a, b], [c, d]]` lists following the dims.
+fn write_dense(out: &mut String, ty: &TensorType, value: &Literal) {
+    let n = match value {
+        Literal::Float(v) => v.len(),
+        Literal::Int(v) => v.len(),
+        Literal::Empty => 0,
     };
-    let elems: Vec<String> = floats.iter().zip(&ints).map(|(&f, &i)| element_text(ty.dtype, f, i)).collect();
-    if elems.len() == 1 {
-        return elems[0].clone();
+    let element = |out: &mut String, k: usize| match value {
+        Literal::Float(v) => write_element(out, ty.dtype, v[k], v[k] as i64),
+        Literal::Int(v) => write_element(out, ty.dtype, v[k] as f64, v[k]),
+        Literal::Empty => {}
+    };
+    if n == 1 {
+        element(out, 0);
+    } else {
+        write_nested(out, &ty.dims, 0, n, &element);
     }
-    nest(&elems, &ty.dims)
 }
 
-/// `[[a, b], [c, d]]` for dims [2, 2].
-fn nest(elems: &[String], dims: &[i64]) -> String {
+fn write_nested(out: &mut String, dims: &[i64], offset: usize, n: usize, element: &dyn Fn(&mut String, usize)) {
     match dims.split_first() {
-        None => elems.first().cloned().unwrap_or_default(),
-        Some((&n, rest)) => {
+        None => {
+            if offset < n {
+                element(out, offset);
+            }
+        }
+        Some((&rows, rest)) => {
             let chunk: usize = rest.iter().product::<i64>() as usize;
-            let parts: Vec<String> = (0..n as usize).map(|i| nest(&elems[i * chunk..(i + 1) * chunk], rest)).collect();
-            format!("[{}]", parts.join(", "))
+            out.push('[');
+            for i in 0..rows as usize {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_nested(out, rest, offset + i * chunk, n, element);
+            }
+            out.push(']');
         }
     }
 }
@@ -218,8 +242,8 @@ impl Function {
         // About 180 bytes per node in large programs; one allocation up front spares the
         // copies and fresh pages of growing megabytes by doubling.
         let mut e = Emitter { body: String::with_capacity(200 * self.nodes.len() + 1024), next: 0, loc: String::new(), mesh };
-        // The quoted file name of the last location (nodes come in runs from one file).
-        let mut file: (&str, String) = ("", String::new());
+        // Quoted file names, one per file seen (a handful; nodes alternate between them).
+        let mut files: Vec<(&str, String)> = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             if let Prim::Param(p) = node.prim {
                 names[i] = format!("%arg{p}");
@@ -229,11 +253,22 @@ impl Function {
                 continue;
             }
             if options.locations {
-                if file.0 != node.loc.file {
-                    file = (node.loc.file, quoted(node.loc.file));
-                }
+                let k = match files.iter().position(|f| f.0 == node.loc.file) {
+                    Some(k) => k,
+                    None => {
+                        files.push((node.loc.file, quoted(node.loc.file)));
+                        files.len() - 1
+                    }
+                };
+                let mut digits = itoa::Buffer::new();
                 e.loc.clear();
-                let _ = write!(e.loc, " loc({}:{}:{})", file.1, node.loc.line, node.loc.col);
+                e.loc.push_str(" loc(");
+                e.loc.push_str(&files[k].1);
+                e.loc.push(':');
+                e.loc.push_str(digits.format(node.loc.line));
+                e.loc.push(':');
+                e.loc.push_str(digits.format(node.loc.col));
+                e.loc.push(')');
             }
             let args: Vec<(&str, &TensorType)> = node.inputs.iter().map(|&j| (names[j].as_str(), &self.nodes[j].ty)).collect();
             let name = node.prim.lower(&mut e, &args, &node.ty);

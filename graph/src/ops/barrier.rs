@@ -16,9 +16,9 @@ pub(crate) fn infer(_p: &Prim, x: &[&TensorType]) -> Result<TensorType, String> 
 }
 
 pub(crate) fn lower(_p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], _out: &TensorType) -> String {
-    let operands: Vec<(&str, &TensorType)> = a.to_vec();
+    let operands = a;
     let results: Vec<TensorType> = a.iter().map(|(_, t)| (*t).clone()).collect();
-    e.multi_op("stablehlo.optimization_barrier", &operands, "", &results).swap_remove(0)
+    e.multi_op("stablehlo.optimization_barrier", operands, "", &results).swap_remove(0)
 }
 
 pub(crate) fn vjp(_p: &Prim, x: &[Tensor], _y: &Tensor, ct: &Tensor) -> Result<Vec<Option<Tensor>>, ()> {

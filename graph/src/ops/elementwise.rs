@@ -106,13 +106,13 @@ pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &
             };
             let attrs =
                 format!("comparison_direction = #stablehlo<comparison_direction {dir}>, compare_type = #stablehlo<comparison_type {kind}>");
-            let ops: Vec<(&str, &TensorType)> = a.to_vec();
-            return e.op("stablehlo.compare", &ops, &attrs, None, out);
+            let ops = a;
+            return e.op("stablehlo.compare", ops, &attrs, None, out);
         }
         _ => unreachable!("internal: {} is not elementwise", p.name()),
     };
-    let ops: Vec<(&str, &TensorType)> = a.to_vec();
-    e.op(name, &ops, "", None, out)
+    let ops = a;
+    e.op(name, ops, "", None, out)
 }
 
 pub(crate) fn vjp(p: &Prim, x: &[Tensor], y: &Tensor, ct: &Tensor) -> Result<Vec<Option<Tensor>>, ()> {

@@ -39,7 +39,7 @@ pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &
     let (table, ids) = (&a[0].1, &a[1].1);
     let k = ids.rank();
     let window: Vec<usize> = (k..k + table.rank() - 1).collect();
-    let ops: Vec<(&str, &TensorType)> = a.to_vec();
+    let ops = a;
     match p {
         Prim::Gather => {
             let mut sizes = vec![1i64];
@@ -50,7 +50,7 @@ pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &
                 list(&window),
                 crate::lower::i64_array(&sizes)
             );
-            e.op("stablehlo.gather", &ops, &attrs, None, out)
+            e.op("stablehlo.gather", ops, &attrs, None, out)
         }
         _ => {
             let attrs = format!(
@@ -58,7 +58,7 @@ pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &
                  scatter_dims_to_operand_dims = [0], index_vector_dim = {k}>, indices_are_sorted = false, unique_indices = false",
                 list(&window)
             );
-            e.op("stablehlo.scatter", &ops, &attrs, Some((Combiner::Add, table.dtype)), out)
+            e.op("stablehlo.scatter", ops, &attrs, Some((Combiner::Add, table.dtype)), out)
         }
     }
 }

@@ -142,28 +142,28 @@ fn check_indices(idx: &[&TensorType]) -> Result<(), String> {
 
 pub(crate) fn lower(p: &Prim, e: &mut Emitter, a: &[(&str, &TensorType)], out: &TensorType) -> String {
     use Prim::*;
-    let ops: Vec<(&str, &TensorType)> = a.to_vec();
+    let ops = a;
     match p {
         Constant { value, .. } => e.constant(out, value),
         Iota { dim, .. } => e.op("stablehlo.iota", &[], &format!("iota_dimension = {dim} : i64"), None, out),
         BroadcastInDim { broadcast_dims, .. } => {
-            e.op("stablehlo.broadcast_in_dim", &ops, &format!("broadcast_dimensions = {}", dims_array(broadcast_dims)), None, out)
+            e.op("stablehlo.broadcast_in_dim", ops, &format!("broadcast_dimensions = {}", dims_array(broadcast_dims)), None, out)
         }
-        Reshape { .. } => e.op("stablehlo.reshape", &ops, "", None, out),
-        Transpose { perm } => e.op("stablehlo.transpose", &ops, &format!("permutation = {}", dims_array(perm)), None, out),
+        Reshape { .. } => e.op("stablehlo.reshape", ops, "", None, out),
+        Transpose { perm } => e.op("stablehlo.transpose", ops, &format!("permutation = {}", dims_array(perm)), None, out),
         Slice { start, limit, strides } => e.op(
             "stablehlo.slice",
-            &ops,
+            ops,
             &format!("start_indices = {}, limit_indices = {}, strides = {}", i64_array(start), i64_array(limit), i64_array(strides)),
             None,
             out,
         ),
-        DynamicSlice { sizes } => e.op("stablehlo.dynamic_slice", &ops, &format!("slice_sizes = {}", i64_array(sizes)), None, out),
-        DynamicUpdateSlice => e.op("stablehlo.dynamic_update_slice", &ops, "", None, out),
-        Concatenate { dim } => e.op("stablehlo.concatenate", &ops, &format!("dimension = {dim} : i64"), None, out),
+        DynamicSlice { sizes } => e.op("stablehlo.dynamic_slice", ops, &format!("slice_sizes = {}", i64_array(sizes)), None, out),
+        DynamicUpdateSlice => e.op("stablehlo.dynamic_update_slice", ops, "", None, out),
+        Concatenate { dim } => e.op("stablehlo.concatenate", ops, &format!("dimension = {dim} : i64"), None, out),
         Pad { low, high, interior } => e.op(
             "stablehlo.pad",
-            &ops,
+            ops,
             &format!(
                 "edge_padding_low = {}, edge_padding_high = {}, interior_padding = {}",
                 i64_array(low),
