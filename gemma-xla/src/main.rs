@@ -131,6 +131,7 @@ fn devices(args: &PluginArgs) -> Result<()> {
     println!("pjrt_c_api: {}.{} (gemma-xla bindings: 0.{})", info.api_version.0, info.api_version.1, runtime::BINDINGS_MINOR);
     println!("xla_version: {}", attr("xla_version"));
     println!("stablehlo: {} to {} (minimum to current)", attr("stablehlo_minimum_version"), attr("stablehlo_current_version"));
+    println!("host malloc: {}", runtime::host_malloc::describe());
     let devices = client.devices()?;
     println!("devices: {}", devices.len());
     for d in &devices {

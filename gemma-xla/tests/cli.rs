@@ -61,6 +61,30 @@ fn devices_lists_the_plugin_and_eight_devices() {
     assert!(out.contains("  device 7: kind=cpu"), "{out}");
 }
 
+/// The binary re-executes itself with glibc's huge-page tunable (runtime::host_malloc) unless
+/// the caller set GLIBC_TUNABLES, to anything: the arguments survive the re-exec either way.
+#[test]
+fn devices_reports_the_host_malloc_setting() {
+    let run = |tunables: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_gemma-xla"));
+        c.args(["devices", "--devices", "2"]).current_dir(repo()).env_remove("GLIBC_TUNABLES");
+        if let Some(t) = tunables {
+            c.env("GLIBC_TUNABLES", t);
+        }
+        let o = c.output().expect("spawn gemma-xla");
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        assert!(out.contains("devices: 2"), "{out}");
+        out.lines().find(|l| l.starts_with("host malloc: ")).unwrap_or_else(|| panic!("no host malloc line: {out}")).to_string()
+    };
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        assert!(run(None).starts_with("host malloc: GLIBC_TUNABLES=glibc.malloc.hugetlb=1;"), "{}", run(None));
+    }
+    assert!(run(Some("")).starts_with("host malloc: glibc defaults"), "{}", run(Some("")));
+    let own = run(Some("glibc.malloc.arena_max=2"));
+    assert!(own.starts_with("host malloc: GLIBC_TUNABLES=glibc.malloc.arena_max=2;"), "{own}");
+}
+
 #[test]
 fn run_the_shipped_spmd_example_over_eight_devices() {
     let dir = scratch("example");

@@ -157,8 +157,14 @@ fn grad_outputs(f: &Function, wrt: &[usize], grads: &[Tensor]) -> Vec<Output> {
 /// the result returns all of `f`'s outputs (the loss first, then any auxiliary outputs),
 /// followed by one gradient per `wrt` parameter, named `grad.<param>`.
 pub fn value_and_grad(f: &Function, wrt: &[usize]) -> Result<Function, Error> {
+    value_and_grad_of(f, &f.outputs, wrt)
+}
+
+/// `value_and_grad` with `outputs` standing for `f.outputs` (a reordering of them), so that
+/// callers need not copy the whole function to put the loss first.
+fn value_and_grad_of(f: &Function, outputs: &[Output], wrt: &[usize]) -> Result<Function, Error> {
     check_wrt(f, wrt)?;
-    let loss = f.outputs.first().ok_or_else(|| Error::Invalid(format!("{} has no outputs", f.name)))?;
+    let loss = outputs.first().ok_or_else(|| Error::Invalid(format!("{} has no outputs", f.name)))?;
     let lt = &f.nodes[loss.id].ty;
     if lt.rank() != 0 || !lt.dtype.is_float() {
         return Err(Error::Invalid(format!(
@@ -170,7 +176,7 @@ pub fn value_and_grad(f: &Function, wrt: &[usize]) -> Result<Function, Error> {
     state.borrow_mut().loc_override = Some(f.nodes[loss.id].loc);
     let seed = x[loss.id].scalar_like(1.0);
     let grads = backward(f, &x, vec![(loss.id, seed)], wrt)?;
-    let mut outputs = f.outputs.clone();
+    let mut outputs = outputs.to_vec();
     outputs.extend(grad_outputs(f, wrt, &grads));
     drop((x, grads));
     finish(f, state, f.params.clone(), outputs, format!("{}_value_and_grad", f.name))
@@ -187,10 +193,10 @@ pub fn value_and_grad_tree(f: &Function, loss: &str, wrt: &str) -> Result<Functi
     if params.is_empty() {
         return Err(Error::Invalid(format!("{}: no parameters at or under {wrt:?}", f.name)));
     }
-    let mut reordered = f.clone();
-    let l = reordered.outputs.remove(at);
-    reordered.outputs.insert(0, l);
-    value_and_grad(&reordered, &params)
+    let mut outputs = f.outputs.clone();
+    let l = outputs.remove(at);
+    outputs.insert(0, l);
+    value_and_grad_of(f, &outputs, &params)
 }
 
 /// Like `value_and_grad`, returning only the gradients.

@@ -239,9 +239,13 @@ impl Function {
         let mut names: Vec<String> = vec![String::new(); self.nodes.len()];
         let mesh = self.mesh.clone().filter(|m| m.num_devices() > 1);
         self.check_constraints(mesh.as_ref(), &live)?;
-        // About 180 bytes per node in large programs; one allocation up front spares the
-        // copies and fresh pages of growing megabytes by doubling.
-        let mut e = Emitter { body: String::with_capacity(200 * self.nodes.len() + 1024), next: 0, loc: String::new(), mesh };
+        // The whole module goes into one buffer: the header (which depends only on the
+        // parameters and outputs), then the body op by op, then the return. About 180 bytes
+        // per node in large programs; allocating it once spares copying megabytes.
+        let header = self.module_header()?;
+        let mut e =
+            Emitter { body: String::with_capacity(header.len() + 200 * self.nodes.len() + 1024), next: 0, loc: String::new(), mesh };
+        e.body.push_str(&header);
         // Quoted file names, one per file seen (a handful; nodes alternate between them).
         let mut files: Vec<(&str, String)> = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
@@ -274,6 +278,24 @@ impl Function {
             let name = node.prim.lower(&mut e, &args, &node.ty);
             names[i] = name;
         }
+        let mut out = e.body;
+        out.push_str("    \"func.return\"(");
+        for (k, o) in self.outputs.iter().enumerate() {
+            out.push_str(if k == 0 { "" } else { ", " });
+            out.push_str(&names[o.id]);
+        }
+        out.push_str(") : (");
+        for (k, o) in self.outputs.iter().enumerate() {
+            out.push_str(if k == 0 { "" } else { ", " });
+            self.nodes[o.id].ty.write_mlir(&mut out);
+        }
+        out.push_str(") -> ()\n  }\n}\n");
+        Ok(out)
+    }
+
+    /// The module's opening lines up to and including `func.func ... {`: the partition count,
+    /// the mesh, and every parameter and result with its name, sharding and donation.
+    fn module_header(&self) -> Result<String, Error> {
         let partitions = self.mesh.as_ref().map_or(1, |m| m.num_devices());
         let mut out = format!(
             "module @{} attributes {{mhlo.num_partitions = {partitions} : i32, mhlo.num_replicas = 1 : i32}} {{\n",
@@ -314,11 +336,6 @@ impl Function {
             results.push(format!("{} {{{}}}", ty.mlir(), attrs.join(", ")));
         }
         out += &format!("  func.func public @main({}) -> ({}) {{\n", params.join(", "), results.join(", "));
-        out.reserve(e.body.len() + 256);
-        out.push_str(&e.body);
-        let ret: Vec<&str> = self.outputs.iter().map(|o| names[o.id].as_str()).collect();
-        let ret_types: Vec<String> = self.outputs.iter().map(|o| self.nodes[o.id].ty.mlir()).collect();
-        out += &format!("    \"func.return\"({}) : ({}) -> ()\n  }}\n}}\n", ret.join(", "), ret_types.join(", "));
         Ok(out)
     }
 }

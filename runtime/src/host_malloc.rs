@@ -35,3 +35,18 @@ pub fn reexec_with_huge_pages() {
         let _ = std::process::Command::new(&exe).arg0(arg0).args(args).env("GLIBC_TUNABLES", TUNABLES).exec();
     }
 }
+
+/// One line on the host allocator for `gemma-xla devices`: the `GLIBC_TUNABLES` this process
+/// runs with, and the kernel's transparent huge page mode (which the tunable needs).
+pub fn describe() -> String {
+    let tunables = match std::env::var("GLIBC_TUNABLES") {
+        Ok(t) if !t.is_empty() => format!("GLIBC_TUNABLES={t}"),
+        _ => "glibc defaults (GLIBC_TUNABLES unset or empty)".to_string(),
+    };
+    // The file reads e.g. `always [madvise] never`: the bracketed word is the mode.
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .ok()
+        .and_then(|s| Some(s.split_once('[')?.1.split_once(']')?.0.to_string()))
+        .unwrap_or_else(|| "unknown".to_string());
+    format!("{tunables}; transparent huge pages: {thp}")
+}
