@@ -105,7 +105,22 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     let mut compiled: Option<(AotExecutable, f64)> = None;
     let mut compile_with = |program: &Program, options: &CompileOptions| -> Result<()> {
         let t = Instant::now();
-        let exe = topo.compile(program, options).with_context(|| format!("compiling {} for {}", a.what, topo.name()))?;
+        let exe = match topo.compile(program, options) {
+            Ok(exe) => exe,
+            Err(e) => {
+                // XLA's TPU compiler refuses outright a program whose temporaries cannot fit:
+                // say so as for a program that compiles but does not fit, with plan's advice.
+                if let Some((needed, available)) = hbm_oom(&e.to_string()) {
+                    bail!(
+                        "{} does not fit a v5e chip: XLA's TPU compiler stopped (out of HBM): its temporaries alone need \
+                         {needed} per chip, more than the {available} it can use{}",
+                        a.what,
+                        fit_advice(a, &setup, chips)?
+                    );
+                }
+                return Err(anyhow::Error::new(e).context(format!("compiling {} for {}", a.what, topo.name())));
+            }
+        };
         compiled = Some((exe, t.elapsed().as_secs_f64()));
         Ok(())
     };
@@ -231,17 +246,35 @@ fn group_collectives(lines: &[String]) -> Vec<(usize, String, String)> {
     groups
 }
 
+/// The two figures of XLA's TPU out-of-memory refusal ("... the total memory required for HLO
+/// temporaries (17.16G) exceeds available HBM (15.75G) ..."), when `text` is one.
+fn hbm_oom(text: &str) -> Option<(String, String)> {
+    if !text.contains("CompileTimeHbmOom") && !text.contains("Ran out of memory on HBM") {
+        return None;
+    }
+    let needed = text.split_once("required for ")?.1.split_once('(')?.1.split_once(')')?.0;
+    let available = text.split_once("available HBM (")?.1.split_once(')')?.0;
+    Some((needed.to_string(), available.to_string()))
+}
+
 /// Why a program needs more than a chip's HBM, and the meshes to try.
 fn does_not_fit(a: &CompileArgs, setup: &Setup, chips: usize, used: u64) -> Result<String> {
-    let c = if a.dtype == "bf16" { 2 } else { 4 };
-    let (cfg, batch, seq) = (&setup.cfg, a.batch as i64, a.seq as i64);
-    let mut s = format!(
-        "{} does not fit a v5e chip: it needs {} per chip, {} more than its {} HBM",
+    Ok(format!(
+        "{} does not fit a v5e chip: it needs {} per chip, {} more than its {} HBM{}",
         a.what,
         plan::human_bytes(used),
         plan::human_bytes(used - V5E_HBM),
-        plan::human_bytes(V5E_HBM)
-    );
+        plan::human_bytes(V5E_HBM),
+        fit_advice(a, setup, chips)?
+    ))
+}
+
+/// `. gemma-xla plan's estimate per chip: ...; X dominate (...). Meshes plan estimates to fit
+/// at this batch: ...` (or why none does), for a program that does not fit.
+fn fit_advice(a: &CompileArgs, setup: &Setup, chips: usize) -> Result<String> {
+    let c = if a.dtype == "bf16" { 2 } else { 4 };
+    let (cfg, batch, seq) = (&setup.cfg, a.batch as i64, a.seq as i64);
+    let mut s = String::new();
     let step = |fsdp| plan::Step { fsdp, batch, seq, c, remat: &a.remat };
     let est = plan::estimate(cfg, &setup.mesh, &step(setup.fsdp))?;
     let parts = [
@@ -318,5 +351,22 @@ fn flops_text(f: f64) -> String {
     match units.iter().find(|(u, _)| f >= *u) {
         Some((u, name)) => format!("{:.3} {name}", f / u),
         None => format!("{f:.0} FLOP"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hbm_oom;
+
+    #[test]
+    fn reads_xla_tpu_out_of_memory_refusals() {
+        // As libtpu 0.0.52 words it (7B, v5e:2x4, data=2,model=4 --fsdp --remat full, batch 8 x 2048).
+        let text = "compiling train-step for v5e:2x4: PJRT_Compile failed with RESOURCE_EXHAUSTED (8): E1000: CompileTimeHbmOom: \
+                    Ran out of memory on HBM, the total memory required for HLO temporaries (17.16G) exceeds available HBM \
+                    (15.75G). HLO module: train_step.";
+        assert_eq!(hbm_oom(text), Some(("17.16G".to_string(), "15.75G".to_string())));
+        assert_eq!(hbm_oom("PJRT_Compile failed with INVALID_ARGUMENT (3): bad mesh"), None);
+        // Recognised but not in the expected words: no figures, the error stays XLA's own.
+        assert_eq!(hbm_oom("CompileTimeHbmOom: something else"), None);
     }
 }

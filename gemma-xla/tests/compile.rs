@@ -154,3 +154,40 @@ fn unknown_topologies_and_wrong_mesh_sizes_are_clear_errors() {
     assert!(err.contains("the mesh data=2,model=4 has 8 devices but the topology v5e:2x2 has 4"), "{err}");
     assert!(err.contains("meshes of 4 devices that work"), "{err}");
 }
+
+/// A step whose temporaries cannot fit is refused by XLA's TPU compiler itself (not compiled
+/// and then measured); the error still says by how much, what dominates and what to try.
+#[test]
+fn a_step_the_tpu_compiler_refuses_for_memory_is_a_clear_error() {
+    let dir = scratch("oom");
+    let cfg = dir.join("config.json");
+    // One narrow layer under a 256000-word vocabulary: batch 64 x 2048 makes the logits and
+    // their gradient far larger than a chip's HBM.
+    std::fs::write(
+        &cfg,
+        r#"{"model_type": "gemma", "vocab_size": 256000, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 128, "rms_norm_eps": 1e-6, "rope_theta": 10000.0}"#,
+    )
+    .unwrap();
+    let Some(err) = fails(&[
+        "--topology",
+        "v5e:2x2",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--mesh",
+        "data=4",
+        "--batch",
+        "64",
+        "--seq",
+        "2048",
+        "--dtype",
+        "bf16",
+    ]) else {
+        return;
+    };
+    assert!(err.contains("train-step does not fit a v5e chip: XLA's TPU compiler stopped (out of HBM)"), "{err}");
+    assert!(err.contains("G per chip, more than the ") && err.contains("G it can use"), "{err}");
+    assert!(err.contains("activations dominate"), "{err}");
+    assert!(err.contains("Use a larger slice or a smaller batch"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
