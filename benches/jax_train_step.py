@@ -5,6 +5,8 @@ adamw) in one jax.jit with the state donated, the loss fetched every step.
 python benches/jax_train_step.py step CONFIG.json BATCH SEQ MESH STEPS [SPECS.json|-] [f32|bf16]
 python benches/jax_train_step.py matmul N REPS
 python benches/jax_train_step.py trace 2b|7b REPS        (trace + lower of the train step)
+python benches/jax_train_step.py startup CONFIG.json BATCH SEQ CACHE_DIR
+                                   (trace + lower + compile, JAX's persistent compilation cache)
 
 MESH is e.g. data=1 or data=2,model=2 (run with
 XLA_FLAGS=--xla_force_host_platform_device_count=4 for 4 CPU devices); SPECS.json is what
@@ -183,6 +185,26 @@ def trace_cmd(preset, reps, batch=8, seq=2048):
                       "times_ms": [round(t * 1e3, 1) for t in times], "bytes": len(text)}))
 
 
+def startup_cmd(cfg_path, batch, seq, cache_dir):
+    """Trace + lower + compile of the one-device f32 train step, with JAX's persistent
+    compilation cache in CACHE_DIR (cold when it is empty, warm when an earlier run filled it)."""
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    cfg = json.load(open(cfg_path))
+    rng = np.random.default_rng(0)
+    params = {name: jnp.asarray(np.zeros(shape, np.float32) if len(shape) == 1 else rng.standard_normal(shape, np.float32) * 0.02)
+              for name, shape in param_shapes(cfg).items()}
+    tokens = jnp.zeros((batch, seq), jnp.int32)
+    opt, step = make_step(cfg)
+    opt_state = opt.init(params)
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, tokens).compile()
+    dt = time.perf_counter() - t0
+    assert compiled is not None
+    print(json.dumps({"side": f"jax {jax.__version__}", "startup_ms": round(dt * 1e3, 1)}))
+
+
 if __name__ == "__main__":
     cmd, a = sys.argv[1], sys.argv[2:]
     if cmd == "step":
@@ -191,5 +213,7 @@ if __name__ == "__main__":
         matmul_cmd(int(a[0]), int(a[1]))
     elif cmd == "trace":
         trace_cmd(a[0], int(a[1]))
+    elif cmd == "startup":
+        startup_cmd(a[0], int(a[1]), int(a[2]), a[3])
     else:
         sys.exit(f"unknown command {cmd}")

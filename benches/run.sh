@@ -11,7 +11,8 @@
 #   fresh processes), so both sides see the same machine load; medians over rounds.
 # - Comparisons: the machine's f32 matmul peak through our runtime; the train step on the perf
 #   config on one device and on 4 CPU devices (data=2,model=2); the tiny config's step (host
-#   overhead); trace + lower of the 2B- and 7B-shaped train steps.
+#   overhead); start-up (trace + lower + compile of the perf step) cold and warm from each
+#   side's persistent compilation cache; trace + lower of the 2B- and 7B-shaped train steps.
 # - Allocator: our binaries run with glibc's huge-page tunable (runtime::host_malloc); the perf
 #   step is also run with it off for us (`GLIBC_TUNABLES=`) and on for JAX, so the table shows
 #   what the setting is worth to each side.
@@ -87,6 +88,11 @@ for r in $(seq "$rounds"); do
   if [ -n "$tpy" ]; then run perf1 torch "$tpy" benches/torch_train_step.py step "$dir/perf.json" 4 128 "$perf_steps"; fi
   run perf4 ours "$ours" step "$dir/perf.json" 4 128 data=2,model=2 "$perf_steps"
   run perf4 jax env "$four" "$py" benches/jax_train_step.py step "$dir/perf.json" 4 128 data=2,model=2 "$perf_steps" "$dir/specs4.json"
+  rm -rf "$dir/cache-ours" "$dir/cache-jax"
+  run startup-cold ours "$ours" startup "$dir/perf.json" 4 128 "$dir/cache-ours"
+  run startup-cold jax "$py" benches/jax_train_step.py startup "$dir/perf.json" 4 128 "$dir/cache-jax"
+  run startup-warm ours "$ours" startup "$dir/perf.json" 4 128 "$dir/cache-ours"
+  run startup-warm jax "$py" benches/jax_train_step.py startup "$dir/perf.json" 4 128 "$dir/cache-jax"
   run tiny ours "$ours" step "$dir/tiny.json" 8 64 data=1 "$tiny_steps"
   run tiny jax "$py" benches/jax_train_step.py step "$dir/tiny.json" 8 64 data=1 "$tiny_steps"
   for preset in 2b 7b; do

@@ -128,7 +128,15 @@ impl Client {
             let exe = self.inner.compile(&program.bytes, program.pjrt_format(), &encoded)?;
             return Executable::new(exe, program, options.mesh.as_ref());
         };
-        let key = CompileCache::key(&self.info, &self.platform_version()?, have, program.pjrt_format(), &program.bytes, &encoded);
+        let key = CompileCache::key(
+            &self.info,
+            &self.platform_version()?,
+            have,
+            program.pjrt_format(),
+            &program.bytes,
+            &encoded,
+            &CompileCache::compiler_env(),
+        );
         if let Some(bytes) = cache.load(&key) {
             match self.inner.deserialize_and_load(&bytes) {
                 Ok(exe) => {

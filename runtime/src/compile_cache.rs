@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8] = b"gemma-xla exe 1\n";
 /// Bump when anything about the key or the entry format changes.
-const KEY_VERSION: &str = "gemma-xla compile cache v1";
+const KEY_VERSION: &str = "gemma-xla compile cache v2";
 /// Entries larger than this are not read (no compiled program of ours comes close).
 const MAX_ENTRY: u64 = 8 << 30;
 
@@ -83,7 +83,22 @@ impl CompileCache {
     }
 
     /// The key of compiling `code` (in `format`) with `options` for this plugin and device count.
-    pub fn key(plugin: &PluginInfo, platform_version: &str, devices: usize, format: &str, code: &[u8], options: &[u8]) -> CacheKey {
+    /// The environment the compiler reads flags from (`XLA_FLAGS`; libtpu also reads
+    /// `LIBTPU_INIT_ARGS`): part of the key, since the same program and options compile
+    /// differently under other flags.
+    pub fn compiler_env() -> String {
+        ["XLA_FLAGS", "LIBTPU_INIT_ARGS"].iter().map(|v| format!("{v}={}\n", std::env::var(v).unwrap_or_default())).collect()
+    }
+
+    pub fn key(
+        plugin: &PluginInfo,
+        platform_version: &str,
+        devices: usize,
+        format: &str,
+        code: &[u8],
+        options: &[u8],
+        compiler_env: &str,
+    ) -> CacheKey {
         let mut h = Sha256::new();
         let mut field = |name: &str, bytes: &[u8]| {
             h.update(name.as_bytes());
@@ -105,6 +120,7 @@ impl CompileCache {
         field("format", format.as_bytes());
         field("code", code);
         field("options", options);
+        field("compiler env", compiler_env.as_bytes());
         CacheKey(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
@@ -183,6 +199,18 @@ mod tests {
 
     fn key(s: &str) -> CacheKey {
         CacheKey(format!("{:0>64}", s))
+    }
+
+    #[test]
+    fn the_key_covers_the_compilers_flags() {
+        let plugin = PluginInfo { path: "/nonexistent/plugin.so".into(), api_version: (0, 115), attributes: vec![] };
+        let k = |env: &str, options: &[u8]| CompileCache::key(&plugin, "cpu 1", 4, "mlir", b"module {}", options, env);
+        let base = k("XLA_FLAGS=\nLIBTPU_INIT_ARGS=\n", b"o");
+        assert_eq!(base, k("XLA_FLAGS=\nLIBTPU_INIT_ARGS=\n", b"o"));
+        assert_ne!(base, k("XLA_FLAGS=--xla_cpu_enable_fast_math=true\nLIBTPU_INIT_ARGS=\n", b"o"));
+        assert_ne!(base, k("XLA_FLAGS=\nLIBTPU_INIT_ARGS=--xla_tpu_enable_latency_hiding_scheduler=false\n", b"o"));
+        assert_ne!(base, k("XLA_FLAGS=\nLIBTPU_INIT_ARGS=\n", b"p"));
+        assert!(CompileCache::compiler_env().starts_with("XLA_FLAGS="));
     }
 
     #[test]

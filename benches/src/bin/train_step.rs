@@ -7,6 +7,9 @@
 //!                                               one JSON line: median step time (wall, with the
 //!                                               loss fetched every step), host time between steps
 //! train_step matmul N REPS                      one JSON line: an N x N x N f32 matmul through jit
+//! train_step startup CONFIG BATCH SEQ CACHE_DIR  one JSON line: trace + lower + compile of the
+//!                                               one-device f32 step, with the persistent
+//!                                               compilation cache in CACHE_DIR (cold or warm)
 //! train_step specs CONFIG MESH                  the rules' PartitionSpec of every parameter (JSON)
 //! train_step trace PRESET REPS                   trace + lower the whole bf16-compute train step
 //!                                               (batch 8 x 2048), shapes only: one JSON line
@@ -67,10 +70,16 @@ fn sharding(cfg: &Config, mesh: &Mesh, path: &str, rank: usize) -> NamedSharding
     NamedSharding { mesh: mesh.clone(), spec: spec_of(cfg, mesh, path).unwrap_or_else(|| PartitionSpec::replicated(rank)) }
 }
 
-fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute: DType) -> Result<()> {
+/// `cache`: measure start-up instead: the first call only (trace + lower + compile, or the
+/// executable loaded from a persistent compilation cache in that directory).
+fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute: DType, cache: Option<&Path>) -> Result<()> {
     let cfg = config(cfg_name)?;
     let mesh = Mesh::parse(mesh)?;
-    let client = client(mesh.num_devices() as usize)?;
+    let mut client = client(mesh.num_devices() as usize)?;
+    if let Some(dir) = cache {
+        client.set_compile_cache(Some(runtime::CompileCache::new(dir)));
+    }
+    let steps = if cache.is_some() { 0 } else { steps };
     let hp = Hyper { steps: 1000, compute, ..Hyper::default() };
     let layout = gemma::rules::Layout { mesh: mesh.clone(), fsdp: false };
     let layout = (mesh.num_devices() > 1).then_some(layout);
@@ -128,6 +137,17 @@ fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute:
     }
     if !loss.is_finite() {
         bail!("the loss is {loss}");
+    }
+    if let Some(cache) = client.compile_cache() {
+        let c = cache.stats();
+        println!(
+            "{{\"side\": \"gemma-xla\", \"startup_ms\": {:.1}, \"cache_hits\": {}, \"cache_misses\": {}, \"cache_stores\": {}}}",
+            jit.stats().compile_time.as_secs_f64() * 1e3,
+            c.hits,
+            c.misses,
+            c.stores
+        );
+        return Ok(());
     }
     let cpu = (cpu_seconds() - cpu0) / wall.len() as f64;
     let host: Vec<f64> = wall.iter().zip(&exec).map(|(w, e)| w - e).collect();
@@ -237,11 +257,12 @@ fn main() -> Result<()> {
                 Some("bf16") => DType::Bf16,
                 Some(other) => bail!("compute dtype {other:?}: f32 or bf16"),
             };
-            step(arg(1)?, num(2)?, num(3)?, arg(4)?, num(5)? as usize, compute)
+            step(arg(1)?, num(2)?, num(3)?, arg(4)?, num(5)? as usize, compute, None)
         }
+        "startup" => step(arg(1)?, num(2)?, num(3)?, "data=1", 0, DType::F32, Some(Path::new(arg(4)?))),
         "matmul" => matmul(num(1)?, num(2)? as usize),
         "specs" => specs(arg(1)?, arg(2)?),
         "trace" => trace(arg(1)?, num(2)? as usize),
-        other => bail!("unknown command {other:?}: step, matmul, specs or trace"),
+        other => bail!("unknown command {other:?}: step, startup, matmul, specs or trace"),
     }
 }
