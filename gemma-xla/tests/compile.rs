@@ -19,6 +19,18 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// Writes `dir/config.json` for a Gemma of these sizes: vocab, d_model, MLP, layers, heads,
+/// kv heads, head_dim.
+fn write_config(dir: &Path, [vocab, d, mlp, layers, heads, kv, head_dim]: [u64; 7]) -> PathBuf {
+    let cfg = dir.join("config.json");
+    let text = format!(
+        r#"{{"model_type": "gemma", "vocab_size": {vocab}, "hidden_size": {d}, "intermediate_size": {mlp}, "num_hidden_layers": {layers},
+            "num_attention_heads": {heads}, "num_key_value_heads": {kv}, "head_dim": {head_dim}, "rms_norm_eps": 1e-6, "rope_theta": 10000.0}}"#
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 /// The command's stdout, or None (with a loud note) when libtpu is unavailable here.
 fn compile(args: &[&str]) -> Option<String> {
     let mut all = vec!["compile"];
@@ -122,13 +134,7 @@ fn the_tiny_sharded_train_step_compiles_for_v5e_2x2() {
 #[test]
 fn a_wider_model_is_within_20_percent_of_6nt_plus_attention() {
     let dir = scratch("wide");
-    let cfg = dir.join("config.json");
-    std::fs::write(
-        &cfg,
-        r#"{"model_type": "gemma", "vocab_size": 1024, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 128, "rms_norm_eps": 1e-6, "rope_theta": 10000.0}"#,
-    )
-    .unwrap();
+    let cfg = write_config(&dir, [1024, 512, 2048, 2, 4, 1, 128]);
     let Some(out) =
         compile(&["--topology", "v5e:2x2", "--config", cfg.to_str().unwrap(), "--mesh", "data=2,model=2", "--batch", "8", "--seq", "256"])
     else {
@@ -160,15 +166,9 @@ fn unknown_topologies_and_wrong_mesh_sizes_are_clear_errors() {
 #[test]
 fn a_step_the_tpu_compiler_refuses_for_memory_is_a_clear_error() {
     let dir = scratch("oom");
-    let cfg = dir.join("config.json");
     // One narrow layer under a 256000-word vocabulary: batch 64 x 2048 makes the logits and
     // their gradient far larger than a chip's HBM.
-    std::fs::write(
-        &cfg,
-        r#"{"model_type": "gemma", "vocab_size": 256000, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 128, "rms_norm_eps": 1e-6, "rope_theta": 10000.0}"#,
-    )
-    .unwrap();
+    let cfg = write_config(&dir, [256000, 256, 512, 1, 2, 1, 128]);
     let Some(err) = fails(&[
         "--topology",
         "v5e:2x2",

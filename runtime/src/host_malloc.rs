@@ -2,10 +2,10 @@
 //!
 //! XLA's CPU runtime takes its scratch buffers from the process's `malloc`. With glibc's
 //! defaults every step of a train step touches freshly mapped 4 KiB pages again: about 46 k
-//! minor page faults per step of the perf config (BENCHMARKS.md), a tenth of the step in
-//! kernel time. glibc's `glibc.malloc.hugetlb=1` tunable makes `malloc` ask for transparent
-//! huge pages (`madvise(MADV_HUGEPAGE)`) on the memory it maps, which removes about 90% of
-//! those faults and makes the step about 10% faster here, at the same peak RSS.
+//! minor page faults per step of the perf config (BENCHMARKS.md). glibc's
+//! `glibc.malloc.hugetlb=1` tunable makes `malloc` ask for transparent huge pages
+//! (`madvise(MADV_HUGEPAGE)`) on the memory it maps, which brings that to about 1 k faults per
+//! step and makes the step about 9% faster here, at the same peak RSS.
 //!
 //! Tunables are read by the dynamic loader before `main`, so the only way for a program to
 //! set them for itself is to execute itself again with the variable set. [`reexec_with_huge_pages`]
