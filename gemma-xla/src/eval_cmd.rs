@@ -1,13 +1,9 @@
-//! `gemma-xla eval`: scores an HF Gemma checkpoint on a task file (see `gemma_xla::eval`) as
+//! `gemma-xla eval`: scores an HF Gemma checkpoint on a task file (the `eval` crate) as
 //! lm-evaluation-harness does, with the weights and the key/value cache on the devices.
-use crate::forward::{map_file, param_views};
-use crate::PluginArgs;
-use anyhow::{bail, Context, Result};
-use gemma::{Checkpoint, Config};
-use gemma_xla::eval::{self, Kind};
-use gemma_xla::generate::{Generator, Placement};
-use gemma_xla::text::{ModelText, TextTokenizer};
-use graph::DType;
+use crate::args::{model_config, Dtype, DtypeArg, MeshArgs, PluginArgs};
+use anyhow::{Context, Result};
+use decode::text::{ModelText, TextTokenizer};
+use decode::{Generator, Placement};
 use runtime::Mesh;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,17 +20,17 @@ pub struct EvalArgs {
     #[arg(long, value_name = "SCORES.jsonl")]
     out: Option<PathBuf>,
     /// Rows scored together (choices of several items); results do not depend on it
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    batch: u64,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    batch: u32,
     /// tokenizer.json to use instead of the model directory's
     #[arg(long, value_name = "tokenizer.json")]
     tokenizer: Option<PathBuf>,
-    /// Device mesh, e.g. model=2 or data=2 (the batch goes over data) [default: one device]
-    #[arg(long)]
-    mesh: Option<String>,
-    /// Compute dtype: f32, or bf16 (log-softmax in f32)
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    dtype: String,
+    // --mesh default: one device (e.g. model=2, or data=2 to split the rows).
+    #[command(flatten)]
+    mesh: MeshArgs,
+    // --dtype default: f32 (with bf16, log-softmax stays f32).
+    #[command(flatten)]
+    dtype: DtypeArg,
     #[command(flatten)]
     plugin: PluginArgs,
 }
@@ -46,61 +42,42 @@ fn summary_path(out: &Path) -> PathBuf {
 }
 
 pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
-    let config_path = a.model.join("config.json");
-    if !config_path.is_file() {
-        bail!("{}: no config.json in the model directory", a.model.display());
-    }
-    let cfg = Config::from_json_file(&config_path)?;
+    let (config_path, cfg) = model_config(&a.model, "")?;
     let info = ModelText::load(&a.model)?;
     let tok = TextTokenizer::load(&a.model, a.tokenizer.as_deref())?;
     let text = std::fs::read_to_string(&a.tasks).with_context(|| format!("cannot read {}", a.tasks.display()))?;
     let items = eval::parse(&a.tasks.display().to_string(), &text, tok.as_ref(), cfg.vocab_size, info.context)?;
-    let ck = Checkpoint::open_with(&a.model, &map_file)?;
+    let ck = data::checkpoint::open(&a.model)?;
     ck.validate(&cfg)?;
     if let Some(out) = &a.out {
         let mut inputs: Vec<&Path> = ck.files();
         inputs.extend([config_path.as_path(), a.tasks.as_path()]);
         inputs.extend(a.tokenizer.as_deref());
-        gemma_xla::files::refuse_input_as_output(out, &inputs)?;
-        gemma_xla::files::refuse_input_as_output(&summary_path(out), &inputs)?;
-        gemma_xla::files::require_parent_dir(out)?;
+        data::files::refuse_input_as_output(out, &inputs)?;
+        data::files::refuse_input_as_output(&summary_path(out), &inputs)?;
+        data::files::require_parent_dir(out)?;
     }
-    let mesh = match &a.mesh {
+    let mesh = match &a.mesh.mesh {
         Some(m) => Mesh::parse(m)?,
         None => Mesh::single(),
     };
     gemma::rules::check_mesh(&mesh)?;
-    let dtype = if a.dtype == "bf16" { DType::Bf16 } else { DType::F32 };
+    let dtype = a.dtype.or(Dtype::F32).dtype();
     ck.check_unchanged()?;
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
-    let params = param_views(&ck, &cfg)?;
-    let mut g = Generator::new(
-        &client,
-        &cfg,
-        &params,
-        Placement { dtype, mesh, fsdp: false },
-        a.batch as usize,
-        eval::cache_len(&items, info.context),
-    )?;
+    let params = data::checkpoint::param_views(&ck, &cfg)?;
+    let placement = Placement { dtype, mesh, fsdp: a.mesh.fsdp };
+    let mut g = Generator::new(&client, &cfg, &params, placement, a.batch as usize, eval::cache_len(&items, info.context))?;
     drop(params);
 
-    let choice: Vec<usize> = (0..items.len()).filter(|&i| matches!(items[i].kind, Kind::Choice { .. })).collect();
-    let gen: Vec<usize> = (0..items.len()).filter(|&i| matches!(items[i].kind, Kind::Generate { .. })).collect();
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let rows: usize =
-            choice.iter().map(|&i| if let Kind::Choice { continuations, .. } = &items[i].kind { continuations.len() } else { 0 }).sum();
-        indicatif::ProgressBar::new((rows + gen.len()) as u64)
+        indicatif::ProgressBar::new(eval::sequences(&items) as u64)
     } else {
         indicatif::ProgressBar::hidden()
     };
     let began = Instant::now();
-    let mut outcomes = eval::score_choices(&mut g, &items, &choice, |n| bar.inc(n as u64))?;
-    if !gen.is_empty() {
-        let tok = tok.as_ref().context("generation items need a tokenizer")?;
-        outcomes.extend(eval::run_generation(&mut g, tok, &items, &gen, &info.eos, |n| bar.inc(n as u64))?);
-    }
+    let outcomes = eval::evaluate(&mut g, &items, tok.as_ref(), &info.eos, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    outcomes.sort_by_key(|(i, _)| *i);
     let wall = began.elapsed().as_secs_f64();
 
     let summary = eval::summarize(&items, &outcomes);
@@ -129,7 +106,7 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
             lines.push_str(&eval::outcome_json(*i, &items[*i], o).to_string());
             lines.push('\n');
         }
-        gemma_xla::files::write_atomic(out, lines.as_bytes())?;
+        data::files::write_atomic(out, lines.as_bytes())?;
         let json = serde_json::json!({
             "model": a.model.display().to_string(),
             "tasks_file": a.tasks.display().to_string(),
@@ -137,7 +114,7 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
             "tokens_per_s": tokens as f64 / run.max(1e-9),
         });
         let path = summary_path(out);
-        gemma_xla::files::write_atomic(&path, (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
+        data::files::write_atomic(&path, (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
         eprintln!("wrote {} and {}", out.display(), path.display());
     }
     Ok(())

@@ -1,14 +1,11 @@
 //! `gemma-xla generate`: text or token continuations of an HF Gemma checkpoint, with a key/
-//! value cache kept on the devices (see `gemma_xla::generate`), or an interactive chat.
-use crate::forward::{map_file, param_views};
-use crate::PluginArgs;
+//! value cache kept on the devices (`decode::Generator`), or an interactive chat
+//! (`decode::ChatSession`).
+use crate::args::{model_config, Dtype, DtypeArg, MeshArgs, PluginArgs};
 use anyhow::{bail, Context, Result};
-use gemma::{Checkpoint, Config};
-use gemma_xla::chat::Message;
-use gemma_xla::generate::{bucket, generate, Generator, Placement, Sampler};
-use gemma_xla::npy;
-use gemma_xla::text::{ModelText, Stream, TextTokenizer};
-use graph::DType;
+use data::npy;
+use decode::text::{ModelText, Stream, TextTokenizer};
+use decode::{bucket, generate, ChatSession, Generator, Placement, Sampler};
 use runtime::{HostArray, Mesh};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -52,22 +49,19 @@ pub struct GenerateArgs {
     /// tokenizer.json to use instead of the model directory's
     #[arg(long, value_name = "tokenizer.json")]
     tokenizer: Option<PathBuf>,
-    /// Device mesh, e.g. model=2 or data=2 (the batch goes over data) [default: one device]
-    #[arg(long)]
-    mesh: Option<String>,
-    /// Also split the weights over `data`
-    #[arg(long)]
-    fsdp: bool,
-    /// Compute dtype: f32, or bf16 (softmax in f32)
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    dtype: String,
+    // --mesh default: one device (e.g. model=2, or data=2 to split the rows).
+    #[command(flatten)]
+    mesh: MeshArgs,
+    // --dtype default: f32 (with bf16, softmax stays f32).
+    #[command(flatten)]
+    dtype: DtypeArg,
     #[command(flatten)]
     plugin: PluginArgs,
 }
 
 /// Prompt ids from a .npy: int32/int64 [batch, len], len >= 1, every id in the vocabulary.
 fn read_prompts(path: &Path, vocab: i64) -> Result<Vec<Vec<i32>>> {
-    let t = crate::forward::read_token_ids(path, vocab, 1)?;
+    let t = npy::read_token_ids(path, vocab, 1)?;
     let width = t.dims()[1] as usize;
     Ok(t.to_vec::<i32>()?.chunks(width).map(<[i32]>::to_vec).collect())
 }
@@ -87,11 +81,7 @@ fn check_context(prompt: usize, new: usize, context: usize, what: &str) -> Resul
 }
 
 pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
-    let config_path = a.model.join("config.json");
-    if !config_path.is_file() {
-        bail!("{}: no config.json in the model directory", a.model.display());
-    }
-    let cfg = Config::from_json_file(&config_path)?;
+    let (config_path, cfg) = model_config(&a.model, "")?;
     let info = ModelText::load(&a.model)?;
     let text = TextTokenizer::load(&a.model, a.tokenizer.as_deref())?;
     if text.is_none() && (a.prompt.is_some() || a.chat) {
@@ -112,19 +102,19 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         }
     }
     let mut sampler = Sampler::new(a.temperature, a.top_k, a.top_p, a.seed)?;
-    let mesh = match &a.mesh {
+    let mesh = match &a.mesh.mesh {
         Some(m) => Mesh::parse(m)?,
         None => Mesh::single(),
     };
     gemma::rules::check_mesh(&mesh)?;
-    let dtype = if a.dtype == "bf16" { DType::Bf16 } else { DType::F32 };
+    let dtype = a.dtype.or(Dtype::F32).dtype();
 
     let prompts: Vec<Vec<i32>> = match (&a.tokens, &a.prompt) {
         (Some(path), _) => read_prompts(path, cfg.vocab_size)?,
         (None, Some(p)) => vec![text.as_ref().expect("checked above").encode(p, true)?],
         (None, None) => Vec::new(),
     };
-    let ck = Checkpoint::open_with(&a.model, &map_file)?;
+    let ck = data::checkpoint::open(&a.model)?;
     ck.validate(&cfg)?;
     if let Some(out) = &a.out {
         if a.chat {
@@ -133,8 +123,8 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         let mut inputs: Vec<&Path> = ck.files();
         inputs.push(config_path.as_path());
         inputs.extend(a.tokens.as_deref());
-        gemma_xla::files::refuse_input_as_output(out, &inputs)?;
-        gemma_xla::files::require_parent_dir(out)?;
+        data::files::refuse_input_as_output(out, &inputs)?;
+        data::files::require_parent_dir(out)?;
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if !a.chat {
@@ -149,8 +139,8 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
 
     ck.check_unchanged()?;
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
-    let params = param_views(&ck, &cfg)?;
-    let mut g = Generator::new(&client, &cfg, &params, Placement { dtype, mesh: mesh.clone(), fsdp: a.fsdp }, batch, cache_len)?;
+    let params = data::checkpoint::param_views(&ck, &cfg)?;
+    let mut g = Generator::new(&client, &cfg, &params, Placement { dtype, mesh: mesh.clone(), fsdp: a.mesh.fsdp }, batch, cache_len)?;
     drop(params);
     let mut stop: Vec<i32> = if a.ignore_eos { Vec::new() } else { info.eos.clone() };
     if a.chat {
@@ -193,14 +183,14 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
             all.resize(start + width, info.pad);
         }
         let array = HostArray::from_vec(&[batch as i64, width as i64], all)?;
-        gemma_xla::files::write_atomic(path, &npy::encode_array(&array)?).with_context(|| format!("cannot write {}", path.display()))?;
+        data::files::write_atomic(path, &npy::encode_array(&array)?).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote int32 [{batch}, {width}] to {}", path.display());
     }
     report(&g);
     Ok(())
 }
 
-fn report(g: &Generator<'_>) {
+fn report(g: &Generator) {
     let t = g.timing;
     eprintln!(
         "prefill: {} tokens in {:.1} ms ({:.1} tokens/s); decode: {} tokens in {:.1} ms ({:.1} tokens/s); compile {:.2} s ({} programs)",
@@ -215,11 +205,9 @@ fn report(g: &Generator<'_>) {
     );
 }
 
-/// One user turn per stdin line; the conversation is re-rendered with the chat template each
-/// turn, and only the tokens after the part the cache already holds are prefilled.
-fn chat_loop(g: &mut Generator<'_>, t: &TextTokenizer, sampler: &mut Sampler, stop: &[i32], max_new: usize, context: usize) -> Result<()> {
-    let mut messages: Vec<Message> = Vec::new();
-    let mut cached: Vec<i32> = Vec::new();
+/// One user turn per stdin line; the reply streams to stdout.
+fn chat_loop(g: &mut Generator, t: &TextTokenizer, sampler: &mut Sampler, stop: &[i32], max_new: usize, context: usize) -> Result<()> {
+    let mut chat = ChatSession::new(g, t, stop.to_vec(), context);
     let stdin = std::io::stdin();
     let interactive = std::io::IsTerminal::is_terminal(&stdin);
     loop {
@@ -234,32 +222,14 @@ fn chat_loop(g: &mut Generator<'_>, t: &TextTokenizer, sampler: &mut Sampler, st
         if line.trim().is_empty() {
             continue;
         }
-        messages.push(Message::new("user", line));
-        let prompt = t.chat_prompt(&messages, true)?;
-        // The template writes BOS itself, so no special tokens are added here.
-        let ids = t.encode(&prompt, false)?;
-        let room = context.saturating_sub(ids.len());
-        if room == 0 {
-            bail!("the conversation has {} tokens, the model's context is {context}", ids.len());
-        }
-        let common = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
-        let mut stream = Stream::default();
         let out = std::io::stdout();
-        let result = generate(g, &[&ids[common..]], &[common], max_new.min(room), sampler, stop, |_, id| {
-            if !stop.contains(&id) {
-                let mut o = out.lock();
-                let _ = write!(o, "{}", stream.push(t, id)?);
-                let _ = o.flush();
-            }
-            Ok(false)
+        chat.turn(line, sampler, max_new, |piece| {
+            let mut o = out.lock();
+            let _ = write!(o, "{piece}");
+            let _ = o.flush();
         })?;
-        println!("{}", stream.finish(t)?);
-        let new = &result.new_tokens[0];
-        cached = ids.clone();
-        cached.extend(new.iter().take(new.len().saturating_sub(1)));
-        let reply: Vec<i32> = new.iter().copied().filter(|id| !stop.contains(id)).collect();
-        messages.push(Message::new("assistant", &t.decode(&reply)?));
-        report(g);
+        println!();
+        report(chat.generator());
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
-//! The gemma-xla command line. Subcommands ask `runtime` to load a plugin, compile and run
-//! programs, and move arrays between files and devices.
+//! The gemma-xla command line: flags into the model runtime's types (`train`, `decode`,
+//! `eval`, `inspect`), progress and printing, exit codes and the Ctrl-C handler; nothing else.
 #![forbid(unsafe_code)]
 
+mod args;
 mod compile;
 mod dump;
 mod eval_cmd;
@@ -9,13 +10,14 @@ mod forward;
 mod generate_cmd;
 mod plan;
 mod plugin;
+mod report;
 mod run;
-mod setup;
 mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use runtime::{Client, NamedValue, PluginSpec};
+use args::PluginArgs;
+use runtime::NamedValue;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -23,23 +25,6 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-/// Plugin selection shared by every subcommand that runs something.
-#[derive(clap::Args, Clone)]
-struct PluginArgs {
-    /// cpu, cuda, tpu, or the path of a PJRT plugin .so [env: GEMMA_XLA_PLUGIN; default: cpu]
-    #[arg(long)]
-    plugin: Option<String>,
-    /// Number of devices (the CPU plugin creates this many) [default: the plugin's own, or what the program needs]
-    #[arg(long, value_parser = device_count)]
-    devices: Option<usize>,
-    /// Compiled programs are kept here and loaded instead of compiled again [default: <per-user cache>/compile]
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<std::path::PathBuf>,
-    /// Compile every program afresh, without reading or writing the compilation cache
-    #[arg(long, conflicts_with = "cache_dir")]
-    no_compile_cache: bool,
 }
 
 #[derive(Subcommand)]
@@ -97,28 +82,6 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// `--devices N`: a whole number of at least 1.
-fn device_count(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("the number of devices must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("expected a number of devices (at least 1), got {s:?}")),
-    }
-}
-
-impl PluginArgs {
-    /// Opens the plugin with `--devices`, else with `needed` devices (None: the plugin's default).
-    fn open(&self, needed: Option<usize>) -> Result<Client> {
-        let spec = PluginSpec::from_flag_or_env(self.plugin.as_deref())?;
-        let mut client = Client::open(&spec, self.devices.or(needed))?;
-        if !self.no_compile_cache {
-            let dir = self.cache_dir.clone().unwrap_or_else(runtime::CompileCache::default_dir);
-            client.set_compile_cache(Some(runtime::CompileCache::new(dir)));
-        }
-        Ok(client)
     }
 }
 

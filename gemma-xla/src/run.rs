@@ -1,9 +1,9 @@
 //! `gemma-xla run`: compile a program file, place .npy arguments on the devices as the
 //! program's shardings say, execute, and write each whole output as DIR/out_<i>.npy, with a
 //! DIR/manifest.json listing them (replacing every output of an earlier run).
-use crate::PluginArgs;
+use crate::args::PluginArgs;
 use anyhow::{bail, Context, Result};
-use gemma_xla::{files, npy};
+use data::{files, npy};
 use runtime::{CompileOptions, HostArray, Partitioner, Program};
 use std::path::PathBuf;
 

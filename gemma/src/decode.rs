@@ -10,9 +10,9 @@
 //! last slot are dropped.
 use crate::config::Config;
 use crate::model::{attention_output, embed, finish_block, project_qkv, unembed, Params};
-use crate::rules::{self, Layout, Logical};
+use crate::rules::{self, Layout};
 use graph::{DType, Tensor, TensorType, Tree};
-use sharding::{Mesh, PartitionSpec};
+
 
 /// The cache's shape for `batch` rows of `cache_len` slots: [B, S, K, H].
 pub fn cache_dims(cfg: &Config, batch: i64, cache_len: i64) -> Vec<i64> {
@@ -25,33 +25,7 @@ pub fn cache_types(cfg: &Config, dtype: DType, batch: i64, cache_len: i64) -> Ve
     (0..cfg.num_hidden_layers).flat_map(|i| [(format!("cache.{i}.k"), ty.clone()), (format!("cache.{i}.v"), ty.clone())]).collect()
 }
 
-/// The logical axes of a cache tensor: rows over the batch axis, kv heads over `model` when
-/// there are several (a single kv head is small and stays whole).
-fn cache_logical(cfg: &Config) -> [Option<Logical>; 4] {
-    let heads = (cfg.num_key_value_heads > 1).then_some(Logical::KvHeads);
-    [Some(Logical::Batch), None, heads, None]
-}
-
-/// How a cache tensor is split over `mesh`.
-pub fn cache_spec(cfg: &Config, mesh: &Mesh) -> PartitionSpec {
-    Layout { mesh: mesh.clone(), fsdp: false }.spec(&cache_logical(cfg))
-}
-
-/// The spec of `extend`'s argument or output at `path` on `mesh` (None: replicated).
-pub fn extend_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<PartitionSpec> {
-    if let Some(name) = path.strip_prefix("params.") {
-        return rules::param_spec(cfg, name, mesh, fsdp).ok();
-    }
-    if path.starts_with("cache.") {
-        return Some(cache_spec(cfg, mesh));
-    }
-    let batch = rules::batch_spec(mesh);
-    match path {
-        "tokens" => Some(batch),
-        "start" | "lengths" => Some(PartitionSpec { dims: vec![batch.dims[0].clone()] }),
-        _ => None,
-    }
-}
+pub use crate::rules::{cache_spec, extend_spec};
 
 /// Which logits `extend` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +106,7 @@ pub fn extend(cfg: &Config, args: &Tree<Tensor>, head: Head, layout: Option<Layo
     let written = slot_bs.ge(&first).and(&slot_bs.lt(&(&first + (t as f64))));
     let (k, h) = (cfg.num_key_value_heads, cfg.head_dim);
     let cache_dims = [b, s, k, h];
-    let cache_axes = cache_logical(cfg);
+    let cache_axes = rules::cache_logical(cfg);
     let write = |cache: &Tensor, new: &Tensor| -> Tensor {
         let keep = written.broadcast_in_dim(&cache_dims, &[0, 1]);
         let cleared = Tensor::select(&keep, &cache.scalar_like(0.0), cache);

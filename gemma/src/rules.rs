@@ -332,6 +332,46 @@ pub fn shard_shape(dims: &[i64], spec: &PartitionSpec, mesh: &Mesh) -> Vec<i64> 
         .collect()
 }
 
+/// The logical axes of a cache tensor: rows over the batch axis, kv heads over `model` when
+/// there are several (a single kv head is small and stays whole).
+pub(crate) fn cache_logical(cfg: &Config) -> [Option<Logical>; 4] {
+    let heads = (cfg.num_key_value_heads > 1).then_some(Logical::KvHeads);
+    [Some(Logical::Batch), None, heads, None]
+}
+
+/// How a cache tensor is split over `mesh`.
+pub fn cache_spec(cfg: &Config, mesh: &Mesh) -> PartitionSpec {
+    Layout { mesh: mesh.clone(), fsdp: false }.spec(&cache_logical(cfg))
+}
+
+/// The spec of `extend`'s argument or output at `path` on `mesh` (None: replicated).
+pub fn extend_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<PartitionSpec> {
+    if let Some(name) = path.strip_prefix("params.") {
+        return param_spec(cfg, name, mesh, fsdp).ok();
+    }
+    if path.starts_with("cache.") {
+        return Some(cache_spec(cfg, mesh));
+    }
+    let batch = batch_spec(mesh);
+    match path {
+        "tokens" => Some(batch),
+        "start" | "lengths" => Some(PartitionSpec { dims: vec![batch.dims[0].clone()] }),
+        _ => None,
+    }
+}
+
+
+/// The spec of a train-step argument or output at `path` over `mesh`: the state
+/// (`state.params.<name>`, `state.opt.m.<name>`, `state.opt.v.<name>`: each optimizer moment
+/// split like its weight) and `batch.tokens`; None (replicated) for `state.step` and metrics.
+pub fn state_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<PartitionSpec> {
+    if path == "batch.tokens" {
+        return Some(batch_spec(mesh));
+    }
+    let name = ["state.params.", "state.opt.m.", "state.opt.v."].iter().find_map(|p| path.strip_prefix(p))?;
+    param_spec(cfg, name, mesh, fsdp).ok()
+}
+
 /// The number of parameters of the checkpoint (the tied output embedding counted once).
 pub fn param_count(cfg: &Config) -> i64 {
     param_shapes(cfg).iter().map(|(_, dims)| dims.iter().product::<i64>()).sum()

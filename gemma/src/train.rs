@@ -52,7 +52,7 @@ impl Default for Hyper {
             warmup: 20,
             steps: 1000,
             schedule: Schedule::Cosine,
-            min_lr: 0.0,
+            min_lr: 3e-4,
             weight_decay: 0.1,
             clip: 1.0,
             b1: 0.9,

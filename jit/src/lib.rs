@@ -86,7 +86,8 @@ type Rule<'c> = Box<dyn Fn(&str, &TensorType) -> Option<PartitionSpec> + 'c>;
 pub struct Jit<'c, F> {
     name: String,
     /// None: made by `Jit::lowering_only`, for `lower` (ahead-of-time compilation elsewhere).
-    client: Option<&'c Client>,
+    /// Owned (a `Client` is a cheap, shared handle), so a `Jit` can live in any struct.
+    client: Option<Client>,
     f: F,
     mesh: Mesh,
     donate: Vec<String>,
@@ -103,7 +104,7 @@ where
 {
     /// A function of a tree of tensors, compiled for `client`, on one device until
     /// `with_mesh` says otherwise.
-    pub fn new(name: &str, client: &'c Client, f: F) -> Self {
+    pub fn new(name: &str, client: &Client, f: F) -> Self {
         Self::with_client(name, Some(client), f)
     }
 
@@ -114,10 +115,10 @@ where
     }
 
     /// `new` with a client, `lowering_only` without.
-    pub fn with_client(name: &str, client: Option<&'c Client>, f: F) -> Self {
+    pub fn with_client(name: &str, client: Option<&Client>, f: F) -> Self {
         Jit {
             name: name.to_string(),
-            client,
+            client: client.cloned(),
             f,
             mesh: Mesh::single(),
             donate: Vec::new(),
@@ -274,8 +275,8 @@ where
         Key { args, mesh: self.mesh.clone(), donated }
     }
 
-    fn client(&self) -> Result<&'c Client> {
-        self.client.ok_or_else(|| Error::Run {
+    fn client(&self) -> Result<&Client> {
+        self.client.as_ref().ok_or_else(|| Error::Run {
             name: self.name.clone(),
             cause: runtime::Error::Argument(
                 "this function was made for lowering only (Jit::lowering_only) and has no client to run on".into(),

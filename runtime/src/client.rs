@@ -8,6 +8,7 @@ use crate::host::{AsHostView, HostArray};
 use crate::options::CompileOptions;
 use crate::program::Program;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use xla_sys::{Api, Buffer, Device, NamedValue};
 
@@ -25,10 +26,14 @@ impl PluginInfo {
     }
 }
 
+/// A PJRT client of a loaded plugin. Cheap to clone: clones share the plugin, the client,
+/// its devices and the compilation cache (reference counted, one thread), so `Jit`,
+/// trainers and generators each own one.
+#[derive(Clone)]
 pub struct Client {
     inner: xla_sys::Client,
-    info: PluginInfo,
-    cache: Option<CompileCache>,
+    info: Rc<PluginInfo>,
+    cache: Option<Rc<CompileCache>>,
 }
 
 impl Client {
@@ -61,7 +66,7 @@ impl Client {
         let api = Api::load(path)?;
         let info = plugin_info(&api)?;
         let inner = xla_sys::Client::create(&api, options)?;
-        Ok(Client { inner, info, cache: None })
+        Ok(Client { inner, info: Rc::new(info), cache: None })
     }
 
     pub fn plugin(&self) -> &PluginInfo {
@@ -96,12 +101,14 @@ impl Client {
     }
 
     /// Compiled programs are kept in (and loaded from) `cache` from now on; None: no cache.
+    /// Applies to this value and to clones made after the call.
     pub fn set_compile_cache(&mut self, cache: Option<CompileCache>) {
-        self.cache = cache;
+        self.cache = cache.map(Rc::new);
     }
 
+    /// The persistent compilation cache, if any.
     pub fn compile_cache(&self) -> Option<&CompileCache> {
-        self.cache.as_ref()
+        self.cache.as_deref()
     }
 
     /// Compiles `program` (or loads it from the compilation cache, when there is one and it

@@ -1,0 +1,101 @@
+//! Chat prompts: a conversation rendered with the checkpoint's own `chat_template` (Jinja,
+//! from tokenizer_config.json) through minijinja, as transformers' `apply_chat_template`
+//! renders it, or Gemma's turn format when the checkpoint has no template.
+use crate::{Error, Result};
+use serde::Serialize;
+
+/// One turn: `role` is `user` or `assistant` (Gemma's templates call the latter `model`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    /// `user`, `assistant` or `system`.
+    pub role: String,
+    /// The turn's text.
+    pub content: String,
+}
+
+impl Message {
+    /// A turn of `role` saying `content`.
+    pub fn new(role: &str, content: &str) -> Message {
+        Message { role: role.to_string(), content: content.to_string() }
+    }
+}
+
+/// Gemma's turn format, used when a checkpoint has no template: BOS, then per turn
+/// `<start_of_turn>{user|model}\n{content, trimmed}<end_of_turn>\n`, then
+/// `<start_of_turn>model\n` when a reply is wanted.
+pub fn gemma_format(bos: &str, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+    let mut out = bos.to_string();
+    for (i, m) in messages.iter().enumerate() {
+        let role = match m.role.as_str() {
+            "user" => "user",
+            "assistant" | "model" => "model",
+            other => return Err(Error::Unsupported(format!("chat turn {i}: role {other:?} is not supported (user or assistant)"))),
+        };
+        if (role == "user") != (i % 2 == 0) {
+            return Err(Error::Unsupported(format!("chat turn {i}: turns must alternate user/assistant, starting with user")));
+        }
+        out.push_str(&format!("<start_of_turn>{role}\n{}<end_of_turn>\n", m.content.trim()));
+    }
+    if add_generation_prompt {
+        out.push_str("<start_of_turn>model\n");
+    }
+    Ok(out)
+}
+
+/// The text of `messages` under a Jinja chat template, with the variables transformers
+/// passes: `messages`, `bos_token`, `eos_token`, `add_generation_prompt`, and the function
+/// `raise_exception(message)`, whose message becomes the error.
+pub fn render(template: &str, messages: &[Message], bos: &str, eos: &str, add_generation_prompt: bool) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    // transformers renders with trim_blocks and lstrip_blocks.
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+    });
+    let bad = |e: minijinja::Error| {
+        let detail = e.detail().map(str::to_string).unwrap_or_else(|| e.to_string());
+        Error::Unsupported(format!("the chat template failed: {detail}"))
+    };
+    env.add_template("chat", template).map_err(bad)?;
+    let ctx = minijinja::context! {
+        messages => messages,
+        bos_token => bos,
+        eos_token => eos,
+        add_generation_prompt => add_generation_prompt,
+    };
+    env.get_template("chat").map_err(bad)?.render(ctx).map_err(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fallback_format_is_gemmas() {
+        let m = [Message::new("user", " Hi "), Message::new("assistant", "Hello"), Message::new("user", "Joke?")];
+        let text = gemma_format("<bos>", &m, true).unwrap();
+        assert_eq!(
+            text,
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n<start_of_turn>user\nJoke?<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let err = gemma_format("<bos>", &[Message::new("assistant", "x")], false).unwrap_err();
+        assert!(err.to_string().contains("alternate"), "{err}");
+    }
+
+    #[test]
+    fn raise_exception_becomes_the_error() {
+        let t = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}ok";
+        let err = render(t, &[Message::new("system", "x")], "<bos>", "<eos>", false).unwrap_err();
+        assert!(err.to_string().contains("System role not supported"), "{err}");
+        assert_eq!(render(t, &[Message::new("user", "x")], "<bos>", "<eos>", false).unwrap(), "ok");
+    }
+
+    #[test]
+    fn python_string_methods_work() {
+        let t = "{{ messages[0]['content'].strip() }}|{{ messages[0].content | trim }}";
+        assert_eq!(render(t, &[Message::new("user", "  a b  ")], "", "", false).unwrap(), "a b|a b");
+    }
+}

@@ -1,0 +1,142 @@
+//! What a run reports: `OUT/metrics.jsonl` (one object per logged step), a progress bar on a
+//! terminal (plain lines otherwise), `OUT/loss.png` and a one-screen summary at the end.
+use anyhow::{Context, Result};
+use data::Dataset;
+use indicatif::{ProgressBar, ProgressStyle};
+use train::{Setup, StepMetrics};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub(crate) struct Log {
+    out: PathBuf,
+    file: std::fs::File,
+    bar: Option<ProgressBar>,
+    started: Instant,
+    /// Time and step of the previous record, for tokens/s.
+    last: (Instant, u64),
+    /// (step, loss) of every logged step, earlier runs of a resumed training included.
+    losses: Vec<(u64, f64)>,
+    tokens_per_s: Vec<f64>,
+    steps: u64,
+}
+
+impl Log {
+    pub(crate) fn open(out: &Path, start: u64, steps: u64, resumed: Option<&Path>, setup: &Setup, data: &Dataset) -> Result<Log> {
+        let path = out.join("metrics.jsonl");
+        // A resumed run keeps the lines up to its checkpoint and drops any logged after it.
+        let mut losses = Vec::new();
+        let mut kept = String::new();
+        if resumed.is_some() {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for line in text.lines() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+                let (Some(s), Some(l)) = (v.get("step").and_then(|s| s.as_u64()), v.get("loss").and_then(|l| l.as_f64())) else { continue };
+                if s <= start {
+                    kept += line;
+                    kept.push('\n');
+                    losses.push((s, l));
+                }
+            }
+        }
+        gemma::write_atomic(&path, kept.as_bytes())?;
+        let file = std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let params: i64 = gemma::param_shapes(&setup.cfg).iter().map(|(_, d)| d.iter().product::<i64>()).sum();
+        eprintln!(
+            "training {params} parameters on {} | mesh {}{} | batch {} x seq {} | steps {}..{steps}{}",
+            data.describe(),
+            setup.mesh,
+            if setup.fsdp { " (fsdp)" } else { "" },
+            setup.batch,
+            setup.seq,
+            start + 1,
+            resumed.map_or(String::new(), |p| format!(" | resumed from {}", p.display()))
+        );
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(steps);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_position(start);
+            bar
+        });
+        let now = Instant::now();
+        Ok(Log { out: out.to_path_buf(), file, bar, started: now, last: (now, start), losses, tokens_per_s: Vec::new(), steps })
+    }
+
+    /// A step that is not logged: only the bar moves.
+    pub(crate) fn tick(&self, step: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+        }
+    }
+
+    /// Fetches the step's metrics (three scalars) and writes them.
+    pub(crate) fn record(&mut self, metrics: &StepMetrics, tokens_per_step: usize) -> Result<()> {
+        let step = metrics.step;
+        let (loss, grad_norm, lr) = (metrics.loss()?, metrics.grad_norm()?, metrics.lr()?);
+        let now = Instant::now();
+        let secs = now.duration_since(self.last.0).as_secs_f64().max(1e-9);
+        let tokens_per_s = (step - self.last.1) as f64 * tokens_per_step as f64 / secs;
+        self.last = (now, step);
+        let elapsed = now.duration_since(self.started).as_secs_f64();
+        let line = serde_json::json!({
+            "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_s, "elapsed_s": elapsed,
+        });
+        writeln!(self.file, "{line}").with_context(|| format!("cannot write {}", self.out.join("metrics.jsonl").display()))?;
+        self.losses.push((step, loss));
+        self.tokens_per_s.push(tokens_per_s);
+        let text = format!("loss {loss:.4} grad_norm {grad_norm:.3} lr {lr:.2e} tokens/s {tokens_per_s:.0}");
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(step);
+                bar.set_message(text);
+            }
+            None => eprintln!("step {step}/{} {text}", self.steps),
+        }
+        Ok(())
+    }
+
+    /// Flushes the metrics, draws loss.png and prints the summary.
+    pub(crate) fn finish(&mut self, interrupted: bool) -> Result<()> {
+        self.file.sync_all().with_context(|| format!("cannot write {}", self.out.join("metrics.jsonl").display()))?;
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        let png = self.out.join("loss.png");
+        if let Err(e) = plot(&png, &self.losses) {
+            eprintln!("warning: cannot draw {}: {e:#}", png.display());
+        }
+        let first = self.losses.first().map_or(f64::NAN, |l| l.1);
+        let (step, last) = self.losses.last().copied().unwrap_or((0, f64::NAN));
+        let best = self.losses.iter().map(|l| l.1).fold(f64::INFINITY, f64::min);
+        let mean_tps = self.tokens_per_s.iter().sum::<f64>() / self.tokens_per_s.len().max(1) as f64;
+        println!("{} at step {step}: loss {first:.4} -> {last:.4} (best {best:.4})", if interrupted { "stopped" } else { "done" });
+        println!("time {:.1} s, {mean_tps:.0} tokens/s on average", self.started.elapsed().as_secs_f64());
+        println!("wrote {}, {}, {}", self.out.join("metrics.jsonl").display(), png.display(), self.out.join("checkpoints").display());
+        Ok(())
+    }
+}
+
+/// The loss curve as a PNG: loss against step, drawn without text (no fonts needed); the
+/// summary prints the numbers.
+fn plot(path: &Path, losses: &[(u64, f64)]) -> Result<()> {
+    use plotters::prelude::*;
+    if losses.len() < 2 {
+        return Ok(());
+    }
+    let (x0, x1) = (losses[0].0 as f64, losses[losses.len() - 1].0 as f64);
+    let lo = losses.iter().map(|l| l.1).fold(f64::INFINITY, f64::min);
+    let hi = losses.iter().map(|l| l.1).fold(f64::NEG_INFINITY, f64::max);
+    let root = BitMapBackend::new(path, (640, 400)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .margin(20)
+        .build_cartesian_2d(x0..x1.max(x0 + 1.0), lo..hi.max(lo + 1e-6))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart.configure_mesh().x_labels(0).y_labels(0).draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart.draw_series(LineSeries::new(losses.iter().map(|&(s, l)| (s as f64, l)), &BLUE)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! `gemma-xla train`: flags into a `train::Trainer`, then the loop's cadence (log, save),
+//! progress, the Ctrl-C handler, the final weights and the sample.
+use crate::args::{model_config, load_config, ConfigArg, Dtype, DtypeArg, MeshArgs, PluginArgs, RematArg, ShapeArgs};
+use crate::report;
+use anyhow::{bail, Context, Result};
+use data::{Dataset, Tokenizer};
+use gemma::{Config, Hyper, Schedule};
+use std::path::{Path, PathBuf};
+use train::{Init, RunEnd, TrainSpec, Trainer};
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    // --config default: tiny, or --init's.
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Start from this HF checkpoint directory (its config.json is the config)
+    #[arg(long, value_name = "DIR")]
+    init: Option<PathBuf>,
+    /// Training data: a text file, a directory of .txt/.jsonl files, or a token .npy [N, T] [default: the built-in corpus]
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// HF tokenizer.json [default: bytes]
+    #[arg(long, value_name = "tokenizer.json")]
+    tokenizer: Option<PathBuf>,
+    // --mesh default: data=2,model=2 on 4 devices, or data=N with --devices N.
+    #[command(flatten)]
+    mesh: MeshArgs,
+    #[command(flatten)]
+    plugin: PluginArgs,
+    // --seq default: a token .npy's width, else 64.
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Updates to apply in all (the cosine schedule's length)
+    #[arg(long, default_value_t = Hyper::default().steps)]
+    steps: u64,
+    /// Peak learning rate
+    #[arg(long, default_value_t = Hyper::default().lr)]
+    lr: f64,
+    /// Warmup steps: lr (s+1)/W for s < W
+    #[arg(long, default_value_t = Hyper::default().warmup)]
+    warmup: u64,
+    #[arg(long, default_value = "cosine", value_parser = ["cosine", "constant"])]
+    schedule: String,
+    /// The cosine's final learning rate
+    #[arg(long, default_value_t = Hyper::default().min_lr)]
+    min_lr: f64,
+    /// Decoupled weight decay on tensors of rank >= 2
+    #[arg(long, default_value_t = Hyper::default().weight_decay)]
+    weight_decay: f64,
+    /// Global gradient-norm clipping threshold (0 = off)
+    #[arg(long, default_value_t = Hyper::default().clip)]
+    clip: f64,
+    #[arg(long, default_value_t = Hyper::default().b1)]
+    b1: f64,
+    #[arg(long, default_value_t = Hyper::default().b2)]
+    b2: f64,
+    #[arg(long, default_value_t = Hyper::default().eps)]
+    eps: f64,
+    #[command(flatten)]
+    remat: RematArg,
+    #[command(flatten)]
+    dtype: DtypeArg,
+    /// Fetch and log the metrics every N steps
+    #[arg(long, default_value_t = 50)]
+    log_every: u64,
+    /// Save a checkpoint every N steps (0: only at the end)
+    #[arg(long, default_value_t = 250)]
+    save_every: u64,
+    /// Checkpoints to keep
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+    /// Output directory: metrics.jsonl, loss.png, checkpoints/, the final config.json + model.safetensors
+    #[arg(long, default_value = "out/train")]
+    out: PathBuf,
+    /// Continue from the newest complete checkpoint in --out
+    #[arg(long)]
+    resume: bool,
+    /// Seed of the initialisation, of --shuffle and of the sample
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Visit the rows in a seeded random order per epoch
+    #[arg(long)]
+    shuffle: bool,
+    /// Bytes (tokens) of the sample generated at the end (0: none)
+    #[arg(long, default_value_t = 160)]
+    sample: usize,
+}
+
+/// The config, and the checkpoint to start from.
+fn resolve_config(a: &TrainArgs) -> Result<Config> {
+    let config = a.config.config.as_deref().unwrap_or("tiny");
+    match &a.init {
+        None => load_config(config),
+        Some(dir) => {
+            let (path, cfg) = model_config(dir, "--init ")?;
+            if a.config.config.is_some() && load_config(config)? != cfg {
+                bail!("--init {} has another config than --config {config} (see {})", dir.display(), path.display());
+            }
+            Ok(cfg)
+        }
+    }
+}
+
+/// The optimizer settings the flags give.
+pub fn hyper(a: &TrainArgs) -> Hyper {
+    Hyper {
+        lr: a.lr,
+        warmup: a.warmup,
+        steps: a.steps,
+        schedule: if a.schedule == "constant" { Schedule::Constant } else { Schedule::Cosine },
+        min_lr: a.min_lr,
+        weight_decay: a.weight_decay,
+        clip: a.clip,
+        b1: a.b1,
+        b2: a.b2,
+        eps: a.eps,
+        compute: a.dtype.or(Dtype::F32).dtype(),
+        remat: a.remat.remat(),
+    }
+}
+
+pub fn train(a: &TrainArgs) -> Result<()> {
+    let role = train::hosts::HostRole::from_env(|k| std::env::var(k).ok())?;
+    if role.count > 1 {
+        bail!(
+            "this process is host {} of {} ({}); a multi-host run needs every process to place only its own devices' \
+             shards of each array (train::hosts::host_rows says which rows of a batch those are), and the runtime \
+             still places whole arrays on the devices of one process; run on one host (v5e-1, -4 or -8) for now, see docs/tpu-v5e.md",
+            role.index,
+            role.count,
+            role.source
+        );
+    }
+    let cfg = resolve_config(a)?;
+    if let Some(init) = &a.init {
+        if same_path(init, &a.out) {
+            bail!("--out {} is the --init directory; the run would overwrite its input", a.out.display());
+        }
+    }
+    // Nothing this run writes may be one of its inputs.
+    let written =
+        ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl", "loss.png"].map(|f| a.out.join(f));
+    let mut inputs: Vec<&Path> = a.data.iter().chain(&a.tokenizer).map(PathBuf::as_path).collect();
+    let init_files: Vec<PathBuf> = a.init.iter().flat_map(|d| ["config.json", "model.safetensors"].map(|f| d.join(f))).collect();
+    inputs.extend(init_files.iter().map(PathBuf::as_path));
+    for w in &written {
+        data::files::refuse_input_as_output(w, &inputs)?;
+    }
+    let tokenizer = Tokenizer::load(a.tokenizer.as_deref())?;
+    let token_file = a.data.as_deref().is_some_and(|p| p.extension().is_some_and(|e| e == "npy"));
+    if !token_file && tokenizer.vocab_size() as i64 > cfg.vocab_size {
+        bail!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), cfg.vocab_size);
+    }
+    let seq = a.shape.seq.map(|s| s as usize);
+    let dataset = Dataset::load(a.data.as_deref(), &tokenizer, seq, cfg.vocab_size)?;
+    let mesh = train::resolve_mesh(a.mesh.mesh.as_deref(), a.plugin.devices)?;
+    gemma::rules::check_batch(a.shape.batch as i64, &mesh)?;
+    gemma::rules::param_specs(&cfg, &mesh, a.mesh.fsdp)?; // every split must divide its dimension
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    if !a.resume && train::checkpoints::any(&a.out)? {
+        bail!(
+            "{} already holds checkpoints of an earlier run: continue it with --resume, or choose another --out",
+            a.out.join("checkpoints").display()
+        );
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
+    let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
+    let spec = TrainSpec {
+        config: cfg,
+        mesh,
+        fsdp: a.mesh.fsdp,
+        batch: a.shape.batch as usize,
+        hyper: hyper(a),
+        seed: a.seed,
+        shuffle: a.shuffle,
+        init: a.init.clone().map_or(Init::Random, Init::Hf),
+    };
+    let mut trainer = if a.resume { Trainer::resume(&client, spec, dataset, &a.out)? } else { Trainer::new(&client, spec, dataset)? };
+    let start = trainer.step_count();
+
+    // Ctrl-C asks the trainer to stop after the current step (it then saves); a second Ctrl-C
+    // while saving interrupts for real. The handler is set once per process.
+    let stop = trainer.stop_handle();
+    let _ = ctrlc::set_handler(move || {
+        if stop.stop() {
+            std::process::exit(130);
+        }
+    });
+
+    let mut log = report::Log::open(&a.out, start, a.steps, trainer.resumed_from(), trainer.setup(), trainer.data())?;
+    let tokens_per_step = trainer.setup().batch * trainer.setup().seq;
+    // Host overhead is measured from the end of the first step (which traces and compiles).
+    let mut loop_started = std::time::Instant::now();
+    let mut device_before = std::time::Duration::ZERO;
+    let mut saved = 0.0; // seconds spent saving, not counted as time between steps
+    let end = trainer.run(|t, metrics| {
+        let step = metrics.step;
+        if step == start + 1 {
+            loop_started = std::time::Instant::now();
+            device_before = t.device_time();
+            eprintln!("train step: traced, lowered and compiled in {:.2} s{}", t.compile_time().as_secs_f64(), cache_note(t.client()));
+        }
+        let last = t.is_done() || t.stop_handle().is_stopped();
+        let keep_going = |r: Result<()>| r.map_err(|e| train::Error::Invalid(format!("{e:#}")));
+        if step % a.log_every.max(1) == 0 || last {
+            keep_going(log.record(metrics, tokens_per_step))?;
+        } else {
+            log.tick(step);
+        }
+        if (a.save_every > 0 && step % a.save_every == 0) || last {
+            let saving = std::time::Instant::now();
+            t.save(&a.out, a.keep)?;
+            if t.is_done() {
+                keep_going(write_final(t, &a.out, &tokenizer))?;
+            }
+            saved += saving.elapsed().as_secs_f64();
+        }
+        Ok(())
+    })?;
+    if let RunEnd::Stopped { step } = end {
+        log.finish(true)?;
+        eprintln!("interrupted: saved {} at step {step}; continue with --resume", a.out.join("checkpoints").display());
+        std::process::exit(130);
+    }
+    let step = trainer.step_count();
+    let (wall, device) = (loop_started.elapsed().as_secs_f64() - saved, (trainer.device_time() - device_before).as_secs_f64());
+    let timed = (step - start - 1).max(1);
+    log.finish(false)?;
+    println!(
+        "host time between steps: {:.2}% of the loop ({:.2} ms per step on the host, {:.2} ms executing)",
+        100.0 * (wall - device).max(0.0) / wall.max(1e-9),
+        1e3 * (wall - device).max(0.0) / timed as f64,
+        1e3 * device / timed as f64
+    );
+    if a.sample > 0 {
+        println!("sample: {}", trainer.sample(&tokenizer, a.sample, a.seed)?);
+    }
+    Ok(())
+}
+
+/// The final weights where `forward --model OUT` finds them, and the tokenizer, so that
+/// `generate --model OUT --prompt ...` works.
+fn write_final(t: &Trainer, out: &Path, tokenizer: &Tokenizer) -> Result<()> {
+    t.export(out)?;
+    let (tokenizer_json, tokenizer_config) = tokenizer.hf_files()?;
+    gemma::write_atomic(&out.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+    gemma::write_atomic(&out.join("tokenizer_config.json"), tokenizer_config.as_bytes())?;
+    Ok(())
+}
+
+/// Where the first step's executable came from.
+fn cache_note(client: &runtime::Client) -> String {
+    match client.compile_cache() {
+        Some(c) if c.stats().hits > 0 => format!(" (loaded from the compilation cache {})", c.dir().display()),
+        Some(_) => " (compiled; stored in the compilation cache)".to_string(),
+        None => String::new(),
+    }
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}

@@ -1,0 +1,218 @@
+//! Training checkpoints: `OUT/checkpoints/step_<n>/` holds `config.json` and
+//! `model.safetensors` (HF layout, f32, loadable by transformers), `optimizer.safetensors`
+//! (`m.<name>`, `v.<name>`) and `trainer_state.json` (step, seed, data position, settings).
+//! A checkpoint is written into a hidden temporary directory, every file fsynced, then
+//! renamed into place, so a crash or a full disk never leaves a half-written `step_<n>`; the
+//! previous checkpoints stay. Only the newest `keep` checkpoints are kept.
+use crate::{bail, Context, Error, Result};
+use gemma::{Config, TensorMeta};
+use graph::{DType, Tree};
+use runtime::{DeviceArray, HostArray};
+use std::borrow::Borrow;
+use std::path::{Path, PathBuf};
+
+/// The training state on the host, tensors in checkpoint order.
+pub struct HostState {
+    /// The f32 master weights, by checkpoint name.
+    pub params: Vec<(String, HostArray)>,
+    /// AdamW's first moments, by checkpoint name.
+    pub m: Vec<(String, HostArray)>,
+    /// AdamW's second moments, by checkpoint name.
+    pub v: Vec<(String, HostArray)>,
+    /// Updates applied.
+    pub step: u64,
+}
+
+/// What else a resumed run needs to continue exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    /// The seed of initialisation and shuffling.
+    pub seed: u64,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Whether rows are visited in a seeded random order per epoch.
+    pub shuffle: bool,
+    /// Dataset rows consumed so far (step * batch): the data position.
+    pub rows_consumed: u64,
+    /// The mesh trained on (`data=2,model=2`).
+    pub mesh: String,
+    /// The compute dtype (`f32`, `bf16`).
+    pub dtype: String,
+}
+
+/// Writes one safetensors file from device arrays, fetching one tensor at a time (host
+/// memory stays near one tensor). `entries`: (name in the file, path in the state tree).
+pub fn write_from_devices<A: Borrow<DeviceArray>>(path: &Path, state: &Tree<A>, entries: &[(String, String)]) -> Result<()> {
+    let metas = entries
+        .iter()
+        .map(|(name, leaf)| Ok(TensorMeta { name: name.clone(), dtype: DType::F32, shape: state.leaf(leaf)?.borrow().ty().dims.clone() }))
+        .collect::<Result<Vec<_>>>()?;
+    gemma::save_safetensors_streaming(path, &metas, |i| {
+        let host = state
+            .leaf(&entries[i].1)
+            .map_err(|e| gemma::Error::Checkpoint { path: path.display().to_string(), message: e.to_string() })?
+            .borrow()
+            .fetch();
+        host.map(|h| h.bytes().to_vec()).map_err(|e| gemma::Error::Checkpoint {
+            path: path.display().to_string(),
+            message: format!("cannot fetch {}: {e}", entries[i].1),
+        })
+    })?;
+    Ok(())
+}
+
+/// (name, state path) of the parameters, with `prefix` before the name in the file.
+pub fn entries(cfg: &Config, part: &str, prefix: &str) -> Vec<(String, String)> {
+    gemma::param_shapes(cfg).into_iter().map(|(n, _)| (format!("{prefix}{n}"), format!("state.{part}.{n}"))).collect()
+}
+
+/// Writes `OUT/checkpoints/step_<step>/` from the state on the devices and keeps only the
+/// newest `keep` checkpoints.
+pub fn save<A: Borrow<DeviceArray>>(out: &Path, cfg: &Config, state: &Tree<A>, step: u64, meta: &Meta, keep: usize) -> Result<PathBuf> {
+    let dir = out.join("checkpoints");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = format!("step_{step}");
+    let final_dir = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let previous = newest(&dir)?.map(|(_, p)| p);
+    let written = write_dir(&tmp, cfg, state, step, meta).and_then(|()| {
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).with_context(|| format!("cannot replace {}", final_dir.display()))?;
+        }
+        std::fs::rename(&tmp, &final_dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
+        sync_dir(&dir)
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let kept =
+            previous.map_or("there is no earlier checkpoint".to_string(), |p| format!("the previous checkpoint {} is intact", p.display()));
+        return Err(e.context(format!("cannot save checkpoint {} ({kept})", final_dir.display())));
+    }
+    prune(&dir, keep)?;
+    Ok(final_dir)
+}
+
+fn write_dir<A: Borrow<DeviceArray>>(tmp: &Path, cfg: &Config, state: &Tree<A>, step: u64, meta: &Meta) -> Result<()> {
+    std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    write_from_devices(&tmp.join("model.safetensors"), state, &entries(cfg, "params", ""))?;
+    gemma::write_atomic(&tmp.join("config.json"), cfg.to_hf_json().as_bytes())?;
+    let mut opt = entries(cfg, "opt.m", "m.");
+    opt.extend(entries(cfg, "opt.v", "v."));
+    write_from_devices(&tmp.join("optimizer.safetensors"), state, &opt)?;
+    let json = serde_json::json!({
+        "step": step,
+        "seed": meta.seed,
+        "batch": meta.batch,
+        "seq": meta.seq,
+        "shuffle": meta.shuffle,
+        "rows_consumed": meta.rows_consumed,
+        "mesh": meta.mesh,
+        "dtype": meta.dtype,
+    });
+    gemma::write_atomic(&tmp.join("trainer_state.json"), (serde_json::to_string_pretty(&json).expect("internal: a JSON value serializes") + "\n").as_bytes())?;
+    sync_dir(tmp)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+/// `step_<n>` directories (complete checkpoints), newest first; removes leftover temporary
+/// directories of interrupted saves.
+fn complete(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(Error::from(e).context(format!("cannot list {}", dir.display()))),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".step_") && name.contains(".tmp-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        } else if let Some(n) = name.strip_prefix("step_").and_then(|n| n.parse::<u64>().ok()) {
+            found.push((n, entry.path()));
+        }
+    }
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    Ok(found)
+}
+
+/// Whether `OUT/checkpoints` holds any complete checkpoint.
+pub fn any(out: &Path) -> Result<bool> {
+    Ok(newest(&out.join("checkpoints"))?.is_some())
+}
+
+fn newest(dir: &Path) -> Result<Option<(u64, PathBuf)>> {
+    Ok(complete(dir)?.into_iter().next())
+}
+
+fn prune(dir: &Path, keep: usize) -> Result<()> {
+    for (_, path) in complete(dir)?.into_iter().skip(keep.max(1)) {
+        std::fs::remove_dir_all(&path).with_context(|| format!("cannot remove old checkpoint {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The newest complete checkpoint under `OUT/checkpoints`, loaded; None if there is none.
+pub fn load_latest(out: &Path, cfg: &Config) -> Result<Option<(PathBuf, HostState, Meta)>> {
+    let Some((_, path)) = newest(&out.join("checkpoints"))? else { return Ok(None) };
+    let (state, meta) = load(&path, cfg)?;
+    Ok(Some((path, state, meta)))
+}
+
+fn load(dir: &Path, cfg: &Config) -> Result<(HostState, Meta)> {
+    let saved = Config::from_json_file(&dir.join("config.json"))?;
+    if &saved != cfg {
+        bail!("{}: the checkpoint's config differs from this run's ({saved:?} vs {cfg:?})", dir.join("config.json").display());
+    }
+    let ck = gemma::Checkpoint::open(dir)?;
+    ck.validate(cfg)?;
+    let names: Vec<String> = gemma::param_shapes(cfg).into_iter().map(|(n, _)| n).collect();
+    let f32_of = |file: &Path, t: gemma::TensorRef| -> Result<HostArray> {
+        if t.dtype != DType::F32 {
+            bail!("{}: training state must be f32, found {}", file.display(), t.dtype);
+        }
+        Ok(HostArray::from_bytes(DType::F32, t.shape, t.bytes.to_vec())?)
+    };
+    let model_file = dir.join("model.safetensors");
+    let params =
+        names.iter().map(|n| Ok((n.clone(), f32_of(&model_file, ck.get(n).expect("internal: validated"))?))).collect::<Result<_>>()?;
+    let opt_file = dir.join("optimizer.safetensors");
+    let bytes = std::fs::read(&opt_file).with_context(|| format!("cannot read {}", opt_file.display()))?;
+    let opt = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Invalid(format!("{}: bad safetensors file: {e}", opt_file.display())))?;
+    let moment = |prefix: &str| -> Result<Vec<(String, HostArray)>> {
+        let shapes = gemma::param_shapes(cfg);
+        shapes
+            .iter()
+            .map(|(n, dims)| {
+                let t = opt.tensor(&format!("{prefix}{n}")).map_err(|e| Error::Invalid(format!("{}: tensor {prefix}{n}: {e}", opt_file.display())))?;
+                let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+                if t.dtype() != safetensors::Dtype::F32 || &shape != dims {
+                    bail!("{}: tensor {prefix}{n} is {:?}{shape:?}, expected F32{dims:?}", opt_file.display(), t.dtype());
+                }
+                Ok((n.clone(), HostArray::from_bytes(DType::F32, &shape, t.data().to_vec())?))
+            })
+            .collect()
+    };
+    let (m, v) = (moment("m.")?, moment("v.")?);
+    let state_file = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&state_file).with_context(|| format!("cannot read {}", state_file.display()))?;
+    let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: not JSON: {e}", state_file.display())))?;
+    let int = |k: &str| j.get(k).and_then(|v| v.as_u64()).ok_or_else(|| Error::Invalid(format!("{}: missing or bad {k:?}", state_file.display())));
+    let text_of =
+        |k: &str| j.get(k).and_then(|v| v.as_str()).map(str::to_string).ok_or_else(|| Error::Invalid(format!("{}: missing {k:?}", state_file.display())));
+    let meta = Meta {
+        seed: int("seed")?,
+        batch: int("batch")? as usize,
+        seq: int("seq")? as usize,
+        shuffle: j.get("shuffle").and_then(|v| v.as_bool()).unwrap_or(false),
+        rows_consumed: int("rows_consumed")?,
+        mesh: text_of("mesh")?,
+        dtype: text_of("dtype")?,
+    };
+    Ok((HostState { params, m, v, step: int("step")? }, meta))
+}

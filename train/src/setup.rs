@@ -1,0 +1,78 @@
+//! What is fixed for a training run (config, mesh, batch, sequence length) and the train step
+//! as `jit` compiles it: one definition, so `train`, `dump`, `compile` and the bench run and
+//! show exactly the same program.
+use crate::{bail, Result};
+use gemma::rules::Layout;
+use gemma::{Config, Hyper};
+use graph::{Tensor, TensorType, Tree};
+use jit::Jit;
+use runtime::{Client, Mesh, NamedSharding, PartitionSpec};
+
+/// `mesh`, else `data=N` with `devices` N, else `data=2,model=2`; the mesh must have
+/// `devices` devices when both are given (the `--mesh` and `--devices` flags).
+pub fn resolve_mesh(mesh: Option<&str>, devices: Option<usize>) -> Result<Mesh> {
+    let mesh = match (mesh, devices) {
+        (Some(m), _) => Mesh::parse(m)?,
+        (None, Some(n)) => Mesh::parse(&format!("data={n}"))?,
+        (None, None) => Mesh::parse("data=2,model=2")?,
+    };
+    if let Some(n) = devices {
+        if mesh.num_devices() as usize != n {
+            bail!("the mesh {mesh} has {} devices but --devices is {n}", mesh.num_devices());
+        }
+    }
+    Ok(mesh)
+}
+
+/// Everything fixed for a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setup {
+    /// The model.
+    pub cfg: Config,
+    /// The device mesh (`data`, `model` axes).
+    pub mesh: Mesh,
+    /// Also split every weight and optimizer state over `data` (ZeRO-3 style).
+    pub fsdp: bool,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+}
+
+impl Setup {
+    /// The spec of a state or batch path (`state.params.<name>`, `state.opt.m.<name>`,
+    /// `batch.tokens`, ...) as `gemma::rules::state_spec` says; None: replicated.
+    pub fn spec(&self, path: &str) -> Option<PartitionSpec> {
+        gemma::rules::state_spec(&self.cfg, path, &self.mesh, self.fsdp)
+    }
+
+    /// The sharding of the array at `path` of rank `rank` (replicated where no rule applies).
+    pub fn sharding(&self, path: &str, rank: usize) -> NamedSharding {
+        let spec = self.spec(path).unwrap_or_else(|| PartitionSpec::replicated(rank));
+        NamedSharding { mesh: self.mesh.clone(), spec }
+    }
+
+    /// The activation layout of the model on this mesh.
+    pub fn layout(&self) -> Layout {
+        Layout { mesh: self.mesh.clone(), fsdp: self.fsdp }
+    }
+
+    /// The argument types of the train step with their specs (unlisted paths replicated).
+    pub fn train_args(&self) -> Tree<(TensorType, PartitionSpec)> {
+        let types = gemma::train_args(&self.cfg, self.batch as i64, self.seq as i64);
+        types.map(|path, ty| (ty.clone(), self.sharding(path, ty.rank()).spec))
+    }
+}
+
+/// The traced train step's closure type.
+pub type StepFn = Box<dyn Fn(&Tree<Tensor>) -> Result<Tree<Tensor>, graph::Error>>;
+
+/// The compiled train step: `state` donated, every state tensor and the batch split as the
+/// rules say (the new state keeps its arguments' specs). With no client it can only be
+/// lowered (`Jit::lower`, for ahead-of-time compilation).
+pub fn train_step_jit(client: Option<&Client>, setup: &Setup, hp: &Hyper) -> Jit<'static, StepFn> {
+    let (cfg, hp, layout) = (setup.cfg.clone(), *hp, setup.layout());
+    let step: StepFn = Box::new(move |args: &Tree<Tensor>| gemma::train_step(&cfg, &hp, Some(&layout), args));
+    let rules = setup.clone();
+    Jit::with_client("train_step", client, step).with_mesh(setup.mesh.clone()).donate("state").with_rule(move |path, _| rules.spec(path))
+}

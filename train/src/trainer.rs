@@ -1,0 +1,400 @@
+//! [`Trainer`]: the state on the devices, the compiled step, the data, and where the run is.
+use crate::checkpoints::{self, HostState, Meta};
+use crate::sample;
+use crate::setup::{train_step_jit, Setup, StepFn};
+use crate::state::{AdamState, TrainState};
+use crate::{bail, Context, Result};
+use data::{Dataset, Tokenizer};
+use gemma::{Config, Hyper};
+use graph::{DType, Tree};
+use jit::Jit;
+use runtime::{Arg, Client, DeviceArray, HostArray, Mesh};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the weights of a fresh run come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Init {
+    /// `gemma::init_params` with the run's seed.
+    Random,
+    /// An HF checkpoint directory (config.json and model.safetensors); its config must be the
+    /// run's.
+    Hf(PathBuf),
+}
+
+/// What a training run is: the model, how it is spread over the devices, the optimizer and
+/// the data order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSpec {
+    /// The model.
+    pub config: Config,
+    /// The device mesh (`data`, `model` axes); it must have as many devices as the client.
+    pub mesh: Mesh,
+    /// Also split every weight and optimizer state over `data`.
+    pub fsdp: bool,
+    /// Sequences per step (a multiple of the mesh's data axis).
+    pub batch: usize,
+    /// Optimizer, schedule, compute dtype and rematerialisation; `hyper.steps` is the run's
+    /// length.
+    pub hyper: Hyper,
+    /// Seed of the initialisation and of shuffling.
+    pub seed: u64,
+    /// Visit the rows in a seeded random order per epoch.
+    pub shuffle: bool,
+    /// Where the weights come from (ignored by [`Trainer::resume`]).
+    pub init: Init,
+}
+
+impl TrainSpec {
+    /// The tiny preset on `mesh` with `train`'s default settings: batch 8, seed 0, no
+    /// shuffling, random initialisation, `Hyper::default()`.
+    pub fn tiny(mesh: Mesh) -> Result<TrainSpec> {
+        Ok(TrainSpec {
+            config: Config::preset("tiny")?,
+            mesh,
+            fsdp: false,
+            batch: 8,
+            hyper: Hyper::default(),
+            seed: 0,
+            shuffle: false,
+            init: Init::Random,
+        })
+    }
+}
+
+/// Asks a [`Trainer::run`] to end after the step it is in. Cheap to clone, safe to set from
+/// another thread or a signal handler the caller installs.
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    /// Asks the run to stop; returns whether it had been asked already.
+    pub fn stop(&self) -> bool {
+        self.0.swap(true, Ordering::SeqCst)
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How [`Trainer::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// All `hyper.steps` updates are applied.
+    Finished,
+    /// The stop handle was set; the state is that after `step` updates.
+    Stopped {
+        /// Updates applied.
+        step: u64,
+    },
+}
+
+/// The metrics of one step, still on the devices: each is fetched when read.
+pub struct StepMetrics {
+    /// Updates applied after this step (1-based step number).
+    pub step: u64,
+    metrics: Tree<DeviceArray>,
+}
+
+impl StepMetrics {
+    fn scalar(&self, name: &str) -> Result<f64> {
+        Ok(self.metrics.leaf(name)?.fetch()?.to_f64_vec()[0])
+    }
+
+    /// The mean next-token loss of the step's batch (before the update).
+    pub fn loss(&self) -> Result<f64> {
+        self.scalar("loss")
+    }
+
+    /// The global gradient norm before clipping.
+    pub fn grad_norm(&self) -> Result<f64> {
+        self.scalar("grad_norm")
+    }
+
+    /// The learning rate the update used.
+    pub fn lr(&self) -> Result<f64> {
+        self.scalar("lr")
+    }
+
+    /// The metrics as device arrays (`loss`, `grad_norm`, `lr`).
+    pub fn arrays(&self) -> &Tree<DeviceArray> {
+        &self.metrics
+    }
+}
+
+/// A training run: owns its client, the state on the devices, the compiled step and the data.
+pub struct Trainer {
+    client: Client,
+    setup: Setup,
+    hp: Hyper,
+    data: Dataset,
+    seed: u64,
+    shuffle: bool,
+    /// None only after a step failed midway (its state was donated).
+    state: Option<TrainState<DeviceArray>>,
+    step: u64,
+    jit: Jit<'static, StepFn>,
+    stop: StopHandle,
+    resumed_from: Option<PathBuf>,
+}
+
+impl Trainer {
+    /// A fresh run: the weights from `spec.init`, AdamW's moments zero, step 0, placed over
+    /// the mesh as `gemma::rules` splits them. Nothing is compiled until the first step.
+    pub fn new(client: &Client, spec: TrainSpec, data: Dataset) -> Result<Trainer> {
+        let setup = check(client, &spec, &data)?;
+        check_host_memory(&setup.cfg)?;
+        let params = match &spec.init {
+            Init::Random => gemma::init_params(&setup.cfg, spec.seed)
+                .into_iter()
+                .map(|(n, dims, v)| Ok((n, HostArray::from_vec(&dims, v)?)))
+                .collect::<Result<Vec<_>>>()?,
+            Init::Hf(dir) => {
+                let ck = data::checkpoint::open(dir)?;
+                ck.validate(&setup.cfg)?;
+                ck.check_unchanged()?;
+                data::checkpoint::params_f32(&ck, &setup.cfg)?
+            }
+        };
+        let zeros = |params: &[(String, HostArray)]| -> Result<Vec<(String, HostArray)>> {
+            params.iter().map(|(n, p)| Ok((n.clone(), HostArray::from_vec(p.dims(), vec![0f32; p.len()])?))).collect()
+        };
+        let (m, v) = (zeros(&params)?, zeros(&params)?);
+        let host = HostState { params, m, v, step: 0 };
+        Trainer::place(client, spec, setup, data, &host, None)
+    }
+
+    /// Continues the newest complete checkpoint under `out/checkpoints` exactly: the same
+    /// state, the same data position, the same schedule. Its batch and sequence length must be
+    /// this run's, and its step below `spec.hyper.steps`.
+    pub fn resume(client: &Client, spec: TrainSpec, data: Dataset, out: &Path) -> Result<Trainer> {
+        let setup = check(client, &spec, &data)?;
+        check_host_memory(&setup.cfg)?;
+        let Some((path, host, meta)) = checkpoints::load_latest(out, &setup.cfg)? else {
+            bail!("--resume: there is no checkpoint in {}", out.join("checkpoints").display());
+        };
+        if meta.batch != setup.batch || meta.seq != setup.seq {
+            bail!(
+                "--resume: {} was trained with --batch {} --seq {}, this run has --batch {} --seq {}",
+                path.display(),
+                meta.batch,
+                meta.seq,
+                setup.batch,
+                setup.seq
+            );
+        }
+        if host.step >= spec.hyper.steps {
+            bail!("the checkpoint is at step {}, which is not before --steps {}", host.step, spec.hyper.steps);
+        }
+        Trainer::place(client, spec, setup, data, &host, Some(path))
+    }
+
+    fn place(client: &Client, spec: TrainSpec, setup: Setup, data: Dataset, host: &HostState, from: Option<PathBuf>) -> Result<Trainer> {
+        let placed = |list: &[(String, HostArray)], part: &str| -> Result<Tree<DeviceArray>> {
+            let mut tree = Tree::new();
+            for (name, array) in list {
+                let sharding = setup.sharding(&format!("state.{part}.{name}"), array.dims().len());
+                tree.insert(name.clone(), DeviceArray::place(client, array, &sharding)?)?;
+            }
+            Ok(tree)
+        };
+        let step = HostArray::from_vec(&[], vec![i32::try_from(host.step).map_err(|_| crate::Error::Invalid(format!("step {} is too large", host.step)))?])?;
+        let state = TrainState {
+            params: placed(&host.params, "params")?,
+            opt: AdamState { m: placed(&host.m, "opt.m")?, v: placed(&host.v, "opt.v")? },
+            step: DeviceArray::place(client, &step, &setup.sharding("state.step", 0))?,
+        };
+        let jit = train_step_jit(Some(client), &setup, &spec.hyper);
+        Ok(Trainer {
+            client: client.clone(),
+            setup,
+            hp: spec.hyper,
+            data,
+            seed: spec.seed,
+            shuffle: spec.shuffle,
+            state: Some(state),
+            step: host.step,
+            jit,
+            stop: StopHandle::default(),
+            resumed_from: from,
+        })
+    }
+
+    /// The client the run executes on.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The model, mesh, batch and sequence length.
+    pub fn setup(&self) -> &Setup {
+        &self.setup
+    }
+
+    /// The optimizer settings.
+    pub fn hyper(&self) -> &Hyper {
+        &self.hp
+    }
+
+    /// The training data.
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+
+    /// Updates applied so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Whether all `hyper.steps` updates are applied.
+    pub fn is_done(&self) -> bool {
+        self.step >= self.hp.steps
+    }
+
+    /// The checkpoint this run resumed from, if any.
+    pub fn resumed_from(&self) -> Option<&Path> {
+        self.resumed_from.as_deref()
+    }
+
+    /// The state on the devices.
+    pub fn state(&self) -> Result<&TrainState<DeviceArray>> {
+        self.state.as_ref().ok_or_else(|| crate::Error::Invalid("the train state was lost by an earlier failed step".into()))
+    }
+
+    /// The state, consuming the trainer.
+    pub fn into_state(self) -> Result<TrainState<DeviceArray>> {
+        self.state.ok_or_else(|| crate::Error::Invalid("the train state was lost by an earlier failed step".into()))
+    }
+
+    /// A handle that ends [`Trainer::run`] after the current step.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Time spent tracing, lowering and compiling (or loading) the step.
+    pub fn compile_time(&self) -> Duration {
+        self.jit.stats().compile_time
+    }
+
+    /// Time spent executing the step on the devices so far.
+    pub fn device_time(&self) -> Duration {
+        self.jit.execute_time()
+    }
+
+    /// One update on the next batch: the state is donated to the step and replaced by the
+    /// new one; the metrics stay on the devices until read.
+    pub fn step(&mut self) -> Result<StepMetrics> {
+        if self.is_done() {
+            bail!("the run is complete: {} of {} steps applied", self.step, self.hp.steps);
+        }
+        let shuffle = self.shuffle.then_some(self.seed);
+        let tokens = self.data.batch(self.step, self.setup.batch, shuffle)?;
+        let tokens = DeviceArray::place(&self.client, &tokens, &self.setup.sharding("batch.tokens", 2))?;
+        let state = self.state.take().ok_or_else(|| crate::Error::Invalid("the train state was lost by an earlier failed step".into()))?;
+        let mut args: Tree<Arg> = Tree::new();
+        for (path, array) in state.flatten()?.into_leaves() {
+            args.insert(path, Arg::Donate(array))?;
+        }
+        args.insert("batch.tokens", Arg::Donate(tokens))?;
+        let mut out = self.jit.call(args)?;
+        let metrics = out.take_subtree("metrics");
+        self.state = Some(TrainState::unflatten(out)?);
+        self.step += 1;
+        Ok(StepMetrics { step: self.step, metrics })
+    }
+
+    /// Steps until all `hyper.steps` updates are applied or the stop handle is set, calling
+    /// `after_step` after each step (the caller logs, saves, or sets the stop handle there).
+    pub fn run(&mut self, mut after_step: impl FnMut(&mut Trainer, &StepMetrics) -> Result<()>) -> Result<RunEnd> {
+        while !self.is_done() {
+            let metrics = self.step()?;
+            after_step(self, &metrics)?;
+            if self.stop.is_stopped() {
+                return Ok(RunEnd::Stopped { step: self.step });
+            }
+        }
+        Ok(RunEnd::Finished)
+    }
+
+    /// What a checkpoint records besides the tensors.
+    pub fn meta(&self) -> Meta {
+        Meta {
+            seed: self.seed,
+            batch: self.setup.batch,
+            seq: self.setup.seq,
+            shuffle: self.shuffle,
+            rows_consumed: self.step * self.setup.batch as u64,
+            mesh: self.setup.mesh.to_string(),
+            dtype: if self.hp.compute == DType::Bf16 { "bf16" } else { "f32" }.to_string(),
+        }
+    }
+
+    /// Writes the checkpoint `out/checkpoints/step_<n>/` (atomically) and keeps the newest
+    /// `keep`; returns its directory.
+    pub fn save(&self, out: &Path, keep: usize) -> Result<PathBuf> {
+        let flat = self.flat_view()?;
+        checkpoints::save(out, &self.setup.cfg, &flat, self.step, &self.meta(), keep)
+    }
+
+    /// Writes the weights as an HF checkpoint: `out/model.safetensors` (f32) and
+    /// `out/config.json`, each atomically.
+    pub fn export(&self, out: &Path) -> Result<()> {
+        let flat = self.flat_view()?;
+        let params = checkpoints::entries(&self.setup.cfg, "params", "");
+        checkpoints::write_from_devices(&out.join("model.safetensors"), &flat, &params)?;
+        gemma::write_atomic(&out.join("config.json"), self.setup.cfg.to_hf_json().as_bytes())
+            .with_context(|| format!("cannot write {}", out.join("config.json").display()))?;
+        Ok(())
+    }
+
+    /// `n` tokens sampled at temperature 0.8 from the model, after the first quarter window
+    /// of the data's first row: "prompt|continuation", decoded with `tokenizer`.
+    pub fn sample(&self, tokenizer: &Tokenizer, n: usize, seed: u64) -> Result<String> {
+        sample::generate(&self.client, &self.setup, &self.state()?.params, tokenizer, &self.data, n, seed)
+    }
+
+    /// The state as a tree of the step's paths, borrowing the device arrays.
+    fn flat_view(&self) -> Result<Tree<&DeviceArray>> {
+        fn view(t: &Tree<DeviceArray>) -> Tree<&DeviceArray> {
+            Tree::from_leaves(t.iter()).expect("internal: the same paths")
+        }
+        let s = self.state()?;
+        TrainState { params: view(&s.params), opt: AdamState { m: view(&s.opt.m), v: view(&s.opt.v) }, step: &s.step }.flatten()
+    }
+}
+
+/// The setup of `spec` on `data`, checked against the client before anything is placed.
+fn check(client: &Client, spec: &TrainSpec, data: &Dataset) -> Result<Setup> {
+    if spec.hyper.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    gemma::rules::check_batch(spec.batch as i64, &spec.mesh)?;
+    gemma::rules::param_specs(&spec.config, &spec.mesh, spec.fsdp)?; // every split must divide its dimension
+    let devices = client.devices()?.len();
+    if (spec.mesh.num_devices() as usize) > devices {
+        bail!("the mesh {} needs {} devices, the client has {devices}", spec.mesh, spec.mesh.num_devices());
+    }
+    Ok(Setup { cfg: spec.config.clone(), mesh: spec.mesh.clone(), fsdp: spec.fsdp, batch: spec.batch, seq: data.seq() })
+}
+
+/// The state is built on the host before it is placed (f32 weights and both AdamW moments):
+/// refuse, before allocating, a model whose state does not fit in the memory available now.
+fn check_host_memory(cfg: &Config) -> Result<()> {
+    let bytes = 3 * 4 * gemma::rules::param_count(cfg) as u128;
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?.to_string();
+        Some(line.split_whitespace().nth(1)?.parse::<u128>().ok()? * 1024)
+    });
+    if let Some(avail) = available.filter(|&avail| bytes > avail) {
+        bail!(
+            "the training state (f32 weights, AdamW m and v: {:.1} GiB) does not fit in the {:.1} GiB of memory available; \
+             see `gemma-xla plan` for what each device needs",
+            bytes as f64 / (1u64 << 30) as f64,
+            avail as f64 / (1u64 << 30) as f64
+        );
+    }
+    Ok(())
+}
