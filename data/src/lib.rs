@@ -13,7 +13,7 @@ pub mod npy;
 /// The HF tokenizers crate this crate reads `tokenizer.json` with.
 pub use tokenizers;
 
-pub use dataset::{Dataset, Tokenizer, BUILTIN_CORPUS, DEFAULT_SEQ};
+pub use dataset::{permute, Dataset, Tokenizer, BUILTIN_CORPUS, DEFAULT_SEQ};
 
 /// Errors of reading and writing the runtime's files.
 #[derive(Debug, thiserror::Error)]

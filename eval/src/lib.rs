@@ -140,13 +140,13 @@ pub fn evaluate(
     Ok(outcomes)
 }
 
-/// The number of sequences [`evaluate`] runs through the model (one per choice and one per
-/// generation item): the length of a progress bar.
+/// The number of sequences [`evaluate`] runs through the model (one per choice with tokens to
+/// score, one per generation item): the length of a progress bar.
 pub fn sequences(items: &[Item]) -> usize {
     items
         .iter()
         .map(|item| match &item.kind {
-            Kind::Choice { continuations, .. } => continuations.len(),
+            Kind::Choice { continuations, .. } => continuations.iter().filter(|c| !c.is_empty()).count(),
             Kind::Generate { .. } => 1,
         })
         .sum()

@@ -93,7 +93,7 @@ fn bad_input_is_refused() {
         assert!(err.contains(name), "{err}");
     }
     // --out naming the config file is refused before anything is written.
-    let config = "gemma-xla/tests/fixtures/gemma/gqa/config.json";
+    let config = "fixtures/gemma/gqa/config.json";
     let before = std::fs::read(repo().join(config)).unwrap();
     let err = fails(&["dump", "--config", config, "--what", "forward", "--devices", "1", "--out", config]);
     assert!(err.contains("refusing to write") && err.contains("it is the input"), "{err}");
@@ -103,7 +103,7 @@ fn bad_input_is_refused() {
 #[test]
 fn prefill_and_decode_programs_dump_on_a_mesh() {
     // gqa has 2 kv heads, so model=2 splits the cache by heads and data=2 its rows.
-    let config = "gemma-xla/tests/fixtures/gemma/gqa/config.json";
+    let config = "fixtures/gemma/gqa/config.json";
     for what in ["prefill", "decode"] {
         let out = scratch(what);
         let stdout = ok(&[

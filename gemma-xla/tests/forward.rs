@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma")
+    testkit::fixtures("gemma")
 }
 
 fn scratch(name: &str) -> PathBuf {

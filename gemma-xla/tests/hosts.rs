@@ -17,7 +17,7 @@ fn a_multi_host_environment_is_refused_clearly() {
     assert!(err.contains("host 1 of 4") && err.contains("TPU_WORKER_ID") && err.contains("one host"), "{err}");
     assert!(!out.exists(), "nothing was written");
     // A single-host TPU VM (its own name in the list) trains as usual: checked by the role alone.
-    let role = gemma_xla::hosts::HostRole::from_env(|k| match k {
+    let role = train::hosts::HostRole::from_env(|k| match k {
         "TPU_WORKER_ID" => Some("0".into()),
         "TPU_WORKER_HOSTNAMES" => Some("t1v-0".into()),
         _ => None,

@@ -27,7 +27,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn copy_model(to: &Path) {
-    let from = repo().join("gemma-xla/tests/fixtures/gemma/mqa");
+    let from = repo().join("fixtures/gemma/mqa");
     for f in ["config.json", "model.safetensors", "tokens.npy"] {
         std::fs::copy(from.join(f), to.join(f)).unwrap();
     }
@@ -94,7 +94,7 @@ fn a_mask_without_a_target_token_is_an_error() {
 #[test]
 fn a_truncated_npy_says_which_file_and_how_many_bytes() {
     let d = scratch("npy");
-    let full = std::fs::read(repo().join("gemma-xla/tests/fixtures/gemma/mqa/tokens.npy")).unwrap();
+    let full = std::fs::read(repo().join("fixtures/gemma/mqa/tokens.npy")).unwrap();
     std::fs::write(d.join("cut.npy"), &full[..full.len() - 5]).unwrap();
     let cut = d.join("cut.npy");
     let err = gemma_xla_lib_read(&cut);
@@ -112,7 +112,7 @@ fn a_truncated_npy_says_which_file_and_how_many_bytes() {
 }
 
 fn gemma_xla_lib_read(p: &Path) -> String {
-    gemma_xla::npy::read(p).unwrap_err().to_string()
+    data::npy::read(p).unwrap_err().to_string()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma").join(name)
+    testkit::fixtures("gemma").join(name)
 }
 
 /// Loss and gradients of the gqa fixture (f32) with the decoder layers called as `remat` says.
@@ -18,7 +18,7 @@ fn loss_and_grads(client: &Client, remat: Remat) -> Result<Vec<(String, Vec<f32>
     let dir = fixture("gqa");
     let cfg = Config::from_json_file(&dir.join("config.json"))?;
     let ck = Checkpoint::open(&dir)?;
-    let tokens = gemma_xla::npy::read(&dir.join("tokens.npy"))?;
+    let tokens = data::npy::read(&dir.join("tokens.npy"))?;
     let ids: Vec<i32> = tokens.to_vec::<i64>()?.into_iter().map(|i| i as i32).collect();
     let (b, t) = (tokens.dims()[0], tokens.dims()[1]);
     let mut args: Tree<HostArray> = Tree::new();

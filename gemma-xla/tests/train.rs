@@ -69,12 +69,12 @@ fn write_tokens(path: &Path, shape: &[u64], values: &[i32]) {
     w.finish().unwrap();
 }
 
-const REF: &str = "gemma-xla/tests/fixtures/train";
+const REF: &str = "fixtures/train";
 
 fn reference_run(out: &Path, mesh: &str) {
     let o = train(&[
         "--init",
-        "gemma-xla/tests/fixtures/gemma/mqa",
+        "fixtures/gemma/mqa",
         "--data",
         &format!("{REF}/tokens.npy"),
         "--mesh",
@@ -110,7 +110,7 @@ fn reference_run(out: &Path, mesh: &str) {
 }
 
 /// Six AdamW steps from the transformers-made mqa checkpoint against JAX + optax in float64
-/// (gemma-xla/tests/fixtures/train/make_reference.py): per-step loss, grad_norm and lr,
+/// (fixtures/train/make_reference.py): per-step loss, grad_norm and lr,
 /// and the final weights and moments.
 fn check_against_reference(mesh: &str) {
     let out = scratch(&format!("ref-{}", mesh.replace([',', '='], "_")));
@@ -260,12 +260,12 @@ fn bad_input_is_a_clear_error() {
     let quick = ["--steps", "2", "--sample", "0", "--mesh", "data=1"];
     let err = fails(&train(&[&quick[..], &["--resume", "--out", &o]].concat()));
     assert!(err.contains("--resume: there is no checkpoint in"), "{err}");
-    let err = fails(&train(&[&quick[..], &["--init", "gemma-xla/tests/fixtures/gemma/mqa", "--config", "tiny", "--out", &o]].concat()));
+    let err = fails(&train(&[&quick[..], &["--init", "fixtures/gemma/mqa", "--config", "tiny", "--out", &o]].concat()));
     assert!(err.contains("has another config than --config tiny"), "{err}");
     let err = fails(&train(&["--steps", "2", "--mesh", "data=2", "--batch", "3", "--out", &o]));
     assert!(err.contains("batch") && err.contains('3'), "{err}");
     let err = fails(&train(
-        &[&quick[..], &["--init", "gemma-xla/tests/fixtures/gemma/mqa", "--out", "gemma-xla/tests/fixtures/gemma/mqa"]].concat(),
+        &[&quick[..], &["--init", "fixtures/gemma/mqa", "--out", "fixtures/gemma/mqa"]].concat(),
     ));
     assert!(err.contains("is the --init directory"), "{err}");
     let short = out.join("short.txt");

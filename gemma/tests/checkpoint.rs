@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 #[test]
 fn saving_writes_the_same_layout_and_bytes() {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gemma-xla/tests/fixtures/gemma/mqa");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/gemma/mqa");
     let cfg = Config::from_json_file(&src.join("config.json")).unwrap();
     let ck = Checkpoint::open(&src).unwrap();
     ck.validate(&cfg).unwrap();

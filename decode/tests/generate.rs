@@ -4,14 +4,14 @@
 //! GQA), for rows of different prompt lengths, on one device and on meshes.
 use anyhow::Result;
 use gemma::{Checkpoint, Config};
-use gemma_xla::generate::{generate, Generator, Placement, Sampler};
+use decode::{generate, Generator, Placement, Sampler};
 use graph::{DType, Tensor, Tree};
 use jit::Jit;
 use runtime::{Client, HostArray, HostView, Mesh, PluginSpec};
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma").join(name)
+    testkit::fixtures("gemma").join(name)
 }
 
 fn params<'a>(ck: &'a Checkpoint, cfg: &Config) -> Result<Tree<HostView<'a>>> {
@@ -25,7 +25,7 @@ fn params<'a>(ck: &'a Checkpoint, cfg: &Config) -> Result<Tree<HostView<'a>>> {
 
 /// The fixture's prompts: row 0 all 7 tokens, row 1 only its first 4 (different lengths).
 fn prompts(dir: &std::path::Path) -> Result<Vec<Vec<i32>>> {
-    let t = gemma_xla::npy::read(&dir.join("tokens.npy"))?;
+    let t = data::npy::read(&dir.join("tokens.npy"))?;
     let ids: Vec<i32> = t.to_vec::<i64>()?.into_iter().map(|i| i as i32).collect();
     let w = t.dims()[1] as usize;
     Ok(vec![ids[..w].to_vec(), ids[w..w + 4].to_vec()])

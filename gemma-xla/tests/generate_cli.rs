@@ -1,21 +1,12 @@
-//! `generate` against transformers on the fixture in tests/fixtures/generate (made by its
-//! make_fixtures.py): a Gemma-style tokenizer (BPE with byte fallback) and tokenizer_config
-//! with Gemma's chat template, and a tiny GQA model. Checks greedy tokens and logits against
-//! `generate(do_sample=False)`, tokenization and chat formatting against transformers, and the
-//! command's errors.
-use anyhow::Result;
-use gemma::{Checkpoint, Config};
-use gemma_xla::chat::Message;
-use gemma_xla::generate::{Generator, Placement};
-use gemma_xla::text::TextTokenizer;
-use graph::{DType, Tree};
-use runtime::{Client, HostView, PluginSpec};
+//! `gemma-xla generate` on the fixture in fixtures/generate (made by its make_fixtures.py):
+//! the command reproduces transformers' `generate(do_sample=False)`, refuses bad input
+//! clearly, and chats turn by turn.
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/generate")
+    testkit::fixtures("generate")
 }
 
 fn json(name: &str) -> Value {
@@ -31,90 +22,12 @@ fn gemma_xla(args: &[&str]) -> Output {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gemma-xla-gen-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    testkit::scratch_dir(&format!("gen-{name}"))
 }
 
 fn read_i32(path: &Path) -> (Vec<i64>, Vec<i32>) {
-    let a = gemma_xla::npy::read(path).unwrap();
+    let a = data::npy::read(path).unwrap();
     (a.dims().to_vec(), a.to_vec::<i32>().unwrap())
-}
-
-fn tokenizer() -> TextTokenizer {
-    TextTokenizer::load(&dir(), None).unwrap().expect("the fixture has a tokenizer.json")
-}
-
-#[test]
-fn tokenization_matches_transformers() {
-    let t = tokenizer();
-    assert_eq!(t.add_bos, Some(true));
-    for case in json("tokenizer_cases.json")["cases"].as_array().unwrap() {
-        let text = case["text"].as_str().unwrap();
-        assert_eq!(t.encode(text, false).unwrap(), ids(&case["ids_no_special"]), "{text:?} without special tokens");
-        assert_eq!(t.encode(text, true).unwrap(), ids(&case["ids_with_special"]), "{text:?} with BOS");
-        let decoded = t.decode(&ids(&case["ids_with_special"])).unwrap();
-        assert_eq!(decoded, case["decode_with_special_ids_skip_special"].as_str().unwrap(), "{text:?} decoded");
-    }
-}
-
-#[test]
-fn chat_prompts_match_apply_chat_template() {
-    let t = tokenizer();
-    let cases = json("chat_cases.json");
-    assert_eq!(t.chat_template.as_deref(), cases["chat_template"].as_str());
-    let messages = |v: &Value| -> Vec<Message> {
-        v.as_array().unwrap().iter().map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap())).collect()
-    };
-    for case in cases["cases"].as_array().unwrap() {
-        let agp = case["add_generation_prompt"].as_bool().unwrap();
-        let text = t.chat_prompt(&messages(&case["messages"]), agp).unwrap();
-        assert_eq!(text, case["text"].as_str().unwrap(), "{} (add_generation_prompt {agp})", case["name"]);
-        // apply_chat_template(tokenize=True) adds no special tokens: the template wrote BOS.
-        assert_eq!(t.encode(&text, false).unwrap(), ids(&case["ids"]), "{} ids", case["name"]);
-    }
-    for case in cases["errors"].as_array().unwrap() {
-        let err = t.chat_prompt(&messages(&case["messages"]), true).unwrap_err().to_string();
-        assert!(err.contains(case["message"].as_str().unwrap()), "{}: {err}", case["name"]);
-    }
-}
-
-#[test]
-fn greedy_tokens_and_logits_match_transformers() -> Result<()> {
-    let d = dir();
-    let cfg = Config::from_json_file(&d.join("config.json"))?;
-    let ck = Checkpoint::open(&d)?;
-    let mut p: Tree<HostView> = Tree::new();
-    for (name, _) in gemma::param_shapes(&cfg) {
-        let r = ck.get(&name).unwrap();
-        p.insert(name, HostView { dtype: r.dtype, dims: r.shape, bytes: r.bytes })?;
-    }
-    let (pdims, prompts) = read_i32(&d.join("prompts.npy"));
-    let (gdims, greedy) = read_i32(&d.join("greedy.npy"));
-    let want_logits = gemma_xla::npy::read(&d.join("greedy_logits.npy"))?.to_vec::<f32>()?;
-    let (b, t, n) = (pdims[0] as usize, pdims[1] as usize, (gdims[1] - pdims[1]) as usize);
-    let v = cfg.vocab_size as usize;
-    let client = Client::open(&PluginSpec::Cpu, Some(1))?;
-    let mut g = Generator::new(&client, &cfg, &p, Placement::single(DType::F32), b, 32)?;
-    let rows: Vec<&[i32]> = prompts.chunks(t).collect();
-    let mut logits = g.extend(&rows, &vec![0; b])?;
-    let mut worst = 0f32;
-    for step in 0..n {
-        let mut next = Vec::new();
-        for (row, l) in logits.iter().enumerate() {
-            let want = &want_logits[(row * n + step) * v..(row * n + step + 1) * v];
-            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-            worst = worst.max(l.iter().zip(want).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale);
-            let id = (0..v).max_by(|&i, &j| l[i].total_cmp(&l[j]).then(j.cmp(&i))).unwrap() as i32;
-            assert_eq!(id, greedy[row * (t + n) + t + step], "row {row} step {step}");
-            next.push([id]);
-        }
-        let refs: Vec<&[i32]> = next.iter().map(|x| &x[..]).collect();
-        logits = g.extend(&refs, &vec![t + step; b])?;
-    }
-    assert!(worst < 1e-5, "logits differ from transformers' by {worst} of the largest");
-    Ok(())
 }
 
 #[test]
@@ -182,12 +95,12 @@ fn bad_input_is_refused_clearly() {
     let e = fails(&["generate", "--model", model, "--prompt", "hi", "--max-new-tokens", "500"]);
     assert!(e.contains("--max-new-tokens"), "{e}");
     // No tokenizer with --prompt: say what to pass instead.
-    let bare = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma/mqa");
+    let bare = testkit::fixtures("gemma").join("mqa");
     let e = fails(&["generate", "--model", bare.to_str().unwrap(), "--prompt", "hi"]);
     assert!(e.contains("no tokenizer.json") && e.contains("--tokens") && e.contains("--tokenizer"), "{e}");
     // Token ids outside the vocabulary (512).
     let bad = s.join("bad.npy");
-    std::fs::write(&bad, gemma_xla::npy::encode_array(&runtime::HostArray::from_vec(&[1, 3], vec![2i32, 600, 5]).unwrap()).unwrap())
+    std::fs::write(&bad, data::npy::encode_array(&runtime::HostArray::from_vec(&[1, 3], vec![2i32, 600, 5]).unwrap()).unwrap())
         .unwrap();
     let e = fails(&["generate", "--model", model, "--tokens", bad.to_str().unwrap()]);
     assert!(e.contains("600") && e.contains("[0, 512)") && e.contains("bad.npy"), "{e}");

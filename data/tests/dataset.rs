@@ -1,6 +1,6 @@
 //! The training data pipeline: row rule, windows, directories, shuffling, the built-in corpus,
 //! tokenizers, and an error naming the file for each kind of bad input.
-use gemma_xla::data::{permute, Dataset, Tokenizer, BUILTIN_CORPUS};
+use data::{permute, Dataset, Tokenizer, BUILTIN_CORPUS};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -118,7 +118,7 @@ fn text_is_cut_into_consecutive_windows() {
     assert_contains(&d.describe(), &["abc.txt", "26 tokens", "6 windows of 4 tokens", "2 tokens left over"]);
     // Without --seq, text uses the default window.
     let long = write(dir.path(), "long.txt", "x".repeat(200));
-    assert_eq!(Dataset::load(Some(&long), &Tokenizer::Bytes, None, 256).unwrap().seq(), gemma_xla::data::DEFAULT_SEQ);
+    assert_eq!(Dataset::load(Some(&long), &Tokenizer::Bytes, None, 256).unwrap().seq(), data::DEFAULT_SEQ);
 }
 
 #[test]
@@ -392,11 +392,10 @@ fn batch_size_zero_is_an_error() {
 
 #[test]
 fn the_builtin_corpus_is_what_its_generator_writes() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/make_corpus.py");
-    match std::process::Command::new("python3").arg(&script).arg("--check").output() {
-        Ok(out) => assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-        Err(e) => eprintln!("skipped: python3 is not available ({e})"),
-    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/make_corpus.py");
+    testkit::require_tool("python3", "it runs the corpus generator");
+    let out = std::process::Command::new("python3").arg(&script).arg("--check").output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
