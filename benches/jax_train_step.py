@@ -89,12 +89,13 @@ def param_shapes(cfg):
     return shapes
 
 
-def make_step(cfg, compute=jnp.float32, steps=1000, lr=3e-3, warmup=20):
+def make_step(cfg, compute=jnp.float32, steps=1000, lr=3e-3, warmup=20, min_lr=3e-4):
+    # The defaults are `gemma-xla train`'s (gemma::Hyper::default()).
     loss = make_loss(cfg)
 
     def schedule(s):
         s = jnp.asarray(s, jnp.float32)
-        cos = lr / 2 * (1 + jnp.cos(jnp.pi * (s - warmup) / max(1, steps - warmup)))
+        cos = min_lr + (lr - min_lr) / 2 * (1 + jnp.cos(jnp.pi * (s - warmup) / max(1, steps - warmup)))
         return jnp.where(s < warmup, lr * (s + 1) / warmup, cos)
 
     mask = lambda params: {k: v.ndim >= 2 for k, v in params.items()}

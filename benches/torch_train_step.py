@@ -40,10 +40,11 @@ def step_cmd(cfg_path, batch, seq, steps, compute="f32"):
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
-    lr, warmup, total = 3e-3, 20, 1000
+    lr, warmup, total, min_lr = 3e-3, 20, 1000, 3e-4  # `gemma-xla train`'s defaults
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95), eps=1e-8)
-    schedule = lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+    floor = min_lr / lr
+    schedule = lambda s: (s + 1) / warmup if s < warmup else floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     V = cfg["vocab_size"]
     batches = [torch.from_numpy(((np.arange(batch * seq) * 7919 + b * 104729 + 1) % (V - 1) + 1).astype(np.int64).reshape(batch, seq))

@@ -265,3 +265,25 @@ fn same_path(a: &Path, b: &Path) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    #[test]
+    fn hyper_default_is_what_train_uses_with_no_flags() {
+        let cli = Cli::try_parse_from(["train"]).unwrap();
+        assert_eq!(hyper(&cli.train), Hyper::default());
+        assert_eq!(Hyper::default().min_lr, 3e-4);
+        let cli = Cli::try_parse_from(["train", "--dtype", "bf16", "--remat", "save-dots", "--min-lr", "0"]).unwrap();
+        let hp = hyper(&cli.train);
+        assert_eq!((hp.compute, hp.remat, hp.min_lr), (graph::DType::Bf16, graph::Remat::SaveDots, 0.0));
+    }
+}

@@ -1,6 +1,5 @@
-//! `gemma-xla forward` against HF transformers' GemmaForCausalLM (fixtures/gemma, written
-//! by make_fixtures.py): logits, loss, every gradient and per-layer values of MQA, MHA, GQA
-//! and heads*head_dim != d_model configs, sharded and bf16 checkpoints, and bad input.
+//! `gemma-xla forward`: the file it writes, and bad models and tokens refused clearly. The
+//! numbers against transformers are library tests (decode/tests/forward.rs).
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,10 +8,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gemma-xla-forward-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    testkit::scratch_dir(&format!("forward-{name}"))
 }
 
 /// Runs `gemma-xla forward`; returns (success, stdout, stderr).
@@ -47,89 +43,21 @@ fn load(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f64>
         .collect()
 }
 
-fn max_abs(v: &[f64]) -> f64 {
-    v.iter().fold(0.0, |m, x| m.max(x.abs()))
-}
-
-/// |got - want| <= tol * max(1, max|want|) elementwise; returns the worst relative error.
-fn check(name: &str, got: &(Vec<usize>, Vec<f64>), want: &(Vec<usize>, Vec<f64>), tol: f64) -> f64 {
-    assert_eq!(got.0, want.0, "{name}: shape");
-    let scale = max_abs(&want.1).max(1.0);
-    let worst = got.1.iter().zip(&want.1).map(|(g, w)| (g - w).abs() / scale).fold(0.0, f64::max);
-    assert!(worst <= tol, "{name}: max error {worst:e} x max(1, max|ref|) exceeds {tol:e}");
-    eprintln!("{name}: max error {worst:.2e} x max(1, max|ref|)");
-    worst
-}
-
-fn compare_with_reference(config: &str, model_dir: &str) {
-    let dir = fixtures().join(model_dir);
-    let tmp = scratch(model_dir);
+#[test]
+fn the_command_writes_logits_loss_and_gradients() {
+    // The numbers are checked against transformers in decode/tests/forward.rs; here: the file.
+    let dir = fixtures().join("mqa");
+    let tmp = scratch("cli");
     let out = tmp.join("out.safetensors");
     let (ok, stdout, stderr) = forward(&dir, &dir.join("tokens.npy"), &out, &["--grads", "--layers"]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("loss"), "{stdout}");
+    assert!(stdout.contains("loss") && stdout.contains(out.to_str().unwrap()), "{stdout}");
     let got = load(&out);
-    let want = load(&fixtures().join(config).join("reference.safetensors"));
-    check("logits", &got["logits"], &want["logits"], 1e-5);
+    let want = load(&fixtures().join("mqa/reference.safetensors"));
     let (gl, wl) = (got["loss"].1[0], want["loss"].1[0]);
     assert!((gl - wl).abs() <= 2e-6 * wl.abs(), "loss {gl} vs transformers {wl}");
-    let mut grads = 0;
-    for (name, w) in &want {
-        if let Some(param) = name.strip_prefix("grad.") {
-            let g = got.get(name).unwrap_or_else(|| panic!("{model_dir}: no {name} in the output"));
-            check(&format!("{model_dir} grad of {param}"), g, w, 5e-6);
-            grads += 1;
-        } else if name.starts_with("layer.") {
-            check(&format!("{model_dir} {name}"), &got[name], w, 1e-5);
-        }
-    }
-    assert_eq!(grads, 20, "every checkpoint tensor has a gradient");
-    std::fs::remove_dir_all(tmp).unwrap();
-}
-
-#[test]
-fn multi_query_attention_matches_transformers() {
-    compare_with_reference("mqa", "mqa");
-}
-
-#[test]
-fn multi_head_attention_matches_transformers() {
-    compare_with_reference("mha", "mha");
-}
-
-#[test]
-fn grouped_query_attention_matches_transformers() {
-    compare_with_reference("gqa", "gqa");
-}
-
-#[test]
-fn heads_wider_than_the_model_match_transformers() {
-    compare_with_reference("wide_heads", "wide_heads");
-}
-
-#[test]
-fn a_sharded_checkpoint_gives_the_same_numbers() {
-    compare_with_reference("gqa", "gqa_sharded");
-}
-
-#[test]
-fn bf16_checkpoints_and_bf16_compute() {
-    let want = load(&fixtures().join("gqa/reference.safetensors"))["loss"].1[0];
-    let tmp = scratch("bf16");
-    // bf16 weights computed in f32: the weights are rounded, so the loss moves a little.
-    let dir = fixtures().join("gqa_bf16");
-    let (ok, _, stderr) = forward(&dir, &dir.join("tokens.npy"), &tmp.join("a.safetensors"), &[]);
-    assert!(ok, "{stderr}");
-    let got = load(&tmp.join("a.safetensors"));
-    assert!(!got.contains_key("grad.model.norm.weight"));
-    assert!((got["loss"].1[0] - want).abs() < 2e-2 * want, "{} vs {want}", got["loss"].1[0]);
-    // f32 weights computed in bf16 (norms, softmax and loss in f32).
-    let dir = fixtures().join("gqa");
-    let (ok, _, stderr) = forward(&dir, &dir.join("tokens.npy"), &tmp.join("b.safetensors"), &["--dtype", "bf16", "--grads"]);
-    assert!(ok, "{stderr}");
-    let got = load(&tmp.join("b.safetensors"));
-    assert!((got["loss"].1[0] - want).abs() < 3e-2 * want, "{} vs {want}", got["loss"].1[0]);
-    assert_eq!(got["grad.model.embed_tokens.weight"].0, vec![64, 32]);
+    assert_eq!(got.keys().filter(|k| k.starts_with("grad.")).count(), 20);
+    assert!(got.contains_key("layer.final_norm"));
     std::fs::remove_dir_all(tmp).unwrap();
 }
 
@@ -224,30 +152,4 @@ fn write_i64_npy(path: &Path, shape: &[usize], values: &[i64]) {
         bytes.extend(v.to_le_bytes());
     }
     std::fs::write(path, bytes).unwrap();
-}
-
-#[test]
-fn a_padding_mask_gives_the_numbers_of_the_unpadded_sequence() {
-    // Row 0 of mqa's tokens, padded at the end: the loss over the 5 real tokens must equal
-    // the loss of the 5-token sequence, and so must their logits.
-    let tmp = scratch("mask");
-    let dir = fixtures().join("mqa");
-    let row = [2i64, 27, 15, 13, 31, 30, 2];
-    write_i64_npy(&tmp.join("padded.npy"), &[1, 7], &row);
-    write_i64_npy(&tmp.join("mask.npy"), &[1, 7], &[1, 1, 1, 1, 1, 0, 0]);
-    write_i64_npy(&tmp.join("short.npy"), &[1, 5], &row[..5]);
-    let mask = tmp.join("mask.npy");
-    let (ok, _, err) = forward(&dir, &tmp.join("padded.npy"), &tmp.join("p.safetensors"), &["--mask", mask.to_str().unwrap()]);
-    assert!(ok, "{err}");
-    let (ok, _, err) = forward(&dir, &tmp.join("short.npy"), &tmp.join("s.safetensors"), &[]);
-    assert!(ok, "{err}");
-    let (p, s) = (load(&tmp.join("p.safetensors")), load(&tmp.join("s.safetensors")));
-    assert!((p["loss"].1[0] - s["loss"].1[0]).abs() < 1e-6, "{} vs {}", p["loss"].1[0], s["loss"].1[0]);
-    let n = 5 * 64;
-    check("masked logits", &(vec![n], p["logits"].1[..n].to_vec()), &(vec![n], s["logits"].1.clone()), 1e-6);
-    // Without the mask the padded tokens count, and the loss differs.
-    let (ok, _, _) = forward(&dir, &tmp.join("padded.npy"), &tmp.join("u.safetensors"), &[]);
-    assert!(ok);
-    assert!((load(&tmp.join("u.safetensors"))["loss"].1[0] - s["loss"].1[0]).abs() > 1e-3);
-    std::fs::remove_dir_all(tmp).unwrap();
 }

@@ -1,13 +1,12 @@
-//! Compiling ahead of time against TPU v5e topologies made by libtpu (no TPU needed). When
-//! libtpu can be neither found nor installed the tests say so loudly and return.
+//! Compiling ahead of time against TPU v5e topologies made by libtpu (no TPU needed). Without
+//! libtpu (found, or installed by pip) the tests fail: they never pass unchecked.
 use runtime::{CompileOptions, Mesh, PluginSpec, Program, Topology, XlaDump};
 
 fn topology(name: &str) -> Option<Topology> {
     match Topology::open(&PluginSpec::Tpu, name) {
         Ok(t) => Some(t),
         Err(e @ (runtime::Error::Install { .. } | runtime::Error::PluginNotFound { .. })) => {
-            eprintln!("SKIPPED: libtpu is not available on this machine: {e}");
-            None
+            panic!("this test needs libtpu (pip installs it into the plugin cache), which cannot be had here: {e}")
         }
         Err(e) => panic!("cannot make the topology {name}: {e}"),
     }

@@ -58,18 +58,6 @@ fn step_flops(cfg: &Config, batch: i64, seq: i64) -> f64 {
     3.0 * (dense + attention)
 }
 
-fn spec_of(cfg: &Config, mesh: &Mesh, path: &str) -> Option<PartitionSpec> {
-    if path == "batch.tokens" {
-        return Some(gemma::rules::batch_spec(mesh));
-    }
-    let name = ["state.params.", "state.opt.m.", "state.opt.v."].iter().find_map(|p| path.strip_prefix(p))?;
-    gemma::rules::param_spec(cfg, name, mesh, false).ok()
-}
-
-fn sharding(cfg: &Config, mesh: &Mesh, path: &str, rank: usize) -> NamedSharding {
-    NamedSharding { mesh: mesh.clone(), spec: spec_of(cfg, mesh, path).unwrap_or_else(|| PartitionSpec::replicated(rank)) }
-}
-
 /// `cache`: measure start-up instead: the first call only (trace + lower + compile, or the
 /// executable loaded from a persistent compilation cache in that directory).
 fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute: DType, cache: Option<&Path>) -> Result<()> {
@@ -80,30 +68,29 @@ fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute:
         client.set_compile_cache(Some(runtime::CompileCache::new(dir)));
     }
     let steps = if cache.is_some() { 0 } else { steps };
-    let hp = Hyper { steps: 1000, compute, ..Hyper::default() };
-    let layout = gemma::rules::Layout { mesh: mesh.clone(), fsdp: false };
-    let layout = (mesh.num_devices() > 1).then_some(layout);
-    let jit = jit::Jit::new("train_step", &client, |args: &Tree<Tensor>| gemma::train_step(&cfg, &hp, layout.as_ref(), args))
-        .with_mesh(mesh.clone())
-        .donate("state")
-        .with_rule(|path, _| spec_of(&cfg, &mesh, path));
+    // Exactly the step `gemma-xla train` runs with no flags but --dtype: the same program,
+    // the same shardings (train::Setup over gemma::rules::state_spec).
+    let hp = Hyper { compute, ..Hyper::default() };
+    let setup = train::Setup { cfg: cfg.clone(), mesh: mesh.clone(), fsdp: false, batch: batch as usize, seq: seq as usize };
+    let sharding = |path: &str, rank: usize| setup.sharding(path, rank);
+    let jit = train::train_step_jit(Some(&client), &setup, &hp);
     let mut state: Tree<DeviceArray> = Tree::new();
     for (name, dims, values) in gemma::init_params(&cfg, 0) {
         let zeros = HostArray::from_vec(&dims, vec![0f32; values.len()])?;
         let p = format!("state.params.{name}");
-        state.insert(&p, DeviceArray::place(&client, &HostArray::from_vec(&dims, values)?, &sharding(&cfg, &mesh, &p, dims.len()))?)?;
+        state.insert(&p, DeviceArray::place(&client, &HostArray::from_vec(&dims, values)?, &sharding(&p, dims.len()))?)?;
         for part in ["m", "v"] {
             let p = format!("state.opt.{part}.{name}");
-            state.insert(&p, DeviceArray::place(&client, &zeros, &sharding(&cfg, &mesh, &p, dims.len()))?)?;
+            state.insert(&p, DeviceArray::place(&client, &zeros, &sharding(&p, dims.len()))?)?;
         }
     }
     let s = HostArray::from_vec(&[], vec![0i32])?;
-    state.insert("state.step", DeviceArray::place(&client, &s, &sharding(&cfg, &mesh, "state.step", 0))?)?;
+    state.insert("state.step", DeviceArray::place(&client, &s, &sharding("state.step", 0))?)?;
     let v = cfg.vocab_size as i64;
     let batches: Vec<HostArray> = (0..4)
         .map(|b| HostArray::from_vec(&[batch, seq], (0..batch * seq).map(|i| ((i * 7919 + b * 104729 + 1) % (v - 1) + 1) as i32).collect()))
         .collect::<Result<_, _>>()?;
-    let tok_sharding = sharding(&cfg, &mesh, "batch.tokens", 2);
+    let tok_sharding = sharding("batch.tokens", 2);
     let (mut wall, mut exec) = (Vec::new(), Vec::new());
     let mut compile = 0.0;
     let mut loss = 0.0;

@@ -2,12 +2,13 @@
 //! loss and every gradient of the transformers-made fixture equal the plain ones, a few
 //! sharded train steps end at the same weights, and the compiled step has the barriers.
 use anyhow::Result;
-use gemma::{Checkpoint, Config, ModelOptions};
+use data::{Dataset, Tokenizer};
+use gemma::{Checkpoint, Config, Hyper, ModelOptions};
 use graph::{DType, Remat, Tensor, Tree};
 use jit::Jit;
-use runtime::{Client, HostArray, PluginSpec};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use runtime::{Client, HostArray, Mesh};
+use std::path::PathBuf;
+use train::{Setup, TrainSpec, Trainer};
 
 fn fixture(name: &str) -> PathBuf {
     testkit::fixtures("gemma").join(name)
@@ -41,7 +42,7 @@ fn loss_and_grads(client: &Client, remat: Remat) -> Result<Vec<(String, Vec<f32>
 
 #[test]
 fn remat_leaves_the_loss_and_every_gradient_unchanged() -> Result<()> {
-    let client = Client::open(&PluginSpec::Cpu, Some(1))?;
+    let (client, _cache) = testkit::cpu_client(1);
     let plain = loss_and_grads(&client, Remat::None)?;
     assert_eq!(plain.len(), 1 + gemma::param_shapes(&Config::from_json_file(&fixture("gqa").join("config.json"))?).len());
     for remat in [Remat::Full, Remat::SaveDots] {
@@ -54,46 +55,43 @@ fn remat_leaves_the_loss_and_every_gradient_unchanged() -> Result<()> {
     Ok(())
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn gemma_xla(args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla")).args(args).current_dir(repo()).output().unwrap();
-    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn losses(out: &Path) -> Vec<f64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
-        .collect()
+/// The losses of `steps` train steps of the tiny model on data=2,model=2 (batch 4 x 16 of
+/// the built-in corpus) and the final weights, with `remat`.
+fn train(client: &Client, remat: Remat, steps: u64) -> Result<(Vec<f64>, Vec<Vec<f32>>)> {
+    let mut spec = TrainSpec::tiny(Mesh::parse("data=2,model=2")?)?;
+    spec.batch = 4;
+    spec.hyper = Hyper { steps, remat, ..Hyper::default() };
+    let data = Dataset::load(None, &Tokenizer::Bytes, Some(16), spec.config.vocab_size)?;
+    let mut trainer = Trainer::new(client, spec, data)?;
+    let mut losses = Vec::new();
+    trainer.run(|_, m| {
+        losses.push(m.loss()?);
+        Ok(())
+    })?;
+    let params = trainer.state()?.params.values().map(|a| a.fetch().unwrap().to_vec::<f32>().unwrap()).collect();
+    Ok((losses, params))
 }
 
 #[test]
-fn sharded_train_steps_with_remat_match_and_the_program_has_barriers() {
-    let root = std::env::temp_dir().join(format!("gemma-xla-remat-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let common = ["train", "--steps", "3", "--batch", "4", "--seq", "16", "--log-every", "1", "--sample", "0", "--mesh", "data=2,model=2"];
-    let mut runs = Vec::new();
-    for remat in ["none", "full", "save-dots"] {
-        let out = root.join(remat);
-        gemma_xla(&[&common[..], &["--remat", remat, "--out", out.to_str().unwrap()]].concat());
-        runs.push((remat, losses(&out), std::fs::read(out.join("model.safetensors")).unwrap()));
-    }
-    let (_, want, _) = &runs[0];
-    for (remat, got, _) in &runs[1..] {
-        for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() <= 1e-6 * w.abs(), "--remat {remat}: loss {g} vs {w}");
+fn sharded_train_steps_with_remat_match_and_the_program_has_barriers() -> Result<()> {
+    let (client, _cache) = testkit::cpu_client(4);
+    let (want, want_params) = train(&client, Remat::None, 3)?;
+    assert_eq!(want.len(), 3);
+    for remat in [Remat::Full, Remat::SaveDots] {
+        let (got, params) = train(&client, remat, 3)?;
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-6 * w.abs(), "{remat}: loss {g} vs {w}");
+        }
+        for (p, q) in params.iter().zip(&want_params) {
+            let worst = p.iter().zip(q).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 1e-5, "{remat}: weights differ by {worst}");
         }
     }
-    let dump = root.join("dump");
-    let summary = gemma_xla(&["dump", "--config", "tiny", "--what", "train-step", "--remat", "full", "--out", dump.to_str().unwrap()]);
-    assert!(summary.contains("all-reduce"), "{summary}");
-    let mlir = std::fs::read_to_string(dump.join("stablehlo.mlir")).unwrap();
-    // Two layers, each recomputed from its input, positions, mask and nine weights.
-    assert!(mlir.matches("stablehlo.optimization_barrier").count() >= 2 * 10, "too few barriers");
-    std::fs::remove_dir_all(&root).unwrap();
+    // The step `train` compiles with --remat full: two layers, each recomputed from its input,
+    // positions, mask and nine weights behind barriers.
+    let setup = Setup { cfg: Config::preset("tiny")?, mesh: Mesh::parse("data=2,model=2")?, fsdp: false, batch: 8, seq: 64 };
+    let hp = Hyper { remat: Remat::Full, ..Hyper::default() };
+    let lowered = train::train_step_jit(None, &setup, &hp).lower(&setup.train_args())?;
+    assert!(lowered.stablehlo.matches("stablehlo.optimization_barrier").count() >= 2 * 10, "too few barriers");
+    Ok(())
 }

@@ -1,0 +1,104 @@
+//! `Trainer` as a Rust user drives it: the loss falls, a saved run resumed from its checkpoint
+//! ends bit for bit where an uninterrupted one does, the stop handle ends `run`, and the state
+//! keeps the step's tree paths.
+use anyhow::Result;
+use data::{Dataset, Tokenizer};
+use gemma::Hyper;
+use runtime::{Client, Mesh};
+use train::{RunEnd, TrainSpec, Trainer};
+
+fn spec(steps: u64) -> Result<TrainSpec> {
+    let mut spec = TrainSpec::tiny(Mesh::parse("data=2,model=2")?)?;
+    spec.batch = 4;
+    spec.shuffle = true;
+    spec.seed = 3;
+    spec.hyper = Hyper { steps, warmup: 2, ..Hyper::default() };
+    Ok(spec)
+}
+
+fn data() -> Result<Dataset> {
+    Ok(Dataset::load(None, &Tokenizer::Bytes, Some(32), 256)?)
+}
+
+/// Every parameter's bytes, in tree order.
+fn weights(t: &Trainer) -> Result<Vec<Vec<u8>>> {
+    t.state()?.params.values().map(|a| Ok(a.fetch()?.bytes().to_vec())).collect()
+}
+
+fn run_all(t: &mut Trainer) -> Result<Vec<f64>> {
+    let mut losses = Vec::new();
+    assert_eq!(
+        t.run(|_, m| {
+            losses.push(m.loss()?);
+            Ok(())
+        })?,
+        RunEnd::Finished
+    );
+    Ok(losses)
+}
+
+#[test]
+fn the_loss_falls_and_a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does() -> Result<()> {
+    let (client, _cache) = testkit::cpu_client(4);
+    let mut whole = Trainer::new(&client, spec(12)?, data()?)?;
+    let losses = run_all(&mut whole)?;
+    assert_eq!(losses.len(), 12);
+    assert!(losses[11] < losses[0] - 0.5, "the loss does not fall: {losses:?}");
+    assert!(whole.is_done() && whole.step().is_err(), "a finished run takes no more steps");
+
+    // The same run stopped after 5 steps and saved, then resumed from the checkpoint.
+    let out = testkit::scratch("resume");
+    let mut first = Trainer::new(&client, spec(12)?, data()?)?;
+    let stop = first.stop_handle();
+    let end = first.run(|t, _| {
+        if t.step_count() == 5 {
+            stop.stop();
+        }
+        Ok(())
+    })?;
+    assert_eq!(end, RunEnd::Stopped { step: 5 });
+    let saved = first.save(out.path(), 3)?;
+    assert!(saved.ends_with("checkpoints/step_5"), "{}", saved.display());
+    drop(first);
+    let mut second = Trainer::resume(&client, spec(12)?, data()?, out.path())?;
+    assert_eq!((second.step_count(), second.resumed_from()), (5, Some(saved.as_path())));
+    let rest = run_all(&mut second)?;
+    assert_eq!(rest, losses[5..].to_vec(), "the resumed losses");
+    assert_eq!(weights(&second)?, weights(&whole)?, "the resumed run's weights differ");
+    assert_eq!(second.meta().rows_consumed, 12 * 4);
+    Ok(())
+}
+
+#[test]
+fn the_state_is_typed_and_flattens_to_the_step_paths() -> Result<()> {
+    let (client, _cache) = testkit::cpu_client(4);
+    let mut t = Trainer::new(&client, spec(2)?, data()?)?;
+    let m = t.step()?;
+    assert_eq!(m.step, 1);
+    assert!(m.loss()?.is_finite() && m.grad_norm()? > 0.0 && m.lr()? > 0.0);
+    let state = t.into_state()?;
+    assert_eq!(state.step.fetch()?.to_vec::<i32>()?, vec![1]);
+    let n = state.params.len();
+    assert_eq!(state.opt.m.len(), n);
+    let flat = state.flatten()?;
+    assert!(flat.get("state.params.model.norm.weight").is_some());
+    assert!(flat.get("state.opt.v.model.embed_tokens.weight").is_some());
+    assert_eq!(flat.len(), 3 * n + 1);
+    Ok(())
+}
+
+#[test]
+fn bad_settings_are_refused_before_anything_is_placed() -> Result<()> {
+    let (client, _cache): (Client, _) = testkit::cpu_client(4);
+    let mut s = spec(2)?;
+    s.batch = 3;
+    let err = Trainer::new(&client, s, data()?).err().expect("batch 3 on data=2").to_string();
+    assert!(err.contains("batch") && err.contains('3'), "{err}");
+    let err = Trainer::new(&client, spec(0)?, data()?).err().expect("0 steps").to_string();
+    assert!(err.contains("--steps must be at least 1"), "{err}");
+    let empty = testkit::scratch("no-checkpoint");
+    let err = Trainer::resume(&client, spec(2)?, data()?, empty.path()).err().expect("nothing to resume").to_string();
+    assert!(err.contains("there is no checkpoint"), "{err}");
+    assert_eq!(client.live_buffers(), 0);
+    Ok(())
+}
