@@ -29,10 +29,9 @@ pub fn open(dir: &Path) -> Result<Checkpoint> {
 pub fn param_views<'a>(ck: &'a Checkpoint, cfg: &Config) -> Result<Tree<HostView<'a>>> {
     let mut views = Tree::new();
     for (name, _) in gemma::param_shapes(cfg) {
-        let t = ck.get(&name).ok_or_else(|| Error::Data {
-            path: ck.dir().display().to_string(),
-            message: format!("the checkpoint has no {name}"),
-        })?;
+        let t = ck
+            .get(&name)
+            .ok_or_else(|| Error::Data { path: ck.dir().display().to_string(), message: format!("the checkpoint has no {name}") })?;
         views.insert(name, HostView { dtype: t.dtype, dims: t.shape, bytes: t.bytes }).map_err(|e| Error::Unsupported(e.to_string()))?;
     }
     Ok(views)
@@ -46,7 +45,11 @@ pub fn params_f32(ck: &Checkpoint, cfg: &Config) -> Result<Vec<(String, HostArra
         .into_iter()
         .map(|(name, _)| {
             let v = views.get(&name).expect("internal: param_views holds every tensor");
-            let array = if v.dtype == DType::F32 { HostArray::from_bytes(DType::F32, v.dims, v.bytes.to_vec())? } else { v.convert_float(DType::F32)? };
+            let array = if v.dtype == DType::F32 {
+                HostArray::from_bytes(DType::F32, v.dims, v.bytes.to_vec())?
+            } else {
+                v.convert_float(DType::F32)?
+            };
             Ok((name, array))
         })
         .collect()

@@ -176,9 +176,7 @@ pub fn read_mask(path: &Path, dims: &[i64]) -> Result<HostArray> {
     }
     let t = dims.get(1).copied().unwrap_or(1).max(1) as usize;
     if values.chunks(t).all(|row| row[1..].iter().all(|&v| v == 0.0)) {
-        return Err(bad(format!(
-            "the mask leaves no target token (positions 1..{t} of every row are padding), so the loss is undefined"
-        )));
+        return Err(bad(format!("the mask leaves no target token (positions 1..{t} of every row are padding), so the loss is undefined")));
     }
     Ok(HostArray::from_vec(dims, values.into_iter().map(|v| (v != 0.0) as i32).collect())?)
 }

@@ -3,8 +3,8 @@
 //! (tokenizer.json, tokenizer_config.json: whether to add BOS, the special tokens, the chat
 //! template).
 use crate::chat::{self, Message};
-use data::Tokenizer;
 use crate::{Error, Result};
+use data::Tokenizer;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

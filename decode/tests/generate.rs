@@ -3,8 +3,8 @@
 //! each step, and the logits themselves agree, on the transformers-made fixtures (MQA, MHA,
 //! GQA), for rows of different prompt lengths, on one device and on meshes.
 use anyhow::Result;
-use gemma::{Checkpoint, Config};
 use decode::{generate, Generator, Placement, Sampler};
+use gemma::{Checkpoint, Config};
 use graph::{DType, Tensor, Tree};
 use jit::Jit;
 use runtime::{Client, HostArray, HostView, Mesh, PluginSpec};

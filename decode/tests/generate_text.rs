@@ -25,7 +25,6 @@ fn ids(v: &Value) -> Vec<i32> {
     v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect()
 }
 
-
 fn read_i32(path: &std::path::Path) -> (Vec<i64>, Vec<i32>) {
     let a = data::npy::read(path).unwrap();
     (a.dims().to_vec(), a.to_vec::<i32>().unwrap())
@@ -105,4 +104,3 @@ fn greedy_tokens_and_logits_match_transformers() -> Result<()> {
     assert!(worst < 1e-5, "logits differ from transformers' by {worst} of the largest");
     Ok(())
 }
-

@@ -345,12 +345,7 @@ fn argmax(x: &[f64]) -> usize {
 /// Each batch computes the context prefix all its items share once, each item's context once
 /// more, and copies them on the devices to the rows of its choices, which then score only
 /// their own tokens.
-pub fn score_choices(
-    g: &mut Generator,
-    items: &[Item],
-    ids: &[usize],
-    mut progress: impl FnMut(usize),
-) -> Result<Vec<(usize, Outcome)>> {
+pub fn score_choices(g: &mut Generator, items: &[Item], ids: &[usize], mut progress: impl FnMut(usize)) -> Result<Vec<(usize, Outcome)>> {
     // (item, choice) pairs with tokens to score; empty continuations score 0 and are greedy.
     let mut pairs = Vec::new();
     for &i in ids {

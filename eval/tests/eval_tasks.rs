@@ -1,8 +1,8 @@
 //! scripts/make_eval_tasks.py on the committed sample rows writes exactly the committed task
 //! files (checked against lm-eval 0.4.13's own task rendering when they were made), and every
 //! item of every task parses as `gemma-xla eval` reads it, with its scoring keys.
-use eval::{self, Kind};
 use decode::text::TextTokenizer;
+use eval::{self, Kind};
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -177,4 +177,3 @@ fn loglikelihoods_are_sums_of_forward_log_softmax() -> Result<()> {
     assert!(checked >= 19, "{checked}");
     Ok(())
 }
-

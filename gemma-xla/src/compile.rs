@@ -121,7 +121,9 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!(".gemma-xla-compile-{}", std::process::id()));
     let (after, before) = match &a.dump {
         Some(dir) => {
-            dump::write_dump(dir, &lowered, &setup, &what, |p, o| compile_with(p, o).map_err(|e| inspect::Error::Invalid(format!("{e:#}"))))?;
+            dump::write_dump(dir, &lowered, &setup, &what, |p, o| {
+                compile_with(p, o).map_err(|e| inspect::Error::Invalid(format!("{e:#}")))
+            })?;
             let read = |n: &str| std::fs::read_to_string(dir.join(n)).with_context(|| format!("cannot read {}", dir.join(n).display()));
             (read(dump::AFTER)?, read(dump::BEFORE)?)
         }
@@ -220,4 +222,3 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     }
     Ok(())
 }
-

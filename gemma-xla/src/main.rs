@@ -1,6 +1,8 @@
 //! The gemma-xla command line: flags into the model runtime's types (`train`, `decode`,
 //! `eval`, `inspect`), progress and printing, exit codes and the Ctrl-C handler; nothing else.
 #![forbid(unsafe_code)]
+// The flags' doc comments are clap's --help text, where `<name>` means a placeholder, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
 
 mod args;
 mod compile;
@@ -15,8 +17,8 @@ mod run;
 mod train;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
 use args::PluginArgs;
+use clap::{Parser, Subcommand};
 use runtime::NamedValue;
 use std::process::ExitCode;
 

@@ -3,10 +3,10 @@
 use anyhow::{Context, Result};
 use data::Dataset;
 use indicatif::{ProgressBar, ProgressStyle};
-use train::{Setup, StepMetrics};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use train::{Setup, StepMetrics};
 
 pub(crate) struct Log {
     out: PathBuf,

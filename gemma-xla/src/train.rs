@@ -1,6 +1,6 @@
 //! `gemma-xla train`: flags into a `train::Trainer`, then the loop's cadence (log, save),
 //! progress, the Ctrl-C handler, the final weights and the sample.
-use crate::args::{model_config, load_config, ConfigArg, Dtype, DtypeArg, MeshArgs, PluginArgs, RematArg, ShapeArgs};
+use crate::args::{load_config, model_config, ConfigArg, Dtype, DtypeArg, MeshArgs, PluginArgs, RematArg, ShapeArgs};
 use crate::report;
 use anyhow::{bail, Context, Result};
 use data::{Dataset, Tokenizer};

@@ -100,8 +100,7 @@ fn bad_input_is_refused_clearly() {
     assert!(e.contains("no tokenizer.json") && e.contains("--tokens") && e.contains("--tokenizer"), "{e}");
     // Token ids outside the vocabulary (512).
     let bad = s.join("bad.npy");
-    std::fs::write(&bad, data::npy::encode_array(&runtime::HostArray::from_vec(&[1, 3], vec![2i32, 600, 5]).unwrap()).unwrap())
-        .unwrap();
+    std::fs::write(&bad, data::npy::encode_array(&runtime::HostArray::from_vec(&[1, 3], vec![2i32, 600, 5]).unwrap()).unwrap()).unwrap();
     let e = fails(&["generate", "--model", model, "--tokens", bad.to_str().unwrap()]);
     assert!(e.contains("600") && e.contains("[0, 512)") && e.contains("bad.npy"), "{e}");
     // --top-p outside (0, 1].

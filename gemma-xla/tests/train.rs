@@ -264,9 +264,7 @@ fn bad_input_is_a_clear_error() {
     assert!(err.contains("has another config than --config tiny"), "{err}");
     let err = fails(&train(&["--steps", "2", "--mesh", "data=2", "--batch", "3", "--out", &o]));
     assert!(err.contains("batch") && err.contains('3'), "{err}");
-    let err = fails(&train(
-        &[&quick[..], &["--init", "fixtures/gemma/mqa", "--out", "fixtures/gemma/mqa"]].concat(),
-    ));
+    let err = fails(&train(&[&quick[..], &["--init", "fixtures/gemma/mqa", "--out", "fixtures/gemma/mqa"]].concat()));
     assert!(err.contains("is the --init directory"), "{err}");
     let short = out.join("short.txt");
     std::fs::write(&short, "too short").unwrap();

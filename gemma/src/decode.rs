@@ -13,7 +13,6 @@ use crate::model::{attention_output, embed, finish_block, project_qkv, unembed, 
 use crate::rules::{self, Layout};
 use graph::{DType, Tensor, TensorType, Tree};
 
-
 /// The cache's shape for `batch` rows of `cache_len` slots: [B, S, K, H].
 pub fn cache_dims(cfg: &Config, batch: i64, cache_len: i64) -> Vec<i64> {
     vec![batch, cache_len, cfg.num_key_value_heads, cfg.head_dim]
@@ -37,7 +36,7 @@ pub enum Head {
 }
 
 /// The argument types of `extend`: `params.<checkpoint name>` and the cache in `dtype`,
-/// `tokens` [B, T], `start` [B] and `lengths` [B] (s32).
+/// `tokens` `[B, T]`, `start` `[B]` and `lengths` `[B]` (s32).
 pub fn extend_args(cfg: &Config, dtype: DType, batch: i64, tokens: i64, cache_len: i64) -> Tree<TensorType> {
     let mut t = Tree::new();
     for (name, ty) in crate::model::param_types(cfg, dtype) {
@@ -168,7 +167,7 @@ pub fn score(cfg: &Config, args: &Tree<Tensor>, layout: Option<Layout>) -> Resul
     Ok(out)
 }
 
-/// The cache with row `b` replaced by row `source[b]` (`source` [B], s32): shares a computed
+/// The cache with row `b` replaced by row `source[b]` (`source` `[B]`, s32): shares a computed
 /// prefix (a few-shot prompt, a question's context) with the rows that continue it.
 pub fn copy_rows(args: &Tree<Tensor>) -> Result<Tree<Tensor>, graph::Error> {
     let source = args.leaf("source")?;

@@ -360,7 +360,6 @@ pub fn extend_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<
     }
 }
 
-
 /// The spec of a train-step argument or output at `path` over `mesh`: the state
 /// (`state.params.<name>`, `state.opt.m.<name>`, `state.opt.v.<name>`: each optimizer moment
 /// split like its weight) and `batch.tokens`; None (replicated) for `state.step` and metrics.

@@ -190,7 +190,6 @@ pub fn estimate(cfg: &Config, mesh: &Mesh, step: &Step) -> Result<PerDevice> {
     per_device(cfg, mesh, step, sharded)
 }
 
-
 fn elements(dims: &[i64]) -> u64 {
     dims.iter().map(|&d| d.max(0) as u64).product()
 }

@@ -50,7 +50,8 @@ impl XlaFiles {
         let module = after.split('.').take(2).collect::<Vec<_>>().join(".") + ".";
         let stem = after.trim_end_matches(".txt");
         let find = |pred: &dyn Fn(&str) -> bool| names.iter().find(|n| n.starts_with(&module) && pred(n)).map(|n| dir.join(n));
-        let missing = |what: &str| Error::Invalid(format!("XLA's dump in {} has no {what} for {}", dir.display(), module.trim_end_matches('.')));
+        let missing =
+            |what: &str| Error::Invalid(format!("XLA's dump in {} has no {what} for {}", dir.display(), module.trim_end_matches('.')));
         let before = find(&|n| n.ends_with(".before_optimizations.txt")).ok_or_else(|| missing("before_optimizations.txt"))?;
         let buffers = find(&|n| n == format!("{stem}-buffer-assignment.txt")).ok_or_else(|| missing("buffer-assignment.txt"))?;
         let memory = find(&|n| n == format!("{stem}-memory-usage-report.txt"));

@@ -111,7 +111,10 @@ fn write_dir<A: Borrow<DeviceArray>>(tmp: &Path, cfg: &Config, state: &Tree<A>, 
         "mesh": meta.mesh,
         "dtype": meta.dtype,
     });
-    gemma::write_atomic(&tmp.join("trainer_state.json"), (serde_json::to_string_pretty(&json).expect("internal: a JSON value serializes") + "\n").as_bytes())?;
+    gemma::write_atomic(
+        &tmp.join("trainer_state.json"),
+        (serde_json::to_string_pretty(&json).expect("internal: a JSON value serializes") + "\n").as_bytes(),
+    )?;
     sync_dir(tmp)
 }
 
@@ -183,13 +186,16 @@ fn load(dir: &Path, cfg: &Config) -> Result<(HostState, Meta)> {
         names.iter().map(|n| Ok((n.clone(), f32_of(&model_file, ck.get(n).expect("internal: validated"))?))).collect::<Result<_>>()?;
     let opt_file = dir.join("optimizer.safetensors");
     let bytes = std::fs::read(&opt_file).with_context(|| format!("cannot read {}", opt_file.display()))?;
-    let opt = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Invalid(format!("{}: bad safetensors file: {e}", opt_file.display())))?;
+    let opt = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::Invalid(format!("{}: bad safetensors file: {e}", opt_file.display())))?;
     let moment = |prefix: &str| -> Result<Vec<(String, HostArray)>> {
         let shapes = gemma::param_shapes(cfg);
         shapes
             .iter()
             .map(|(n, dims)| {
-                let t = opt.tensor(&format!("{prefix}{n}")).map_err(|e| Error::Invalid(format!("{}: tensor {prefix}{n}: {e}", opt_file.display())))?;
+                let t = opt
+                    .tensor(&format!("{prefix}{n}"))
+                    .map_err(|e| Error::Invalid(format!("{}: tensor {prefix}{n}: {e}", opt_file.display())))?;
                 let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
                 if t.dtype() != safetensors::Dtype::F32 || &shape != dims {
                     bail!("{}: tensor {prefix}{n} is {:?}{shape:?}, expected F32{dims:?}", opt_file.display(), t.dtype());
@@ -201,10 +207,17 @@ fn load(dir: &Path, cfg: &Config) -> Result<(HostState, Meta)> {
     let (m, v) = (moment("m.")?, moment("v.")?);
     let state_file = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_file).with_context(|| format!("cannot read {}", state_file.display()))?;
-    let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: not JSON: {e}", state_file.display())))?;
-    let int = |k: &str| j.get(k).and_then(|v| v.as_u64()).ok_or_else(|| Error::Invalid(format!("{}: missing or bad {k:?}", state_file.display())));
-    let text_of =
-        |k: &str| j.get(k).and_then(|v| v.as_str()).map(str::to_string).ok_or_else(|| Error::Invalid(format!("{}: missing {k:?}", state_file.display())));
+    let j: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: not JSON: {e}", state_file.display())))?;
+    let int = |k: &str| {
+        j.get(k).and_then(|v| v.as_u64()).ok_or_else(|| Error::Invalid(format!("{}: missing or bad {k:?}", state_file.display())))
+    };
+    let text_of = |k: &str| {
+        j.get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| Error::Invalid(format!("{}: missing {k:?}", state_file.display())))
+    };
     let meta = Meta {
         seed: int("seed")?,
         batch: int("batch")? as usize,

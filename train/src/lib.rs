@@ -5,6 +5,30 @@
 //! on the devices until read; [`Trainer::save`] writes a checkpoint that
 //! [`Trainer::resume`] continues bit for bit; a [`StopHandle`] ends [`Trainer::run`] at the
 //! next step. Nothing here prints, exits or handles signals: that is the caller's.
+//!
+//! ```no_run
+//! use data::{Dataset, Tokenizer};
+//! use runtime::{Client, Mesh, PluginSpec};
+//! use train::{TrainSpec, Trainer};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let client = Client::open(&PluginSpec::Cpu, Some(4))?;
+//! let mut spec = TrainSpec::tiny(Mesh::parse("data=2,model=2")?)?;
+//! spec.hyper.steps = 200;
+//! let data = Dataset::load(None, &Tokenizer::Bytes, None, spec.config.vocab_size)?;
+//! let mut trainer = Trainer::new(&client, spec, data)?;
+//! trainer.run(|t, m| {
+//!     if m.step % 20 == 0 {
+//!         println!("step {} loss {:.4}", m.step, m.loss()?); // fetched only here
+//!     }
+//!     if t.is_done() {
+//!         t.save("out/tiny".as_ref(), 3)?; // resumable bit for bit with Trainer::resume
+//!     }
+//!     Ok(())
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -202,7 +202,10 @@ impl Trainer {
             }
             Ok(tree)
         };
-        let step = HostArray::from_vec(&[], vec![i32::try_from(host.step).map_err(|_| crate::Error::Invalid(format!("step {} is too large", host.step)))?])?;
+        let step = HostArray::from_vec(
+            &[],
+            vec![i32::try_from(host.step).map_err(|_| crate::Error::Invalid(format!("step {} is too large", host.step)))?],
+        )?;
         let state = TrainState {
             params: placed(&host.params, "params")?,
             opt: AdamState { m: placed(&host.m, "opt.m")?, v: placed(&host.v, "opt.v")? },

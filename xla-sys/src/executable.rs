@@ -101,7 +101,7 @@ impl LoadedExecutable {
         Ok(bytes)
     }
 
-    /// The devices the program runs on, in execution order (argument_lists[i] goes to i).
+    /// The devices the program runs on, in execution order (`argument_lists[i]` goes to i).
     pub fn addressable_devices(&self) -> Result<Vec<Device>> {
         let mut a = args!(PJRT_LoadedExecutable_AddressableDevices_Args { executable: self.ptr });
         pjrt_call!(&self.client.api, PJRT_LoadedExecutable_AddressableDevices, &mut a)?;

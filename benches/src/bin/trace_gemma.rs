@@ -2,7 +2,7 @@
 //! parameter) for a model preset, shapes only (no weights). Compare with
 //! benches/jax_trace_gemma.py, which does the same with jax.jit(...).lower(...).
 //!
-//! cargo run --release -p benches --bin trace_gemma -- [7b|2b|tiny] [reps]
+//! `cargo run --release -p benches --bin trace_gemma -- [7b|2b|tiny] [reps]`
 use anyhow::Result;
 use graph::DType;
 use std::time::Instant;

@@ -25,13 +25,13 @@ pub(crate) fn vjp(_p: &Prim, _x: &[Tensor], _y: &Tensor, _ct: &Tensor) -> Result
 }
 
 impl Tensor {
-    /// Random u32 bits of shape `dims` from this u64[2] key (Threefry).
+    /// Random u32 bits of shape `dims` from this `u64[2]` key (Threefry).
     #[track_caller]
     pub fn random_bits(&self, dims: &[i64]) -> Tensor {
         Tensor::apply(Prim::RngBitGenerator { dims: dims.to_vec() }, &[self])
     }
 
-    /// Uniform floats in [0, 1) of shape `dims` from this u64[2] key.
+    /// Uniform floats in [0, 1) of shape `dims` from this `u64[2]` key.
     #[track_caller]
     pub fn uniform(&self, dims: &[i64], dtype: DType) -> Tensor {
         // Put 23 random bits in the mantissa of a float in [1, 2), then subtract 1.
@@ -43,7 +43,7 @@ impl Tensor {
         f.convert(dtype)
     }
 
-    /// Standard normal floats of shape `dims` from this u64[2] key (Box-Muller).
+    /// Standard normal floats of shape `dims` from this `u64[2]` key (Box-Muller).
     #[track_caller]
     pub fn normal(&self, dims: &[i64], dtype: DType) -> Tensor {
         let mut two = vec![2];
