@@ -31,20 +31,8 @@ fn tokens_of(dir: &Path) -> HostArray {
 }
 
 /// All tensors of a safetensors file as f64 vectors.
-fn load(path: &Path) -> Tensors {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, t)| {
-            let values: Vec<f64> = match t.dtype() {
-                safetensors::Dtype::F64 => t.data().chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-                safetensors::Dtype::F32 => t.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                other => panic!("{name}: unexpected dtype {other:?}"),
-            };
-            (name, (t.shape().to_vec(), values))
-        })
-        .collect()
+fn load(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f64>)> {
+    testkit::safetensors_f64(path)
 }
 
 fn max_abs(v: &[f64]) -> f64 {

@@ -17,7 +17,7 @@ pub struct PluginArgs {
     /// Number of devices (the CPU plugin creates this many) [default: the plugin's own, or what the program needs]
     #[arg(long, value_parser = device_count)]
     pub devices: Option<usize>,
-    /// Compiled programs are kept here and loaded instead of compiled again [default: <per-user cache>/compile]
+    /// Compiled programs are kept here and loaded instead of compiled again [default: $GEMMA_XLA_COMPILE_CACHE, else <per-user cache>/compile]
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Compile every program afresh, without reading or writing the compilation cache
@@ -40,7 +40,8 @@ impl PluginArgs {
         let spec = PluginSpec::from_flag_or_env(self.plugin.as_deref())?;
         let mut client = Client::open(&spec, self.devices.or(needed))?;
         if !self.no_compile_cache {
-            let dir = self.cache_dir.clone().unwrap_or_else(runtime::CompileCache::default_dir);
+            let from_env = std::env::var_os("GEMMA_XLA_COMPILE_CACHE").filter(|d| !d.is_empty()).map(PathBuf::from);
+            let dir = self.cache_dir.clone().or(from_env).unwrap_or_else(runtime::CompileCache::default_dir);
             client.set_compile_cache(Some(runtime::CompileCache::new(dir)));
         }
         Ok(client)

@@ -65,6 +65,8 @@ fn main() -> ExitCode {
     if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
         std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "1");
     }
+    // The runtime's notes (a plugin being installed, ...) go to stderr.
+    runtime::notes::set_handler(|text| eprintln!("{text}"));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices { plugin } => devices(&plugin),

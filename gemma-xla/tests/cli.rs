@@ -1,14 +1,14 @@
 //! `gemma-xla devices` and `gemma-xla run` as a user runs them: real programs on the real
 //! CPU plugin, and every kind of bad input giving a clear error and a non-zero exit.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn gemma_xla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma-xla")).args(args).current_dir(repo()).output().expect("spawn gemma-xla")
+    testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla")).args(args).current_dir(repo()).output().expect("spawn gemma-xla")
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -17,10 +17,7 @@ fn text(o: &Output) -> (String, String) {
 
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gemma-xla-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    testkit::scratch_dir(&format!("cli-{name}"))
 }
 
 fn read_f32(path: &Path) -> (Vec<u64>, Vec<f32>) {
@@ -66,7 +63,7 @@ fn devices_lists_the_plugin_and_eight_devices() {
 #[test]
 fn devices_reports_the_host_malloc_setting() {
     let run = |tunables: Option<&str>| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_gemma-xla"));
+        let mut c = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"));
         c.args(["devices", "--devices", "2"]).current_dir(repo()).env_remove("GLIBC_TUNABLES");
         if let Some(t) = tunables {
             c.env("GLIBC_TUNABLES", t);
@@ -302,7 +299,7 @@ fn text_bytecode_and_hlo_proto_programs_give_jax_numbers() {
 #[test]
 fn without_pip_the_error_gives_the_command_to_run() {
     let cache = scratch("nopip");
-    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+    let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
         .args(["devices"])
         .env("GEMMA_XLA_CACHE", &cache)
         .env("PYTHON", "/nonexistent/python3")
@@ -324,7 +321,7 @@ fn without_pip_the_error_gives_the_command_to_run() {
 
 #[test]
 fn the_plugin_environment_variable_is_honoured() {
-    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+    let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
         .args(["devices"])
         .env("GEMMA_XLA_PLUGIN", "/nonexistent/from-env.so")
         .output()
@@ -352,7 +349,7 @@ fn xla_dumps_point_back_to_the_rust_lines_that_made_each_op() {
         write_npy(&dir.join(format!("{name}.npy")), &shape, &vec![0.5f32; n]);
     }
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
-    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+    let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
         .args(["run", &p("mlp.mlir")])
         .args(["--arg", &p("x.npy"), "--arg", &p("w1.npy"), "--arg", &p("w2.npy"), "--arg", &p("y.npy"), "--out", &p("o")])
         .env("XLA_FLAGS", format!("--xla_dump_to={} --xla_dump_hlo_as_text", p("dump")))
@@ -382,7 +379,7 @@ fn cuda_and_tpu_plugins_are_found_where_pip_puts_them() {
         std::fs::write(f, "not really a plugin").unwrap();
     }
     let devices = |plugin: &str, pythonpath: &Path| {
-        let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+        let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
             .args(["devices", "--plugin", plugin])
             .env("PYTHONPATH", pythonpath)
             .env_remove("TPU_LIBRARY_PATH")

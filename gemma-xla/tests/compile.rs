@@ -2,21 +2,18 @@
 //! installed into the cache on first use) makes the topology and compiles. When libtpu can be
 //! neither found nor installed, the tests that need it say so loudly and return.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn gemma_xla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma-xla")).args(args).current_dir(repo()).output().expect("spawn gemma-xla")
+    testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla")).args(args).current_dir(repo()).output().expect("spawn gemma-xla")
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gemma-xla-compile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    testkit::scratch_dir(&format!("compile-{name}"))
 }
 
 /// Writes `dir/config.json` for a Gemma of these sizes: vocab, d_model, MLP, layers, heads,

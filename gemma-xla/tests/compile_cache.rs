@@ -2,11 +2,10 @@
 //! instead of compiling, and trains exactly as the first; `--no-compile-cache` neither reads
 //! nor writes it.
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn train(args: &[&str]) -> String {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla")).arg("train").args(args).current_dir(repo).output().unwrap();
+    let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla")).arg("train").args(args).current_dir(repo).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{args:?}: {err}");
     err
@@ -25,8 +24,7 @@ fn losses(out: &Path) -> Vec<String> {
 
 #[test]
 fn the_second_run_loads_the_train_step_from_the_cache() {
-    let root: PathBuf = std::env::temp_dir().join(format!("gemma-xla-cc-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let root: PathBuf = testkit::scratch_dir("cc-cli");
     let cache = root.join("cache");
     let run = |name: &str, extra: &[&str]| {
         let out = root.join(name);

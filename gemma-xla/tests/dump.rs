@@ -1,20 +1,18 @@
 //! `gemma-xla dump` as a user runs it: the tiny train step on 4 devices and the forward pass
 //! on one, compiled on the real CPU plugin; bad input refused with a clear error.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn gemma_xla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma-xla")).args(args).current_dir(repo()).output().expect("spawn gemma-xla")
+    testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla")).args(args).current_dir(repo()).output().expect("spawn gemma-xla")
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gemma-xla-dump-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    testkit::scratch_dir(&format!("dump-{name}")).join("out")
 }
 
 fn ok(args: &[&str]) -> String {

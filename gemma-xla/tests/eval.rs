@@ -2,7 +2,7 @@
 //! is compiled. The scores against lm-evaluation-harness are library tests (eval/tests).
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn fixtures() -> PathBuf {
     testkit::repo().join("fixtures")
@@ -13,7 +13,7 @@ fn lines(path: &Path) -> Vec<Value> {
 }
 
 fn gemma_xla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma-xla")).args(args).output().expect("spawn gemma-xla")
+    testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla")).args(args).output().expect("spawn gemma-xla")
 }
 
 fn scratch(name: &str) -> PathBuf {

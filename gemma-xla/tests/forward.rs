@@ -1,7 +1,6 @@
 //! `gemma-xla forward`: the file it writes, and bad models and tokens refused clearly. The
 //! numbers against transformers are library tests (decode/tests/forward.rs).
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn fixtures() -> PathBuf {
     testkit::fixtures("gemma")
@@ -13,7 +12,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Runs `gemma-xla forward`; returns (success, stdout, stderr).
 fn forward(model: &Path, tokens: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+    let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
         .args(["forward", "--model"])
         .arg(model)
         .arg("--tokens")
@@ -28,19 +27,7 @@ fn forward(model: &Path, tokens: &Path, out: &Path, extra: &[&str]) -> (bool, St
 
 /// All tensors of a safetensors file as f64 vectors.
 fn load(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f64>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, t)| {
-            let values: Vec<f64> = match t.dtype() {
-                safetensors::Dtype::F64 => t.data().chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-                safetensors::Dtype::F32 => t.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                other => panic!("{name}: unexpected dtype {other:?}"),
-            };
-            (name, (t.shape().to_vec(), values))
-        })
-        .collect()
+    testkit::safetensors_f64(path)
 }
 
 #[test]

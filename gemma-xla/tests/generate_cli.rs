@@ -3,7 +3,7 @@
 //! clearly, and chats turn by turn.
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn dir() -> PathBuf {
     testkit::fixtures("generate")
@@ -18,7 +18,7 @@ fn ids(v: &Value) -> Vec<i32> {
 }
 
 fn gemma_xla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma-xla")).args(args).output().expect("spawn gemma-xla")
+    testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla")).args(args).output().expect("spawn gemma-xla")
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -139,7 +139,7 @@ fn bad_input_is_refused_clearly() {
 #[test]
 fn chat_answers_each_line_and_stops_at_end_of_turn() {
     let d = dir();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+    let mut child = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
         .args(["generate", "--model", d.to_str().unwrap(), "--chat", "--max-new-tokens", "8"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -1,12 +1,11 @@
 //! On a multi-host slice `train` learns its role from the environment; until the runtime
 //! places per-process shards it refuses, naming the host and what is missing, instead of
 //! training the wrong thing.
-use std::process::Command;
 
 #[test]
 fn a_multi_host_environment_is_refused_clearly() {
-    let out = std::env::temp_dir().join(format!("gemma-xla-hosts-{}", std::process::id()));
-    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+    let out = testkit::scratch_dir("hosts").join("out");
+    let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
         .args(["train", "--steps", "1", "--out", out.to_str().unwrap()])
         .env("TPU_WORKER_ID", "1")
         .env("TPU_WORKER_HOSTNAMES", "t1v-0,t1v-1,t1v-2,t1v-3")

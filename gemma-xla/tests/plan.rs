@@ -1,10 +1,10 @@
 //! `gemma-xla plan` as a user runs it: bytes per device for Gemma 2B and 7B against the
 //! checkpoints' parameter counts, FSDP, and every bad mesh or batch refused with a clear error.
 use serde_json::Value;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn gemma_xla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma-xla")).args(args).output().expect("spawn gemma-xla")
+    testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla")).args(args).output().expect("spawn gemma-xla")
 }
 
 /// Runs `plan ARGS --json` and parses the object it prints.
@@ -152,8 +152,7 @@ fn bad_meshes_and_batches_are_refused() {
 
 #[test]
 fn an_hf_config_file_is_read() {
-    let dir = std::env::temp_dir().join(format!("gemma-xla-plan-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = testkit::scratch_dir("plan");
     let path = dir.join("config.json");
     let config = r#"{"model_type": "gemma", "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
         "num_hidden_layers": 2, "num_key_value_heads": 2, "head_dim": 8, "vocab_size": 64}"#;

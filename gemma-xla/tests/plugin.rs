@@ -22,15 +22,12 @@ fn real_plugin() -> &'static Path {
 
 /// A fresh cache directory for one test.
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gemma-xla-plugin-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    testkit::scratch_dir(&format!("plugin-{name}"))
 }
 
 /// gemma-xla with its own cache, no pip, and (if `source`) the real plugin as install source.
 fn command(cache: &Path, source: bool, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gemma-xla"));
+    let mut c = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"));
     c.args(args).env("GEMMA_XLA_CACHE", cache).env("PYTHON", "/nonexistent/python3").env_remove("GEMMA_XLA_PLUGIN");
     if source {
         c.env("GEMMA_XLA_PLUGIN_SOURCE", real_plugin());

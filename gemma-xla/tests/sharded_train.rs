@@ -1,25 +1,23 @@
-//! The train step over 8 CPU devices on every mesh shape the issue names, with and without
-//! FSDP, against the single-device step; initialisation that depends on the seed only; and a
-//! checkpoint saved from one mesh resumed on another.
+//! `train` across meshes as a command: a checkpoint saved from one mesh resumed on another,
+//! the collectives of the partitioned step, bad meshes. The step on every mesh against one
+//! device, and the seed-only initialisation, are library tests (train/tests/meshes.rs).
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn train(args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla")).arg("train").args(args).current_dir(repo()).output().expect("spawn gemma-xla");
+    let o =
+        testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla")).arg("train").args(args).current_dir(repo()).output().expect("spawn gemma-xla");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "train {args:?} failed:\n{err}");
     o
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gemma-xla-sharded-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    testkit::scratch_dir(&format!("sharded-{name}"))
 }
 
 /// A tiny MQA config with 8 query heads, so that model=8 splits whole heads.
@@ -60,51 +58,6 @@ fn close(a: &Path, b: &Path, tol: f64, what: &str) {
         let worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs() as f64).fold(0.0, f64::max);
         assert!(worst <= tol * scale, "{what}: {n} differs by {worst} (scale {scale})");
     }
-}
-
-const COMMON: [&str; 12] = ["--steps", "3", "--batch", "8", "--seq", "16", "--log-every", "1", "--sample", "0", "--seed", "7"];
-
-#[test]
-fn every_mesh_with_and_without_fsdp_gives_the_single_device_step() {
-    let root = scratch("meshes");
-    let cfg = config(&root);
-    let single = root.join("single");
-    train(&[&COMMON[..], &["--config", &cfg, "--mesh", "data=1", "--out", single.to_str().unwrap()]].concat());
-    let want = losses(&single);
-    for mesh in ["data=8", "data=4,model=2", "data=2,model=4", "model=8"] {
-        for fsdp in [false, true] {
-            let out = root.join(format!("{}{}", mesh.replace([',', '='], "_"), if fsdp { "_fsdp" } else { "" }));
-            let mut args = vec!["--config", &cfg, "--mesh", mesh, "--out", out.to_str().unwrap()];
-            if fsdp {
-                args.push("--fsdp");
-            }
-            train(&[&COMMON[..], &args].concat());
-            let got = losses(&out);
-            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-5 * w.abs(), "{mesh} fsdp={fsdp} step {k}: loss {g} vs single device {w}");
-            }
-            close(&out.join("model.safetensors"), &single.join("model.safetensors"), 1e-5, &format!("{mesh} fsdp={fsdp}"));
-        }
-    }
-    std::fs::remove_dir_all(root).unwrap();
-}
-
-#[test]
-fn initialisation_depends_on_the_seed_only() {
-    let root = scratch("init");
-    let cfg = config(&root);
-    // With lr 0 the first update leaves the weights as initialised.
-    let frozen = ["--steps", "1", "--lr", "0", "--warmup", "0", "--batch", "8", "--seq", "16", "--sample", "0", "--config", &cfg];
-    let a = root.join("a");
-    let b = root.join("b");
-    let c = root.join("c");
-    train(&[&frozen[..], &["--mesh", "data=1", "--seed", "3", "--out", a.to_str().unwrap()]].concat());
-    train(&[&frozen[..], &["--mesh", "data=2,model=4", "--fsdp", "--seed", "3", "--out", b.to_str().unwrap()]].concat());
-    train(&[&frozen[..], &["--mesh", "data=1", "--seed", "4", "--out", c.to_str().unwrap()]].concat());
-    let read = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
-    assert!(read(&a) == read(&b), "the same seed on another mesh gave other weights");
-    assert!(read(&a) != read(&c), "another seed gave the same weights");
-    std::fs::remove_dir_all(root).unwrap();
 }
 
 #[test]
@@ -153,7 +106,7 @@ fn partitioned_hlo(extra: &[&str]) -> String {
     let root = scratch(&format!("hlo{}", extra.len()));
     let dump = root.join("dump");
     let out = root.join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+    let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
         .args(["train", "--steps", "1", "--mesh", "data=2,model=2", "--batch", "8", "--seq", "16", "--sample", "0", "--out"])
         .arg(&out)
         .args(extra)
@@ -206,7 +159,7 @@ fn the_partitioned_step_has_the_collectives_a_user_expects() {
 #[test]
 fn bad_meshes_are_refused_before_compiling() {
     let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+        let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
             .arg("train")
             .args(args)
             .args(["--steps", "1", "--sample", "0"])

@@ -10,7 +10,7 @@ fn repo() -> PathBuf {
 }
 
 fn train(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma-xla")).arg("train").args(args).current_dir(repo()).output().expect("spawn gemma-xla")
+    testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla")).arg("train").args(args).current_dir(repo()).output().expect("spawn gemma-xla")
 }
 
 fn ok(o: &Output) -> String {
@@ -27,10 +27,7 @@ fn fails(o: &Output) -> String {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gemma-xla-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    testkit::scratch_dir(&format!("train-{name}"))
 }
 
 fn s(p: &Path) -> String {
@@ -109,49 +106,24 @@ fn reference_run(out: &Path, mesh: &str) {
     ok(&o);
 }
 
-/// Six AdamW steps from the transformers-made mqa checkpoint against JAX + optax in float64
-/// (fixtures/train/make_reference.py): per-step loss, grad_norm and lr,
-/// and the final weights and moments.
-fn check_against_reference(mesh: &str) {
-    let out = scratch(&format!("ref-{}", mesh.replace([',', '='], "_")));
-    reference_run(&out, mesh);
-    let bytes = std::fs::read(repo().join(REF).join("reference.safetensors")).unwrap();
-    let want = SafeTensors::deserialize(&bytes).unwrap();
-    let (loss, norm, lr) = (f64s(&want, "loss"), f64s(&want, "grad_norm"), f64s(&want, "lr"));
+#[test]
+fn a_run_from_an_hf_checkpoint_writes_metrics_checkpoints_and_the_final_weights() {
+    // The numbers against JAX + optax are library tests (train/tests/optax.rs); here: what the
+    // command writes for them.
+    let out = scratch("files");
+    reference_run(&out, "data=1");
     let got = metrics(&out);
     assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
-    for (k, m) in got.iter().enumerate() {
-        let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
-        assert!(rel(m.1, loss[k]) < 2e-5, "{mesh} step {k}: loss {} vs optax {}", m.1, loss[k]);
-        assert!(rel(m.2, norm[k]) < 2e-5, "{mesh} step {k}: grad_norm {} vs optax {}", m.2, norm[k]);
-        assert!(rel(m.3, lr[k]) < 1e-6, "{mesh} step {k}: lr {} vs {}", m.3, lr[k]);
-    }
     let model = std::fs::read(out.join("model.safetensors")).unwrap();
     let model = SafeTensors::deserialize(&model).unwrap();
+    assert_eq!(f64s(&model, "model.norm.weight").len(), 32);
     let opt = std::fs::read(out.join("checkpoints/step_6/optimizer.safetensors")).unwrap();
     let opt = SafeTensors::deserialize(&opt).unwrap();
-    let scale = want.names().iter().filter(|n| n.starts_with("params.")).flat_map(|n| f64s(&want, n)).fold(1.0f64, |a, v| a.max(v.abs()));
-    for name in want.names().iter().filter_map(|n| n.strip_prefix("params.")) {
-        for (file, key, prefix) in
-            [(&model, name.to_string(), "params."), (&opt, format!("m.{name}"), "opt.m."), (&opt, format!("v.{name}"), "opt.v.")]
-        {
-            let (g, w) = (f64s(file, &key), f64s(&want, &format!("{prefix}{name}")));
-            let tol = if prefix == "params." { 1e-4 * scale } else { 1e-4 * w.iter().fold(1e-12f64, |a, v| a.max(v.abs())) };
-            let worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            assert!(worst <= tol, "{mesh}: {prefix}{name} differs from optax by {worst} (tolerance {tol})");
-        }
+    assert!(opt.names().iter().any(|n| n.starts_with("m.")) && opt.names().iter().any(|n| n.starts_with("v.")));
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "loss.png", "checkpoints/step_6/trainer_state.json"] {
+        assert!(out.join(f).is_file(), "{f}");
     }
     std::fs::remove_dir_all(out).unwrap();
-}
-
-#[test]
-fn adamw_steps_match_jax_and_optax_on_one_device() {
-    check_against_reference("data=1");
-}
-
-#[test]
-fn adamw_steps_match_jax_and_optax_on_a_data_model_mesh() {
-    check_against_reference("data=2,model=2");
 }
 
 fn resume_case(mesh: &str) {
@@ -210,7 +182,7 @@ fn a_run_killed_while_saving_leaves_a_loadable_checkpoint() {
     ok(&train(&[&["--steps", "3", "--save-every", "1"][..], &small, &[&s(&out)]].concat()));
     // Saving every step makes a kill during a save likely; each kill comes a bit later.
     for delay_ms in [1500u64, 2200, 2900, 3600] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+        let mut child = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
             .args(["train", "--steps", "100000", "--save-every", "1", "--keep", "2", "--log-every", "1000", "--resume"])
             .args(small)
             .arg(s(&out))
@@ -316,7 +288,7 @@ fn bf16_compute_with_f32_master_weights_learns() {
 #[test]
 fn ctrl_c_finishes_the_step_saves_and_exits_130() {
     let out = scratch("sigint");
-    let child = Command::new(env!("CARGO_BIN_EXE_gemma-xla"))
+    let child = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
         .args(["train", "--steps", "100000", "--batch", "2", "--seq", "16", "--mesh", "data=1", "--save-every", "0", "--sample", "0"])
         .args(["--out", &s(&out)])
         .current_dir(repo())

@@ -2,7 +2,7 @@
 //! `train` and `generate` build it, then compiled with XLA's dump options so that every
 //! compiler stage lands in one directory with a `summary.txt`.
 use crate::summary;
-use crate::{bail, Context, Result};
+use crate::{bail, Error, Result};
 use gemma::rules::{self, Logical};
 use gemma::{Hyper, ModelOptions};
 use graph::{DType, Remat, Tensor, TensorType, Tree};
@@ -119,10 +119,8 @@ fn prepare_out(out: &Path) -> Result<()> {
     if out.is_dir() {
         let ours = [STABLEHLO, BEFORE, AFTER_SPMD, AFTER, SUMMARY, RAW];
         let entries: Vec<String> = std::fs::read_dir(out)
-            .with_context(|| format!("cannot list --out {}", out.display()))?
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("cannot list --out {}", out.display()))?;
+            .and_then(|entries| entries.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+            .map_err(|e| Error::from(e).context(format!("cannot list --out {}", out.display())))?;
         if let Some(other) = entries.iter().find(|n| !ours.contains(&n.as_str()) && !n.starts_with(".gemma-xla")) {
             bail!(
                 "--out {} holds {other}, which is not part of a dump; choose a new or empty directory (an earlier dump there is replaced)",
@@ -132,7 +130,7 @@ fn prepare_out(out: &Path) -> Result<()> {
         for name in &entries {
             let p = out.join(name);
             let r = if p.is_dir() && !p.is_symlink() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-            r.with_context(|| format!("cannot remove the earlier dump's {}", p.display()))?;
+            r.map_err(|e| Error::from(e).context(format!("cannot remove the earlier dump's {}", p.display())))?;
         }
     }
     data::files::ensure_writable_dir(out)?;

@@ -67,17 +67,6 @@ impl Error {
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `.with_context(|| ...)` on results whose error converts into [`Error`].
-pub(crate) trait Context<T> {
-    fn with_context<C: Into<String>>(self, context: impl FnOnce() -> C) -> Result<T>;
-}
-
-impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
-    fn with_context<C: Into<String>>(self, context: impl FnOnce() -> C) -> Result<T> {
-        self.map_err(|e| e.into().context(context()))
-    }
-}
-
 /// Returns `Error::Invalid` with a formatted message.
 macro_rules! bail {
     ($($arg:tt)*) => {

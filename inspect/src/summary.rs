@@ -2,7 +2,7 @@
 //! back (the optimised HLO text, the buffer assignment, the memory usage report) into
 //! `summary.txt`.
 use crate::dump::{AFTER, AFTER_SPMD, BEFORE, STABLEHLO};
-use crate::{bail, Context, Error, Result};
+use crate::{bail, Error, Result};
 use runtime::Mesh;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
@@ -34,7 +34,7 @@ impl XlaFiles {
     /// must be there too.
     pub fn find(dir: &Path, sharded: bool) -> Result<XlaFiles> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
-            .with_context(|| format!("XLA wrote no dump to {}", dir.display()))?
+            .map_err(|e| Error::from(e).context(format!("XLA wrote no dump to {}", dir.display())))?
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
             .filter(|n| n.starts_with("module_") && n.ends_with(".txt"))
             .collect();
@@ -65,7 +65,7 @@ impl XlaFiles {
 
 /// Copies the stages to `out` and returns the summary text.
 pub fn write_stages(out: &Path, f: &XlaFiles, what: &str, mesh: &Mesh, fsdp: bool) -> Result<String> {
-    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("cannot read XLA's dump {}", p.display()));
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::from(e).context(format!("cannot read XLA's dump {}", p.display())));
     let before = read(&f.before)?;
     let after = read(&f.after)?;
     let buffers = read(&f.buffers)?;

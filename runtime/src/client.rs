@@ -157,7 +157,7 @@ impl Client {
         let exe = self.inner.compile(&program.bytes, program.pjrt_format(), &encoded)?;
         match exe.serialize() {
             Ok(bytes) => cache.store(&key, &bytes),
-            Err(e) => eprintln!("note: this plugin cannot serialize executables, so nothing is cached: {e}"),
+            Err(e) => crate::notes::note(&format!("note: this plugin cannot serialize executables, so nothing is cached: {e}")),
         }
         Executable::new(exe, program, options.mesh.as_ref())
     }

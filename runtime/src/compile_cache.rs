@@ -147,12 +147,12 @@ impl CompileCache {
         }
     }
 
-    /// Writes the entry for `key`; failures are reported on stderr and otherwise ignored
+    /// Writes the entry for `key`; failures are noted (`notes`) and otherwise ignored
     /// (the cache only saves time).
     pub(crate) fn store(&self, key: &CacheKey, payload: &[u8]) {
         match self.write(key, payload) {
             Ok(()) => self.bump(|s| s.stores += 1),
-            Err(e) => eprintln!("note: the compilation cache in {} was not written: {e}", self.dir.display()),
+            Err(e) => crate::notes::note(&format!("note: the compilation cache in {} was not written: {e}", self.dir.display())),
         }
     }
 

@@ -331,12 +331,17 @@ impl Pinned {
         let (wheel_sha256, from) = match source {
             Some(src) if src.extension().is_some_and(|e| e == "whl") => {
                 let src = std::fs::canonicalize(src).map_err(|e| format!("{SOURCE_ENV}={}: {e}", src.display()))?;
-                eprintln!("gemma-xla: installing the CPU PJRT plugin {} from {} into {}", pinned_package(), src.display(), dest.display());
+                crate::notes::note(&format!(
+                    "gemma-xla: installing the CPU PJRT plugin {} from {} into {}",
+                    pinned_package(),
+                    src.display(),
+                    dest.display()
+                ));
                 self.pip_install(target, tmp, &format!("{} --hash=sha256:{}\n", src.display(), self.wheel_sha256), true)?;
                 (Some(self.wheel_sha256.to_string()), src.display().to_string())
             }
             Some(src) => {
-                eprintln!("gemma-xla: installing the CPU PJRT plugin from {} into {}", src.display(), dest.display());
+                crate::notes::note(&format!("gemma-xla: installing the CPU PJRT plugin from {} into {}", src.display(), dest.display()));
                 let sum = copy_hashed(src, &so).map_err(|e| format!("cannot copy {SOURCE_ENV}={}: {e}", src.display()))?;
                 if sum != self.so_sha256 {
                     return Err(format!(
@@ -349,13 +354,13 @@ impl Pinned {
                 (None, src.display().to_string())
             }
             None => {
-                eprintln!(
+                crate::notes::note(&format!(
                     "gemma-xla: installing the {} {} ({}) with pip into {}",
                     self.what,
                     pinned_package(),
                     self.download,
                     dest.display()
-                );
+                ));
                 self.pip_install(target, tmp, &format!("{} --hash=sha256:{}\n", pinned_package(), self.wheel_sha256), false)?;
                 (Some(self.wheel_sha256.to_string()), "pypi".to_string())
             }

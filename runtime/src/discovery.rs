@@ -115,7 +115,7 @@ fn find_or_install_tpu() -> Result<PathBuf> {
         CacheState::Good { path, .. } => return Ok(path),
         CacheState::Absent => {}
         CacheState::Damaged { path, reason } => {
-            eprintln!("gemma-xla: the cached libtpu at {} is damaged ({reason}); reinstalling", path.display());
+            crate::notes::note(&format!("gemma-xla: the cached libtpu at {} is damaged ({reason}); reinstalling", path.display()));
         }
     }
     cpu_cache::TPU.install(&dir)
@@ -138,7 +138,7 @@ fn find_or_install_cpu() -> Result<PathBuf> {
             }
         }
         CacheState::Damaged { path, reason } => {
-            eprintln!("gemma-xla: the cached CPU plugin at {} is damaged ({reason}); reinstalling", path.display());
+            crate::notes::note(&format!("gemma-xla: the cached CPU plugin at {} is damaged ({reason}); reinstalling", path.display()));
         }
     }
     cpu_cache::install(&dir)

@@ -13,6 +13,7 @@ mod error;
 mod executable;
 mod host;
 pub mod host_malloc;
+pub mod notes;
 mod options;
 mod program;
 mod topology;

@@ -7,6 +7,8 @@
 
 use runtime::{Client, CompileCache, PluginSpec};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
 /// The repository's root.
 pub fn repo() -> PathBuf {
@@ -44,4 +46,39 @@ pub fn require_tool(program: &str, why: &str) {
 /// after the command ends, and for looking at after a failure); `tag` appears in its name.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     scratch(tag).keep()
+}
+
+/// The `gemma-xla` binary `bin` (a test passes `env!("CARGO_BIN_EXE_gemma-xla")`) as a command
+/// run from the repository's root, with a compilation cache of this test binary's own
+/// (`GEMMA_XLA_COMPILE_CACHE`): its tests share compiled programs with each other, never with
+/// the user's cache or another test binary.
+pub fn gemma_xla(bin: &str) -> Command {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| scratch_dir("compile-cache"));
+    let mut command = Command::new(bin);
+    command.current_dir(repo()).env("GEMMA_XLA_COMPILE_CACHE", cache);
+    command
+}
+
+/// Every tensor of a safetensors file (f64 or f32) as its shape and f64 values, by name.
+pub fn safetensors_f64(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f64>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    st.tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let values: Vec<f64> = match t.dtype() {
+                safetensors::Dtype::F64 => t.data().chunks(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+                safetensors::Dtype::F32 => t.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64).collect(),
+                other => panic!("{}: {name} has dtype {other:?}, not f64 or f32", path.display()),
+            };
+            (name, (t.shape().to_vec(), values))
+        })
+        .collect()
+}
+
+/// The JSON lines of a file (blank lines skipped).
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
 }
