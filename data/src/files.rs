@@ -52,6 +52,137 @@ pub fn refuse_input_as_output(output: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
+/// Whether `path` is a character device or FIFO: an output written straight into (by
+/// `write_atomic`), beside which nothing else is written.
+pub fn is_stream(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_fifo())
+}
+
+/// The lock file in an output directory.
+pub const LOCK: &str = ".gemma-xla.lock";
+
+/// An exclusive lock on an output directory for one run: `flock` on `DIR/.gemma-xla.lock`,
+/// which the kernel releases when the process ends, however it ends. The file holds the
+/// holder's PID and what it runs, for the error a second run gets.
+#[derive(Debug)]
+pub struct OutputLock {
+    _file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl OutputLock {
+    /// Creates `dir` if needed and locks it for `what` (e.g. `gemma-xla train`); a directory
+    /// another live process holds is an error naming its PID. Hold the value for the run.
+    pub fn acquire(dir: &Path, what: &str) -> Result<OutputLock> {
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(dir).map_err(|e| io(format!("cannot create output directory {}", dir.display()), e))?;
+        let path = dir.join(LOCK);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io(format!("cannot open the lock file {}", path.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() { "another process".to_string() } else { holder.to_string() };
+                return Err(Error::Io(format!(
+                    "{} is in use by another run ({holder}); wait for it to end or choose another output directory",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(format!("cannot lock {}", path.display()), e)),
+        }
+        let stamp = format!("pid {}: {what}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(stamp.as_bytes()))
+            .map_err(|e| io(format!("cannot write the lock file {}", path.display()), e))?;
+        Ok(OutputLock { _file: file, path })
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The marker file in a directory gemma-xla made for its outputs; it names what wrote it.
+pub const MARKER: &str = ".gemma-xla-output";
+
+/// Makes `dir` an output directory of `what` (e.g. `gemma-xla train`): a new or empty
+/// directory gets the marker; one with the marker is ours already; `adopt(names)` may accept
+/// an unmarked directory by the names in it (the outputs of a version that wrote no marker),
+/// which then gets the marker. Anything else is refused with the list of what is in the way,
+/// and nothing in it is touched.
+pub fn claim_dir(dir: &Path, what: &str, adopt: impl Fn(&[String]) -> bool) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| io(format!("cannot create output directory {}", dir.display()), e))?;
+    if dir.join(MARKER).is_file() {
+        return Ok(());
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .and_then(|entries| entries.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+        .map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
+    names.retain(|n| n != LOCK && n != MARKER && !(n.starts_with(".gemma-xla-write-test-")));
+    names.sort();
+    if !names.is_empty() && !adopt(&names) {
+        let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+        let more = if names.len() > 8 { format!(" and {} more", names.len() - 8) } else { String::new() };
+        return Err(Error::Io(format!(
+            "{} holds files gemma-xla did not write ({}{more}); choose a new or empty directory, so that nothing in it is replaced or deleted",
+            dir.display(),
+            shown.join(", ")
+        )));
+    }
+    write_atomic(&dir.join(MARKER), format!("written by {what}; gemma-xla replaces and removes only its own outputs here\n").as_bytes())
+}
+
+/// Refuses an output directory that is, or is inside, one of `inputs` (a directory a run reads
+/// must not receive what it writes, to be read back by the next run).
+pub fn refuse_output_dir_over_inputs(dir: &Path, flag: &str, inputs: &[(&str, &Path)]) -> Result<()> {
+    let canonical = |p: &Path| p.canonicalize().ok();
+    let Some(out) = absolute(dir) else { return Ok(()) };
+    for (input_flag, input) in inputs {
+        let Some(inp) = canonical(input) else { continue };
+        if out.starts_with(&inp) {
+            return Err(Error::OutputIsInput {
+                output: format!("{flag} {}", dir.display()),
+                input: format!("{input_flag} {} (an output directory may not be or be inside an input)", input.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute with symlinks resolved, for a path that may not exist yet: its nearest
+/// existing ancestor canonicalized, the rest appended.
+fn absolute(path: &Path) -> Option<std::path::PathBuf> {
+    let mut rest = Vec::new();
+    let mut p = path;
+    loop {
+        if let Ok(c) = p.canonicalize() {
+            return Some(rest.iter().rev().fold(c, |acc, part| acc.join(part)));
+        }
+        rest.push(p.file_name()?.to_os_string());
+        p = match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+    }
+}
+
+/// Whether the process `pid` is alive (Linux: its `/proc` entry exists); the temporary files
+/// and directories of a writer are removed only when it is dead.
+pub fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// The manifest `run` writes next to its outputs.
 pub const MANIFEST: &str = "manifest.json";
 

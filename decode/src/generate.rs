@@ -77,21 +77,24 @@ impl Sampler {
         if self.temperature == 0.0 {
             return argmax();
         }
-        let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / self.temperature).collect();
-        // Indices by decreasing logit (ties by index).
-        let mut order: Vec<usize> = (0..scaled.len()).filter(|&i| !scaled[i].is_nan()).collect();
-        order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]).then(a.cmp(&b)));
+        // Softmax of logits / T in a form that is finite for every positive T: the maximum is
+        // subtracted before dividing (a tiny T sends the others to exp(-inf) = 0, not inf - inf).
+        let raw: Vec<f64> = logits.iter().map(|&l| l as f64).collect();
+        // Indices by decreasing logit (ties by index); dividing by T > 0 keeps the order.
+        let mut order: Vec<usize> = (0..raw.len()).filter(|&i| !raw[i].is_nan()).collect();
+        order.sort_by(|&a, &b| raw[b].total_cmp(&raw[a]).then(a.cmp(&b)));
         if order.is_empty() {
             return argmax();
         }
         let mut keep = order.len();
         if self.top_k > 0 && self.top_k < keep {
             // Values tied with the k-th largest stay, as transformers' `scores < kth` keeps them.
-            let kth = scaled[order[self.top_k - 1]];
-            keep = order.iter().take_while(|&&i| scaled[i] >= kth).count();
+            let kth = raw[order[self.top_k - 1]];
+            keep = order.iter().take_while(|&&i| raw[i] >= kth).count();
         }
-        let max = scaled[order[0]];
-        let weights: Vec<f64> = order[..keep].iter().map(|&i| (scaled[i] - max).exp()).collect();
+        let max = raw[order[0]];
+        let t = self.temperature;
+        let weights: Vec<f64> = order[..keep].iter().map(|&i| if raw[i] == max { 1.0 } else { ((raw[i] - max) / t).exp() }).collect();
         let total: f64 = weights.iter().sum();
         if self.top_p < 1.0 {
             // transformers drops the tokens whose ascending cumulative probability is <= 1 - p
@@ -538,6 +541,24 @@ mod tests {
             let freq = a.iter().filter(|&&x| x == i as u32).count() as f64 / a.len() as f64;
             assert!((freq - l.exp() / z).abs() < 0.03, "token {i}: {freq}");
         }
+    }
+
+    #[test]
+    fn any_positive_temperature_samples_from_a_finite_softmax() {
+        let logits = [1.0f32, 3.0, -2.0, 3.0];
+        for t in [5e-324, 1e-300, 1e-30, 1e-3] {
+            let mut s = Sampler::new(t, 0, 1.0, 1).unwrap();
+            for _ in 0..200 {
+                let id = s.pick(0, &logits);
+                assert!(id == 1 || id == 3, "temperature {t}: picked {id}, not a most likely token");
+            }
+        }
+        // Huge temperatures are near uniform, and infinite logits are the only candidates.
+        let mut s = Sampler::new(1e300, 0, 1.0, 2).unwrap();
+        let picked: std::collections::BTreeSet<u32> = (0..400).map(|_| s.pick(0, &logits)).collect();
+        assert_eq!(picked.len(), 4);
+        let mut s = Sampler::new(0.7, 0, 1.0, 3).unwrap();
+        assert!((0..100).all(|_| s.pick(0, &[0.0, f32::INFINITY, 1.0]) == 1));
     }
 
     #[test]

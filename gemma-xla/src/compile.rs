@@ -121,6 +121,11 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!(".gemma-xla-compile-{}", std::process::id()));
     let (after, before) = match &a.dump {
         Some(dir) => {
+            if dir.exists() && !dir.is_dir() {
+                bail!("--dump {} is a file, not a directory", dir.display());
+            }
+            let _lock =
+                data::files::OutputLock::acquire(dir, "gemma-xla compile --dump").with_context(|| format!("--dump {}", dir.display()))?;
             dump::write_dump(dir, &lowered, &setup, &what, |p, o| {
                 compile_with(p, o).map_err(|e| inspect::Error::Invalid(format!("{e:#}")))
             })?;

@@ -52,6 +52,11 @@ pub fn dump(a: &DumpArgs) -> Result<()> {
     rules::check_batch(a.shape.batch as i64, &mesh)?;
     let seq = a.shape.seq_or(data::DEFAULT_SEQ as u32, 2)?;
     let dtype = a.dtype.or(Dtype::F32);
+    if a.out.exists() && !a.out.is_dir() {
+        bail!("--out {} is a file, not a directory", a.out.display());
+    }
+    // One run per output directory, for the whole dump.
+    let _lock = data::files::OutputLock::acquire(&a.out, "gemma-xla dump").with_context(|| format!("--out {}", a.out.display()))?;
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
     let setup = Setup { cfg, mesh, fsdp: a.mesh.fsdp, batch: a.shape.batch as usize, seq: seq as usize };
     let lowered = dump::lower(Some(&client), &setup, &a.what, dtype.dtype(), a.remat.remat(), a.cache_len)?;

@@ -54,7 +54,9 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
         inputs.extend([config_path.as_path(), a.tasks.as_path()]);
         inputs.extend(a.tokenizer.as_deref());
         data::files::refuse_input_as_output(out, &inputs)?;
-        data::files::refuse_input_as_output(&summary_path(out), &inputs)?;
+        if !data::files::is_stream(out) {
+            data::files::refuse_input_as_output(&summary_path(out), &inputs)?;
+        }
         data::files::require_parent_dir(out)?;
     }
     let mesh = match &a.mesh.mesh {
@@ -113,9 +115,14 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
             "tasks": summary,
             "tokens_per_s": tokens as f64 / run.max(1e-9),
         });
-        let path = summary_path(out);
-        data::files::write_atomic(&path, (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
-        eprintln!("wrote {} and {}", out.display(), path.display());
+        if data::files::is_stream(out) {
+            // A device or pipe gets the scores; no summary file is made beside it (in /dev).
+            eprintln!("wrote {} (a stream: no summary file beside it)", out.display());
+        } else {
+            let path = summary_path(out);
+            data::files::write_atomic(&path, (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
+            eprintln!("wrote {} and {}", out.display(), path.display());
+        }
     }
     Ok(())
 }

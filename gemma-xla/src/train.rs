@@ -146,6 +146,9 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     for w in &written {
         data::files::refuse_input_as_output(w, &inputs)?;
     }
+    let dirs: Vec<(&str, &Path)> =
+        a.data.iter().map(|d| ("--data", d.as_path())).chain(a.init.iter().map(|d| ("--init", d.as_path()))).collect();
+    data::files::refuse_output_dir_over_inputs(&a.out, "--out", &dirs)?;
     let tokenizer = Tokenizer::load(a.tokenizer.as_deref())?;
     let token_file = a.data.as_deref().is_some_and(|p| p.extension().is_some_and(|e| e == "npy"));
     if !token_file && tokenizer.vocab_size() as i64 > cfg.vocab_size {
@@ -156,16 +159,19 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let mesh = train::resolve_mesh(a.mesh.mesh.as_deref(), a.plugin.devices)?;
     gemma::rules::check_batch(a.shape.batch as i64, &mesh)?;
     gemma::rules::param_specs(&cfg, &mesh, a.mesh.fsdp)?; // every split must divide its dimension
-    if a.steps == 0 {
-        bail!("--steps must be at least 1");
+    if let Err(e) = hyper(a).check() {
+        bail!("{e}");
     }
+    // One run per output directory: held until the process ends, however it ends.
+    let _lock = data::files::OutputLock::acquire(&a.out, "gemma-xla train").with_context(|| format!("--out {}", a.out.display()))?;
+    // Ours (marked), or a train output of a version that wrote no marker (it has checkpoints).
+    data::files::claim_dir(&a.out, "gemma-xla train", |names| names.iter().any(|n| n == "checkpoints"))?;
     if !a.resume && train::checkpoints::any(&a.out)? {
         bail!(
             "{} already holds checkpoints of an earlier run: continue it with --resume, or choose another --out",
             a.out.join("checkpoints").display()
         );
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create --out {}", a.out.display()))?;
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
     let spec = TrainSpec {
         config: cfg,
@@ -179,6 +185,9 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     };
     let mut trainer = if a.resume { Trainer::resume(&client, spec, dataset, &a.out)? } else { Trainer::new(&client, spec, dataset)? };
     let start = trainer.step_count();
+    for f in trainer.skipped_checkpoints() {
+        eprintln!("skipping the incomplete checkpoint {} (it lacks {})", f.path.display(), f.missing.join(", "));
+    }
 
     // Ctrl-C asks the trainer to stop after the current step (it then saves); a second Ctrl-C
     // while saving interrupts for real. The handler is set once per process.
@@ -189,6 +198,16 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
     });
 
+    if trainer.is_done() {
+        // A run that saved its last checkpoint but was stopped before its final files.
+        write_final(&trainer, &a.out, &tokenizer)?;
+        println!(
+            "{} is at the last step ({start}); wrote the final model to {}",
+            trainer.resumed_from().map_or(String::new(), |p| p.display().to_string()),
+            a.out.display()
+        );
+        return Ok(());
+    }
     let mut log = report::Log::open(&a.out, start, a.steps, trainer.resumed_from(), trainer.setup(), trainer.data())?;
     let tokens_per_step = trainer.setup().batch * trainer.setup().seq;
     // Host overhead is measured from the end of the first step (which traces and compiles).
@@ -235,7 +254,13 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         1e3 * device / timed as f64
     );
     if a.sample > 0 {
-        println!("sample: {}", trainer.sample(&tokenizer, a.sample, a.seed)?);
+        let (prompt, new) = trainer.sample_ids(a.sample, a.seed)?;
+        let decoded =
+            (!bytes_short(&tokenizer, &trainer.setup().cfg)).then(|| Some((tokenizer.decode(&prompt).ok()?, tokenizer.decode(&new).ok()?)));
+        match decoded.flatten() {
+            Some((p, n)) => println!("sample: {p}|{n}"),
+            None => println!("sample (token ids: no tokenizer decodes the model's vocabulary): {prompt:?}|{new:?}"),
+        }
     }
     Ok(())
 }
@@ -244,10 +269,21 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 /// `generate --model OUT --prompt ...` works.
 fn write_final(t: &Trainer, out: &Path, tokenizer: &Tokenizer) -> Result<()> {
     t.export(out)?;
+    if bytes_short(tokenizer, &t.setup().cfg) {
+        // A token file with a larger vocabulary and no --tokenizer: the byte tokenizer would
+        // not decode the model's ids, so none is written beside the weights.
+        return Ok(());
+    }
     let (tokenizer_json, tokenizer_config) = tokenizer.hf_files()?;
     gemma::write_atomic(&out.join("tokenizer.json"), tokenizer_json.as_bytes())?;
     gemma::write_atomic(&out.join("tokenizer_config.json"), tokenizer_config.as_bytes())?;
     Ok(())
+}
+
+/// The byte tokenizer (no --tokenizer) for a model whose vocabulary is larger than 256 (a
+/// token file's): it cannot decode the model's ids.
+fn bytes_short(tokenizer: &Tokenizer, cfg: &Config) -> bool {
+    matches!(tokenizer, Tokenizer::Bytes) && cfg.vocab_size > 256
 }
 
 /// Where the first step's executable came from.

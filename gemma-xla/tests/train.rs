@@ -339,3 +339,23 @@ fn a_full_disk_while_saving_keeps_the_previous_checkpoint() {
     // The tmpfs is gone with the namespace; what is left is the directory as it was before.
     std::fs::remove_dir_all(out).unwrap();
 }
+
+#[test]
+fn hyperparameters_that_cannot_train_are_refused_naming_the_flag_and_range() {
+    let out = scratch("hyper").join("run");
+    let quick = ["--steps", "2", "--sample", "0", "--mesh", "data=1", "--out"];
+    for (flag, value, want) in [
+        ("--b1", "1", "--b1 1: must be in [0, 1)"),
+        ("--b2", "1.5", "--b2 1.5: must be in [0, 1)"),
+        ("--lr", "nan", "--lr NaN: must be a finite number >= 0"),
+        ("--lr", "-0.1", "--lr -0.1: must be a finite number >= 0"),
+        ("--eps", "-1e-8", "must be a finite number > 0"),
+        ("--clip", "-1", "--clip -1: must be a finite number >= 0"),
+        ("--weight-decay", "inf", "--weight-decay inf"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let err = fails(&train(&[&quick[..], &[&s(&out), &arg]].concat()));
+        assert!(err.contains(want), "{flag} {value}: {err}");
+        assert!(!out.exists(), "{flag} {value}: the output directory was made before the check");
+    }
+}

@@ -277,9 +277,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 /// A symlink at `path` is written through (its target is replaced, the link stays), an
 /// existing file keeps its permissions, and temporary files left by killed writers of the
 /// same file are removed.
+///
+/// A character device or FIFO at `path` (`/dev/null`, `/dev/stdout`, a named pipe) is written
+/// straight into, as the user asked, never replaced; any other file that is not a regular
+/// file (a directory, socket or block device) is refused.
 pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<(), Error>) -> Result<(), Error> {
+    use std::os::unix::fs::FileTypeExt;
     let target = through_symlinks(path);
     let path = target.as_path();
+    if let Ok(meta) = std::fs::metadata(path) {
+        let kind = meta.file_type();
+        if kind.is_char_device() || kind.is_fifo() {
+            let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
+            return fill(&mut f);
+        }
+        let what = if kind.is_dir() {
+            Some("a directory")
+        } else if kind.is_socket() {
+            Some("a socket")
+        } else if kind.is_block_device() {
+            Some("a block device")
+        } else if !kind.is_file() {
+            Some("not a regular file")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            let message = format!("refusing to write it: it is {what} (outputs go to regular files, character devices or FIFOs)");
+            return Err(Error::Io { path: path.display().to_string(), message });
+        }
+    }
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     remove_stale_temporaries(dir, &name);

@@ -65,6 +65,30 @@ impl Default for Hyper {
 }
 
 impl Hyper {
+    /// Refuses settings that cannot train: each error names the `train` flag and the range it
+    /// allows (`--lr` and `--min-lr` finite and >= 0, `--b1` and `--b2` in [0, 1), `--eps`
+    /// finite and > 0, `--weight-decay` and `--clip` finite and >= 0, `--steps` >= 1).
+    pub fn check(&self) -> Result<(), String> {
+        let nonnegative = [("--lr", self.lr), ("--min-lr", self.min_lr), ("--weight-decay", self.weight_decay), ("--clip", self.clip)];
+        for (flag, v) in nonnegative {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{flag} {v}: must be a finite number >= 0"));
+            }
+        }
+        for (flag, v) in [("--b1", self.b1), ("--b2", self.b2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(format!("{flag} {v}: must be in [0, 1)"));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(format!("--eps {}: must be a finite number > 0", self.eps));
+        }
+        if self.steps == 0 {
+            return Err("--steps must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// The learning rate of update `s` (0-based), in f64: the formula the program computes.
     pub fn lr_at(&self, s: u64) -> f64 {
         let (s, w) = (s as f64, self.warmup as f64);
@@ -220,4 +244,30 @@ fn normals(seed: u64, n: usize, std: f64) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_cannot_train_are_refused_naming_the_flag() {
+        assert_eq!(Hyper::default().check(), Ok(()));
+        let bad = [
+            (Hyper { lr: f64::NAN, ..Hyper::default() }, "--lr NaN"),
+            (Hyper { lr: -1e-3, ..Hyper::default() }, "--lr -0.001"),
+            (Hyper { min_lr: f64::INFINITY, ..Hyper::default() }, "--min-lr inf"),
+            (Hyper { b1: 1.0, ..Hyper::default() }, "--b1 1: must be in [0, 1)"),
+            (Hyper { b2: 1.5, ..Hyper::default() }, "--b2 1.5"),
+            (Hyper { eps: -1e-8, ..Hyper::default() }, "--eps -0.00000001"),
+            (Hyper { eps: 0.0, ..Hyper::default() }, "--eps 0"),
+            (Hyper { clip: -1.0, ..Hyper::default() }, "--clip -1"),
+            (Hyper { weight_decay: f64::NEG_INFINITY, ..Hyper::default() }, "--weight-decay -inf"),
+            (Hyper { steps: 0, ..Hyper::default() }, "--steps must be at least 1"),
+        ];
+        for (hp, want) in bad {
+            let err = hp.check().unwrap_err();
+            assert!(err.contains(want), "{err} (wanted {want})");
+        }
+    }
 }

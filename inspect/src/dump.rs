@@ -110,28 +110,24 @@ fn forward_spec(setup: &Setup, path: &str) -> Option<PartitionSpec> {
     rules::param_spec(&setup.cfg, name, &setup.mesh, setup.fsdp).ok()
 }
 
-/// Creates `out`, or empties an earlier dump there; refuses a file, or a directory holding
-/// anything but a dump's files.
+/// Creates `out`, or empties an earlier dump there (one with our marker, or an unmarked one
+/// holding nothing but a dump's files); refuses a file, or a directory holding anything else,
+/// naming what is in the way. Only a dump's own files are removed.
 fn prepare_out(out: &Path) -> Result<()> {
     if out.exists() && !out.is_dir() {
         bail!("--out {} is a file, not a directory", out.display());
     }
-    if out.is_dir() {
-        let ours = [STABLEHLO, BEFORE, AFTER_SPMD, AFTER, SUMMARY, RAW];
-        let entries: Vec<String> = std::fs::read_dir(out)
-            .and_then(|entries| entries.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect())
-            .map_err(|e| Error::from(e).context(format!("cannot list --out {}", out.display())))?;
-        if let Some(other) = entries.iter().find(|n| !ours.contains(&n.as_str()) && !n.starts_with(".gemma-xla")) {
-            bail!(
-                "--out {} holds {other}, which is not part of a dump; choose a new or empty directory (an earlier dump there is replaced)",
-                out.display()
-            );
-        }
-        for name in &entries {
-            let p = out.join(name);
-            let r = if p.is_dir() && !p.is_symlink() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-            r.map_err(|e| Error::from(e).context(format!("cannot remove the earlier dump's {}", p.display())))?;
-        }
+    let ours = [STABLEHLO, BEFORE, AFTER_SPMD, AFTER, SUMMARY, RAW];
+    data::files::claim_dir(out, "gemma-xla dump", |names| names.iter().all(|n| ours.contains(&n.as_str())))
+        .map_err(|e| Error::from(e).context("--out"))?;
+    for name in ours {
+        let p = out.join(name);
+        let r = match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+            Ok(_) => std::fs::remove_file(&p),
+            Err(_) => continue,
+        };
+        r.map_err(|e| Error::from(e).context(format!("cannot remove the earlier dump's {}", p.display())))?;
     }
     data::files::ensure_writable_dir(out)?;
     Ok(())

@@ -122,9 +122,23 @@ fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
 }
 
-/// `step_<n>` directories (complete checkpoints), newest first; removes leftover temporary
-/// directories of interrupted saves.
-fn complete(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+/// The files every checkpoint directory holds.
+pub const FILES: [&str; 4] = ["config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"];
+
+/// A `step_<n>` directory found under `OUT/checkpoints`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The step its name says.
+    pub step: u64,
+    /// The directory.
+    pub path: PathBuf,
+    /// The files of [`FILES`] it lacks (empty: complete).
+    pub missing: Vec<&'static str>,
+}
+
+/// `step_<n>` directories, newest first, each with the files it lacks; removes the temporary
+/// directories of interrupted saves whose writer is dead (a live writer's are left alone).
+pub fn list(dir: &Path) -> Result<Vec<Found>> {
     let mut found = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -134,14 +148,23 @@ fn complete(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".step_") && name.contains(".tmp-") {
-            let _ = std::fs::remove_dir_all(entry.path());
+        if let Some(pid) = name.strip_prefix(".step_").and_then(|n| n.split_once(".tmp-")).and_then(|(_, p)| p.parse::<u32>().ok()) {
+            if !data::files::process_alive(pid) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         } else if let Some(n) = name.strip_prefix("step_").and_then(|n| n.parse::<u64>().ok()) {
-            found.push((n, entry.path()));
+            let path = entry.path();
+            let missing = FILES.into_iter().filter(|f| !path.join(f).is_file()).collect();
+            found.push(Found { step: n, path, missing });
         }
     }
-    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.step));
     Ok(found)
+}
+
+/// Complete `step_<n>` directories, newest first.
+fn complete(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    Ok(list(dir)?.into_iter().filter(|f| f.missing.is_empty()).map(|f| (f.step, f.path)).collect())
 }
 
 /// Whether `OUT/checkpoints` holds any complete checkpoint.
@@ -161,6 +184,7 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
 }
 
 /// The newest complete checkpoint under `OUT/checkpoints`, loaded; None if there is none.
+/// Newer directories that lack files are skipped (see [`list`]), never trusted.
 pub fn load_latest(out: &Path, cfg: &Config) -> Result<Option<(PathBuf, HostState, Meta)>> {
     let Some((_, path)) = newest(&out.join("checkpoints"))? else { return Ok(None) };
     let (state, meta) = load(&path, cfg)?;
@@ -227,5 +251,21 @@ fn load(dir: &Path, cfg: &Config) -> Result<(HostState, Meta)> {
         mesh: text_of("mesh")?,
         dtype: text_of("dtype")?,
     };
-    Ok((HostState { params, m, v, step: int("step")? }, meta))
+    let step = int("step")?;
+    let named = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step_")).and_then(|n| n.parse::<u64>().ok());
+    if named != Some(step) {
+        bail!(
+            "{}: the state is at step {step}, but its directory is {}; refusing a checkpoint that disagrees with itself",
+            state_file.display(),
+            dir.display()
+        );
+    }
+    for (file, part, list) in [(&model_file, "", &params), (&opt_file, "m.", &m), (&opt_file, "v.", &v)] {
+        for (name, array) in list {
+            if let Some(bad) = array.to_f64_vec().into_iter().find(|x| !x.is_finite()) {
+                bail!("{}: tensor {part}{name} holds {bad}; a checkpoint with non-finite values cannot be resumed", file.display());
+            }
+        }
+    }
+    Ok((HostState { params, m, v, step }, meta))
 }

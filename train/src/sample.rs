@@ -2,7 +2,7 @@
 //! the logits of a fixed [1, seq] window (causal, so later slots do not matter), starting
 //! from the first tokens of the training data. One program, compiled once.
 use crate::{Result, Setup};
-use data::{Dataset, Tokenizer};
+use data::Dataset;
 use graph::{Tensor, Tree};
 use jit::Jit;
 use runtime::{Arg, Client, DeviceArray, HostArray, NamedSharding, PartitionSpec};
@@ -11,11 +11,10 @@ pub(crate) fn generate(
     client: &Client,
     setup: &Setup,
     params: &Tree<DeviceArray>,
-    tokenizer: &Tokenizer,
     data: &Dataset,
     n: usize,
     seed: u64,
-) -> Result<String> {
+) -> Result<(Vec<u32>, Vec<u32>)> {
     let seq = setup.seq;
     let cfg = &setup.cfg;
     let next = Jit::new("sample", client, |a: &Tree<Tensor>| -> Result<Tree<Tensor>, graph::Error> {
@@ -52,8 +51,7 @@ pub(crate) fn generate(
         window.push(id as i32);
         out.push(id);
     }
-    let prompt_text = tokenizer.decode(&first[..prompt].iter().map(|&t| t as u32).collect::<Vec<_>>())?;
-    Ok(format!("{prompt_text}|{}", tokenizer.decode(&out)?))
+    Ok((first[..prompt].iter().map(|&t| t as u32).collect(), out))
 }
 
 /// A token drawn from softmax(logits / temperature) with a SplitMix64 stream.

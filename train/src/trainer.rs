@@ -140,6 +140,7 @@ pub struct Trainer {
     jit: Jit<'static, StepFn>,
     stop: StopHandle,
     resumed_from: Option<PathBuf>,
+    skipped: Vec<checkpoints::Found>,
 }
 
 impl Trainer {
@@ -170,13 +171,16 @@ impl Trainer {
 
     /// Continues the newest complete checkpoint under `out/checkpoints` exactly: the same
     /// state, the same data position, the same schedule. Its batch and sequence length must be
-    /// this run's, and its step below `spec.hyper.steps`.
+    /// this run's, and its step at most `spec.hyper.steps` (at the last step the trainer is
+    /// done at once: a run killed before it wrote its final files can still write them).
     pub fn resume(client: &Client, spec: TrainSpec, data: Dataset, out: &Path) -> Result<Trainer> {
         let setup = check(client, &spec, &data)?;
         check_host_memory(&setup.cfg)?;
         let Some((path, host, meta)) = checkpoints::load_latest(out, &setup.cfg)? else {
             bail!("--resume: there is no checkpoint in {}", out.join("checkpoints").display());
         };
+        let skipped: Vec<checkpoints::Found> =
+            checkpoints::list(&out.join("checkpoints"))?.into_iter().filter(|f| f.step > host.step && !f.missing.is_empty()).collect();
         if meta.batch != setup.batch || meta.seq != setup.seq {
             bail!(
                 "--resume: {} was trained with --batch {} --seq {}, this run has --batch {} --seq {}",
@@ -187,10 +191,12 @@ impl Trainer {
                 setup.seq
             );
         }
-        if host.step >= spec.hyper.steps {
-            bail!("the checkpoint is at step {}, which is not before --steps {}", host.step, spec.hyper.steps);
+        if host.step > spec.hyper.steps {
+            bail!("the checkpoint is at step {}, which is past --steps {}", host.step, spec.hyper.steps);
         }
-        Trainer::place(client, spec, setup, data, &host, Some(path))
+        let mut trainer = Trainer::place(client, spec, setup, data, &host, Some(path))?;
+        trainer.skipped = skipped;
+        Ok(trainer)
     }
 
     fn place(client: &Client, spec: TrainSpec, setup: Setup, data: Dataset, host: &HostState, from: Option<PathBuf>) -> Result<Trainer> {
@@ -224,6 +230,7 @@ impl Trainer {
             jit,
             stop: StopHandle::default(),
             resumed_from: from,
+            skipped: Vec::new(),
         })
     }
 
@@ -260,6 +267,11 @@ impl Trainer {
     /// The checkpoint this run resumed from, if any.
     pub fn resumed_from(&self) -> Option<&Path> {
         self.resumed_from.as_deref()
+    }
+
+    /// Checkpoints newer than the one resumed from that lack files, so were skipped.
+    pub fn skipped_checkpoints(&self) -> &[checkpoints::Found] {
+        &self.skipped
     }
 
     /// The state on the devices.
@@ -356,7 +368,13 @@ impl Trainer {
     /// `n` tokens sampled at temperature 0.8 from the model, after the first quarter window
     /// of the data's first row: "prompt|continuation", decoded with `tokenizer`.
     pub fn sample(&self, tokenizer: &Tokenizer, n: usize, seed: u64) -> Result<String> {
-        sample::generate(&self.client, &self.setup, &self.state()?.params, tokenizer, &self.data, n, seed)
+        let (prompt, new) = self.sample_ids(n, seed)?;
+        Ok(format!("{}|{}", tokenizer.decode(&prompt)?, tokenizer.decode(&new)?))
+    }
+
+    /// What [`Trainer::sample`] draws, as token ids: (prompt, continuation).
+    pub fn sample_ids(&self, n: usize, seed: u64) -> Result<(Vec<u32>, Vec<u32>)> {
+        sample::generate(&self.client, &self.setup, &self.state()?.params, &self.data, n, seed)
     }
 
     /// The state as a tree of the step's paths, borrowing the device arrays.
@@ -371,8 +389,8 @@ impl Trainer {
 
 /// The setup of `spec` on `data`, checked against the client before anything is placed.
 fn check(client: &Client, spec: &TrainSpec, data: &Dataset) -> Result<Setup> {
-    if spec.hyper.steps == 0 {
-        bail!("--steps must be at least 1");
+    if let Err(e) = spec.hyper.check() {
+        bail!("{e}");
     }
     gemma::rules::check_batch(spec.batch as i64, &spec.mesh)?;
     gemma::rules::param_specs(&spec.config, &spec.mesh, spec.fsdp)?; // every split must divide its dimension

@@ -102,3 +102,55 @@ fn bad_settings_are_refused_before_anything_is_placed() -> Result<()> {
     assert_eq!(client.live_buffers(), 0);
     Ok(())
 }
+
+/// A checkpoint of 2 steps of the tiny run in a fresh directory.
+fn saved_run(client: &Client) -> Result<(tempfile::TempDir, std::path::PathBuf)> {
+    let out = testkit::scratch("checkpoint");
+    let mut t = Trainer::new(client, spec(4)?, data()?)?;
+    t.step()?;
+    t.step()?;
+    let dir = t.save(out.path(), 3)?;
+    Ok((out, dir))
+}
+
+#[test]
+fn checkpoints_that_disagree_with_themselves_or_hold_non_finite_values_are_refused() -> Result<()> {
+    let (client, _cache) = testkit::cpu_client(4);
+    // The state's step must be the one its directory names.
+    let (out, dir) = saved_run(&client)?;
+    let state = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&state)?;
+    std::fs::write(&state, text.replace("\"step\": 2", "\"step\": 3"))?;
+    let err = Trainer::resume(&client, spec(4)?, data()?, out.path()).err().expect("a step that disagrees").to_string();
+    assert!(err.contains("at step 3") && err.contains("step_2"), "{err}");
+    // A NaN in the weights names the tensor.
+    let (out, dir) = saved_run(&client)?;
+    let model = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&model)?;
+    let header = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let first = 8 + header; // the first tensor's first f32
+    bytes[first..first + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&model, bytes)?;
+    let err = Trainer::resume(&client, spec(4)?, data()?, out.path()).err().expect("a NaN").to_string();
+    assert!(err.contains("NaN") && err.contains("non-finite") && err.contains("model.safetensors: tensor"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn temporaries_of_a_dead_writer_are_removed_and_a_live_writers_kept() -> Result<()> {
+    let out = testkit::scratch("temporaries");
+    let dir = out.path().join("checkpoints");
+    let mut child = std::process::Command::new("true").spawn()?;
+    let dead = child.id();
+    child.wait()?;
+    let (live_tmp, dead_tmp) = (dir.join(format!(".step_4.tmp-{}", std::process::id())), dir.join(format!(".step_6.tmp-{dead}")));
+    std::fs::create_dir_all(&live_tmp)?;
+    std::fs::create_dir_all(&dead_tmp)?;
+    std::fs::create_dir_all(dir.join("step_2"))?;
+    let found = train::checkpoints::list(&dir)?;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].missing.len(), 4, "step_2 holds none of a checkpoint's files");
+    assert!(live_tmp.is_dir(), "a live writer's temporary directory was removed");
+    assert!(!dead_tmp.exists(), "a dead writer's temporary directory was kept");
+    Ok(())
+}
