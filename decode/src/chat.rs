@@ -59,6 +59,8 @@ pub fn render(template: &str, messages: &[Message], bos: &str, eos: &str, add_ge
         let detail = e.detail().map(str::to_string).unwrap_or_else(|| e.to_string());
         Error::Unsupported(format!("the chat template failed: {detail}"))
     };
+    // Templates come with checkpoints: bound the work (fuel: instructions) and the output.
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_template("chat", template).map_err(bad)?;
     let ctx = minijinja::context! {
         messages => messages,
@@ -66,7 +68,48 @@ pub fn render(template: &str, messages: &[Message], bos: &str, eos: &str, add_ge
         eos_token => eos,
         add_generation_prompt => add_generation_prompt,
     };
-    env.get_template("chat").map_err(bad)?.render(ctx).map_err(bad)
+    let mut out = Bounded { bytes: Vec::new(), over: false };
+    let template = env.get_template("chat").map_err(bad)?;
+    let rendered = template.render_captured_to(ctx, &mut out).map(|_| ());
+    if out.over {
+        return Err(Error::Unsupported(format!("the chat template failed: its output exceeds {} MiB", TEMPLATE_OUTPUT >> 20)));
+    }
+    rendered.map_err(|e| {
+        if e.kind() == minijinja::ErrorKind::OutOfFuel {
+            Error::Unsupported(format!(
+                "the chat template failed: it ran {TEMPLATE_FUEL} instructions without finishing (a loop that does not end?)"
+            ))
+        } else {
+            bad(e)
+        }
+    })?;
+    String::from_utf8(out.bytes).map_err(|_| Error::Unsupported("the chat template failed: its output is not UTF-8".into()))
+}
+
+/// The instructions a chat template may run for one conversation.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+/// The most bytes a chat template may write for one conversation.
+pub const TEMPLATE_OUTPUT: usize = 16 << 20;
+
+/// A writer that refuses to grow past `TEMPLATE_OUTPUT` bytes.
+struct Bounded {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > TEMPLATE_OUTPUT {
+            self.over = true;
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +126,19 @@ mod tests {
         );
         let err = gemma_format("<bos>", &[Message::new("assistant", "x")], false).unwrap_err();
         assert!(err.to_string().contains("alternate"), "{err}");
+    }
+
+    #[test]
+    fn templates_that_do_not_end_or_write_too_much_are_errors() {
+        let m = [Message::new("user", "x")];
+        let endless = "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}";
+        let err = render(endless, &m, "<bos>", "<eos>", false).unwrap_err().to_string();
+        assert!(err.contains("instructions without finishing") || err.contains("exceeds"), "{err}");
+        let huge = "{% for i in range(1000) %}{{ 'x' * 100000 }}{% endfor %}";
+        let err = render(huge, &m, "<bos>", "<eos>", false).unwrap_err().to_string();
+        assert!(err.contains("exceeds 16 MiB"), "{err}");
+        let recursive = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        assert!(render(recursive, &m, "<bos>", "<eos>", false).is_err());
     }
 
     #[test]

@@ -41,6 +41,10 @@ impl<'g> ChatSession<'g> {
         let prompt = t.chat_prompt(&self.messages, true)?;
         // The template writes BOS itself, so no special tokens are added here.
         let ids = t.encode(&prompt, false)?;
+        if ids.is_empty() {
+            self.messages.pop();
+            return Err(Error::Unsupported("the chat template rendered the conversation to no tokens".into()));
+        }
         let room = self.context.saturating_sub(ids.len());
         if room == 0 {
             self.messages.pop();

@@ -49,27 +49,24 @@ impl Scoring {
         Ok(s)
     }
 
-    /// The answer taken from a generation (after the stop strings were cut).
-    pub fn extract(&self, generated: &str) -> String {
+    /// The answer taken from a generation (after the stop strings were cut). A regex that
+    /// exceeds fancy-regex's backtracking limit on this text is an error, not a panic.
+    pub fn extract(&self, generated: &str) -> std::result::Result<String, String> {
         let text = if self.minerva_math { format!("{generated}I hope it is correct.") } else { generated.to_string() };
         let answer = match &self.answer_regex {
             None => text,
-            Some(r) => match r.captures(&text).ok().flatten() {
+            Some(r) => match r.captures(&text).map_err(|e| format!("\"answer_regex\" {:?} failed on the generation: {e}", r.as_str()))? {
                 Some(c) => c.get(1).or_else(|| c.get(0)).map_or(String::new(), |m| m.as_str().to_string()),
                 None => "[invalid]".to_string(),
             },
         };
-        if self.minerva_math {
-            normalize_final_answer(&answer)
-        } else {
-            answer
-        }
+        Ok(if self.minerva_math { normalize_final_answer(&answer) } else { answer })
     }
 
-    fn canonical(&self, text: &str) -> String {
+    fn canonical(&self, text: &str) -> std::result::Result<String, String> {
         let mut s = text.trim().to_string();
         for r in &self.regexes_to_ignore {
-            s = r.replace_all(&s, "").into_owned();
+            s = r.try_replacen(&s, 0, "").map_err(|e| format!("\"regexes_to_ignore\" {:?} failed: {e}", r.as_str()))?.into_owned();
         }
         if self.ignore_case {
             s = s.to_lowercase();
@@ -77,13 +74,18 @@ impl Scoring {
         if self.ignore_punctuation {
             s.retain(|c| !c.is_ascii_punctuation());
         }
-        s.trim().to_string()
+        Ok(s.trim().to_string())
     }
 
     /// Whether the extracted answer equals any reference.
-    pub fn matches(&self, answer: &str, references: &[String]) -> bool {
-        let a = self.canonical(answer);
-        references.iter().any(|r| self.canonical(r) == a)
+    pub fn matches(&self, answer: &str, references: &[String]) -> std::result::Result<bool, String> {
+        let a = self.canonical(answer)?;
+        for r in references {
+            if self.canonical(r)? == a {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -226,25 +228,38 @@ mod tests {
             r#####"{"answer_regex": "#### (\\-?[0-9\\.\\,]+)", "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}"#####,
         ))
         .unwrap();
-        assert_eq!(gsm.extract("She pays 6 + 12 = 18.\n#### 1,800"), "1,800");
-        assert!(gsm.matches("1,800", &["1800".into()]));
-        assert_eq!(gsm.extract("no final line"), "[invalid]");
-        assert!(!gsm.matches("[invalid]", &["18".into()]));
+        assert_eq!(gsm.extract("She pays 6 + 12 = 18.\n#### 1,800").unwrap(), "1,800");
+        assert!(gsm.matches("1,800", &["1800".into()]).unwrap());
+        assert_eq!(gsm.extract("no final line").unwrap(), "[invalid]");
+        assert!(!gsm.matches("[invalid]", &["18".into()]).unwrap());
         let nq = Scoring::from_json(&obj(
             r#"{"ignore_case": true, "ignore_punctuation": true, "regexes_to_ignore": ["\\b(?:The |the |An |A |The |a |an )"]}"#,
         ))
         .unwrap();
-        assert!(nq.matches(" The Beatles!", &["beatles".into()]));
-        assert!(!nq.matches("The Stones", &["beatles".into()]));
+        assert!(nq.matches(" The Beatles!", &["beatles".into()]).unwrap());
+        assert!(!nq.matches("The Stones", &["beatles".into()]).unwrap());
         let math = Scoring::from_json(&obj(
             r#"{"answer_regex": "Final Answer: The final answer is(.*?). I hope it is correct.", "normalize": "minerva_math"}"#,
         ))
         .unwrap();
-        assert_eq!(math.extract("so x=2.\nFinal Answer: The final answer is $\\frac12$. "), "\\frac{1}{2}");
+        assert_eq!(math.extract("so x=2.\nFinal Answer: The final answer is $\\frac12$. ").unwrap(), "\\frac{1}{2}");
         assert!(Scoring::from_json(&obj(r#"{"normalize": "other"}"#)).is_err());
         assert!(Scoring::from_json(&obj(r#"{"answer_regex": "(unclosed"}"#)).is_err());
         // Defaults: exact match after stripping whitespace.
         let plain = Scoring::default();
-        assert!(plain.matches(" barn ", &["barn".into()]) && !plain.matches("Barn", &["barn".into()]));
+        assert!(plain.matches(" barn ", &["barn".into()]).unwrap() && !plain.matches("Barn", &["barn".into()]).unwrap());
+    }
+
+    #[test]
+    fn a_regex_that_backtracks_past_the_limit_is_an_error_not_a_panic() {
+        let obj = |j: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(j).unwrap();
+        // A backreference makes fancy-regex backtrack; nested quantifiers make that exponential.
+        let evil = Scoring::from_json(&obj(r#"{"answer_regex": "(a+)+\\1b"}"#)).unwrap();
+        let text = "a".repeat(40);
+        let err = evil.extract(&text).unwrap_err();
+        assert!(err.contains("answer_regex") && err.contains("failed"), "{err}");
+        let evil = Scoring::from_json(&obj(r#"{"regexes_to_ignore": ["(a+)+\\1b"]}"#)).unwrap();
+        let err = evil.matches(&text, &["x".into()]).unwrap_err();
+        assert!(err.contains("regexes_to_ignore"), "{err}");
     }
 }

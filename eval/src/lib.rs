@@ -293,6 +293,17 @@ pub fn parse(file: &str, text: &str, tok: Option<&TextTokenizer>, vocab: i64, co
         } else {
             return Err(bad(file, n, "expected \"choices\", \"choices_ids\", \"contexts\" or \"until\"/\"answers\" (multiple choice, partial scoring or generation)"));
         };
+        // Text may encode to nothing (whitespace only, and a tokenizer that adds no BOS): an
+        // empty context has no position to score from, an empty prompt nothing to continue.
+        match &kind {
+            Kind::Choice { contexts, .. } if contexts.iter().any(Vec::is_empty) => {
+                return Err(bad(file, n, "the context encodes to no tokens (the tokenizer adds no BOS): there is nothing to condition on"));
+            }
+            Kind::Generate { context, .. } if context.is_empty() => {
+                return Err(bad(file, n, "the context encodes to no tokens (the tokenizer adds no BOS): there is nothing to continue"));
+            }
+            _ => {}
+        }
         let need = match &kind {
             Kind::Choice { contexts, continuations, .. } => {
                 contexts.iter().zip(continuations).map(|(a, b)| a.len() + b.len()).max().unwrap_or(1) - 1
@@ -490,8 +501,9 @@ pub fn run_generation(
         for (q, new) in out.new_tokens.iter().enumerate().take(chunk.len()) {
             let (_, until, answers, _, scoring) = get(q);
             let generated = cut_at_stops(&tok.decode(new)?, until);
-            let answer = scoring.extract(&generated);
-            let exact_match = scoring.matches(&answer, answers);
+            let line = items[chunk[q]].line;
+            let scored = scoring.extract(&generated).and_then(|answer| Ok((scoring.matches(&answer, answers)?, answer)));
+            let (exact_match, answer) = scored.map_err(|e| Error::Data { path: format!("task file line {line}"), message: e })?;
             results.push((chunk[q], Outcome::Generate { generated, answer, exact_match }));
         }
         progress(chunk.len());
