@@ -186,3 +186,28 @@ fn a_step_the_tpu_compiler_refuses_for_memory_is_a_clear_error() {
     assert!(err.contains("Use a larger slice or a smaller batch"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn running_on_the_tpu_plugin_without_a_tpu_fails_fast_and_clearly() {
+    // libtpu asks the GCE metadata server about the VM for minutes unless TPU_SKIP_MDS_QUERY
+    // is set; every command that opens a TPU client sets it.
+    let mut child = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
+        .args(["devices", "--plugin", "tpu"])
+        .env_remove("TPU_SKIP_MDS_QUERY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let began = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if began.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("`gemma-xla devices --plugin tpu` still runs after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("error: PJRT_Client_Create failed") && !err.contains("panicked"), "{err}");
+}

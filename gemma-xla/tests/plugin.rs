@@ -308,3 +308,35 @@ fn a_killed_install_leaves_no_pip_behind_and_its_directory_goes_at_the_next_inst
     assert_eq!(names(), vec!["lammps-jax-pjrt-cpu-0.11.2".to_string()]);
     std::fs::remove_dir_all(cache).unwrap();
 }
+
+#[test]
+fn a_plugin_changed_in_the_middle_with_its_size_and_record_intact_is_hashed_again() {
+    let (cache, so) = installed("middle");
+    // The record still describes the pinned plugin; the file's mtime (and content) changed.
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&so).unwrap();
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(SO_SIZE / 3)).unwrap();
+        f.read_exact(&mut b).unwrap();
+        f.seek(SeekFrom::Start(SO_SIZE / 3)).unwrap();
+        f.write_all(&[b[0] ^ 0xff]).unwrap();
+    }
+    let err = devices_work(&cache, &so, true);
+    assert!(err.contains(&format!("the cached CPU plugin at {} is damaged (its sha256 is ", so.display())), "{err}");
+    // Repaired, and vouched for again without hashing: the next run says nothing.
+    let err = devices_work(&cache, &so, false);
+    assert!(!err.contains("damaged"), "{err}");
+    std::fs::remove_dir_all(cache).unwrap();
+}
+
+#[test]
+fn an_endless_install_source_is_refused_at_the_pinned_size() {
+    let cache = scratch("endless");
+    let o = command(&cache, false, &["plugin", "install"]).env("GEMMA_XLA_PLUGIN_SOURCE", "/dev/zero").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("larger than the pinned plugin"), "{err}");
+    assert_eq!(std::fs::read_dir(cache.join("plugins")).unwrap().count(), 0, "no temporary directory is left");
+    std::fs::remove_dir_all(cache).unwrap();
+}

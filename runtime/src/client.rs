@@ -47,6 +47,11 @@ impl Client {
             return Err(Error::Argument(format!("{n} devices asked for; at most {MAX_DEVICES} are supported")));
         }
         let path = spec.resolve()?;
+        if matches!(spec, PluginSpec::Tpu) || path.file_name().is_some_and(|n| n.to_string_lossy().contains("libtpu")) {
+            // Without it libtpu queries the GCE metadata server for minutes on a machine that
+            // is not a TPU VM before failing; on a TPU VM the queries are not needed to run.
+            crate::topology::skip_metadata_queries();
+        }
         let mut options = Vec::new();
         if let (true, Some(n)) = (spec.is_cpu() || is_cpu_plugin_file(&path), devices) {
             options.push(("cpu_device_count".to_string(), NamedValue::Int64(n as i64)));

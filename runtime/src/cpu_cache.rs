@@ -154,21 +154,24 @@ impl Pinned {
         if let Err(reason) = xla_sys::elf::check_shared_library(&path) {
             return damaged(reason);
         }
-        if !always_hash && read_record(dir).is_some_and(|r| r.describes(self)) {
+        let record = read_record(dir).filter(|r| r.describes(self));
+        let stamp = stamp_of(&path);
+        if !always_hash && record.as_ref().is_some_and(|r| r.stamp.is_some() && r.stamp == stamp) {
             return CacheState::Good { path, size, hashed: false };
         }
         match sha256_file(&path) {
             Ok(sum) if sum == self.so_sha256 => {
-                // An install made before records existed: vouch for it once, so later starts
+                // Vouch for these bytes (this mtime and inode) from now on, so later starts
                 // need not hash 200 MB again (best effort; without the record we just hash).
-                if !read_record(dir).is_some_and(|r| r.describes(self)) {
+                if record.as_ref().is_none_or(|r| r.stamp != stamp) {
                     let record = Record {
                         file: self.so.to_string(),
                         size,
                         sha256: sum,
                         package: self.requirement(),
-                        wheel_sha256: None,
-                        source: "an earlier install, verified by its sha256".into(),
+                        wheel_sha256: record.as_ref().and_then(|r| r.wheel_sha256.clone()),
+                        source: record.map_or_else(|| "an earlier install, verified by its sha256".into(), |r| r.source),
+                        stamp,
                     };
                     let tmp = dir.join(format!(".plugin.json.tmp-{}", std::process::id()));
                     if std::fs::write(&tmp, record.to_json()).and_then(|()| std::fs::rename(&tmp, dir.join("plugin.json"))).is_err() {
@@ -196,6 +199,17 @@ pub struct Record {
     pub wheel_sha256: Option<String>,
     /// `pypi`, or the local file it was installed from.
     pub source: String,
+    /// The file's modification time (ns) and inode when it was last hashed: while both are
+    /// unchanged the record vouches for the bytes; any change means hashing again.
+    pub stamp: Option<(u128, u64)>,
+}
+
+/// The modification time (ns since the epoch) and inode of `path`.
+fn stamp_of(path: &Path) -> Option<(u128, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    Some((mtime, m.ino()))
 }
 
 impl Record {
@@ -211,6 +225,8 @@ impl Record {
             "package": self.package,
             "wheel_sha256": self.wheel_sha256,
             "source": self.source,
+            "mtime_ns": self.stamp.map(|(t, _)| t.to_string()),
+            "inode": self.stamp.map(|(_, i)| i),
         });
         // A json! object of strings and numbers always serializes.
         serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
@@ -226,6 +242,7 @@ impl Record {
             package: s("package")?,
             wheel_sha256: s("wheel_sha256"),
             source: s("source").unwrap_or_default(),
+            stamp: s("mtime_ns").and_then(|t| t.parse().ok()).zip(v.get("inode").and_then(|i| i.as_u64())),
         })
     }
 }
@@ -342,7 +359,7 @@ impl Pinned {
             }
             Some(src) => {
                 crate::notes::note(&format!("gemma-xla: installing the CPU PJRT plugin from {} into {}", src.display(), dest.display()));
-                let sum = copy_hashed(src, &so).map_err(|e| format!("cannot copy {SOURCE_ENV}={}: {e}", src.display()))?;
+                let sum = copy_hashed(src, &so, self.so_size).map_err(|e| format!("cannot copy {SOURCE_ENV}={}: {e}", src.display()))?;
                 if sum != self.so_sha256 {
                     return Err(format!(
                         "{SOURCE_ENV}={} is not the plugin of {}: its sha256 is {sum}, expected {}",
@@ -367,7 +384,7 @@ impl Pinned {
         };
         let size = std::fs::metadata(&so).map_err(|e| format!("{} is missing after the install ({e})", self.so))?.len();
         let sha256 = sha256_file(&so).map_err(|e| format!("cannot read {}: {e}", so.display()))?;
-        Ok(Record { file: self.so.to_string(), size, sha256, package: pinned_package(), wheel_sha256, source: from })
+        Ok(Record { file: self.so.to_string(), size, sha256, package: pinned_package(), wheel_sha256, source: from, stamp: stamp_of(&so) })
     }
 
     /// Runs `pip install --no-deps --require-hashes --target TARGET -r REQUIREMENTS`. pip runs
@@ -427,19 +444,25 @@ impl Pinned {
     }
 }
 
-/// Copies `src` to `dst` (creating its directory), returning the sha256 of what was copied.
-fn copy_hashed(src: &Path, dst: &Path) -> std::io::Result<String> {
+/// Copies `src` to `dst` (creating its directory), returning the sha256 of what was copied;
+/// a source longer than `limit` bytes (`/dev/zero`, a wrong file) is refused at `limit + 1`.
+fn copy_hashed(src: &Path, dst: &Path, limit: u64) -> std::io::Result<String> {
     if let Some(dir) = dst.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut input = File::open(src)?;
+    let mut input = File::open(src)?.take(limit.saturating_add(1));
     let mut output = File::create(dst)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut copied = 0u64;
     loop {
         match input.read(&mut buf)? {
             0 => break,
             n => {
+                copied += n as u64;
+                if copied > limit {
+                    return Err(std::io::Error::other(format!("it is larger than the pinned plugin's {limit} bytes")));
+                }
                 hasher.update(&buf[..n]);
                 output.write_all(&buf[..n])?;
             }
@@ -462,8 +485,11 @@ mod tests {
             package: CPU.requirement(),
             wheel_sha256: None,
             source: "/x/pjrt_c_api_cpu_plugin.so".into(),
+            stamp: Some((1_764_900_000_123_456_789, 4242)),
         };
         assert_eq!(Record::from_json(&r.to_json()), Some(r.clone()));
+        let unstamped = Record { stamp: None, ..r.clone() };
+        assert_eq!(Record::from_json(&unstamped.to_json()), Some(unstamped));
         assert!(r.describes(&CPU));
         assert!(!r.describes(&TPU));
         assert!(!Record { size: 5, ..r.clone() }.describes(&CPU));

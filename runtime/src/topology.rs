@@ -44,7 +44,7 @@ pub struct Topology {
 /// before libtpu is loaded for a topology. Without the second, a second process loading
 /// libtpu (another compile, a test, a training run on a TPU VM) fails to initialise it on
 /// libtpu's lock file `/tmp/libtpu_lockfile`; compiling touches no TPU, so it need not hold it.
-fn skip_metadata_queries() {
+pub(crate) fn skip_metadata_queries() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         for var in ["TPU_SKIP_MDS_QUERY", "ALLOW_MULTIPLE_LIBTPU_LOAD"] {
@@ -69,11 +69,20 @@ pub fn check_topology_name(name: &str) -> Result<()> {
             && !tail.is_empty()
             && tail.chars().all(|c| c.is_ascii_digit() || c == 'x')
     });
-    if ok {
-        Ok(())
-    } else {
-        Err(bad())
+    if !ok {
+        return Err(bad());
     }
+    // The chip counts: each at least 1, the slice at most 65536 chips (libtpu divides by them;
+    // `v5e:0x0` kills the process inside it).
+    let dims = body.rsplit([':', '=', '_']).next().unwrap_or("");
+    let mut chips: u64 = 1;
+    for d in dims.split('x') {
+        let n: u64 = d.parse().map_err(|_| bad())?;
+        chips = chips.checked_mul(n).filter(|&c| (1..=1 << 16).contains(&c)).ok_or_else(|| {
+            Error::Argument(format!("topology {name:?}: every dimension must be at least 1 and the slice at most 65536 chips"))
+        })?;
+    }
+    Ok(())
 }
 
 impl Topology {
@@ -305,5 +314,11 @@ mod tests {
             let err = check_topology_name(bad).unwrap_err().to_string();
             assert!(err.contains("expected ^([a-zA-Z0-9_ ]+)"), "{bad}: {err}");
         }
+        // Zero chips would divide by zero inside libtpu; absurd slices are refused too.
+        for bad in ["v5e:0x0", "v5e:2x0", "v5e:1024x1024", "v5e:99999999999999999999x2"] {
+            let err = check_topology_name(bad).unwrap_err().to_string();
+            assert!(err.contains("at least 1") || err.contains("expected"), "{bad}: {err}");
+        }
+        assert!(check_topology_name("v5e:2xx2").is_err());
     }
 }
