@@ -78,7 +78,9 @@ pub struct PerDevice {
 impl PerDevice {
     /// Everything together.
     pub fn total(&self) -> u64 {
-        self.weights + self.master_weights + self.gradients + self.adam_m + self.adam_v + self.activations + self.fsdp_gather
+        [self.master_weights, self.gradients, self.adam_m, self.adam_v, self.activations, self.fsdp_gather]
+            .into_iter()
+            .fold(self.weights, u64::saturating_add)
     }
 }
 
@@ -176,7 +178,7 @@ fn per_device(cfg: &Config, mesh: &Mesh, step: &Step, sharded: u64) -> Result<Pe
         gradients: sharded * 4,
         adam_m: sharded * 4,
         adam_v: sharded * 4,
-        activations: activations(cfg, mesh, step.batch, step.seq, c, step.remat),
+        activations: activations(cfg, mesh, step.batch, step.seq, c, step.remat)?,
         fsdp_gather: if fsdp { fsdp_gather(cfg, mesh, c)? } else { 0 },
     })
 }
@@ -201,21 +203,27 @@ fn local(count: i64, logical: Logical, mesh: &Mesh) -> u64 {
 }
 
 /// Saved activations of one training step per device (see `activation_formula`).
-fn activations(cfg: &Config, mesh: &Mesh, batch: i64, seq: i64, c: u64, remat: Remat) -> u64 {
-    let bl = local(batch, Logical::Batch, mesh);
-    let t = seq.max(0) as u64;
-    let nl = local(cfg.num_attention_heads, Logical::Heads, mesh);
-    let kl = local(cfg.num_key_value_heads, rules::kv_axis(cfg), mesh);
-    let fl = local(cfg.intermediate_size, Logical::Mlp, mesh);
-    let vl = local(cfg.vocab_size, Logical::Vocab, mesh);
-    let (d, h, l) = (cfg.hidden_size as u64, cfg.head_dim as u64, cfg.num_hidden_layers as u64);
+fn activations(cfg: &Config, mesh: &Mesh, batch: i64, seq: i64, c: u64, remat: Remat) -> Result<u64> {
+    // In u128: with --batch and --seq near their u32 limits the bytes pass 2^64 (an error
+    // below), and the factors of each term stay far below 2^128.
+    let w = |x: u64| x as u128;
+    let bl = w(local(batch, Logical::Batch, mesh));
+    let t = w(seq.max(0) as u64);
+    let nl = w(local(cfg.num_attention_heads, Logical::Heads, mesh));
+    let kl = w(local(cfg.num_key_value_heads, rules::kv_axis(cfg), mesh));
+    let fl = w(local(cfg.intermediate_size, Logical::Mlp, mesh));
+    let vl = w(local(cfg.vocab_size, Logical::Vocab, mesh));
+    let (d, h, l, c) = (w(cfg.hidden_size as u64), w(cfg.head_dim as u64), w(cfg.num_hidden_layers as u64), w(c));
     let per_layer = bl * t * ((4 * d + 2 * (nl + kl) * h + 4 * fl) * c + nl * t * (4 + c));
     let logits = bl * t * vl * (c + 8);
-    match remat {
+    let bytes = match remat {
         Remat::Full => l * bl * t * d * c + per_layer + logits,
         Remat::SaveDots => l * bl * t * ((3 * d + 2 * (nl + kl) * h + 2 * fl) * c + nl * t * 4) + per_layer + logits,
         Remat::None => l * per_layer + logits,
-    }
+    };
+    u64::try_from(bytes).map_err(|_| {
+        crate::Error::Invalid(format!("--batch {batch} --seq {seq}: the step's activations alone need more than 2^64 bytes per device"))
+    })
 }
 
 /// With FSDP, the weights XLA gathers over `data` at a time: two layers (the one in use and
@@ -384,5 +392,25 @@ mod tests {
         assert!(parse_bytes("GiB").is_err());
         assert!(parse_bytes("0").is_err());
         assert_eq!(human(3 << 29), "1.50 GiB");
+    }
+
+    #[test]
+    fn huge_steps_are_an_error_not_a_wrapped_count() {
+        let cfg = Config::preset("7b").unwrap();
+        let mesh = Mesh::parse("data=1").unwrap();
+        let req = |batch: i64, seq: i64| PlanRequest {
+            config: "7b".into(),
+            fsdp: false,
+            batch,
+            seq,
+            dtype: "bf16".into(),
+            memory: 16 << 30,
+            remat: Remat::None,
+        };
+        let err = Plan::new(&cfg, &mesh, req(u32::MAX as i64, u32::MAX as i64)).err().expect("2^64 bytes").to_string();
+        assert!(err.contains("more than 2^64 bytes"), "{err}");
+        // Large but representable: counted exactly, and it does not fit.
+        let plan = Plan::new(&cfg, &mesh, req(1 << 20, 1 << 16)).unwrap();
+        assert!(!plan.fits() && plan.per_device().activations > 1 << 50);
     }
 }

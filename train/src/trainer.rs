@@ -393,6 +393,11 @@ fn check(client: &Client, spec: &TrainSpec, data: &Dataset) -> Result<Setup> {
         bail!("{e}");
     }
     gemma::rules::check_batch(spec.batch as i64, &spec.mesh)?;
+    // Each step's batch is built on the host: bound it before anything is allocated.
+    let tokens = (spec.batch as u64).checked_mul(data.seq() as u64);
+    if tokens.is_none_or(|t| t > 1 << 31) {
+        bail!("--batch {} x --seq {}: more than 2^31 tokens per step", spec.batch, data.seq());
+    }
     gemma::rules::param_specs(&spec.config, &spec.mesh, spec.fsdp)?; // every split must divide its dimension
     let devices = client.devices()?.len();
     if (spec.mesh.num_devices() as usize) > devices {

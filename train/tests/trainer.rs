@@ -94,6 +94,10 @@ fn bad_settings_are_refused_before_anything_is_placed() -> Result<()> {
     s.batch = 3;
     let err = Trainer::new(&client, s, data()?).err().expect("batch 3 on data=2").to_string();
     assert!(err.contains("batch") && err.contains('3'), "{err}");
+    let mut s = spec(2)?;
+    s.batch = 1 << 30;
+    let err = Trainer::new(&client, s, data()?).err().expect("2^35 tokens").to_string();
+    assert!(err.contains("more than 2^31 tokens per step"), "{err}");
     let err = Trainer::new(&client, spec(0)?, data()?).err().expect("0 steps").to_string();
     assert!(err.contains("--steps must be at least 1"), "{err}");
     let empty = testkit::scratch("no-checkpoint");
