@@ -197,6 +197,21 @@ impl Dataset {
         self.description.clone()
     }
 
+    /// The data's identity: sha256 of its rows and sequence length and every token (so of
+    /// the source and of the tokenizer's effect on it), as lowercase hex. A resumed run must
+    /// see the same.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((self.rows as u64).to_le_bytes());
+        h.update((self.seq as u64).to_le_bytes());
+        for chunk in self.tokens.chunks(1 << 16) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|t| t.to_le_bytes()).collect();
+            h.update(&bytes);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The row index of global position `g = step*batch + j`.
     fn row_index(&self, g: u128, shuffle: Option<u64>) -> usize {
         let n = self.rows as u128;

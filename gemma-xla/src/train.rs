@@ -72,9 +72,12 @@ pub struct TrainArgs {
     /// Output directory: metrics.jsonl, loss.png, checkpoints/, the final config.json + model.safetensors
     #[arg(long, default_value = "out/train")]
     out: PathBuf,
-    /// Continue from the newest complete checkpoint in --out
+    /// Continue from the newest complete checkpoint in --out (its run's settings must be this run's)
     #[arg(long)]
     resume: bool,
+    /// With --resume: continue although FLAG (lr, data, mesh, steps, ...) differs from the checkpoint's run (repeatable)
+    #[arg(long, value_name = "FLAG", requires = "resume")]
+    resume_override: Vec<String>,
     /// Seed of the initialisation, of --shuffle and of the sample
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -183,7 +186,14 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         shuffle: a.shuffle,
         init: a.init.clone().map_or(Init::Random, Init::Hf),
     };
-    let mut trainer = if a.resume { Trainer::resume(&client, spec, dataset, &a.out)? } else { Trainer::new(&client, spec, dataset)? };
+    let mut trainer = if a.resume {
+        Trainer::resume_with(&client, spec, dataset, &a.out, &a.resume_override)?
+    } else {
+        Trainer::new(&client, spec, dataset)?
+    };
+    for c in trainer.changed() {
+        eprintln!("resuming with {} {} (--resume-override; the checkpoint's run had {})", c.flag, c.new, c.old);
+    }
     let start = trainer.step_count();
     for f in trainer.skipped_checkpoints() {
         eprintln!("skipping the incomplete checkpoint {} (it lacks {})", f.path.display(), f.missing.join(", "));

@@ -86,7 +86,8 @@ fn an_incomplete_newest_checkpoint_is_skipped_and_the_newest_complete_one_resume
     let out = root.path().join("run");
     ok(&run(&[&["train", "--steps", "4", "--save-every", "2"][..], &QUICK, &["--out", s(&out)]].concat()));
     std::fs::remove_file(out.join("checkpoints/step_4/optimizer.safetensors")).unwrap();
-    let log = ok(&run(&[&["train", "--steps", "6", "--save-every", "2", "--resume"][..], &QUICK, &["--out", s(&out)]].concat()));
+    let resume = ["train", "--steps", "6", "--save-every", "2", "--resume", "--resume-override", "steps"];
+    let log = ok(&run(&[&resume[..], &QUICK, &["--out", s(&out)]].concat()));
     assert!(log.contains("skipping the incomplete checkpoint") && log.contains("optimizer.safetensors"), "{log}");
     assert!(log.contains("step_2"), "{log}");
     assert!(out.join("checkpoints/step_6/optimizer.safetensors").is_file());

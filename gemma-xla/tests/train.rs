@@ -215,10 +215,13 @@ fn a_run_killed_while_saving_leaves_a_loadable_checkpoint() {
         "--sample",
         "0",
         "--resume",
+        "--resume-override",
+        "steps",
         "--out",
         &s(&out),
     ]));
     assert!(log.contains("resumed from"), "{log}");
+    assert!(log.contains("resuming with --steps"), "{log}");
     let left: Vec<String> =
         std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(left.iter().all(|n| !n.contains(".tmp-")), "temporary directories were not cleaned up: {left:?}");
@@ -311,7 +314,23 @@ fn ctrl_c_finishes_the_step_saves_and_exits_130() {
     let last = metrics(&out).last().unwrap().0;
     assert_eq!(last, steps[0], "the last logged step is the saved one");
     let target = (steps[0] + 1).to_string();
-    ok(&train(&["--steps", &target, "--batch", "2", "--seq", "16", "--mesh", "data=1", "--sample", "0", "--resume", "--out", &s(&out)]));
+    ok(&train(&[
+        "--steps",
+        &target,
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--mesh",
+        "data=1",
+        "--sample",
+        "0",
+        "--resume",
+        "--resume-override",
+        "steps",
+        "--out",
+        &s(&out),
+    ]));
     std::fs::remove_dir_all(out).unwrap();
 }
 
@@ -358,4 +377,44 @@ fn hyperparameters_that_cannot_train_are_refused_naming_the_flag_and_range() {
         assert!(err.contains(want), "{flag} {value}: {err}");
         assert!(!out.exists(), "{flag} {value}: the output directory was made before the check");
     }
+}
+
+#[test]
+fn resume_refuses_settings_that_change_the_run_unless_overridden() {
+    let out = scratch("settings");
+    let common = ["--save-every", "2", "--batch", "2", "--seq", "16", "--mesh", "data=1", "--sample", "0", "--out"];
+    let out_arg = s(&out);
+    let first = [&common[..], &[out_arg.as_str()]].concat();
+    ok(&train(&[&first[..], &["--steps", "2"]].concat()));
+    // The checkpoint at step 2 was made by a 2-step cosine run; the resumes ask for 4 steps.
+    let resume = |extra: &[&str]| train(&[&first[..], &["--steps", "4", "--resume"], extra].concat());
+    for (flag, value, shown) in [
+        ("--lr", "0.01", "--lr 0.003, this run has --lr 0.01"),
+        ("--shuffle", "", "--shuffle false, this run has --shuffle true"),
+        ("--dtype", "bf16", "--dtype f32, this run has --dtype bf16"),
+        ("--clip", "0.5", "--clip 1, this run has --clip 0.5"),
+    ] {
+        let mut extra = vec![flag];
+        if !value.is_empty() {
+            extra.push(value);
+        }
+        extra.extend(["--resume-override", "steps"]);
+        let err = fails(&resume(&extra));
+        assert!(err.contains(shown) && err.contains(&format!("--resume-override {}", &flag[2..])), "{flag}: {err}");
+    }
+    // The schedule's length changed too (2 -> 4 steps, cosine): refused until overridden.
+    let err = fails(&resume(&[]));
+    assert!(err.contains("--steps 2, this run has --steps 4"), "{err}");
+    // Other data: named by its sha256.
+    let data = out.join("../other.txt");
+    std::fs::write(&data, "other text to train on. ".repeat(40)).unwrap();
+    let data_arg = s(&data);
+    let err = fails(&resume(&["--data", &data_arg, "--resume-override", "steps"]));
+    assert!(err.contains("was trained with data with sha256"), "{err}");
+    let err = fails(&resume(&["--resume-override", "colour"]));
+    assert!(err.contains("--resume-override colour: not a setting"), "{err}");
+    // Overridden: it resumes, and says what changed.
+    let log = ok(&resume(&["--lr", "0.01", "--resume-override", "steps", "--resume-override", "lr"]));
+    assert!(log.contains("resuming with --lr 0.01") && log.contains("resuming with --steps 4"), "{log}");
+    std::fs::remove_dir_all(out).unwrap();
 }

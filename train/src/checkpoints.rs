@@ -40,6 +40,10 @@ pub struct Meta {
     pub mesh: String,
     /// The compute dtype (`f32`, `bf16`).
     pub dtype: String,
+    /// Every setting that changes the result, by its `train` flag (`--lr` -> `0.003`,
+    /// `--data` -> the data's sha256, ...): what a resume compares. Empty in checkpoints of
+    /// versions that did not record them.
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 /// Writes one safetensors file from device arrays, fetching one tensor at a time (host
@@ -110,6 +114,7 @@ fn write_dir<A: Borrow<DeviceArray>>(tmp: &Path, cfg: &Config, state: &Tree<A>, 
         "rows_consumed": meta.rows_consumed,
         "mesh": meta.mesh,
         "dtype": meta.dtype,
+        "settings": meta.settings,
     });
     gemma::write_atomic(
         &tmp.join("trainer_state.json"),
@@ -250,6 +255,13 @@ fn load(dir: &Path, cfg: &Config) -> Result<(HostState, Meta)> {
         rows_consumed: int("rows_consumed")?,
         mesh: text_of("mesh")?,
         dtype: text_of("dtype")?,
+        settings: match j.get("settings") {
+            None => Default::default(),
+            Some(v) => v
+                .as_object()
+                .and_then(|o| o.iter().map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+                .ok_or_else(|| Error::Invalid(format!("{}: \"settings\" must map flags to strings", state_file.display())))?,
+        },
     };
     let step = int("step")?;
     let named = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step_")).and_then(|n| n.parse::<u64>().ok());

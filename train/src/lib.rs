@@ -41,7 +41,7 @@ mod trainer;
 
 pub use setup::{resolve_mesh, train_step_jit, Setup, StepFn};
 pub use state::{AdamState, TrainState};
-pub use trainer::{Init, RunEnd, StepMetrics, StopHandle, TrainSpec, Trainer};
+pub use trainer::{settings, Change, Init, RunEnd, StepMetrics, StopHandle, TrainSpec, Trainer};
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]

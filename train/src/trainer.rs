@@ -9,6 +9,7 @@ use gemma::{Config, Hyper};
 use graph::{DType, Tree};
 use jit::Jit;
 use runtime::{Arg, Client, DeviceArray, HostArray, Mesh};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -141,6 +142,51 @@ pub struct Trainer {
     stop: StopHandle,
     resumed_from: Option<PathBuf>,
     skipped: Vec<checkpoints::Found>,
+    settings: BTreeMap<String, String>,
+    changed: Vec<Change>,
+}
+
+/// A setting a resumed run changed from its checkpoint's, allowed by an override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The `train` flag (`--lr`).
+    pub flag: String,
+    /// The checkpoint's value.
+    pub old: String,
+    /// This run's value.
+    pub new: String,
+}
+
+/// The settings of `spec` on `data` that change a run's result, by their `train` flag.
+/// `--steps` counts only with the cosine schedule (the only one that depends on it), and
+/// `--seed` only with shuffling (a resumed run's weights come from the checkpoint).
+pub fn settings(spec: &TrainSpec, data: &Dataset) -> BTreeMap<String, String> {
+    let h = &spec.hyper;
+    let mut s = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        s.insert(k.to_string(), v);
+    };
+    put("--data", data.fingerprint());
+    put("--shuffle", spec.shuffle.to_string());
+    if spec.shuffle {
+        put("--seed", spec.seed.to_string());
+    }
+    put("--dtype", if h.compute == DType::Bf16 { "bf16" } else { "f32" }.to_string());
+    put("--mesh", spec.mesh.to_string());
+    put("--fsdp", spec.fsdp.to_string());
+    put("--lr", h.lr.to_string());
+    put("--warmup", h.warmup.to_string());
+    put("--schedule", if h.schedule == gemma::Schedule::Constant { "constant" } else { "cosine" }.to_string());
+    if h.schedule == gemma::Schedule::Cosine {
+        put("--steps", h.steps.to_string());
+    }
+    put("--min-lr", h.min_lr.to_string());
+    put("--weight-decay", h.weight_decay.to_string());
+    put("--clip", h.clip.to_string());
+    put("--b1", h.b1.to_string());
+    put("--b2", h.b2.to_string());
+    put("--eps", h.eps.to_string());
+    s
 }
 
 impl Trainer {
@@ -174,13 +220,29 @@ impl Trainer {
     /// this run's, and its step at most `spec.hyper.steps` (at the last step the trainer is
     /// done at once: a run killed before it wrote its final files can still write them).
     pub fn resume(client: &Client, spec: TrainSpec, data: Dataset, out: &Path) -> Result<Trainer> {
+        Trainer::resume_with(client, spec, data, out, &[])
+    }
+
+    /// [`Trainer::resume`], where the checkpoint recorded the settings of its run (every one
+    /// that changes the result: data, shuffle, dtype, mesh, optimizer and schedule) and this
+    /// run must have the same, except for the flags named in `overrides` (`lr` or `--lr`),
+    /// whose changes [`Trainer::changed`] lists. A difference not overridden is an error naming
+    /// the flag and both values.
+    pub fn resume_with(client: &Client, spec: TrainSpec, data: Dataset, out: &Path, overrides: &[String]) -> Result<Trainer> {
         let setup = check(client, &spec, &data)?;
         check_host_memory(&setup.cfg)?;
+        let now = settings(&spec, &data);
+        let known: Vec<&str> = now.keys().map(String::as_str).chain(["--steps", "--seed"]).collect();
+        let overrides: Vec<String> = overrides.iter().map(|o| if o.starts_with("--") { o.clone() } else { format!("--{o}") }).collect();
+        if let Some(bad) = overrides.iter().find(|o| !known.contains(&o.as_str())) {
+            let mut names: Vec<&str> = known.iter().map(|k| k.trim_start_matches('-')).collect();
+            names.sort();
+            names.dedup();
+            bail!("--resume-override {}: not a setting a resume compares (those are: {})", bad.trim_start_matches('-'), names.join(", "));
+        }
         let Some((path, host, meta)) = checkpoints::load_latest(out, &setup.cfg)? else {
             bail!("--resume: there is no checkpoint in {}", out.join("checkpoints").display());
         };
-        let skipped: Vec<checkpoints::Found> =
-            checkpoints::list(&out.join("checkpoints"))?.into_iter().filter(|f| f.step > host.step && !f.missing.is_empty()).collect();
         if meta.batch != setup.batch || meta.seq != setup.seq {
             bail!(
                 "--resume: {} was trained with --batch {} --seq {}, this run has --batch {} --seq {}",
@@ -194,8 +256,36 @@ impl Trainer {
         if host.step > spec.hyper.steps {
             bail!("the checkpoint is at step {}, which is past --steps {}", host.step, spec.hyper.steps);
         }
+        let mut changed = Vec::new();
+        let flags: std::collections::BTreeSet<&String> = meta.settings.keys().chain(now.keys()).collect();
+        for flag in flags {
+            let (old, new) = (meta.settings.get(flag), now.get(flag));
+            // A setting that only one side records (--steps with a constant schedule, --seed
+            // without shuffling, a checkpoint from before settings were recorded) is not
+            // compared.
+            let (Some(old), Some(new)) = (old, new) else { continue };
+            if old == new {
+                continue;
+            }
+            if !overrides.contains(flag) {
+                let what = if flag == "--data" {
+                    format!("data with sha256 {old}, this run's is {new}")
+                } else {
+                    format!("{flag} {old}, this run has {flag} {new}")
+                };
+                bail!(
+                    "--resume: {} was trained with {what}; resuming would not continue that run. Pass --resume-override {} to continue with the new value",
+                    path.display(),
+                    flag.trim_start_matches('-')
+                );
+            }
+            changed.push(Change { flag: flag.clone(), old: old.clone(), new: new.clone() });
+        }
+        let skipped: Vec<checkpoints::Found> =
+            checkpoints::list(&out.join("checkpoints"))?.into_iter().filter(|f| f.step > host.step && !f.missing.is_empty()).collect();
         let mut trainer = Trainer::place(client, spec, setup, data, &host, Some(path))?;
         trainer.skipped = skipped;
+        trainer.changed = changed;
         Ok(trainer)
     }
 
@@ -218,6 +308,7 @@ impl Trainer {
             step: DeviceArray::place(client, &step, &setup.sharding("state.step", 0))?,
         };
         let jit = train_step_jit(Some(client), &setup, &spec.hyper);
+        let settings = settings(&spec, &data);
         Ok(Trainer {
             client: client.clone(),
             setup,
@@ -231,6 +322,8 @@ impl Trainer {
             stop: StopHandle::default(),
             resumed_from: from,
             skipped: Vec::new(),
+            settings,
+            changed: Vec::new(),
         })
     }
 
@@ -267,6 +360,11 @@ impl Trainer {
     /// The checkpoint this run resumed from, if any.
     pub fn resumed_from(&self) -> Option<&Path> {
         self.resumed_from.as_deref()
+    }
+
+    /// The settings a resume changed from the checkpoint's run (each allowed by an override).
+    pub fn changed(&self) -> &[Change] {
+        &self.changed
     }
 
     /// Checkpoints newer than the one resumed from that lack files, so were skipped.
@@ -344,6 +442,7 @@ impl Trainer {
             rows_consumed: self.step * self.setup.batch as u64,
             mesh: self.setup.mesh.to_string(),
             dtype: if self.hp.compute == DType::Bf16 { "bf16" } else { "f32" }.to_string(),
+            settings: self.settings.clone(),
         }
     }
 

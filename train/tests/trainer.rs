@@ -158,3 +158,23 @@ fn temporaries_of_a_dead_writer_are_removed_and_a_live_writers_kept() -> Result<
     assert!(!dead_tmp.exists(), "a dead writer's temporary directory was kept");
     Ok(())
 }
+
+#[test]
+fn a_resume_with_other_settings_is_refused_unless_overridden() -> Result<()> {
+    let (client, _cache) = testkit::cpu_client(4);
+    let (out, _) = saved_run(&client)?;
+    let mut other = spec(4)?;
+    other.hyper.lr = 1e-2;
+    let err = Trainer::resume(&client, other.clone(), data()?, out.path()).err().expect("another --lr").to_string();
+    assert!(err.contains("--lr 0.003, this run has --lr 0.01") && err.contains("--resume-override lr"), "{err}");
+    let t = Trainer::resume_with(&client, other, data()?, out.path(), &["lr".to_string()])?;
+    assert_eq!(t.changed(), [train::Change { flag: "--lr".into(), old: "0.003".into(), new: "0.01".into() }]);
+    assert_eq!(t.meta().settings["--lr"], "0.01", "the next checkpoint records the new value");
+    // Other data is refused by its fingerprint.
+    let text = out.path().join("other.txt");
+    std::fs::write(&text, "another text, another run. ".repeat(100))?;
+    let other_data = Dataset::load(Some(&text), &Tokenizer::Bytes, Some(32), 256)?;
+    let err = Trainer::resume(&client, spec(4)?, other_data, out.path()).err().expect("other data").to_string();
+    assert!(err.contains("data with sha256") && err.contains("--resume-override data"), "{err}");
+    Ok(())
+}
