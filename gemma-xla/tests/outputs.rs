@@ -146,6 +146,11 @@ fn directories_gemma_xla_did_not_make_are_left_alone() {
     assert!(err.contains("notes.md") && err.contains("did not write"), "{err}");
     assert_eq!(std::fs::read_to_string(dump.join("summary.txt")).unwrap(), "my notes");
     assert_eq!(std::fs::read_to_string(dump.join("xla").join("keep")).unwrap(), "mine");
+    // Names alone do not make a dump: a directory of a summary.txt and an xla/ of the user's.
+    std::fs::remove_file(dump.join("notes.md")).unwrap();
+    let err = fails(&run(&args));
+    assert!(err.contains("summary.txt") && err.contains("xla") && err.contains("did not write"), "{err}");
+    assert_eq!(std::fs::read_to_string(dump.join("xla").join("keep")).unwrap(), "mine");
     let fresh = root.path().join("fresh");
     ok(&run(&["dump", "--config", "tiny", "--what", "forward", "--mesh", "data=1", "--out", s(&fresh)]));
     ok(&run(&["dump", "--config", "tiny", "--what", "forward", "--mesh", "data=1", "--out", s(&fresh)]));

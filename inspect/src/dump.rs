@@ -110,15 +110,17 @@ fn forward_spec(setup: &Setup, path: &str) -> Option<PartitionSpec> {
     rules::param_spec(&setup.cfg, name, &setup.mesh, setup.fsdp).ok()
 }
 
-/// Creates `out`, or empties an earlier dump there (one with our marker, or an unmarked one
-/// holding nothing but a dump's files); refuses a file, or a directory holding anything else,
-/// naming what is in the way. Only a dump's own files are removed.
+/// Creates `out`, or empties an earlier dump there (a directory with our marker); refuses a
+/// file, or any other non-empty directory, naming what is in the way. Only a dump's own files
+/// are removed.
 fn prepare_out(out: &Path) -> Result<()> {
     if out.exists() && !out.is_dir() {
         bail!("--out {} is a file, not a directory", out.display());
     }
     let ours = [STABLEHLO, BEFORE, AFTER_SPMD, AFTER, SUMMARY, RAW];
-    data::files::claim_dir(out, "gemma-xla dump", |names| names.iter().all(|n| ours.contains(&n.as_str())))
+    // Only a directory with our marker is an earlier dump: names alone prove nothing (a
+    // `summary.txt` or `xla/` of the user's own must survive).
+    data::files::claim_dir(out, "gemma-xla dump", |_| false)
         .map_err(|e| Error::from(e).context("--out"))?;
     for name in ours {
         let p = out.join(name);
