@@ -120,8 +120,7 @@ fn prepare_out(out: &Path) -> Result<()> {
     let ours = [STABLEHLO, BEFORE, AFTER_SPMD, AFTER, SUMMARY, RAW];
     // Only a directory with our marker is an earlier dump: names alone prove nothing (a
     // `summary.txt` or `xla/` of the user's own must survive).
-    data::files::claim_dir(out, "gemma-xla dump", |_| false)
-        .map_err(|e| Error::from(e).context("--out"))?;
+    data::files::claim_dir(out, "gemma-xla dump", |_| false).map_err(|e| Error::from(e).context("--out"))?;
     for name in ours {
         let p = out.join(name);
         let r = match std::fs::symlink_metadata(&p) {
