@@ -14,16 +14,11 @@ fn train(args: &[&str]) -> Output {
 }
 
 fn ok(o: &Output) -> String {
-    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "train failed:\n{out}\n{err}");
-    format!("{out}{err}")
+    testkit::succeeded(o)
 }
 
 fn fails(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "expected exit 1, got {:?}\n{err}", o.status.code());
-    assert!(!err.contains("panicked"), "{err}");
-    err
+    testkit::failed(o)
 }
 
 fn scratch(name: &str) -> PathBuf {

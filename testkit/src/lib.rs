@@ -82,3 +82,19 @@ pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
 }
+
+/// A command's stdout and stderr together, asserting it succeeded.
+pub fn succeeded(o: &std::process::Output) -> String {
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "the command failed ({:?}):\n{out}\n{err}", o.status);
+    format!("{out}{err}")
+}
+
+/// A command's stderr, asserting it failed with exit status 1 (a clear error, not a panic,
+/// an abort or a signal).
+pub fn failed(o: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "expected exit 1, got {:?}\n{err}", o.status.code());
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
