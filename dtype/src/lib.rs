@@ -2,25 +2,39 @@
 //! `runtime` (device buffers, program signatures, host arrays) and `gemma` (checkpoint
 //! tensors) share. Pure data; PJRT's numbering lives in `xla-sys`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 use std::fmt;
 
 /// An element type. Spelled as HLO spells it (`f32`, `s32`, `pred`) in messages, and as
 /// MLIR spells it (`f32`, `i32`, `i1`) in StableHLO text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub enum DType {
+    /// Boolean (`pred` in HLO, `i1` in MLIR); one byte per element in dense buffers.
     Pred,
+    /// Signed 8-bit integer.
     S8,
+    /// Signed 16-bit integer.
     S16,
+    /// Signed 32-bit integer.
     S32,
+    /// Signed 64-bit integer.
     S64,
+    /// Unsigned 8-bit integer.
     U8,
+    /// Unsigned 16-bit integer.
     U16,
+    /// Unsigned 32-bit integer.
     U32,
+    /// Unsigned 64-bit integer.
     U64,
+    /// IEEE 754 half-precision float (16 bits).
     F16,
+    /// bfloat16: 16 bits, with the 8-bit exponent of `f32` and 7 mantissa bits.
     Bf16,
+    /// IEEE 754 single-precision float (32 bits); the default.
     #[default]
     F32,
+    /// IEEE 754 double-precision float (64 bits).
     F64,
 }
 
@@ -101,6 +115,7 @@ impl DType {
         }
     }
 
+    /// Whether this is a floating-point type (`f16`, `bf16`, `f32`, `f64`).
     pub fn is_float(self) -> bool {
         matches!(self, DType::F16 | DType::Bf16 | DType::F32 | DType::F64)
     }
@@ -110,10 +125,12 @@ impl DType {
         self.is_signed_int() || self.is_unsigned()
     }
 
+    /// Whether this is a signed integer type (`s8` to `s64`).
     pub fn is_signed_int(self) -> bool {
         matches!(self, DType::S8 | DType::S16 | DType::S32 | DType::S64)
     }
 
+    /// Whether this is an unsigned integer type (`u8` to `u64`); pred is not.
     pub fn is_unsigned(self) -> bool {
         matches!(self, DType::U8 | DType::U16 | DType::U32 | DType::U64)
     }
@@ -144,19 +161,24 @@ impl fmt::Display for DType {
 /// An element type and a static shape.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct TensorType {
+    /// The element type.
     pub dtype: DType,
+    /// The size of each dimension, outermost first; empty for a scalar.
     pub dims: Vec<i64>,
 }
 
 impl TensorType {
+    /// A tensor type of `dtype` with dimensions `dims`.
     pub fn new(dtype: DType, dims: &[i64]) -> TensorType {
         TensorType { dtype, dims: dims.to_vec() }
     }
 
+    /// A rank-0 (scalar) tensor type of `dtype`.
     pub fn scalar(dtype: DType) -> TensorType {
         TensorType { dtype, dims: Vec::new() }
     }
 
+    /// The number of dimensions (0 for a scalar).
     pub fn rank(&self) -> usize {
         self.dims.len()
     }
@@ -172,6 +194,7 @@ impl TensorType {
         self.dims.iter().try_fold(self.dtype.size_bytes(), |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))
     }
 
+    /// A tensor type with the same dimensions as this one and element type `dtype`.
     pub fn with_dtype(&self, dtype: DType) -> TensorType {
         TensorType { dtype, dims: self.dims.clone() }
     }

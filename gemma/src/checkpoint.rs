@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 /// A tensor of a checkpoint, borrowed from its mapped file.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorRef<'a> {
+    /// The element type as stored: f32, bf16, f16 or f64.
     pub dtype: DType,
+    /// The dimensions, outermost first.
     pub shape: &'a [i64],
     /// Little-endian, row-major.
     pub bytes: &'a [u8],
@@ -27,6 +29,8 @@ struct Entry {
     range: Range<usize>,
 }
 
+/// An opened HF safetensors checkpoint: every tensor of its file or shards by name, the
+/// bytes held by the opened files (read into memory or mapped, see `FileBytes`).
 pub struct Checkpoint {
     dir: PathBuf,
     files: Vec<(PathBuf, Box<dyn FileBytes>)>,
@@ -61,6 +65,7 @@ const SINGLE: &str = "model.safetensors";
 /// The bytes of one opened checkpoint file: read into memory, or memory-mapped by a caller
 /// that may map files (the CLI maps them through `runtime`, where all `unsafe` code lives).
 pub trait FileBytes {
+    /// The file's whole contents.
     fn bytes(&self) -> &[u8];
 }
 
@@ -149,6 +154,7 @@ impl Checkpoint {
         Ok(names)
     }
 
+    /// The model directory the checkpoint was opened from.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -170,10 +176,12 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// The names of all tensors in the checkpoint, in byte-wise sorted order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// The tensor called `name`, borrowed from its file; None when the checkpoint has none.
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
         self.tensors.get(name).map(|e| TensorRef { dtype: e.dtype, shape: &e.shape, bytes: &self.files[e.file].1.bytes()[e.range.clone()] })
     }
@@ -219,9 +227,13 @@ impl Checkpoint {
 
 /// A tensor to save.
 pub struct SaveTensor<'a> {
+    /// The tensor's name in the file (an HF tensor name such as `model.norm.weight`).
     pub name: String,
+    /// The element type: f32, bf16, f16, f64, s32 or s64 (saving refuses others).
     pub dtype: DType,
+    /// The dimensions, outermost first.
     pub shape: Vec<i64>,
+    /// The data: little-endian, row-major.
     pub bytes: &'a [u8],
 }
 
@@ -360,8 +372,11 @@ fn remove_stale_temporaries(dir: &Path, name: &str) {
 
 /// The name, dtype and shape of a tensor whose bytes are produced later.
 pub struct TensorMeta {
+    /// The tensor's name in the file.
     pub name: String,
+    /// The element type: f32, bf16, f16, f64, s32 or s64 (saving refuses others).
     pub dtype: DType,
+    /// The dimensions, outermost first.
     pub shape: Vec<i64>,
 }
 

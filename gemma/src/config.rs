@@ -3,18 +3,27 @@ use crate::Error;
 use serde::Deserialize;
 use std::path::Path;
 
+/// The sizes and constants of a Gemma 1 model, named as in HF `config.json`. `from_json`
+/// refuses values that cannot describe one (see the checks there).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// Vocabulary size V: rows of the (tied) embedding.
     pub vocab_size: i64,
     /// d_model
     pub hidden_size: i64,
     /// MLP width
     pub intermediate_size: i64,
+    /// Number of decoder layers.
     pub num_hidden_layers: usize,
+    /// Query heads N per layer.
     pub num_attention_heads: i64,
+    /// Key/value heads K per layer; N is a multiple of K (K = 1 is multi-query attention, as in 2B).
     pub num_key_value_heads: i64,
+    /// Width H of one attention head (even, for RoPE); need not be D / N.
     pub head_dim: i64,
+    /// The epsilon added to the mean square in each RMSNorm.
     pub rms_norm_eps: f64,
+    /// The RoPE base frequency theta.
     pub rope_theta: f64,
 }
 
@@ -54,6 +63,9 @@ impl Config {
         })
     }
 
+    /// Parses the text of an HF `config.json` and validates it: sizes positive and within
+    /// bounds, N a multiple of K, H even, a GELU activation and default RoPE. Errors name
+    /// `config.json` as the path.
     pub fn from_json(text: &str) -> Result<Config, Error> {
         let bad = |message: String| Error::Config { path: "config.json".into(), message };
         let hf: HfConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;

@@ -1,6 +1,7 @@
 //! Gemma 1 on `graph`: configuration (HF config.json or presets), the model as a function
 //! of traced parameters, and the loss. Knows nothing of PJRT.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod checkpoint;
 mod config;
@@ -21,25 +22,74 @@ pub use model::{
 };
 pub use train::{init_params, train_args, train_step, Hyper, Schedule};
 
+/// Why reading a config or checkpoint, saving files, or choosing shardings failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A `config.json` that cannot be parsed or describes no supported Gemma 1 model, or an
+    /// unknown preset.
     #[error("{path}: {message}")]
-    Config { path: String, message: String },
+    Config {
+        /// The file (`config.json` when parsing text, `preset` for a preset name).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A file system operation failed, or an output path is not a file that can be written.
     #[error("{path}: {message}")]
-    Io { path: String, message: String },
+    Io {
+        /// The file or directory concerned.
+        path: String,
+        /// The OS error, or what is wrong with the path.
+        message: String,
+    },
+    /// A checkpoint file or directory that cannot be read or saved: a bad header or index,
+    /// an unsupported dtype, a truncated or shrunk file, a tensor of the wrong shape.
     #[error("{path}: {message}")]
-    Checkpoint { path: String, message: String },
+    Checkpoint {
+        /// The file or directory concerned.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The checkpoint's tensor names do not match the config's.
     #[error("{dir}: {problem} tensors: {}", names.join(", "))]
-    Tensors { dir: String, problem: String, names: Vec<String> },
+    Tensors {
+        /// The model directory.
+        dir: String,
+        /// `missing` or `unexpected`.
+        problem: String,
+        /// The tensors concerned.
+        names: Vec<String>,
+    },
+    /// A name that is not one of the config's checkpoint tensors.
     #[error("{name} is not a tensor of this Gemma config")]
-    UnknownTensor { name: String },
+    UnknownTensor {
+        /// The name asked for.
+        name: String,
+    },
+    /// A mesh axis that no sharding rule knows (see `rules::MESH_AXES`).
     #[error("mesh axis {axis:?} has no sharding rule (known axes: {known})")]
-    UnknownMeshAxis { axis: String, known: String },
+    UnknownMeshAxis {
+        /// The mesh's axis name.
+        axis: String,
+        /// The known axes, comma-separated.
+        known: String,
+    },
     /// A tensor dimension that its mesh axes do not divide (boxed: it is large).
     #[error(transparent)]
     Sharding(Box<rules::ShardingError>),
+    /// A batch size below 1 or not a multiple of the size of the mesh axes it is split over.
     #[error("batch {batch} cannot be split over {axis}={axis_size}; {suggestion}")]
-    Batch { batch: i64, axis: String, axis_size: i64, suggestion: String },
+    Batch {
+        /// The batch size B.
+        batch: i64,
+        /// The mesh axes the batch is split over, comma-separated.
+        axis: String,
+        /// The product of their sizes.
+        axis_size: i64,
+        /// A batch size or mesh that would work, in words.
+        suggestion: String,
+    },
 }
 
 impl Error {

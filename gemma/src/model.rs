@@ -96,11 +96,15 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Tensor {
 
 /// Intermediate values of one forward pass, for per-layer checks.
 pub struct Activations {
+    /// The scaled token embeddings `[B, T, D]`, the input of the first layer.
     pub embeddings: Tensor,
     /// Per layer: the attention output and the MLP output (before their residual adds).
     pub attention: Vec<Tensor>,
+    /// Per layer: the MLP output `[B, T, D]` (before its residual add).
     pub mlp: Vec<Tensor>,
+    /// The residual stream after the final RMSNorm, `[B, T, D]`.
     pub final_norm: Tensor,
+    /// The logits `[B, T, V]`, in the parameters' dtype.
     pub logits: Tensor,
 }
 
@@ -137,6 +141,7 @@ pub struct BlockOutput {
     pub x: Tensor,
     /// The attention and MLP outputs before their residual adds.
     pub attention: Tensor,
+    /// The MLP output `[B, T, D]` (before its residual add).
     pub mlp: Tensor,
 }
 

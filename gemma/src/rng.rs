@@ -15,6 +15,7 @@ pub fn mix64(mut z: u64) -> u64 {
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
+    /// Advances the state by the golden-ratio increment and returns the mix of the new state.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(GOLDEN);
         mix64(self.0)

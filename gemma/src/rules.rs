@@ -66,6 +66,7 @@ const LAYER_TENSORS: &[(&str, &[Logical])] = &[
 ];
 
 impl Logical {
+    /// The axis's snake_case name, as in messages (`batch`, `kv_heads`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Batch => "batch",
@@ -153,12 +154,19 @@ pub fn split(logical: Logical, mesh: &Mesh, fsdp: bool) -> (Vec<String>, i64) {
     describe_dim(*.size, *.units, logical), also_text(also)
 )]
 pub struct ShardingError {
+    /// The checkpoint tensor's name.
     pub tensor: String,
+    /// The dimension's index in the tensor (0-based).
     pub dim: usize,
+    /// The dimension's size in elements.
     pub size: i64,
+    /// The dimension's logical axis (`Logical::name`).
     pub logical: &'static str,
+    /// What must divide evenly: the number of heads for the head axes, else the size.
     pub units: i64,
+    /// The mesh axes the dimension is split over, comma-separated.
     pub axis: String,
+    /// The product of those mesh axes' sizes.
     pub axis_size: i64,
     /// Other logical axes this mesh cannot split, one tensor each.
     pub also: Vec<String>,
@@ -293,7 +301,10 @@ pub fn suggest_meshes(cfg: &Config, devices: i64, fsdp: bool) -> String {
 /// `model`; the model width is never split in activations.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
+    /// The mesh the activations are laid out over.
     pub mesh: Mesh,
+    /// Whether the weights are split FSDP-style (see `param_specs`); the activation specs do not
+    /// depend on it.
     pub fsdp: bool,
 }
 

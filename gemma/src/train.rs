@@ -19,24 +19,34 @@ use graph::{DType, Tensor, TensorType, Tree};
 /// The learning-rate schedule after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
+    /// From `lr` down to `min_lr` along half a cosine over the S - W updates after warmup.
     Cosine,
+    /// `lr` for every update after warmup.
     Constant,
 }
 
 /// Optimizer and schedule settings (the `train` flags of the same names).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hyper {
+    /// The peak learning rate, reached at the end of warmup.
     pub lr: f64,
+    /// Warmup updates W: update `s` < W uses lr (s+1)/W; 0 turns warmup off.
     pub warmup: u64,
     /// Total steps S of the run (the cosine's length).
     pub steps: u64,
+    /// What the learning rate does after warmup.
     pub schedule: Schedule,
+    /// The learning rate the cosine schedule ends at.
     pub min_lr: f64,
+    /// AdamW's decoupled weight decay, applied to tensors of rank >= 2 only; 0 turns it off.
     pub weight_decay: f64,
     /// Global-norm clipping threshold; 0 turns clipping off.
     pub clip: f64,
+    /// AdamW's decay rate of the first moment m, in [0, 1).
     pub b1: f64,
+    /// AdamW's decay rate of the second moment v, in [0, 1).
     pub b2: f64,
+    /// AdamW's epsilon, added to `sqrt(v^)` (finite, > 0).
     pub eps: f64,
     /// The dtype of the forward and backward passes (f32 or bf16).
     pub compute: DType,

@@ -8,11 +8,18 @@ use crate::Error;
 use sharding::{Mesh, PartitionSpec};
 use std::fmt;
 
+/// One node of a traced function: a primitive applied to earlier nodes, with its inferred
+/// result type and source location.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
+    /// The operation.
     pub prim: Prim,
+    /// Indices into `Function::nodes` of the operands, in order; each is below this node's own index.
     pub inputs: Vec<usize>,
+    /// The result type, as the primitive's shape rule inferred it.
     pub ty: TensorType,
+    /// Where the user code that made the node was written (for nodes of a backward pass, the
+    /// location of the forward op they differentiate).
     pub loc: Loc,
     /// Set on the nodes of a block called with `Function::call_remat`.
     pub remat: Option<RematMark>,
@@ -57,13 +64,18 @@ impl fmt::Display for Remat {
 /// Which recomputed block a node belongs to (`region` is unique in the process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RematMark {
+    /// The block call's id, unique among the remat calls of this process.
     pub region: u64,
+    /// What the backward pass keeps of the block.
     pub policy: Remat,
 }
 
+/// A parameter of a traced function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
+    /// The parameter's name (a tree path for functions traced with `trace_tree`).
     pub name: String,
+    /// The parameter's type.
     pub ty: TensorType,
     /// How the argument is laid out over the function's mesh (None: replicated / unsharded).
     pub sharding: Option<PartitionSpec>,
@@ -71,28 +83,42 @@ pub struct Param {
     pub donate: bool,
 }
 
+/// A named output of a traced function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
+    /// The output's name: `out0`, `out1`, ... unless renamed, or a tree path.
     pub name: String,
+    /// Index into `Function::nodes` of the node whose value this output is.
     pub id: usize,
+    /// How the output is laid out over the function's mesh (None: no sharding annotation).
     pub sharding: Option<PartitionSpec>,
 }
 
+/// A traced function: parameters, single-result nodes in topological order (the first
+/// `params.len()` are the parameters) and named outputs. Displays as jaxpr-like text and
+/// lowers to StableHLO (`to_stablehlo`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Function {
+    /// The function's name: used in errors and as the StableHLO module name.
     pub name: String,
+    /// The parameters, in positional order (node `i` is `Prim::Param(i)` for each of them).
     pub params: Vec<Param>,
+    /// Every node, operands before their users; nodes no output depends on are kept but not
+    /// lowered or printed.
     pub nodes: Vec<Node>,
+    /// The outputs, in order.
     pub outputs: Vec<Output>,
     /// The device mesh named by the shardings of params and outputs.
     pub mesh: Option<Mesh>,
 }
 
 impl Function {
+    /// The parameter types, in positional order.
     pub fn param_types(&self) -> Vec<TensorType> {
         self.params.iter().map(|p| p.ty.clone()).collect()
     }
 
+    /// The output types, in order.
     pub fn output_types(&self) -> Vec<TensorType> {
         self.outputs.iter().map(|o| self.nodes[o.id].ty.clone()).collect()
     }

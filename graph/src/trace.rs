@@ -13,12 +13,17 @@ use std::rc::Rc;
 /// A Rust source location: where the user code that made an op was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Loc {
+    /// The source file's path, as `file!()` gives it.
     pub file: &'static str,
+    /// The line, counting from 1.
     pub line: u32,
+    /// The column, counting from 1.
     pub col: u32,
 }
 
 impl Loc {
+    /// The location this is called from, or the first caller outside a chain of
+    /// `#[track_caller]` functions.
     #[track_caller]
     pub fn caller() -> Loc {
         let l = Location::caller();
@@ -102,15 +107,19 @@ impl Tensor {
         Tracer { state: self.trace.clone() }
     }
 
+    /// The value's type (dtype and dims), as inferred when it was traced.
     pub fn ty(&self) -> TensorType {
         self.trace.borrow().nodes[self.id].ty.clone()
     }
+    /// The value's dimensions, outermost first (empty for a scalar).
     pub fn dims(&self) -> Vec<i64> {
         self.ty().dims
     }
+    /// The value's element type.
     pub fn dtype(&self) -> DType {
         self.ty().dtype
     }
+    /// The number of dimensions (0 for a scalar).
     pub fn rank(&self) -> usize {
         self.ty().dims.len()
     }

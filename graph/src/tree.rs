@@ -7,6 +7,8 @@ use crate::Error;
 use std::cmp::Ordering;
 use std::fmt;
 
+/// Leaves of type `T` at dotted paths, kept in the fixed flattening order of `path_order`;
+/// no path equals another or is a segment prefix of another (a leaf is never also a node).
 #[derive(Clone, PartialEq)]
 pub struct Tree<T> {
     /// Sorted by `path_order`; no path is equal to, or a segment prefix of, another.
@@ -61,6 +63,7 @@ fn check_path(path: &str) -> Result<(), Error> {
 }
 
 impl<T> Tree<T> {
+    /// An empty tree.
     pub fn new() -> Tree<T> {
         Tree { leaves: Vec::new() }
     }
@@ -95,14 +98,17 @@ impl<T> Tree<T> {
         Ok(self)
     }
 
+    /// The number of leaves.
     pub fn len(&self) -> usize {
         self.leaves.len()
     }
 
+    /// Whether the tree has no leaves.
     pub fn is_empty(&self) -> bool {
         self.leaves.is_empty()
     }
 
+    /// The leaf at exactly `path`; None when there is none (a node above leaves is not a leaf).
     pub fn get(&self, path: &str) -> Option<&T> {
         let i = self.leaves.binary_search_by(|(p, _)| path_order(p, path)).ok()?;
         Some(&self.leaves[i].1)
@@ -132,10 +138,12 @@ impl<T> Tree<T> {
         self.leaves.iter().map(|(_, v)| v)
     }
 
+    /// (path, leaf) pairs in flattening order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
         self.leaves.iter().map(|(p, v)| (p.as_str(), v))
     }
 
+    /// The (path, leaf) pairs in flattening order, consuming the tree.
     pub fn into_leaves(self) -> Vec<(String, T)> {
         self.leaves
     }
@@ -150,6 +158,7 @@ impl<T> Tree<T> {
         Tree { leaves: self.leaves.iter().map(|(p, v)| (p.clone(), f(p, v))).collect() }
     }
 
+    /// `map` with a fallible `f`: the same paths with new values, or the first error `f` returns.
     pub fn try_map<U, E>(&self, mut f: impl FnMut(&str, &T) -> Result<U, E>) -> Result<Tree<U>, E> {
         let leaves = self.leaves.iter().map(|(p, v)| Ok((p.clone(), f(p, v)?))).collect::<Result<_, E>>()?;
         Ok(Tree { leaves })

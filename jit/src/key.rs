@@ -2,10 +2,13 @@
 use graph::TensorType;
 use runtime::{Mesh, PartitionSpec};
 
+/// The compile-cache key of a `Jit`: a call whose key differs in any field from every
+/// compiled one traces, lowers and compiles anew.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     /// Argument paths in flattening order, with type and sharding.
     pub args: Vec<(String, TensorType, PartitionSpec)>,
+    /// The mesh the program runs over.
     pub mesh: Mesh,
     /// Per argument: donated.
     pub donated: Vec<bool>,

@@ -4,6 +4,7 @@
 //! cannot disagree), lowers it to StableHLO with the mesh's shardings and the donated
 //! parameters, compiles it once per key, and runs it on arrays that stay on the devices.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 // Errors carry the runtime error they wrap (with its argument index and types); they are rare
 // and never on a hot path, so their size does not matter.
 #![allow(clippy::result_large_err)]
@@ -16,26 +17,70 @@ use runtime::{Arg, AsHostView, Client, CompileOptions, DeviceArray, Executable, 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
+/// Why tracing, lowering, compiling or running a `Jit` function failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Tracing the closure (or an error the closure returned), annotating it with shardings
+    /// and donation, or lowering it failed; also clashing tree paths of arguments or outputs.
     #[error("cannot trace {name}: {cause}")]
-    Trace { name: String, cause: graph::Error },
+    Trace {
+        /// The `Jit`'s name.
+        name: String,
+        /// The graph error.
+        cause: graph::Error,
+    },
+    /// XLA could not parse or compile the lowered program.
     #[error("cannot compile {name}: {cause}")]
-    Compile { name: String, cause: runtime::Error },
+    Compile {
+        /// The `Jit`'s name.
+        name: String,
+        /// The runtime error.
+        cause: runtime::Error,
+    },
+    /// An argument could not be placed on the devices, its spec does not fit the mesh, or it
+    /// does not fit the compiled program (type, sharding, devices, or not donated though
+    /// the program takes it donated).
     #[error("{name}: argument {path}: {cause}")]
-    Argument { name: String, path: String, cause: runtime::Error },
+    Argument {
+        /// The `Jit`'s name.
+        name: String,
+        /// The argument's tree path.
+        path: String,
+        /// The runtime error.
+        cause: runtime::Error,
+    },
+    /// A device argument is placed over a mesh other than the `Jit`'s.
     #[error("{name}: argument {path} is placed over the mesh {actual}, but the function runs over {expected}")]
-    WrongMesh { name: String, path: String, expected: String, actual: String },
+    WrongMesh {
+        /// The `Jit`'s name.
+        name: String,
+        /// The argument's tree path.
+        path: String,
+        /// The `Jit`'s mesh, as displayed.
+        expected: String,
+        /// The argument's mesh, as displayed.
+        actual: String,
+    },
+    /// Running the program failed, or the `Jit` was made by `Jit::lowering_only` and has no
+    /// client to run on.
     #[error("{name}: {cause}")]
-    Run { name: String, cause: runtime::Error },
+    Run {
+        /// The `Jit`'s name.
+        name: String,
+        /// The runtime error.
+        cause: runtime::Error,
+    },
+    /// Another runtime error, e.g. while fetching outputs to the host.
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
 }
 
+/// `std::result::Result` with this crate's `Error` as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What a traced closure may return: outputs, or outputs and the trace error it ran into.
 pub trait TraceOutput {
+    /// The outputs, or the error the closure ran into while tracing.
     fn into_result(self) -> Result<Tree<Tensor>, graph::Error>;
 }
 
@@ -51,6 +96,7 @@ impl TraceOutput for Result<Tree<Tensor>, graph::Error> {
     }
 }
 
+/// Counters of a `Jit`'s calls so far (see `Jit::stats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JitStats {
     /// Calls answered from the cache.
@@ -83,6 +129,9 @@ struct Entry {
 
 type Rule<'c> = Box<dyn Fn(&str, &TensorType) -> Option<PartitionSpec> + 'c>;
 
+/// A Rust closure over a tree of traced tensors, compiled on demand (like `jax.jit`): a call
+/// with argument types, shardings or donation not seen before traces, lowers and compiles it;
+/// later calls with the same ones reuse the executable. `'c` bounds the sharding rule.
 pub struct Jit<'c, F> {
     name: String,
     /// None: made by `Jit::lowering_only`, for `lower` (ahead-of-time compilation elsewhere).
@@ -150,14 +199,18 @@ where
         self
     }
 
+    /// The name given at construction: used in errors and as the name of the traced function
+    /// and its StableHLO module.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The mesh the function runs over (one device unless `with_mesh` said otherwise).
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
     }
 
+    /// Cache hits, compilations and time spent compiling, so far.
     pub fn stats(&self) -> JitStats {
         self.stats.get()
     }
@@ -388,6 +441,7 @@ where
 
 /// What a positional closure may return.
 pub trait FlatOutput {
+    /// The outputs in order, or the error the closure ran into while tracing.
     fn into_result(self) -> Result<Vec<Tensor>, graph::Error>;
 }
 

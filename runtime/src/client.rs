@@ -15,12 +15,17 @@ use xla_sys::{Api, Buffer, Device, NamedValue};
 /// What a plugin says about itself.
 #[derive(Debug, Clone)]
 pub struct PluginInfo {
+    /// The plugin file that was loaded.
     pub path: PathBuf,
+    /// The PJRT C API version the plugin implements, as `(major, minor)`.
     pub api_version: (i32, i32),
+    /// The plugin's attributes (PJRT_Plugin_Attributes: `xla_version`,
+    /// `stablehlo_current_version`, ...), in the plugin's order; empty when it reports none.
     pub attributes: Vec<(String, NamedValue)>,
 }
 
 impl PluginInfo {
+    /// The value of the plugin attribute `name`, if the plugin reports one.
     pub fn attribute(&self, name: &str) -> Option<&NamedValue> {
         self.attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
@@ -74,18 +79,24 @@ impl Client {
         Ok(Client { inner, info: Rc::new(info), cache: None })
     }
 
+    /// What this client's plugin says about itself.
     pub fn plugin(&self) -> &PluginInfo {
         &self.info
     }
 
+    /// The platform name the PJRT client reports (e.g. `cpu`, `cuda`, `tpu`).
     pub fn platform_name(&self) -> Result<String> {
         Ok(self.inner.platform_name()?)
     }
 
+    /// The platform version string the PJRT client reports (plugin-specific; part of the
+    /// compilation cache key).
     pub fn platform_version(&self) -> Result<String> {
         Ok(self.inner.platform_version()?)
     }
 
+    /// The devices this process can address, in the plugin's order: device i of a mesh is
+    /// the i-th of them.
     pub fn devices(&self) -> Result<Vec<Device>> {
         Ok(self.inner.addressable_devices()?)
     }

@@ -56,10 +56,12 @@ impl CompileCache {
         crate::discovery::cache_dir().join("compile")
     }
 
+    /// The directory the entries are read from and written to.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The hits, misses, stores and rejected entries counted by this value so far.
     pub fn stats(&self) -> CacheStats {
         self.stats.get()
     }
@@ -82,7 +84,6 @@ impl CompileCache {
         self.bump(|s| s.rejected += 1);
     }
 
-    /// The key of compiling `code` (in `format`) with `options` for this plugin and device count.
     /// The environment the compiler reads flags from (`XLA_FLAGS`; libtpu also reads
     /// `LIBTPU_INIT_ARGS`): part of the key, since the same program and options compile
     /// differently under other flags.
@@ -90,6 +91,9 @@ impl CompileCache {
         ["XLA_FLAGS", "LIBTPU_INIT_ARGS"].iter().map(|v| format!("{v}={}\n", std::env::var(v).unwrap_or_default())).collect()
     }
 
+    /// The key of compiling `code` (in `format`) with `options` for this plugin and device count.
+    /// It is the SHA-256 of those, of the plugin file's path, size and modification time, its
+    /// PJRT API, platform and XLA versions, and `compiler_env` (see [`CompileCache::compiler_env`]).
     pub fn key(
         plugin: &PluginInfo,
         platform_version: &str,

@@ -54,6 +54,7 @@ const TUPLE: i32 = 13;
 pub struct CompiledType {
     /// The xla.PrimitiveType number.
     pub element_type: i32,
+    /// The dimensions, outermost first (one device's shard for SPMD programs; empty for a tuple).
     pub dims: Vec<i64>,
 }
 
@@ -78,6 +79,7 @@ impl CompiledType {
         })
     }
 
+    /// The type as a [`TensorType`], when the element type has a [`DType`].
     pub fn tensor_type(&self) -> Option<TensorType> {
         Some(TensorType { dtype: self.dtype()?, dims: self.dims.clone() })
     }
@@ -128,7 +130,10 @@ impl std::fmt::Display for CompiledType {
 /// results are the elements of the entry computation's result tuple, as PJRT returns them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledSignature {
+    /// One type per parameter of the entry computation, in order.
     pub params: Vec<CompiledType>,
+    /// One type per element of the entry computation's result tuple (a single non-tuple result
+    /// gives one).
     pub results: Vec<CompiledType>,
 }
 

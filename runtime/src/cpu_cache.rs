@@ -17,7 +17,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The PyPI package that ships the pinned CPU plugin.
 pub const CPU_PACKAGE: &str = "lammps-jax-pjrt-cpu";
+/// The pinned version of [`CPU_PACKAGE`].
 pub const CPU_VERSION: &str = "0.11.2";
 /// sha256 of lammps_jax_pjrt_cpu-0.11.2-py3-none-manylinux_2_27_x86_64.whl, the wheel we test.
 pub const CPU_WHEEL_SHA256: &str = "1319390d948b39f69f7dade496b7c385149d9ca6097a6b62114da113216d9ad1";
@@ -25,6 +27,7 @@ pub const CPU_WHEEL_SHA256: &str = "1319390d948b39f69f7dade496b7c385149d9ca6097a
 pub const CPU_SO: &str = "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so";
 /// Size and sha256 of that file as the pinned wheel installs it.
 pub const CPU_SO_SIZE: u64 = 201_600_336;
+/// sha256 (hex) of [`CPU_SO`] as the pinned wheel installs it.
 pub const CPU_SO_SHA256: &str = "ad1309ac822b1b24d51b7f9947c7c9fa9ef5d67f390584cbc3d1fa2428fed9c2";
 /// The record written next to the installed plugin.
 pub const RECORD: &str = "plugin.json";
@@ -36,13 +39,17 @@ pub const REPAIR_COMMAND: &str = "gemma-xla plugin install --force";
 
 /// libtpu, the TPU PJRT plugin, pinned for compiling against TPU topologies without a TPU.
 pub const TPU_PACKAGE: &str = "libtpu";
+/// The pinned version of libtpu.
 pub const TPU_VERSION: &str = "0.0.52";
 /// sha256 of libtpu-0.0.52-cp311-cp311-manylinux_2_31_x86_64.whl. libtpu's wheels are tagged
 /// per Python version but hold the same library; pip is told to fetch exactly this one
 /// (`--python-version 3.11 --platform manylinux_2_31_x86_64`) whatever python3 runs it.
 pub const TPU_WHEEL_SHA256: &str = "f5e2e596eaea9357fbb5a6755a7a9007c6ab75bfde4a55191b03eff402971140";
+/// The plugin inside the libtpu wheel (and inside the install directory).
 pub const TPU_SO: &str = "libtpu/libtpu.so";
+/// Size in bytes of [`TPU_SO`] as the pinned wheel installs it.
 pub const TPU_SO_SIZE: u64 = 467_479_448;
+/// sha256 (hex) of [`TPU_SO`] as the pinned wheel installs it.
 pub const TPU_SO_SHA256: &str = "f86de4d04a058e6b5101f73e0824b95f27e2cec996d2b9191d9cffda75c03077";
 
 /// A plugin pinned by package, version, wheel and file.
@@ -50,12 +57,17 @@ pub const TPU_SO_SHA256: &str = "f86de4d04a058e6b5101f73e0824b95f27e2cec996d2b91
 pub struct Pinned {
     /// For messages: `CPU PJRT plugin`.
     pub what: &'static str,
+    /// The PyPI package name.
     pub package: &'static str,
+    /// The pinned version of `package`.
     pub version: &'static str,
+    /// sha256 (hex) of the wheel pip must install (`--require-hashes`).
     pub wheel_sha256: &'static str,
     /// The plugin file inside the wheel (and inside the install directory).
     pub so: &'static str,
+    /// Size in bytes of `so` as the pinned wheel installs it.
     pub so_size: u64,
+    /// sha256 (hex) of `so` as the pinned wheel installs it.
     pub so_sha256: &'static str,
     /// Extra `pip install` arguments that pick the pinned wheel.
     pub pip_args: &'static [&'static str],
@@ -67,6 +79,8 @@ pub struct Pinned {
     pub repair: &'static str,
 }
 
+/// The pinned CPU PJRT plugin (lammps-jax-pjrt-cpu 0.11.2), installed from PyPI or from the
+/// local file named by [`SOURCE_ENV`].
 pub const CPU: Pinned = Pinned {
     what: "CPU PJRT plugin",
     package: CPU_PACKAGE,
@@ -81,6 +95,8 @@ pub const CPU: Pinned = Pinned {
     repair: REPAIR_COMMAND,
 };
 
+/// The pinned libtpu 0.0.52, installed from PyPI only; used to compile TPU programs ahead of
+/// time.
 pub const TPU: Pinned = Pinned {
     what: "TPU PJRT plugin (libtpu)",
     package: TPU_PACKAGE,
@@ -102,9 +118,21 @@ pub enum CacheState {
     Absent,
     /// Fit to load: its size and ELF headers are right, and its sha256 was checked
     /// (`hashed`) or the record written at install time vouches for it.
-    Good { path: PathBuf, size: u64, hashed: bool },
+    Good {
+        /// The plugin file.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+        /// Whether this check computed its sha256 (false: the record vouched for it).
+        hashed: bool,
+    },
     /// Must not be loaded; `reason` says why.
-    Damaged { path: PathBuf, reason: String },
+    Damaged {
+        /// The plugin file (which may be missing).
+        path: PathBuf,
+        /// Why it must not be loaded.
+        reason: String,
+    },
 }
 
 /// Where the pinned CPU plugin lives once installed into `cache`'s plugin directory.
@@ -191,7 +219,9 @@ impl Pinned {
 pub struct Record {
     /// The plugin file, relative to the install directory.
     pub file: String,
+    /// Size in bytes of the plugin file.
     pub size: u64,
+    /// sha256 (hex) of the plugin file.
     pub sha256: String,
     /// `lammps-jax-pjrt-cpu==0.11.2`.
     pub package: String,

@@ -8,6 +8,8 @@ use dtype::TensorType;
 use sharding::{assemble, shard_of, NamedSharding, Tiling};
 use xla_sys::{Buffer, Device};
 
+/// An array on the devices: its whole type, its sharding over a mesh, and one buffer per device
+/// of the mesh holding that device's (padded) shard.
 pub struct DeviceArray {
     ty: TensorType,
     sharding: NamedSharding,
@@ -96,22 +98,27 @@ impl DeviceArray {
         self.buffers.iter().map(download).collect()
     }
 
+    /// The type of the whole array (not of a shard).
     pub fn ty(&self) -> &TensorType {
         &self.ty
     }
 
+    /// How the array is placed over the mesh.
     pub fn sharding(&self) -> &NamedSharding {
         &self.sharding
     }
 
+    /// How the array is cut into the shards its buffers hold: shard shape and each device's region.
     pub fn tiling(&self) -> &Tiling {
         &self.tiling
     }
 
+    /// The device of each buffer, in mesh device order.
     pub fn devices(&self) -> &[Device] {
         &self.devices
     }
 
+    /// One buffer per device of the mesh, each of the padded shard shape, in mesh device order.
     pub fn buffers(&self) -> &[Buffer] {
         &self.buffers
     }
@@ -132,11 +139,15 @@ pub(crate) fn mesh_devices(client: &Client, sharding: &NamedSharding) -> Result<
 /// the program may reuse its memory, and the caller no longer has it).
 #[allow(clippy::large_enum_variant)] // moved once per call; boxing would only add a heap hop
 pub enum Arg<'a> {
+    /// Lent: the caller keeps the array; the parameter must not be one the program donates.
     Keep(&'a DeviceArray),
+    /// Moved in: the program may reuse the array's memory for its outputs, and the array is
+    /// consumed by the call.
     Donate(DeviceArray),
 }
 
 impl Arg<'_> {
+    /// The device array, whichever way it is passed.
     pub fn array(&self) -> &DeviceArray {
         match self {
             Arg::Keep(a) => a,

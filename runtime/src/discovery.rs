@@ -19,9 +19,15 @@ pub const CACHE_ENV: &str = "GEMMA_XLA_CACHE";
 /// Which plugin the user asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSpec {
+    /// The pinned CPU plugin (`cpu`): from the cache, else an installed package, else installed
+    /// on first use.
     Cpu,
+    /// The CUDA plugin (`cuda` or `gpu`) of an installed `jax-cuda12-pjrt` or `jax-cuda13-pjrt`.
     Cuda,
+    /// libtpu (`tpu`): `TPU_LIBRARY_PATH`, else an installed libtpu package, else the pinned one
+    /// in the cache.
     Tpu,
+    /// A plugin file given by path.
     Path(PathBuf),
 }
 
@@ -48,6 +54,7 @@ impl PluginSpec {
         }
     }
 
+    /// Whether this is [`PluginSpec::Cpu`] (a path to a CPU plugin is not).
     pub fn is_cpu(&self) -> bool {
         matches!(self, PluginSpec::Cpu)
     }

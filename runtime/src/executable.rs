@@ -11,6 +11,9 @@ use dtype::TensorType;
 use sharding::{assemble, shard_of, Mesh, NamedSharding, OpSharding, Tiling};
 use xla_sys::{Buffer, Device, LoadedExecutable};
 
+/// A program compiled and loaded on a client's devices, with its parameter and output
+/// shardings decoded and, where known, its whole parameter and result types. Made by
+/// [`Client::compile`](crate::Client::compile).
 pub struct Executable {
     inner: LoadedExecutable,
     devices: Vec<Device>,
@@ -38,8 +41,11 @@ pub struct Executable {
 /// One output: the assembled array, each device's shard, and how it was sharded.
 #[derive(Debug)]
 pub struct ShardedOutput {
+    /// The whole output, assembled from the shards.
     pub array: HostArray,
+    /// Each device's shard (padded to the shard shape), in the program's device order.
     pub shards: Vec<HostArray>,
+    /// How the output is placed over the devices (`Replicated` when the plugin reports none).
     pub sharding: OpSharding,
 }
 
@@ -129,10 +135,12 @@ impl Executable {
         &self.devices
     }
 
+    /// The executable's name as the plugin reports it (XLA uses the HLO module's name).
     pub fn name(&self) -> Result<String> {
         Ok(self.inner.name()?)
     }
 
+    /// The number of outputs the program returns on each device.
     pub fn num_outputs(&self) -> Result<usize> {
         Ok(self.inner.num_outputs()?)
     }
@@ -142,6 +150,7 @@ impl Executable {
         self.param_shardings.as_deref()
     }
 
+    /// Output shardings reported by the plugin (None: on one device, or not reported).
     pub fn output_shardings(&self) -> Option<&[OpSharding]> {
         self.output_shardings.as_deref()
     }

@@ -7,8 +7,12 @@ use ndarray::{ArrayD, IxDyn};
 
 /// A Rust type that maps to one PJRT element type.
 pub trait Element: Copy + 'static {
+    /// The element type of this Rust type.
     const TYPE: DType;
+    /// The values' bytes in the host's native byte order (`bool`: one byte, 0 or 1, per value).
     fn to_bytes(values: &[Self]) -> Vec<u8>;
+    /// Values read back from bytes laid out as [`Element::to_bytes`] writes them (`bool`: any
+    /// non-zero byte is true); `bytes` should hold whole elements.
     fn from_bytes(bytes: &[u8]) -> Vec<Self>;
 }
 
@@ -41,8 +45,11 @@ impl Element for bool {
 /// A borrowed dense row-major array (e.g. a tensor inside a memory-mapped checkpoint).
 #[derive(Clone, Copy, Debug)]
 pub struct HostView<'a> {
+    /// The element type.
     pub dtype: DType,
+    /// The dimensions, outermost first.
     pub dims: &'a [i64],
+    /// The elements, row-major, in the host's native byte order.
     pub bytes: &'a [u8],
 }
 
@@ -63,6 +70,7 @@ impl HostView<'_> {
         }
     }
 
+    /// The array's element type and dimensions.
     pub fn ty(&self) -> TensorType {
         TensorType::new(self.dtype, self.dims)
     }
@@ -75,6 +83,7 @@ impl HostView<'_> {
 
 /// Anything that can be read as a host array without copying.
 pub trait AsHostView {
+    /// A borrowed view of the array's element type, dimensions and bytes.
     fn host_view(&self) -> HostView<'_>;
 }
 
@@ -99,6 +108,8 @@ pub struct HostArray {
 }
 
 impl HostArray {
+    /// An array of `dtype` and `dims` over `data` (row-major, native byte order). Fails with
+    /// [`Error::Argument`] when a dimension is negative or `data` is not exactly the array's size.
     pub fn from_bytes(dtype: DType, dims: &[i64], data: Vec<u8>) -> Result<HostArray> {
         let count = element_count(dims)?;
         if count * dtype.size_bytes() != data.len() {
@@ -111,28 +122,36 @@ impl HostArray {
         Ok(HostArray { dtype, dims: dims.to_vec(), data })
     }
 
+    /// An array of `dims` holding `values` (row-major). Fails with [`Error::Argument`] when a
+    /// dimension is negative or the number of values does not match `dims`.
     pub fn from_vec<T: Element>(dims: &[i64], values: Vec<T>) -> Result<HostArray> {
         Self::from_bytes(T::TYPE, dims, T::to_bytes(&values))
     }
 
+    /// A copy of `array`, in row-major order whatever its memory layout.
     pub fn from_ndarray<T: Element>(array: &ArrayD<T>) -> HostArray {
         let dims: Vec<i64> = array.shape().iter().map(|&d| d as i64).collect();
         let values: Vec<T> = array.iter().copied().collect(); // row-major, whatever the layout
         HostArray { dtype: T::TYPE, dims, data: T::to_bytes(&values) }
     }
 
+    /// The element type.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+    /// The dimensions, outermost first.
     pub fn dims(&self) -> &[i64] {
         &self.dims
     }
+    /// The elements, row-major, in the host's native byte order.
     pub fn bytes(&self) -> &[u8] {
         &self.data
     }
+    /// The number of elements.
     pub fn len(&self) -> usize {
         self.data.len() / self.dtype.size_bytes()
     }
+    /// Whether the array has no elements.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
@@ -145,6 +164,7 @@ impl HostArray {
         Ok(T::from_bytes(&self.data))
     }
 
+    /// The array as an `ndarray` of `T`; `T` must be this array's element type.
     pub fn to_ndarray<T: Element>(&self) -> Result<ArrayD<T>> {
         let shape: Vec<usize> = self.dims.iter().map(|&d| d as usize).collect();
         ArrayD::from_shape_vec(IxDyn(&shape), self.to_vec()?).map_err(|e| Error::Argument(format!("internal shape error: {e}")))
@@ -170,6 +190,7 @@ impl HostArray {
         }
     }
 
+    /// The array's element type and dimensions.
     pub fn ty(&self) -> TensorType {
         TensorType::new(self.dtype, &self.dims)
     }

@@ -2,6 +2,7 @@
 //! arrays and device buffers, compile options, and executables that run SPMD programs on
 //! whole host arrays. Takes program bytes; knows nothing of graphs or models.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod client;
 mod compile_cache;

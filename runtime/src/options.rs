@@ -81,9 +81,14 @@ pub enum Partitioner {
     Gspmd,
 }
 
+/// How to compile a program: replica and partition counts, the SPMD partitioner, the mesh
+/// its shardings name, an XLA dump and a device assignment. Encoded as
+/// xla.CompileOptionsProto by [`CompileOptions::encode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompileOptions {
+    /// Replicas of the program (this crate always uses 1).
     pub num_replicas: i64,
+    /// Partitions (devices) an SPMD program is split into.
     pub num_partitions: i64,
     /// None: no SPMD partitioning (only valid with one partition).
     pub partitioner: Option<Partitioner>,
@@ -162,6 +167,7 @@ impl CompileOptions {
         self
     }
 
+    /// The number of devices the program runs on: replicas times partitions.
     pub fn num_devices(&self) -> usize {
         (self.num_replicas * self.num_partitions) as usize
     }

@@ -6,6 +6,7 @@ use crate::options::Partitioner;
 use dtype::{DType, TensorType};
 use std::path::Path;
 
+/// How a program's bytes are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgramFormat {
     /// StableHLO (or MHLO) as MLIR text.
@@ -16,9 +17,12 @@ pub enum ProgramFormat {
     HloProto,
 }
 
+/// A program to compile: its bytes, format and what could be read from its text.
 #[derive(Debug, Clone)]
 pub struct Program {
+    /// The program as given (text, bytecode or serialized proto).
     pub bytes: Vec<u8>,
+    /// How `bytes` are encoded.
     pub format: ProgramFormat,
     /// `mhlo.num_partitions` of the module (text only).
     pub num_partitions: Option<i64>,
@@ -26,6 +30,7 @@ pub struct Program {
     pub num_replicas: Option<i64>,
     /// Parameter and result types of `@main` (text only).
     pub params: Option<Vec<TensorType>>,
+    /// Result types of `@main` (text only).
     pub results: Option<Vec<TensorType>>,
     /// Which parameters the program lets the caller donate (`jax.buffer_donor` or
     /// `tf.aliasing_output` on `@main`'s arguments; text only, else none).
@@ -56,10 +61,16 @@ impl Program {
         })
     }
 
+    /// A program from StableHLO (MLIR) text; its signature and attributes are read as
+    /// [`Program::new`] reads them.
     pub fn from_text(text: &str) -> Result<Program> {
         Program::new(text.as_bytes().to_vec(), ProgramFormat::MlirText)
     }
 
+    /// A program from its bytes: for MLIR text, reads the partition and replica counts, the
+    /// annotations used, `@main`'s signature and donated parameters; MLIR bytecode is checked for
+    /// its magic number. Fails with [`Error::Program`] for text that is not UTF-8 or bytecode
+    /// without the magic.
     pub fn new(bytes: Vec<u8>, format: ProgramFormat) -> Result<Program> {
         let mut p = Program {
             bytes,

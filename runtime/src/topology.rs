@@ -22,9 +22,11 @@ pub const TOPOLOGY_FORM: &str = "^([a-zA-Z0-9_ ]+)[=_:]([0-9x]+)(_twisted|_untwi
 /// One device of a topology, as the plugin describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopologyDevice {
+    /// The device id the plugin gives it (what a device assignment lists).
     pub id: i32,
     /// The host (process) the device belongs to.
     pub process_index: i32,
+    /// The device kind, e.g. `TPU v5 lite`.
     pub kind: String,
     /// Physical coordinates (libtpu: x, y, z of the chip), when the plugin gives them.
     pub coords: Option<Vec<i64>>,
@@ -137,18 +139,22 @@ impl Topology {
         Ok(Topology { inner, name: name.to_string(), devices, plugin })
     }
 
+    /// The topology's name as given (e.g. `v5e:2x4`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// What the plugin that made the topology says about itself.
     pub fn plugin(&self) -> &PluginInfo {
         &self.plugin
     }
 
+    /// The platform name the topology reports (e.g. `tpu`).
     pub fn platform_name(&self) -> Result<String> {
         Ok(self.inner.platform_name()?)
     }
 
+    /// The platform version string the topology reports (plugin-specific).
     pub fn platform_version(&self) -> Result<String> {
         Ok(self.inner.platform_version()?)
     }
@@ -232,14 +238,18 @@ pub struct CostAnalysis {
 }
 
 impl CostAnalysis {
+    /// The property `name` (e.g. `flops`, `bytes accessed`), if reported.
     pub fn get(&self, name: &str) -> Option<f64> {
         self.properties.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
     }
 
+    /// The `flops` property: floating-point operations XLA estimates for one execution, if reported.
     pub fn flops(&self) -> Option<f64> {
         self.get("flops")
     }
 
+    /// The `bytes accessed` property: bytes of memory XLA estimates one execution reads and
+    /// writes, if reported.
     pub fn bytes_accessed(&self) -> Option<f64> {
         self.get("bytes accessed")
     }
@@ -257,10 +267,12 @@ impl AotExecutable {
         &self.options
     }
 
+    /// The executable's name as the plugin reports it (XLA uses the HLO module's name).
     pub fn name(&self) -> Result<String> {
         Ok(self.inner.name()?)
     }
 
+    /// The number of partitions the program was compiled for.
     pub fn num_partitions(&self) -> Result<i64> {
         Ok(self.inner.num_partitions()?)
     }
@@ -270,6 +282,7 @@ impl AotExecutable {
         Ok(self.inner.memory_stats()?)
     }
 
+    /// XLA's cost analysis of the compiled program; properties that are not numbers are left out.
     pub fn cost_analysis(&self) -> Result<CostAnalysis> {
         let properties = self
             .inner

@@ -2,12 +2,16 @@
 //! annotation strings they become.
 use crate::{Error, Result};
 
+/// A named device mesh: an ordered list of axes with unique, non-empty names and sizes of at least 1.
+/// Its devices are numbered `0..num_devices()` in row-major order over the axes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Mesh {
     axes: Vec<(String, i64)>,
 }
 
 impl Mesh {
+    /// A mesh with these `(name, size)` axes, in order; fails with [`Error::Mesh`] if a name is
+    /// repeated or empty or a size is below 1.
     pub fn new(axes: &[(&str, i64)]) -> Result<Mesh> {
         let mut seen = std::collections::HashSet::new();
         for (name, size) in axes {
@@ -52,10 +56,12 @@ impl Mesh {
         c
     }
 
+    /// The number of devices in the mesh: the product of the axis sizes (1 for no axes).
     pub fn num_devices(&self) -> i64 {
         self.axes.iter().map(|a| a.1).product()
     }
 
+    /// The size of axis `name`, or `None` if the mesh has no such axis.
     pub fn axis_size(&self, name: &str) -> Option<i64> {
         self.axes.iter().find(|a| a.0 == name).map(|a| a.1)
     }
@@ -108,6 +114,8 @@ impl std::fmt::Display for Mesh {
 /// For each array dimension, the mesh axes it is split over (empty: not split).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct PartitionSpec {
+    /// One entry per array dimension, outermost first: the names of the mesh axes that
+    /// dimension is split over, most major first (empty: not split).
     pub dims: Vec<Vec<String>>,
 }
 
@@ -117,6 +125,7 @@ impl PartitionSpec {
         PartitionSpec { dims: dims.iter().map(|d| d.iter().map(|a| a.to_string()).collect()).collect() }
     }
 
+    /// A spec for an array of rank `rank` that splits no dimension (every device holds the whole array).
     pub fn replicated(rank: usize) -> PartitionSpec {
         PartitionSpec { dims: vec![Vec::new(); rank] }
     }

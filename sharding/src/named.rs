@@ -3,9 +3,12 @@
 //! Device `i` of a mesh is the i-th device in row-major order over the mesh axes.
 use crate::{Error, Mesh, OpSharding, PartitionSpec, Result, Tiling};
 
+/// A partition spec bound to the mesh whose axes it names (JAX's `NamedSharding`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NamedSharding {
+    /// The device mesh the array is placed on.
     pub mesh: Mesh,
+    /// Which mesh axes each array dimension is split over.
     pub spec: PartitionSpec,
 }
 
@@ -26,6 +29,7 @@ impl NamedSharding {
         NamedSharding::replicated(Mesh::single(), rank)
     }
 
+    /// The number of devices in the mesh, i.e. the number of shards (including replicas).
     pub fn num_devices(&self) -> usize {
         self.mesh.num_devices() as usize
     }

@@ -33,11 +33,23 @@ pub enum OpSharding {
     /// Every device holds the whole array.
     Replicated,
     /// One device holds the whole array.
-    Maximal { device: i64 },
+    Maximal {
+        /// The id of the device that holds the array.
+        device: i64,
+    },
     /// The array is cut into `tile_dims[..rank]` tiles; `devices` lists, in row-major tile
     /// order, the device of each tile. With `replicated_copies > 1` the last tile dimension
     /// counts copies of the same tile.
-    Tiled { tile_dims: Vec<i64>, devices: Vec<i64>, replicated_copies: i64 },
+    Tiled {
+        /// The number of tiles along each array dimension, followed by the number of copies
+        /// when `replicated_copies > 1`.
+        tile_dims: Vec<i64>,
+        /// The device id of each tile, in row-major order over `tile_dims`.
+        devices: Vec<i64>,
+        /// How many devices hold each tile (1: no replication); equals the last entry of
+        /// `tile_dims` when above 1.
+        replicated_copies: i64,
+    },
 }
 
 impl OpSharding {

@@ -8,6 +8,7 @@ use std::ops::Range;
 /// The placement of one array over `num_devices` devices.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tiling {
+    /// The shape of the full (unsharded) array.
     pub shape: Vec<i64>,
     /// The (padded) shape of every device's buffer.
     pub shard_shape: Vec<i64>,
@@ -18,6 +19,9 @@ pub struct Tiling {
 }
 
 impl Tiling {
+    /// The placement of an array of shape `shape` under `sharding` over `num_devices` devices.
+    /// Fails with [`Error::Mismatch`] if the tile dimensions do not fit the rank, the tile count
+    /// is not `num_devices`, or a device id is out of range.
     pub fn new(sharding: &OpSharding, shape: &[i64], num_devices: usize) -> Result<Tiling> {
         let full: Vec<Range<i64>> = shape.iter().map(|&n| 0..n).collect();
         let mismatch = |why: String| Error::Mismatch { sharding: sharding.describe(), shape: shape.to_vec(), why };

@@ -124,6 +124,8 @@ pub(crate) fn vjp(p: &Prim, x: &[Tensor], _y: &Tensor, ct: &Tensor) -> Result<Ve
 }
 
 impl Tensor {
+    /// StableHLO `dot_general` of `self` (lhs) and `rhs` with dimension numbers `dims`: the
+    /// output holds the batch dimensions, then the free dimensions of lhs, then those of rhs.
     #[track_caller]
     pub fn dot_general(&self, rhs: &Tensor, dims: &DotDims) -> Tensor {
         Tensor::apply(Prim::DotGeneral(dims.clone()), &[self, rhs])

@@ -201,22 +201,27 @@ impl Tensor {
         }
     }
 
+    /// `e^x` elementwise (float dtypes only).
     #[track_caller]
     pub fn exp(&self) -> Tensor {
         self.unary(Prim::Exp)
     }
+    /// Natural logarithm elementwise (float dtypes only).
     #[track_caller]
     pub fn log(&self) -> Tensor {
         self.unary(Prim::Log)
     }
+    /// Square root elementwise (float dtypes only).
     #[track_caller]
     pub fn sqrt(&self) -> Tensor {
         self.unary(Prim::Sqrt)
     }
+    /// `1 / sqrt(x)` elementwise (float dtypes only).
     #[track_caller]
     pub fn rsqrt(&self) -> Tensor {
         self.unary(Prim::Rsqrt)
     }
+    /// Hyperbolic tangent elementwise (float dtypes only).
     #[track_caller]
     pub fn tanh(&self) -> Tensor {
         self.unary(Prim::Tanh)
@@ -226,22 +231,27 @@ impl Tensor {
     pub fn logistic(&self) -> Tensor {
         self.unary(Prim::Logistic)
     }
+    /// Absolute value elementwise (numeric dtypes, not pred).
     #[track_caller]
     pub fn abs(&self) -> Tensor {
         self.unary(Prim::Abs)
     }
+    /// -1, 0 or 1 by the sign of each element (numeric dtypes, not pred); passes no gradient.
     #[track_caller]
     pub fn sign(&self) -> Tensor {
         self.unary(Prim::Sign)
     }
+    /// Sine elementwise, in radians (float dtypes only).
     #[track_caller]
     pub fn sin(&self) -> Tensor {
         self.unary(Prim::Sin)
     }
+    /// Cosine elementwise, in radians (float dtypes only).
     #[track_caller]
     pub fn cos(&self) -> Tensor {
         self.unary(Prim::Cos)
     }
+    /// `-x` elementwise (numeric dtypes, not pred); also the unary `-` operator.
     #[track_caller]
     pub fn neg(&self) -> Tensor {
         self.unary(Prim::Neg)
@@ -251,6 +261,8 @@ impl Tensor {
     pub fn stop_gradient(&self) -> Tensor {
         self.unary(Prim::StopGradient)
     }
+    /// The values converted to `dtype` (StableHLO `convert`), or `self` when it already has that
+    /// dtype. Gradients flow through it only from a float dtype to a float dtype.
     #[track_caller]
     pub fn convert(&self, dtype: DType) -> Tensor {
         if self.dtype() == dtype {
@@ -265,66 +277,89 @@ impl Tensor {
         self.unary(Prim::BitcastConvert { dtype })
     }
 
+    /// `self + o` elementwise after numpy-style broadcasting (one dtype); also the `+` operator,
+    /// which takes `f64` numbers as constants of the tensor's dtype.
     #[track_caller]
     pub fn add(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Add)
     }
+    /// `self - o` elementwise after numpy-style broadcasting (one dtype); also the `-` operator.
     #[track_caller]
     pub fn sub(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Sub)
     }
+    /// `self * o` elementwise after numpy-style broadcasting (one dtype); also the `*` operator.
     #[track_caller]
     pub fn mul(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Mul)
     }
+    /// `self / o` elementwise after numpy-style broadcasting (one dtype; integer division
+    /// truncates toward zero); also the `/` operator.
     #[track_caller]
     pub fn div(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Div)
     }
+    /// `self` to the power `o` elementwise after numpy-style broadcasting (one dtype).
     #[track_caller]
     pub fn pow(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Pow)
     }
+    /// The larger of `self` and `o` elementwise after numpy-style broadcasting (one dtype); ties
+    /// split the gradient evenly. `max_over` reduces over axes instead.
     #[track_caller]
     pub fn max(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Max)
     }
+    /// The smaller of `self` and `o` elementwise after numpy-style broadcasting (one dtype); ties
+    /// split the gradient evenly.
     #[track_caller]
     pub fn min(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Min)
     }
+    /// Bitwise and (logical and for pred) after numpy-style broadcasting; integer or pred
+    /// operands of one dtype.
     #[track_caller]
     pub fn and(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::And)
     }
+    /// Bitwise or (logical or for pred) after numpy-style broadcasting; integer or pred operands
+    /// of one dtype.
     #[track_caller]
     pub fn or(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Or)
     }
+    /// Shifts the bits of each element right by the matching element of `o`, filling with zeros
+    /// (integer operands of one dtype, after numpy-style broadcasting).
     #[track_caller]
     pub fn shift_right_logical(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::ShiftRightLogical)
     }
+    /// `self == o` elementwise after numpy-style broadcasting: a pred tensor (no gradient).
     #[track_caller]
     pub fn eq(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Compare(Cmp::Eq))
     }
+    /// `self != o` elementwise after numpy-style broadcasting: a pred tensor (no gradient).
     #[track_caller]
     pub fn ne(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Compare(Cmp::Ne))
     }
+    /// `self < o` elementwise after numpy-style broadcasting: a pred tensor (no gradient).
     #[track_caller]
     pub fn lt(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Compare(Cmp::Lt))
     }
+    /// `self <= o` elementwise after numpy-style broadcasting: a pred tensor (no gradient).
     #[track_caller]
     pub fn le(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Compare(Cmp::Le))
     }
+    /// `self > o` elementwise after numpy-style broadcasting: a pred tensor (no gradient).
     #[track_caller]
     pub fn gt(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Compare(Cmp::Gt))
     }
+    /// `self >= o` elementwise after numpy-style broadcasting: a pred tensor (no gradient).
     #[track_caller]
     pub fn ge(&self, o: &Tensor) -> Tensor {
         self.binary(o, Prim::Compare(Cmp::Ge))

@@ -262,6 +262,8 @@ impl Tensor {
         self.broadcast_in_dim(dims, &bd)
     }
 
+    /// The same elements, in row-major order, with shape `dims` (same element count); `self`
+    /// when it already has that shape.
     #[track_caller]
     pub fn reshape(&self, dims: &[i64]) -> Tensor {
         if self.dims() == dims {
@@ -271,11 +273,14 @@ impl Tensor {
         }
     }
 
+    /// Permutes dimensions: output dimension `i` is dimension `perm[i]` of `self`.
     #[track_caller]
     pub fn transpose(&self, perm: &[usize]) -> Tensor {
         Tensor::apply(Prim::Transpose { perm: perm.to_vec() }, &[self])
     }
 
+    /// Static strided slice: per dimension `i`, elements `start[i]..limit[i]` taken every
+    /// `strides[i]` (>= 1), so `ceil((limit[i] - start[i]) / strides[i])` of them.
     #[track_caller]
     pub fn slice(&self, start: &[i64], limit: &[i64], strides: &[i64]) -> Tensor {
         Tensor::apply(Prim::Slice { start: start.to_vec(), limit: limit.to_vec(), strides: strides.to_vec() }, &[self])
