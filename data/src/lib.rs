@@ -9,11 +9,14 @@ pub mod checkpoint;
 mod dataset;
 pub mod files;
 pub mod npy;
+mod shards;
+pub mod tokenize;
 
 /// The HF tokenizers crate this crate reads `tokenizer.json` with.
 pub use tokenizers;
 
-pub use dataset::{permute, Dataset, Tokenizer, BUILTIN_CORPUS, DEFAULT_SEQ};
+pub use dataset::{permute, Dataset, Tokenizer, BUILTIN_CORPUS, DEFAULT_SEQ, MAX_TEXT_BYTES};
+pub use shards::is_tokenized;
 
 /// Errors of reading and writing the runtime's files.
 #[derive(Debug, thiserror::Error)]

@@ -142,7 +142,7 @@ impl TextTokenizer {
 
     fn hf(&self) -> Option<&data::tokenizers::Tokenizer> {
         match &self.tokenizer {
-            Tokenizer::Hf(t) => Some(t),
+            Tokenizer::Hf(t, _) => Some(t),
             Tokenizer::Bytes => None,
         }
     }

@@ -14,6 +14,7 @@ mod plan;
 mod plugin;
 mod report;
 mod run;
+mod tokenize;
 mod train;
 
 use anyhow::Result;
@@ -46,6 +47,8 @@ enum Command {
     Eval(Box<eval_cmd::EvalArgs>),
     /// Train Gemma with AdamW (one compiled, sharded step); with no flags, the tiny model on the built-in corpus.
     Train(Box<train::TrainArgs>),
+    /// Tokenize a corpus (text, jsonl, jsonl.gz/zst, parquet) once into memory-mapped .npy shards that `train --data DIR` streams.
+    Tokenize(Box<tokenize::TokenizeArgs>),
     /// Per-tensor shardings and bytes per device of a Gemma config on a mesh, before compiling.
     Plan(plan::PlanArgs),
     /// Compile a Gemma program without running it and write each compiler stage (StableHLO, XLA's HLO) and a summary.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::train(&args),
         Command::Generate(args) => generate_cmd::generate_cmd(&args),
         Command::Eval(args) => eval_cmd::eval_cmd(&args),
+        Command::Tokenize(args) => tokenize::tokenize(&args),
         Command::Plan(args) => plan::plan(&args),
         Command::Dump(args) => dump::dump(&args),
         Command::Compile(args) => compile::compile(&args),

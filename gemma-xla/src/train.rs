@@ -16,7 +16,7 @@ pub struct TrainArgs {
     /// Start from this HF checkpoint directory (its config.json is the config)
     #[arg(long, value_name = "DIR")]
     init: Option<PathBuf>,
-    /// Training data: a text file, a directory of .txt/.jsonl files, or a token .npy [N, T] [default: the built-in corpus]
+    /// Training data: a text file, a directory of .txt/.jsonl files, a token .npy [N, T], or a directory `gemma-xla tokenize` wrote (memory-mapped) [default: the built-in corpus]
     #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
     /// HF tokenizer.json [default: bytes]

@@ -1,0 +1,505 @@
+//! Tokenizing a corpus once into memory-mappable shards (`gemma-xla tokenize`): documents
+//! from plain text files (a whole file is a document), `.jsonl`, `.jsonl.gz` and `.jsonl.zst`
+//! (one document per line, the string `field`) and parquet files (one per row of the string
+//! column `field`), in sorted path order. Each document is tokenized without special tokens,
+//! BOS first when the tokenizer's `tokenizer_config.json` says `add_bos_token`, its
+//! `eos_token` appended; the documents form one token stream written as `.npy` shards of
+//! uint16 (a vocabulary of at most 65536) or uint32, and `index.json` last.
+//!
+//! Memory is bounded whatever the corpus size: one reader thread streams documents in
+//! batches through a bounded queue to `workers` tokenizing threads, and the writer puts the
+//! batches back in order, so the output does not depend on the number of workers. Every shard
+//! is written atomically and the index after all of them, so an interrupted run never leaves
+//! a directory that looks complete.
+use crate::files::write_atomic;
+use crate::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+/// The index file of a tokenized directory.
+pub const INDEX: &str = "index.json";
+/// What `index.json`'s `format` says.
+pub const FORMAT: &str = "gemma-xla tokens 1";
+
+/// How to tokenize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizeOptions {
+    /// The string field of `.jsonl` lines and the string column of parquet files.
+    pub field: String,
+    /// Tokenizing threads (at least 1).
+    pub workers: usize,
+    /// Tokens per shard (the last shard holds the rest).
+    pub shard_tokens: usize,
+}
+
+impl Default for TokenizeOptions {
+    fn default() -> Self {
+        TokenizeOptions { field: "text".into(), workers: 1, shard_tokens: 1 << 27 }
+    }
+}
+
+/// How far a run is: bytes of text read, documents and tokens written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of document text tokenized.
+    pub bytes: u64,
+    /// Documents tokenized.
+    pub documents: u64,
+    /// Tokens in the stream so far.
+    pub tokens: u64,
+}
+
+/// What a finished run wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Shards written.
+    pub shards: usize,
+    /// The final counts.
+    pub progress: Progress,
+    /// The element type of the shards: `uint16` or `uint32`.
+    pub dtype: &'static str,
+}
+
+fn bad(path: impl std::fmt::Display, message: impl Into<String>) -> Error {
+    Error::Data { path: path.to_string(), message: message.into() }
+}
+
+/// The kinds of file a corpus may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Jsonl,
+    JsonlGz,
+    JsonlZst,
+    Parquet,
+}
+
+fn kind_of(path: &Path) -> Option<Kind> {
+    let name = path.file_name()?.to_str()?;
+    Some(if name.ends_with(".jsonl.gz") {
+        Kind::JsonlGz
+    } else if name.ends_with(".jsonl.zst") {
+        Kind::JsonlZst
+    } else if name.ends_with(".jsonl") {
+        Kind::Jsonl
+    } else if name.ends_with(".parquet") {
+        Kind::Parquet
+    } else if name.ends_with(".txt") || name.ends_with(".md") {
+        Kind::Text
+    } else {
+        return None;
+    })
+}
+
+/// The corpus files of `inputs`: files as given (a file named explicitly of another kind is
+/// read as text), directories walked recursively in sorted path order (files of known kinds
+/// only; hidden entries skipped).
+pub fn corpus_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| bad(dir.display(), format!("cannot list: {e}")))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| bad(dir.display(), format!("cannot list: {e}")))?;
+        entries.sort();
+        for p in entries {
+            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if kind_of(&p).is_some() {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            walk(input, &mut files)?;
+        } else if input.is_file() {
+            files.push(input.clone());
+        } else {
+            return Err(bad(input.display(), "no such file or directory"));
+        }
+    }
+    if files.is_empty() {
+        return Err(bad(
+            inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            "no corpus files (.txt, .md, .jsonl, .jsonl.gz, .jsonl.zst, .parquet) found",
+        ));
+    }
+    Ok(files)
+}
+
+/// A batch of documents and where it stands in the corpus.
+struct Batch {
+    seq: u64,
+    texts: Vec<String>,
+}
+
+/// The most bytes of text in one batch (a single larger document is a batch of its own).
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Reads every file's documents in order into batches; returns the files' (size, sha256).
+/// Stops early (with the hashes so far) when the other side has hung up.
+fn read_all(files: &[PathBuf], field: &str, tx: &SyncSender<Result<Batch>>) -> Result<Vec<(u64, String)>> {
+    let mut seq = 0u64;
+    let mut pending: Vec<String> = Vec::new();
+    let mut pending_bytes = 0usize;
+    let mut open = true;
+    let mut hashes = Vec::with_capacity(files.len());
+    for path in files {
+        let mut emit = |text: String| -> bool {
+            pending_bytes += text.len();
+            pending.push(text);
+            if pending_bytes >= BATCH_BYTES {
+                pending_bytes = 0;
+                open = tx.send(Ok(Batch { seq, texts: std::mem::take(&mut pending) })).is_ok();
+                seq += 1;
+            }
+            open
+        };
+        read_documents(path, field, &mut emit)?;
+        if !open {
+            return Ok(hashes);
+        }
+        hashes.push(hash_file(path)?);
+    }
+    if !pending.is_empty() {
+        let _ = tx.send(Ok(Batch { seq, texts: pending }));
+    }
+    Ok(hashes)
+}
+
+/// Size and sha256 of a file, streamed.
+fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let mut f = std::fs::File::open(path).map_err(|e| bad(path.display(), format!("cannot read: {e}")))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| bad(path.display(), format!("cannot read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((size, hex(&h.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Calls `emit` with each document of `path` in order; stops early when `emit` returns false.
+fn read_documents(path: &Path, field: &str, emit: &mut dyn FnMut(String) -> bool) -> Result<()> {
+    let name = path.display().to_string();
+    let open = || std::fs::File::open(path).map_err(|e| bad(&name, format!("cannot read: {e}")));
+    match kind_of(path).unwrap_or(Kind::Text) {
+        Kind::Text => {
+            let bytes = std::fs::read(path).map_err(|e| bad(&name, format!("cannot read: {e}")))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|e| bad(&name, format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))?;
+            if !text.is_empty() {
+                emit(text);
+            }
+            Ok(())
+        }
+        Kind::Jsonl => read_jsonl(&name, BufReader::new(open()?), field, emit),
+        Kind::JsonlGz => read_jsonl(&name, BufReader::new(flate2::read::MultiGzDecoder::new(open()?)), field, emit),
+        Kind::JsonlZst => {
+            let decoder = ruzstd::decoding::StreamingDecoder::new(open()?).map_err(|e| bad(&name, format!("not a zstd stream: {e}")))?;
+            read_jsonl(&name, BufReader::new(decoder), field, emit)
+        }
+        Kind::Parquet => read_parquet(path, field, emit),
+    }
+}
+
+fn read_jsonl(name: &str, mut reader: impl BufRead, field: &str, emit: &mut dyn FnMut(String) -> bool) -> Result<()> {
+    let mut line = Vec::new();
+    let mut offset = 0u64;
+    for n in 1.. {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(|e| bad(format!("{name}:{n}"), format!("cannot read: {e}")))?;
+        if read == 0 {
+            return Ok(());
+        }
+        let text = std::str::from_utf8(&line)
+            .map_err(|e| bad(format!("{name}:{n}"), format!("not UTF-8 (invalid byte at offset {})", offset + e.valid_up_to() as u64)))?;
+        offset += read as u64;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("{name}:{n}"), format!("not a JSON object: {e}")))?;
+        let Some(obj) = v.as_object() else { return Err(bad(format!("{name}:{n}"), "not a JSON object")) };
+        let Some(s) = obj.get(field).and_then(|t| t.as_str()) else {
+            return Err(bad(format!("{name}:{n}"), format!("no string field {field:?}")));
+        };
+        if !emit(s.to_string()) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn read_parquet(path: &Path, field: &str, emit: &mut dyn FnMut(String) -> bool) -> Result<()> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| bad(&name, format!("cannot read: {e}")))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| bad(&name, format!("not a readable parquet file: {e}")))?;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let Some(column) = schema.columns().iter().position(|c| c.path().string() == field) else {
+        let names: Vec<String> = schema.columns().iter().map(|c| c.path().string()).collect();
+        return Err(bad(&name, format!("no column {field:?} (columns: {})", names.join(", "))));
+    };
+    let projection = parquet::schema::types::Type::group_type_builder("schema")
+        .with_fields(vec![schema.column(column).self_type_ptr()])
+        .build()
+        .map_err(|e| bad(&name, format!("cannot read column {field:?}: {e}")))?;
+    for g in 0..reader.num_row_groups() {
+        let group = reader.get_row_group(g).map_err(|e| bad(&name, format!("row group {g}: {e}")))?;
+        let rows = group.get_row_iter(Some(projection.clone())).map_err(|e| bad(&name, format!("row group {g}: {e}")))?;
+        for (r, row) in rows.enumerate() {
+            let row = row.map_err(|e| bad(&name, format!("row group {g}, row {r}: {e}")))?;
+            match row.get_column_iter().next().map(|(_, f)| f) {
+                Some(Field::Str(s)) => {
+                    if !emit(s.clone()) {
+                        return Ok(());
+                    }
+                }
+                Some(Field::Null) => {}
+                other => {
+                    return Err(bad(&name, format!("row group {g}, row {r}: column {field:?} is not a string ({other:?})")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the tokenizing threads need of the tokenizer.
+struct Encoder {
+    tokenizer: tokenizers::Tokenizer,
+    bos: Option<u32>,
+    eos: Option<u32>,
+}
+
+impl Encoder {
+    fn encode(&self, text: &str, out: &mut Vec<u32>) -> std::result::Result<(), String> {
+        let enc = self.tokenizer.encode(text, false).map_err(|e| format!("the tokenizer cannot encode a document: {e}"))?;
+        out.extend(self.bos);
+        out.extend_from_slice(enc.get_ids());
+        out.extend(self.eos);
+        Ok(())
+    }
+}
+
+/// The tokenizer at `path` with the settings of the `tokenizer_config.json` beside it, and the
+/// sha256 of the tokenizer file.
+fn load_encoder(path: &Path) -> Result<(Encoder, String, usize)> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| bad(&name, format!("cannot read the tokenizer: {e}")))?;
+    let tokenizer = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| bad(&name, format!("not an HF tokenizer.json: {e}")))?;
+    let sha = hex(&Sha256::digest(&bytes));
+    let config_path = path.with_file_name("tokenizer_config.json");
+    let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
+        Ok(t) => serde_json::from_str(&t).map_err(|e| bad(config_path.display(), format!("not JSON: {e}")))?,
+        Err(_) => serde_json::Value::Null,
+    };
+    let token = |key: &str| -> Option<String> {
+        match config.get(key)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+            _ => None,
+        }
+    };
+    let id = |key: &str| -> Result<Option<u32>> {
+        match token(key) {
+            None => Ok(None),
+            Some(t) => tokenizer
+                .token_to_id(&t)
+                .map(Some)
+                .ok_or_else(|| bad(config_path.display(), format!("{key} {t:?} is not in the tokenizer's vocabulary"))),
+        }
+    };
+    let add_bos = config.get("add_bos_token").and_then(|b| b.as_bool()).unwrap_or(false);
+    let bos = if add_bos { id("bos_token")? } else { None };
+    let eos = id("eos_token")?;
+    let vocab = tokenizer.get_vocab_size(true);
+    if vocab as u64 > 1 << 32 {
+        return Err(bad(&name, format!("the vocabulary has {vocab} tokens, more than a uint32 shard can hold")));
+    }
+    Ok((Encoder { tokenizer, bos, eos }, sha, vocab))
+}
+
+/// Tokenizes the corpus `inputs` with the tokenizer at `tokenizer` into `out` (which must be
+/// a new or empty directory the caller has locked), calling `progress` as batches are
+/// written. See the module's documentation for the format.
+pub fn tokenize(
+    inputs: &[PathBuf],
+    tokenizer: &Path,
+    out: &Path,
+    opts: &TokenizeOptions,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Summary> {
+    if opts.workers == 0 || opts.shard_tokens == 0 {
+        return Err(Error::Unsupported("tokenize needs at least one worker and one token per shard".into()));
+    }
+    let files = corpus_files(inputs)?;
+    let (encoder, tokenizer_sha256, vocab) = load_encoder(tokenizer)?;
+    let wide = vocab > 1 << 16;
+    let dtype = if wide { "uint32" } else { "uint16" };
+    let encoder = std::sync::Arc::new(encoder);
+    let (batch_tx, batch_rx) = sync_channel::<Result<Batch>>(opts.workers * 2);
+    let batch_rx = std::sync::Arc::new(std::sync::Mutex::new(batch_rx));
+    let (done_tx, done_rx) = sync_channel::<Done>(opts.workers * 2);
+    std::thread::scope(|scope| -> Result<Summary> {
+        let field = opts.field.clone();
+        let files_ref = &files;
+        let reader = scope.spawn(move || {
+            let hashes = read_all(files_ref, &field, &batch_tx);
+            if hashes.is_err() {
+                // Stops the writer; the reader's own error is the one reported.
+                let _ = batch_tx.send(Err(Error::Unsupported("the corpus reader stopped".into())));
+            }
+            hashes
+        });
+        for _ in 0..opts.workers {
+            let (rx, tx, encoder) = (batch_rx.clone(), done_tx.clone(), encoder.clone());
+            scope.spawn(move || worker(&rx, &tx, &encoder));
+        }
+        drop(done_tx);
+        let written = write_in_order(&done_rx, out, wide, opts.shard_tokens, &mut progress);
+        drop(done_rx); // unblocks the workers and the reader if the writer failed
+        let hashes = reader.join().map_err(|_| Error::Unsupported("internal: the reader thread panicked".into()))?;
+        let hashes = hashes?;
+        let (shards, totals) = written?;
+        let sources: Vec<serde_json::Value> = files
+            .iter()
+            .zip(&hashes)
+            .map(|(f, (size, sha))| serde_json::json!({"file": f.display().to_string(), "size": size, "sha256": sha}))
+            .collect();
+        let index = serde_json::json!({
+            "format": FORMAT,
+            "dtype": dtype,
+            "tokens": totals.tokens,
+            "documents": totals.documents,
+            "text_bytes": totals.bytes,
+            "tokenizer_sha256": tokenizer_sha256,
+            "vocab_size": vocab,
+            "field": opts.field,
+            "shards": shards.iter().map(|(file, tokens, sha)| serde_json::json!({"file": file, "tokens": tokens, "sha256": sha})).collect::<Vec<_>>(),
+            "sources": sources,
+        });
+        let text = serde_json::to_string_pretty(&index).expect("internal: a json! value serializes") + "\n";
+        write_atomic(&out.join(INDEX), text.as_bytes())?;
+        Ok(Summary { shards: shards.len(), progress: totals, dtype })
+    })
+}
+
+type Done = Result<(u64, Vec<u32>, u64, u64)>;
+
+/// A written shard: file name, tokens, sha256.
+type ShardEntry = (String, u64, String);
+
+/// Takes batches until the queue closes; sends each batch's tokens, bytes and documents.
+fn worker(rx: &std::sync::Mutex<Receiver<Result<Batch>>>, tx: &SyncSender<Done>, encoder: &Encoder) {
+    loop {
+        let next = match rx.lock() {
+            Ok(r) => r.recv(),
+            Err(_) => return,
+        };
+        let Ok(batch) = next else { return };
+        let result = batch.and_then(|b| {
+            let mut ids = Vec::new();
+            let bytes = b.texts.iter().map(|t| t.len() as u64).sum();
+            for t in &b.texts {
+                encoder.encode(t, &mut ids).map_err(Error::Unsupported)?;
+            }
+            Ok((b.seq, ids, bytes, b.texts.len() as u64))
+        });
+        let failed = result.is_err();
+        if tx.send(result).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Puts the workers' batches back in corpus order and cuts the stream into shards; returns
+/// (file, tokens, sha256) of each shard and the totals.
+fn write_in_order(
+    rx: &Receiver<Done>,
+    out: &Path,
+    wide: bool,
+    shard_tokens: usize,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(Vec<ShardEntry>, Progress)> {
+    let mut waiting: BTreeMap<u64, (Vec<u32>, u64, u64)> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut shard: Vec<u32> = Vec::new();
+    let mut shards = Vec::new();
+    let mut totals = Progress::default();
+    for done in rx.iter() {
+        let (seq, ids, bytes, docs) = done?;
+        waiting.insert(seq, (ids, bytes, docs));
+        while let Some((ids, bytes, docs)) = waiting.remove(&next) {
+            next += 1;
+            totals.bytes += bytes;
+            totals.documents += docs;
+            totals.tokens += ids.len() as u64;
+            let mut rest: &[u32] = &ids;
+            while !rest.is_empty() {
+                let take = (shard_tokens - shard.len()).min(rest.len());
+                shard.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if shard.len() == shard_tokens {
+                    shards.push(write_shard(out, shards.len(), &shard, wide)?);
+                    shard.clear();
+                }
+            }
+            progress(&totals);
+        }
+    }
+    if !waiting.is_empty() {
+        return Err(Error::Unsupported("internal: a batch of the corpus was lost".into()));
+    }
+    if !shard.is_empty() {
+        shards.push(write_shard(out, shards.len(), &shard, wide)?);
+    }
+    if totals.tokens == 0 {
+        return Err(Error::Data { path: out.display().to_string(), message: "the corpus has no documents".into() });
+    }
+    Ok((shards, totals))
+}
+
+/// Writes `shard_NNNNN.npy` (1-D uint16 or uint32) atomically; returns (file, tokens, sha256).
+fn write_shard(out: &Path, n: usize, tokens: &[u32], wide: bool) -> Result<ShardEntry> {
+    let name = format!("shard_{n:05}.npy");
+    let descr = if wide { "<u4" } else { "<u2" };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({},), }}", tokens.len());
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + tokens.len() * if wide { 4 } else { 2 });
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for &t in tokens {
+        if wide {
+            bytes.extend_from_slice(&t.to_le_bytes());
+        } else {
+            bytes.extend_from_slice(&(t as u16).to_le_bytes());
+        }
+    }
+    let sha = hex(&Sha256::digest(&bytes));
+    write_atomic(&out.join(&name), &bytes)?;
+    Ok((name, tokens.len() as u64, sha))
+}
