@@ -443,7 +443,7 @@ fn write_in_order(
 ) -> Result<(Vec<ShardEntry>, Progress)> {
     let mut waiting: BTreeMap<u64, (Vec<u32>, u64, u64)> = BTreeMap::new();
     let mut next = 0u64;
-    let mut shard: Vec<u32> = Vec::new();
+    let mut shard: Option<ShardFile> = None;
     let mut shards = Vec::new();
     let mut totals = Progress::default();
     for done in rx.iter() {
@@ -456,12 +456,15 @@ fn write_in_order(
             totals.tokens += ids.len() as u64;
             let mut rest: &[u32] = &ids;
             while !rest.is_empty() {
-                let take = (shard_tokens - shard.len()).min(rest.len());
-                shard.extend_from_slice(&rest[..take]);
+                let file = match &mut shard {
+                    Some(f) => f,
+                    None => shard.insert(ShardFile::create(out, shards.len(), wide)?),
+                };
+                let take = (shard_tokens - file.tokens as usize).min(rest.len());
+                file.append(&rest[..take])?;
                 rest = &rest[take..];
-                if shard.len() == shard_tokens {
-                    shards.push(write_shard(out, shards.len(), &shard, wide)?);
-                    shard.clear();
+                if file.tokens as usize == shard_tokens {
+                    shards.push(shard.take().expect("internal: a shard is open").finish()?);
                 }
             }
             progress(&totals);
@@ -470,8 +473,8 @@ fn write_in_order(
     if !waiting.is_empty() {
         return Err(Error::Unsupported("internal: a batch of the corpus was lost".into()));
     }
-    if !shard.is_empty() {
-        shards.push(write_shard(out, shards.len(), &shard, wide)?);
+    if let Some(file) = shard.take() {
+        shards.push(file.finish()?);
     }
     if totals.tokens == 0 {
         return Err(Error::Data { path: out.display().to_string(), message: "the corpus has no documents".into() });
@@ -479,27 +482,100 @@ fn write_in_order(
     Ok((shards, totals))
 }
 
-/// Writes `shard_NNNNN.npy` (1-D uint16 or uint32) atomically; returns (file, tokens, sha256).
-fn write_shard(out: &Path, n: usize, tokens: &[u32], wide: bool) -> Result<ShardEntry> {
-    let name = format!("shard_{n:05}.npy");
-    let descr = if wide { "<u4" } else { "<u2" };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({},), }}", tokens.len());
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
+/// The fixed size of a shard's `.npy` header (magic, version, length, the padded dict): the
+/// token count, known only at the end, is written into it last.
+const HEADER: usize = 128;
+
+/// A shard being written: tokens streamed into a hidden temporary file (memory stays at the
+/// write buffer whatever the shard size), the header filled in and the file renamed into
+/// place when it is complete.
+struct ShardFile {
+    name: String,
+    tmp: PathBuf,
+    out: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    wide: bool,
+    tokens: u64,
+}
+
+impl ShardFile {
+    fn create(out: &Path, n: usize, wide: bool) -> Result<ShardFile> {
+        use std::io::Write;
+        let name = format!("shard_{n:05}.npy");
+        let tmp = out.join(format!(".{name}.tmp-{}", std::process::id()));
+        let io = |e: std::io::Error| Error::Io(format!("cannot write {}: {e}", tmp.display()));
+        let f = std::fs::File::create(&tmp).map_err(io)?;
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, f);
+        file.write_all(&[0u8; HEADER]).map_err(io)?;
+        Ok(ShardFile { name, tmp, out: out.to_path_buf(), file, wide, tokens: 0 })
     }
-    header.push('\n');
-    let mut bytes = Vec::with_capacity(10 + header.len() + tokens.len() * if wide { 4 } else { 2 });
-    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    for &t in tokens {
-        if wide {
-            bytes.extend_from_slice(&t.to_le_bytes());
-        } else {
-            bytes.extend_from_slice(&(t as u16).to_le_bytes());
+
+    fn append(&mut self, tokens: &[u32]) -> Result<()> {
+        use std::io::Write;
+        let mut bytes = Vec::with_capacity(tokens.len() * 4);
+        for &t in tokens {
+            if self.wide {
+                bytes.extend_from_slice(&t.to_le_bytes());
+            } else {
+                bytes.extend_from_slice(&(t as u16).to_le_bytes());
+            }
+        }
+        self.file.write_all(&bytes).map_err(|e| Error::Io(format!("cannot write {}: {e}", self.tmp.display())))?;
+        self.tokens += tokens.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the header, syncs, renames the file into place; returns (file, tokens, sha256).
+    fn finish(self) -> Result<ShardEntry> {
+        use std::io::{Seek, Write};
+        let tmp = self.tmp.clone();
+        let result = (|| -> std::io::Result<()> {
+            let mut f = self.file.into_inner().map_err(|e| e.into_error())?;
+            let descr = if self.wide { "<u4" } else { "<u2" };
+            let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({},), }}", self.tokens);
+            while header.len() < HEADER - 11 {
+                header.push(' ');
+            }
+            header.push('\n');
+            let mut head = b"\x93NUMPY\x01\x00".to_vec();
+            head.extend_from_slice(&((HEADER - 10) as u16).to_le_bytes());
+            head.extend_from_slice(header.as_bytes());
+            debug_assert_eq!(head.len(), HEADER);
+            f.seek(std::io::SeekFrom::Start(0))?;
+            f.write_all(&head)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, self.out.join(&self.name))?;
+            std::fs::File::open(&self.out)?.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::Io(format!("cannot write {}: {e}", self.out.join(&self.name).display())));
+        }
+        let (_, sha) = hash_file(&self.out.join(&self.name))?;
+        Ok((self.name, self.tokens, sha))
+    }
+}
+
+/// Reads every shard of the tokenized directory `dir` and checks its size and sha256 against
+/// `index.json` (what `train` does not do at start-up, so as not to read the corpus); returns
+/// the number of shards checked. A mismatch is an error naming the shard.
+pub fn verify(dir: &Path) -> Result<usize> {
+    let index_path = dir.join(INDEX);
+    let text = std::fs::read_to_string(&index_path).map_err(|e| bad(index_path.display(), format!("cannot read: {e}")))?;
+    let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(index_path.display(), format!("not JSON: {e}")))?;
+    let shards = index.get("shards").and_then(|s| s.as_array()).ok_or_else(|| bad(index_path.display(), "missing or bad \"shards\""))?;
+    for s in shards {
+        let (Some(file), Some(want)) = (s.get("file").and_then(|f| f.as_str()), s.get("sha256").and_then(|h| h.as_str())) else {
+            return Err(bad(index_path.display(), "a shard without \"file\" or \"sha256\""));
+        };
+        if file.contains('/') || file.contains("..") {
+            return Err(bad(index_path.display(), format!("shard {file:?} is not a file of the directory")));
+        }
+        let path = dir.join(file);
+        let (_, got) = hash_file(&path)?;
+        if got != want {
+            return Err(bad(path.display(), format!("its sha256 is {got}, the index says {want}: the shard changed since tokenizing")));
         }
     }
-    let sha = hex(&Sha256::digest(&bytes));
-    write_atomic(&out.join(&name), &bytes)?;
-    Ok((name, tokens.len() as u64, sha))
+    Ok(shards.len())
 }

@@ -6,17 +6,30 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// The flags of a tokenizing run, all given.
+struct Resolved<'a> {
+    data: &'a [PathBuf],
+    tokenizer: &'a PathBuf,
+    out: &'a PathBuf,
+    field: &'a str,
+    workers: Option<usize>,
+    shard_tokens: u64,
+}
+
 #[derive(clap::Args)]
 pub struct TokenizeArgs {
     /// Corpus files or directories: .txt/.md (a file is a document), .jsonl, .jsonl.gz, .jsonl.zst (a line is a document), .parquet (a row is a document); directories recursively, in sorted path order
-    #[arg(long, value_name = "PATH", required = true, num_args = 1..)]
+    #[arg(long, value_name = "PATH", required_unless_present = "verify", num_args = 1..)]
     data: Vec<PathBuf>,
     /// HF tokenizer.json (its tokenizer_config.json beside it says add_bos_token and eos_token)
-    #[arg(long, value_name = "tokenizer.json")]
-    tokenizer: PathBuf,
+    #[arg(long, value_name = "tokenizer.json", required_unless_present = "verify")]
+    tokenizer: Option<PathBuf>,
     /// Output directory (new or empty): shard_NNNNN.npy and index.json
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "verify")]
+    out: Option<PathBuf>,
+    /// Instead of tokenizing: read every shard of the tokenized DIR and check its sha256 against index.json
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["data", "tokenizer", "out"])]
+    verify: Option<PathBuf>,
     /// The string field of .jsonl lines and the string column of parquet files
     #[arg(long, default_value = "text")]
     field: String,
@@ -29,22 +42,29 @@ pub struct TokenizeArgs {
 }
 
 pub fn tokenize(a: &TokenizeArgs) -> Result<()> {
+    if let Some(dir) = &a.verify {
+        let n = data::tokenize::verify(dir)?;
+        println!("{}: {n} shards match their sha256 in {INDEX}", dir.display());
+        return Ok(());
+    }
+    let (Some(tokenizer), Some(out)) = (&a.tokenizer, &a.out) else { bail!("give --data, --tokenizer and --out (or --verify DIR)") };
+    let a = Resolved { data: &a.data, tokenizer, out, field: &a.field, workers: a.workers, shard_tokens: a.shard_tokens };
     let inputs: Vec<(&str, &Path)> =
         a.data.iter().map(|d| ("--data", d.as_path())).chain([("--tokenizer", a.tokenizer.as_path())]).collect();
-    data::files::refuse_output_dir_over_inputs(&a.out, "--out", &inputs)?;
+    data::files::refuse_output_dir_over_inputs(a.out, "--out", &inputs)?;
     for (_, input) in &inputs {
-        data::files::refuse_input_as_output(&a.out, &[input])?;
+        data::files::refuse_input_as_output(a.out, &[input])?;
     }
     if a.out.exists() && !a.out.is_dir() {
         bail!("--out {} is a file, not a directory", a.out.display());
     }
-    let _lock = data::files::OutputLock::acquire(&a.out, "gemma-xla tokenize").with_context(|| format!("--out {}", a.out.display()))?;
-    data::files::claim_dir(&a.out, "gemma-xla tokenize", |_| false)?;
-    if a.out.join(INDEX).exists() || std::fs::read_dir(&a.out)?.flatten().any(|e| e.file_name().to_string_lossy().starts_with("shard_")) {
+    let _lock = data::files::OutputLock::acquire(a.out, "gemma-xla tokenize").with_context(|| format!("--out {}", a.out.display()))?;
+    data::files::claim_dir(a.out, "gemma-xla tokenize", |_| false)?;
+    if a.out.join(INDEX).exists() || std::fs::read_dir(a.out)?.flatten().any(|e| e.file_name().to_string_lossy().starts_with("shard_")) {
         bail!("--out {} holds a tokenized set already; choose a new or empty directory", a.out.display());
     }
     let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let opts = TokenizeOptions { field: a.field.clone(), workers, shard_tokens: a.shard_tokens as usize };
+    let opts = TokenizeOptions { field: a.field.to_string(), workers, shard_tokens: a.shard_tokens as usize };
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let bar = ProgressBar::new_spinner();
         bar.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
@@ -53,7 +73,7 @@ pub fn tokenize(a: &TokenizeArgs) -> Result<()> {
         ProgressBar::hidden()
     };
     let began = Instant::now();
-    let summary = run_tokenize(&a.data, &a.tokenizer, &a.out, &opts, |p| {
+    let summary = run_tokenize(a.data, a.tokenizer, a.out, &opts, |p| {
         let s = began.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("{} documents, {:.1} MB/s, {:.0} tokens/s", p.documents, p.bytes as f64 / 1e6 / s, p.tokens as f64 / s));
     })?;

@@ -35,6 +35,8 @@ fn tokenize_then_train_on_the_shards() {
     ]));
     assert!(log.contains("40 documents") && log.contains("uint16") && log.contains("MB/s"), "{log}");
     assert!(out.join("index.json").is_file() && out.join("shard_00000.npy").is_file());
+    let log = testkit::succeeded(&run(&["tokenize", "--verify", s(&out)]));
+    assert!(log.contains("shards match their sha256"), "{log}");
     // The same directory again: refused, nothing touched.
     let index = std::fs::read(out.join("index.json")).unwrap();
     let err = testkit::failed(&run(&["tokenize", "--data", s(&corpus), "--tokenizer", s(&tokenizer), "--out", s(&out)]));
@@ -69,4 +71,12 @@ fn tokenize_then_train_on_the_shards() {
     assert!(err.contains("was tokenized with the tokenizer of sha256") && err.contains("--tokenizer"), "{err}");
     let log = testkit::succeeded(&run(&[&common[..], &["--tokenizer", s(&tokenizer), "--out", s(&run_dir)]].concat()));
     assert!(log.contains("memory-mapped shards"), "{log}");
+    // A shard changed in place at its size: train cannot tell without reading it; --verify can.
+    let shard = out.join("shard_00000.npy");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&shard, bytes).unwrap();
+    let err = testkit::failed(&run(&["tokenize", "--verify", s(&out)]));
+    assert!(err.contains("shard_00000.npy") && err.contains("the index says"), "{err}");
 }
