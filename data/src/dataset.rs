@@ -169,6 +169,14 @@ pub struct Dataset {
 enum Storage {
     Memory(Vec<i32>),
     Shards(std::sync::Arc<crate::shards::Shards>),
+    /// A C-order little-endian integer `.npy`, memory-mapped: `data` is the byte offset of
+    /// its elements, each `width` bytes.
+    Npy {
+        map: std::sync::Arc<runtime::MappedFile>,
+        data: usize,
+        width: usize,
+        signed: bool,
+    },
 }
 
 impl std::fmt::Debug for Storage {
@@ -176,6 +184,7 @@ impl std::fmt::Debug for Storage {
         match self {
             Storage::Memory(t) => write!(f, "Memory({} tokens)", t.len()),
             Storage::Shards(s) => write!(f, "Shards({} tokens)", s.total),
+            Storage::Npy { width, .. } => write!(f, "Npy({width}-byte ids, mapped)"),
         }
     }
 }
@@ -260,6 +269,12 @@ impl Dataset {
         match &self.storage {
             Storage::Memory(tokens) => out.extend_from_slice(&tokens[r * self.seq..(r + 1) * self.seq]),
             Storage::Shards(s) => s.read(r as u64 * self.seq as u64, self.seq, out),
+            Storage::Npy { map, data, width, signed } => {
+                let start = data + r * self.seq * width;
+                let bytes = &map.bytes()[start..start + self.seq * width];
+                // Every id was checked against the vocabulary when the file was opened.
+                out.extend(bytes.chunks_exact(*width).map(|c| element(c, *signed) as i32));
+            }
         }
     }
 
@@ -286,6 +301,7 @@ impl Dataset {
             // The index names every shard's sha256: hashing it identifies the stream without
             // reading the corpus.
             Storage::Shards(s) => h.update(s.fingerprint.as_bytes()),
+            Storage::Npy { map, data, .. } => h.update(&map.bytes()[*data..]),
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -401,12 +417,13 @@ impl Dataset {
     fn from_npy(path: &Path, seq: Option<usize>, vocab: i64) -> Result<Dataset> {
         let name = path.display().to_string();
         let bad = |message: String| data_error(&name, message);
-        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let map = runtime::MappedFile::open(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let bytes = map.bytes();
         if bytes.is_empty() {
             return Err(bad("the file is empty".into()));
         }
-        crate::npy::check_npy_shape(&bytes).map_err(&bad)?;
-        let mut data: &[u8] = &bytes;
+        crate::npy::check_npy_shape(bytes).map_err(&bad)?;
+        let mut data: &[u8] = bytes;
         let header = npyz::NpyHeader::from_reader(&mut data).map_err(|e| bad(format!("not a .npy file: {e}")))?;
         let shape = header.shape().to_vec();
         let npyz::DType::Plain(ts) = header.dtype() else {
@@ -440,6 +457,26 @@ impl Dataset {
             }
         }
         let fortran = header.order() == Order::Fortran;
+        let little = matches!(ts.endianness(), npyz::Endianness::Little | npyz::Endianness::Irrelevant);
+        if !fortran && little {
+            // Memory-mapped: ids are checked here, pass by pass over the mapped pages, and
+            // rows are read when a batch uses them.
+            let (width, signed) = (ts.size_field() as usize, ts.type_char() == TypeChar::Int);
+            if let Some((k, v)) =
+                data.chunks_exact(width).map(|c| element(c, signed)).enumerate().find(|&(_, v)| v < 0 || v >= i128::from(vocab))
+            {
+                let (r, c) = (k / t, k % t);
+                return Err(bad(format!("token [{r}, {c}] = {v} is outside the model's vocabulary [0, {vocab})")));
+            }
+            let offset = bytes.len() - data.len();
+            let description = format!("{name}: {n} rows of {t} tokens ({ts} .npy, memory-mapped)");
+            return Ok(Dataset {
+                storage: Storage::Npy { map: std::sync::Arc::new(map), data: offset, width, signed },
+                rows: n,
+                seq: t,
+                description,
+            });
+        }
         let npy = npyz::NpyFile::with_header(header, data);
         let flat = match (ts.type_char(), ts.size_field()) {
             (TypeChar::Int, 1) => to_ids::<i8>(npy, vocab),
@@ -465,6 +502,19 @@ impl Dataset {
         let tokens = if fortran { (0..n * t).map(|k| flat[(k % t) * n + k / t]).collect() } else { flat };
         let description = format!("{name}: {n} rows of {t} tokens ({ts} .npy)");
         Ok(Dataset { storage: Storage::Memory(tokens), rows: n, seq: t, description })
+    }
+}
+
+/// A little-endian integer element of 1, 2, 4 or 8 bytes.
+fn element(c: &[u8], signed: bool) -> i128 {
+    let mut b = [0u8; 8];
+    b[..c.len()].copy_from_slice(c);
+    let u = u64::from_le_bytes(b);
+    if signed {
+        let shift = 64 - 8 * c.len() as u32;
+        i128::from(((u << shift) as i64) >> shift)
+    } else {
+        i128::from(u)
     }
 }
 

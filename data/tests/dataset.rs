@@ -59,7 +59,7 @@ fn npy_batches_follow_the_row_rule_with_wraparound() {
     let path = write(dir.path(), "tokens.npy", npy_bytes("<i4", false, &[5, 4], &i32_bytes(&five_rows())));
     let d = Dataset::load(Some(&path), &Tokenizer::Bytes, None, 256).unwrap();
     assert_eq!((d.rows(), d.seq()), (5, 4));
-    assert!(d.describe().contains("tokens.npy"), "{}", d.describe());
+    assert!(d.describe().contains("tokens.npy") && d.describe().contains("memory-mapped"), "{}", d.describe());
     let row = |r: i32| (0..4).map(|c| 10 * r + c).collect::<Vec<i32>>();
     // Step s with batch 3 holds rows (3s + j) mod 5.
     assert_eq!(batch_rows(&d, 0, 3, None), vec![row(0), row(1), row(2)]);
