@@ -63,11 +63,7 @@ impl Tokenizer {
         let bytes = std::fs::read(path).map_err(|e| data_error(path.display(), format!("cannot read the tokenizer: {e}")))?;
         let t =
             tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| data_error(path.display(), format!("not an HF tokenizer.json: {e}")))?;
-        let sha256 = {
-            use sha2::{Digest, Sha256};
-            Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
-        };
-        Ok(Tokenizer::Hf(Box::new(t), sha256))
+        Ok(Tokenizer::Hf(Box::new(t), crate::files::sha256_hex(&bytes)))
     }
 
     /// The sha256 of the `tokenizer.json` it was read from (None: the byte tokenizer).

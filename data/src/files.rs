@@ -52,6 +52,12 @@ pub fn refuse_input_as_output(output: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
+/// Lowercase hex of the sha256 of `bytes`: how files and token streams are identified.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Whether `path` is a character device or FIFO: an output written straight into (by
 /// `write_atomic`), beside which nothing else is written.
 pub fn is_stream(path: &Path) -> bool {

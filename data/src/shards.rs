@@ -38,7 +38,6 @@ pub fn is_tokenized(dir: &Path) -> bool {
 
 impl Shards {
     pub(crate) fn open(dir: &Path) -> Result<Shards> {
-        use sha2::{Digest, Sha256};
         let index_path = dir.join(INDEX);
         let text = std::fs::read_to_string(&index_path).map_err(|e| bad(index_path.display(), format!("cannot read: {e}")))?;
         let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(index_path.display(), format!("not JSON: {e}")))?;
@@ -103,7 +102,7 @@ impl Shards {
             shards,
             starts,
             wide,
-            fingerprint: Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect(),
+            fingerprint: crate::files::sha256_hex(text.as_bytes()),
             tokenizer_sha256: index.get("tokenizer_sha256").and_then(|t| t.as_str()).ok_or_else(|| at("tokenizer_sha256"))?.to_string(),
             total,
             documents: index.get("documents").and_then(|d| d.as_u64()).unwrap_or(0),

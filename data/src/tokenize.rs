@@ -13,9 +13,11 @@
 //! a directory that looks complete.
 use crate::files::write_atomic;
 use crate::{Error, Result};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
+
+/// The largest single document (a text file, a jsonl line): it is tokenized in one piece.
+const MAX_DOCUMENT: u64 = crate::MAX_TEXT_BYTES;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
@@ -178,23 +180,9 @@ fn read_all(files: &[PathBuf], field: &str, tx: &SyncSender<Result<Batch>>) -> R
 
 /// Size and sha256 of a file, streamed.
 fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let mut f = std::fs::File::open(path).map_err(|e| bad(path.display(), format!("cannot read: {e}")))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|e| bad(path.display(), format!("cannot read: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((size, hex(&h.finalize())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let cannot = |e: std::io::Error| bad(path.display(), format!("cannot read: {e}"));
+    let size = std::fs::metadata(path).map_err(cannot)?.len();
+    Ok((size, runtime::cpu_cache::sha256_file(path).map_err(cannot)?))
 }
 
 /// Calls `emit` with each document of `path` in order; stops early when `emit` returns false.
@@ -203,6 +191,10 @@ fn read_documents(path: &Path, field: &str, emit: &mut dyn FnMut(String) -> bool
     let open = || std::fs::File::open(path).map_err(|e| bad(&name, format!("cannot read: {e}")));
     match kind_of(path).unwrap_or(Kind::Text) {
         Kind::Text => {
+            let size = std::fs::metadata(path).map_err(|e| bad(&name, format!("cannot read: {e}")))?.len();
+            if size > MAX_DOCUMENT {
+                return Err(bad(&name, format!("{size} bytes: a text file is one document, and one document may be at most 1 GiB")));
+            }
             let bytes = std::fs::read(path).map_err(|e| bad(&name, format!("cannot read: {e}")))?;
             let text = String::from_utf8(bytes)
                 .map_err(|e| bad(&name, format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))?;
@@ -226,9 +218,16 @@ fn read_jsonl(name: &str, mut reader: impl BufRead, field: &str, emit: &mut dyn 
     let mut offset = 0u64;
     for n in 1.. {
         line.clear();
-        let read = reader.read_until(b'\n', &mut line).map_err(|e| bad(format!("{name}:{n}"), format!("cannot read: {e}")))?;
+        // Bounded: a line is one document, and one document may be at most 1 GiB.
+        let read = (&mut reader)
+            .take(MAX_DOCUMENT + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| bad(format!("{name}:{n}"), format!("cannot read: {e}")))?;
         if read == 0 {
             return Ok(());
+        }
+        if read as u64 > MAX_DOCUMENT {
+            return Err(bad(format!("{name}:{n}"), "the line is over 1 GiB: one document may be at most 1 GiB"));
         }
         let text = std::str::from_utf8(&line)
             .map_err(|e| bad(format!("{name}:{n}"), format!("not UTF-8 (invalid byte at offset {})", offset + e.valid_up_to() as u64)))?;
@@ -305,9 +304,10 @@ impl Encoder {
 /// sha256 of the tokenizer file.
 fn load_encoder(path: &Path) -> Result<(Encoder, String, usize)> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| bad(&name, format!("cannot read the tokenizer: {e}")))?;
-    let tokenizer = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| bad(&name, format!("not an HF tokenizer.json: {e}")))?;
-    let sha = hex(&Sha256::digest(&bytes));
+    let crate::Tokenizer::Hf(tokenizer, sha) = crate::Tokenizer::load(Some(path))? else {
+        return Err(bad(&name, "internal: a tokenizer file loads as an HF tokenizer"));
+    };
+    let tokenizer = *tokenizer;
     let config_path = path.with_file_name("tokenizer_config.json");
     let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
         Ok(t) => serde_json::from_str(&t).map_err(|e| bad(config_path.display(), format!("not JSON: {e}")))?,

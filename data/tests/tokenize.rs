@@ -203,3 +203,16 @@ fn text_over_1_gib_is_refused_before_it_is_read_pointing_to_tokenize() {
     let err = Dataset::load(Some(root.path()), &Tokenizer::Bytes, None, 256).unwrap_err().to_string();
     assert!(err.contains("gemma-xla tokenize"), "{err}");
 }
+
+#[test]
+fn a_text_document_over_1_gib_is_refused_before_it_is_read() {
+    let root = testkit::scratch("big-doc");
+    let dir = root.path().join("corpus");
+    std::fs::create_dir(&dir).unwrap();
+    // Sparse: nothing is written, and nothing may be read.
+    std::fs::File::create(dir.join("huge.txt")).unwrap().set_len(data::MAX_TEXT_BYTES + 1).unwrap();
+    let out = root.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let err = tokenize(&[dir], &tokenizer_file(), &out, &TokenizeOptions::default(), |_| {}).unwrap_err().to_string();
+    assert!(err.contains("huge.txt") && err.contains("at most 1 GiB"), "{err}");
+}

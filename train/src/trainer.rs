@@ -212,7 +212,8 @@ impl Trainer {
         };
         let (m, v) = (zeros(&params)?, zeros(&params)?);
         let host = HostState { params, m, v, step: 0 };
-        Trainer::place(client, spec, setup, data, &host, None)
+        let settings = settings(&spec, &data);
+        Trainer::place(client, spec, setup, data, &host, None, settings)
     }
 
     /// Continues the newest complete checkpoint under `out/checkpoints` exactly: the same
@@ -283,13 +284,23 @@ impl Trainer {
         }
         let skipped: Vec<checkpoints::Found> =
             checkpoints::list(&out.join("checkpoints"))?.into_iter().filter(|f| f.step > host.step && !f.missing.is_empty()).collect();
-        let mut trainer = Trainer::place(client, spec, setup, data, &host, Some(path))?;
+        let mut trainer = Trainer::place(client, spec, setup, data, &host, Some(path), now)?;
         trainer.skipped = skipped;
         trainer.changed = changed;
         Ok(trainer)
     }
 
-    fn place(client: &Client, spec: TrainSpec, setup: Setup, data: Dataset, host: &HostState, from: Option<PathBuf>) -> Result<Trainer> {
+    /// Places `host` for a run of `spec` on `data`, whose result-changing settings are
+    /// `settings` (computed once by the caller: the data's fingerprint hashes its tokens).
+    fn place(
+        client: &Client,
+        spec: TrainSpec,
+        setup: Setup,
+        data: Dataset,
+        host: &HostState,
+        from: Option<PathBuf>,
+        settings: BTreeMap<String, String>,
+    ) -> Result<Trainer> {
         let placed = |list: &[(String, HostArray)], part: &str| -> Result<Tree<DeviceArray>> {
             let mut tree = Tree::new();
             for (name, array) in list {
@@ -308,7 +319,6 @@ impl Trainer {
             step: DeviceArray::place(client, &step, &setup.sharding("state.step", 0))?,
         };
         let jit = train_step_jit(Some(client), &setup, &spec.hyper);
-        let settings = settings(&spec, &data);
         Ok(Trainer {
             client: client.clone(),
             setup,
