@@ -45,6 +45,14 @@ impl Client {
     /// Finds (or installs) the plugin and creates a client. `devices` sets the CPU plugin's
     /// `cpu_device_count`; on other plugins it is checked against the devices present.
     pub fn open(spec: &PluginSpec, devices: Option<usize>) -> Result<Client> {
+        Client::open_as(spec, devices, None)
+    }
+
+    /// [`Client::open`] for process `process` of a multi-process run. The CPU plugin is given
+    /// the create option `process_id` (its devices then carry that process index and ids
+    /// 2048 * process + i); other plugins learn their process from their own environment, so
+    /// their process index must already be `process`.
+    pub fn open_as(spec: &PluginSpec, devices: Option<usize>, process: Option<usize>) -> Result<Client> {
         if devices == Some(0) {
             return Err(Error::Argument("the number of devices must be at least 1, got 0".into()));
         }
@@ -58,10 +66,21 @@ impl Client {
             crate::topology::skip_metadata_queries();
         }
         let mut options = Vec::new();
-        if let (true, Some(n)) = (spec.is_cpu() || is_cpu_plugin_file(&path), devices) {
+        let cpu = spec.is_cpu() || is_cpu_plugin_file(&path);
+        if let (true, Some(n)) = (cpu, devices) {
             options.push(("cpu_device_count".to_string(), NamedValue::Int64(n as i64)));
         }
+        if let (true, Some(p)) = (cpu, process) {
+            let p = i64::try_from(p).ok().filter(|&p| p < 1 << 20).ok_or_else(|| Error::Argument(format!("process index {p} is too large")))?;
+            options.push(("process_id".to_string(), NamedValue::Int64(p)));
+        }
         let client = Client::with_options(&path, &options)?;
+        if let Some(p) = process {
+            let have = client.process_index()?;
+            if have != p {
+                return Err(Error::Argument(format!("this process was started as process {p}, but the plugin says it is process {have}")));
+            }
+        }
         if let Some(n) = devices {
             let have = client.devices()?.len();
             if have < n {
@@ -99,6 +118,21 @@ impl Client {
     /// the i-th of them.
     pub fn devices(&self) -> Result<Vec<Device>> {
         Ok(self.inner.addressable_devices()?)
+    }
+
+    /// Every device of the run, including other processes' on a multi-host slice
+    /// (`PJRT_Client_Devices`), in the plugin's order.
+    pub fn global_devices(&self) -> Result<Vec<Device>> {
+        Ok(self.inner.devices()?)
+    }
+
+    /// This process's index among the processes of a multi-host run, as PJRT reports it (the
+    /// process index of its first addressable device; 0 when alone).
+    pub fn process_index(&self) -> Result<usize> {
+        let devices = self.inner.addressable_devices()?;
+        let Some(first) = devices.first() else { return Ok(0) };
+        let p = first.process_index()?;
+        usize::try_from(p).map_err(|_| Error::Argument(format!("the plugin gives process index {p}")))
     }
 
     /// Host-to-device copies made so far (tests show arrays stay on the devices).

@@ -1,21 +1,43 @@
 //! Arrays that live on the devices: a tensor type, a sharding over a mesh and one buffer per
-//! device of the mesh (device i of the mesh is the client's i-th addressable device). They
-//! stay on the devices across executions; only `place` and `fetch` cross to the host.
+//! device of the mesh that this process drives (device i of the mesh is the client's i-th
+//! device). They stay on the devices across executions; only `place`, `fetch` and `gather`
+//! cross to the host. In a multi-process run an array holds only this process's shards
+//! ([`Ownership`]): it is not fully addressable, and reading it whole needs a gather.
 use crate::client::{download, Client};
 use crate::error::{Error, Result};
 use crate::host::{AsHostView, HostArray};
+use crate::ownership::Ownership;
+use crate::program::Program;
 use dtype::TensorType;
 use sharding::{assemble, shard_of, NamedSharding, Tiling};
+use std::ops::Range;
+use std::sync::Arc;
 use xla_sys::{Buffer, Device};
 
 /// An array on the devices: its whole type, its sharding over a mesh, and one buffer per device
-/// of the mesh holding that device's (padded) shard.
+/// of the mesh that this process drives, holding that device's (padded) shard.
 pub struct DeviceArray {
     ty: TensorType,
     sharding: NamedSharding,
     tiling: Tiling,
     devices: Vec<Device>,
     buffers: Vec<Buffer>,
+    /// The mesh device of each buffer.
+    positions: Vec<usize>,
+    /// Which process owns each mesh device (None: this process owns them all).
+    ownership: Option<Arc<Ownership>>,
+}
+
+/// One shard of an array that this process owns (see [`DeviceArray::addressable_shards`]).
+pub struct AddressableShard<'a> {
+    /// The device's index in the mesh.
+    pub index: usize,
+    /// The part of the whole array the device holds (unpadded).
+    pub region: &'a [Range<i64>],
+    /// The device.
+    pub device: &'a Device,
+    /// Its buffer (padded to the shard shape).
+    pub buffer: &'a Buffer,
 }
 
 impl std::fmt::Debug for DeviceArray {
@@ -43,13 +65,107 @@ impl DeviceArray {
             };
             buffers.push(buffer);
         }
-        Ok(DeviceArray { ty, sharding: sharding.clone(), tiling, devices, buffers })
+        let positions = (0..devices.len()).collect();
+        Ok(DeviceArray { ty, sharding: sharding.clone(), tiling, devices, buffers, positions, ownership: None })
     }
 
-    /// Wraps per-device buffers (e.g. an execution's outputs) after checking their shapes.
-    pub(crate) fn from_buffers(ty: TensorType, sharding: NamedSharding, devices: Vec<Device>, buffers: Vec<Buffer>) -> Result<DeviceArray> {
+    /// Places an array of type `ty` over the global mesh of `sharding`, calling `shard(d,
+    /// region)` for the data of each mesh device `d` this process drives (its own, and the
+    /// stand-ins' where [`Ownership::has_stand_ins`]): JAX's `make_array_from_callback`. The
+    /// callback returns the region's data, unpadded (`region`'s extents as its shape).
+    pub fn place_with(
+        client: &Client,
+        ownership: &Arc<Ownership>,
+        sharding: &NamedSharding,
+        ty: &TensorType,
+        mut shard: impl FnMut(usize, &[Range<i64>]) -> Result<HostArray>,
+    ) -> Result<DeviceArray> {
         let tiling = sharding.tiling(&ty.dims)?;
-        if buffers.len() != devices.len() || devices.len() != sharding.num_devices() {
+        let n = sharding.num_devices();
+        if ownership.devices() != n {
+            return Err(Error::Argument(format!("the ownership covers {} devices, the mesh {} has {n}", ownership.devices(), sharding.mesh)));
+        }
+        let global = client.global_devices()?;
+        if global.len() < n {
+            return Err(Error::NotEnoughDevices { needed: n, available: global.len(), hint: String::new() });
+        }
+        let positions = ownership.local();
+        let (mut devices, mut buffers) = (Vec::with_capacity(positions.len()), Vec::with_capacity(positions.len()));
+        for &d in &positions {
+            let region = &tiling.regions[d];
+            let piece = shard(d, region)?;
+            let extent: Vec<i64> = region.iter().map(|r| r.end - r.start).collect();
+            if piece.dtype() != ty.dtype || piece.dims() != extent.as_slice() {
+                return Err(Error::Argument(format!(
+                    "the data for device {d} of {ty} sharded {sharding} is {}, expected {}",
+                    piece.type_string(),
+                    TensorType::new(ty.dtype, &extent)
+                )));
+            }
+            let padded = if extent == tiling.shard_shape { piece } else { piece.padded(&tiling.shard_shape)? };
+            buffers.push(client.upload(&padded, &global[d])?);
+            devices.push(global[d].clone());
+        }
+        Ok(DeviceArray { ty: ty.clone(), sharding: sharding.clone(), tiling, devices, buffers, positions, ownership: Some(ownership.clone()) })
+    }
+
+    /// Places an array whose dimension 0 is split over processes from this process's rows
+    /// (JAX's `make_array_from_process_local_data`): `local` holds the rows `local_rows` of
+    /// the whole array of type `ty`, concatenated in order, and each device this process owns
+    /// takes its region from them. Stand-in devices (tests of the multi-process path) take
+    /// theirs from `stand_in(d, region)`, which a real multi-host run never calls.
+    pub fn from_process_local_data(
+        client: &Client,
+        ownership: &Arc<Ownership>,
+        sharding: &NamedSharding,
+        ty: &TensorType,
+        local: &HostArray,
+        local_rows: &[Range<i64>],
+        mut stand_in: impl FnMut(usize, &[Range<i64>]) -> Result<HostArray>,
+    ) -> Result<DeviceArray> {
+        let rows: i64 = local_rows.iter().map(|r| r.end - r.start).sum();
+        if local.dims().first() != Some(&rows) || local.dims()[1..] != ty.dims[1..] || local.dtype() != ty.dtype {
+            return Err(Error::Argument(format!(
+                "process-local data of {} for rows {local_rows:?} of {ty}: expected {rows} rows of the rest of its shape",
+                local.type_string()
+            )));
+        }
+        DeviceArray::place_with(client, ownership, sharding, ty, |d, region| {
+            if !ownership.is_mine(d) {
+                return stand_in(d, region);
+            }
+            // Row r of the whole array is row `offset + (r - range.start)` of `local`.
+            let mut offset = 0i64;
+            for range in local_rows {
+                if region[0].start >= range.start && region[0].end <= range.end {
+                    let mut within = region.to_vec();
+                    within[0] = offset + region[0].start - range.start..offset + region[0].end - range.start;
+                    return local.slice(&within);
+                }
+                offset += range.end - range.start;
+            }
+            Err(Error::Argument(format!(
+                "device {d} holds rows {:?} of {ty}, which are not among this process's rows {local_rows:?}",
+                region[0]
+            )))
+        })
+    }
+
+    /// Wraps the buffers of the devices this process drives under `ownership` (e.g. an
+    /// execution's outputs) after checking their shapes.
+    pub(crate) fn from_buffers_owned(
+        ty: TensorType,
+        sharding: NamedSharding,
+        devices: Vec<Device>,
+        buffers: Vec<Buffer>,
+        ownership: Option<Arc<Ownership>>,
+    ) -> Result<DeviceArray> {
+        let tiling = sharding.tiling(&ty.dims)?;
+        let positions = match &ownership {
+            Some(o) => o.local(),
+            None => (0..sharding.num_devices()).collect(),
+        };
+        if buffers.len() != devices.len() || devices.len() != positions.len() {
             return Err(Error::Argument(format!("{} buffers for {} devices of mesh {}", buffers.len(), devices.len(), sharding.mesh)));
         }
         for b in &buffers {
@@ -62,7 +178,7 @@ impl DeviceArray {
                 )));
             }
         }
-        Ok(DeviceArray { ty, sharding, tiling, devices, buffers })
+        Ok(DeviceArray { ty, sharding, tiling, devices, buffers, positions, ownership })
     }
 
     /// The same array under another name for its placement (e.g. the spec a program was
@@ -76,8 +192,85 @@ impl DeviceArray {
         Ok(self)
     }
 
-    /// Copies the array back to the host, reading only one copy of each piece.
+    /// Whether this process holds every shard (always, in a single-process run).
+    pub fn is_fully_addressable(&self) -> bool {
+        self.ownership.as_ref().is_none_or(|o| o.owns_all())
+    }
+
+    /// Which process owns each mesh device (None: this process owns them all).
+    pub fn ownership(&self) -> Option<&Arc<Ownership>> {
+        self.ownership.as_ref()
+    }
+
+    /// The shards this process owns, in mesh order.
+    pub fn addressable_shards(&self) -> Vec<AddressableShard<'_>> {
+        (0..self.buffers.len())
+            .filter(|&i| self.ownership.as_ref().is_none_or(|o| o.is_mine(self.positions[i])))
+            .map(|i| AddressableShard {
+                index: self.positions[i],
+                region: &self.tiling.regions[self.positions[i]],
+                device: &self.devices[i],
+                buffer: &self.buffers[i],
+            })
+            .collect()
+    }
+
+    /// The unpadded data of an addressable shard (its region of the whole array).
+    pub fn fetch_shard(&self, shard: &AddressableShard<'_>) -> Result<HostArray> {
+        let whole = download(shard.buffer)?;
+        let extent: Vec<i64> = shard.region.iter().map(|r| r.end - r.start).collect();
+        if extent == whole.dims() {
+            return Ok(whole);
+        }
+        whole.slice(&extent.iter().map(|&e| 0..e).collect::<Vec<_>>())
+    }
+
+    /// The whole array on this host: read directly when this process holds it (fully
+    /// addressable, or one of its own devices has a whole copy), else through a compiled
+    /// program that replicates it over the mesh, whose copy on one of this process's devices
+    /// is read. Every process of the run must call it for the same arrays in the same order
+    /// (the program's collectives span them all).
+    pub fn gather(&self, client: &Client) -> Result<HostArray> {
+        if self.is_fully_addressable() {
+            return self.fetch();
+        }
+        if let Some(shard) = self.addressable_shards().into_iter().find(|s| s.region.iter().zip(&self.ty.dims).all(|(r, &n)| r.start == 0 && r.end == n)) {
+            return self.fetch_shard(&shard);
+        }
+        let op = self.sharding.op_sharding()?.describe();
+        let ty = self.ty.mlir();
+        let text = format!(
+            "module @gather attributes {{mhlo.num_partitions = {n} : i32, mhlo.num_replicas = 1 : i32}} {{\n  \
+             func.func public @main(%arg0: {ty} {{mhlo.sharding = \"{op}\"}}) -> ({ty} {{mhlo.sharding = \"{{replicated}}\"}}) {{\n    \
+             return %arg0 : {ty}\n  }}\n}}\n",
+            n = self.sharding.num_devices()
+        );
+        let program = Program::from_text(&text)?;
+        let exe = client.compile(&program, &crate::CompileOptions::for_mesh(&self.sharding.mesh))?;
+        let out = exe.call(vec![crate::Arg::Keep(self)])?;
+        let replicated = out.into_iter().next().ok_or_else(|| Error::Program("the gather program has no output".into()))?;
+        let shard = replicated.addressable_shards().into_iter().next().map(|s| (s.index, s.buffer));
+        match shard {
+            Some((_, buffer)) => download(buffer),
+            None => Err(Error::Program("the gathered array has no shard on this process".into())),
+        }
+    }
+
+    /// Copies the array back to the host, reading only one copy of each piece. Fails with
+    /// [`Error::NotFullyAddressable`] in a multi-process run where this process does not own
+    /// every shard: use [`DeviceArray::gather`].
     pub fn fetch(&self) -> Result<HostArray> {
+        if let Some(o) = self.ownership.as_ref().filter(|o| !o.owns_all()) {
+            return Err(Error::NotFullyAddressable {
+                array: format!("{self:?}"),
+                process: o.process(),
+                held: o.mine().len(),
+                devices: o.devices(),
+            });
+        }
+        if self.positions.len() != self.sharding.num_devices() {
+            return Err(Error::Argument(format!("{self:?} has buffers on {} of its mesh's devices", self.positions.len())));
+        }
         let elem = self.ty.dtype.size_bytes();
         let mut shards: Vec<Option<HostArray>> = (0..self.buffers.len()).map(|_| None).collect();
         for &d in &self.tiling.owners {
@@ -93,7 +286,7 @@ impl DeviceArray {
         HostArray::from_bytes(self.ty.dtype, &self.ty.dims, assemble(&bytes, elem, &self.tiling))
     }
 
-    /// Each device's shard (padded to the shard shape), in mesh device order.
+    /// Each driven device's shard (padded to the shard shape), in mesh device order.
     pub fn fetch_shards(&self) -> Result<Vec<HostArray>> {
         self.buffers.iter().map(download).collect()
     }
@@ -118,9 +311,15 @@ impl DeviceArray {
         &self.devices
     }
 
-    /// One buffer per device of the mesh, each of the padded shard shape, in mesh device order.
+    /// One buffer per device of the mesh this process drives, each of the padded shard shape,
+    /// in mesh device order.
     pub fn buffers(&self) -> &[Buffer] {
         &self.buffers
+    }
+
+    /// The mesh device of each buffer.
+    pub fn positions(&self) -> &[usize] {
+        &self.positions
     }
 }
 

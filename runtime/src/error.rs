@@ -116,6 +116,19 @@ pub enum Error {
     /// output placement no spec over the mesh describes.
     #[error("invalid program: {0}")]
     Program(String),
+    /// A whole array was asked of a process that holds only some of its shards (a multi-host
+    /// run); gather it (`DeviceArray::gather`) or read `addressable_shards`.
+    #[error("{array} is not fully addressable: process {process} holds {held} of its {devices} device shards, so it cannot be read whole here; gather it first")]
+    NotFullyAddressable {
+        /// The array's type and sharding.
+        array: String,
+        /// This process.
+        process: usize,
+        /// Devices of the mesh this process owns.
+        held: usize,
+        /// Devices of the mesh.
+        devices: usize,
+    },
 }
 
 /// The result type of the runtime's fallible functions.

@@ -63,6 +63,9 @@ impl Executable {
             if single { (None, None) } else { (decode_all(inner.parameter_shardings()?)?, decode_all(inner.output_shardings()?)?) };
         let mesh = match mesh {
             Some(m) if m.num_devices() as usize == n => m.clone(),
+            // A multi-host run: the program spans the global mesh; this process addresses its
+            // own devices only.
+            Some(m) if (m.num_devices() as usize) > n && inner.num_partitions()? == m.num_devices() => m.clone(),
             Some(m) => return Err(Error::Program(format!("the mesh {m} has {} devices but the program runs on {n}", m.num_devices()))),
             None if single => Mesh::single(),
             None => Mesh::new(&[("devices", n as i64)])?,
@@ -78,6 +81,7 @@ impl Executable {
                 )))
             }
         };
+        let n = mesh.num_devices() as usize;
         let op = |ops: &Option<Vec<OpSharding>>, i: usize| ops.as_ref().and_then(|o| o.get(i)).cloned().unwrap_or(OpSharding::Replicated);
         // A whole type agrees with a compiled (per-device) one when it has the same element
         // type and its shard under the compiled sharding has the compiled shape.
@@ -202,8 +206,21 @@ impl Executable {
             return Err(Error::ArgumentCount { expected: params.len(), actual: args.len() });
         }
         let mut donate = Vec::new();
+        let ownership = args.iter().find_map(|a| a.array().ownership().cloned());
         for (i, arg) in args.iter().enumerate() {
             let a = arg.array();
+            if let (Some(o), Some(mine)) = (a.ownership(), &ownership) {
+                if o != mine {
+                    return Err(Error::Argument(format!("argument {i} is owned by the processes of another run than argument 0's")));
+                }
+            }
+            if a.buffers().len() != self.devices.len() {
+                return Err(Error::Argument(format!(
+                    "argument {i} has buffers on {} devices, the program runs on this process's {}",
+                    a.buffers().len(),
+                    self.devices.len()
+                )));
+            }
             if a.ty() != &params[i] {
                 return Err(Error::ArgumentType { index: i, expected: params[i].clone(), actual: a.ty().clone() });
             }
@@ -244,7 +261,7 @@ impl Executable {
                     let op = self.output_shardings.as_ref().and_then(|o| o.get(j)).map_or("{replicated}".into(), |o| o.describe());
                     Error::Program(format!("output {j} is placed as {op}, which no spec over the mesh {} describes", self.mesh))
                 })?;
-                DeviceArray::from_buffers(results[j].clone(), named, self.devices.clone(), buffers)
+                DeviceArray::from_buffers_owned(results[j].clone(), named, self.devices.clone(), buffers, ownership.clone())
             })
             .collect()
     }

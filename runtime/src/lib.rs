@@ -16,6 +16,7 @@ mod host;
 pub mod host_malloc;
 pub mod notes;
 mod options;
+mod ownership;
 mod program;
 mod topology;
 
@@ -30,6 +31,7 @@ pub use error::{Error, Result};
 pub use executable::{Executable, ShardedOutput};
 pub use host::{AsHostView, Element, HostArray, HostView};
 pub use options::{CompileOptions, Partitioner, XlaDump};
+pub use ownership::Ownership;
 pub use program::{parse_tensor_type, Program, ProgramFormat};
 pub use sharding::OpSharding;
 pub use sharding::{Mesh, NamedSharding, PartitionSpec};

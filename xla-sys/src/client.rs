@@ -82,6 +82,16 @@ impl Client {
         Ok(ptrs.iter().map(|&ptr| Device { client: self.inner.clone(), ptr }).collect())
     }
 
+    /// Every device of the run, this process's and other processes' (PJRT_Client_Devices),
+    /// in the plugin's order. One process: the same devices as `addressable_devices`.
+    pub fn devices(&self) -> Result<Vec<Device>> {
+        let mut a = args!(PJRT_Client_Devices_Args { client: self.inner.ptr });
+        pjrt_call!(&self.inner.api, PJRT_Client_Devices, &mut a)?;
+        // SAFETY: the array is owned by the client and lives as long as it.
+        let ptrs = unsafe { slice_or_empty(a.devices, a.num_devices) };
+        Ok(ptrs.iter().map(|&ptr| Device { client: self.inner.clone(), ptr }).collect())
+    }
+
     /// Number of buffers of this client that are alive (created and not yet dropped).
     pub fn live_buffers(&self) -> usize {
         self.inner.live_buffers.get()
