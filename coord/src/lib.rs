@@ -500,7 +500,7 @@ pub struct Coordinator {
 
 fn connect(settings: &Settings, channel: &str, deadline: Instant) -> Result<TcpStream> {
     let addr = &settings.address;
-    let mut last = String::from("not tried");
+    let mut last: String;
     loop {
         let attempt = (|| -> std::io::Result<TcpStream> {
             let target = addr

@@ -332,6 +332,27 @@ impl Dataset {
         Ok(HostArray::from_vec(&[batch as i64, self.seq as i64], values)?)
     }
 
+    /// The rows `positions` (ranges of positions 0..batch within the batch of step `step`, as
+    /// [`Dataset::batch`] orders them) as s32 `[rows, seq]`, concatenated in order: what one
+    /// host of a multi-host run feeds. Only these rows are read.
+    pub fn batch_part(&self, step: u64, batch: usize, shuffle: Option<u64>, positions: &[std::ops::Range<i64>]) -> Result<HostArray> {
+        if batch == 0 {
+            return Err(Error::Unsupported("the batch size must be at least 1".into()));
+        }
+        if let Some(r) = positions.iter().find(|r| r.start < 0 || r.start > r.end || r.end > batch as i64) {
+            return Err(Error::Unsupported(format!("rows {r:?} are not within a batch of {batch}")));
+        }
+        let first = step as u128 * batch as u128;
+        let count: i64 = positions.iter().map(|r| r.end - r.start).sum();
+        let mut values = Vec::with_capacity((count as usize).saturating_mul(self.seq));
+        for r in positions {
+            for j in r.clone() {
+                self.read_row(self.row_index(first + j as u128, shuffle), &mut values);
+            }
+        }
+        Ok(HostArray::from_vec(&[count, self.seq as i64], values)?)
+    }
+
     fn from_documents(source: &str, docs: &[Document], tokenizer: &Tokenizer, seq: usize, vocab: i64) -> Result<Dataset> {
         // Joined with a newline between documents; `starts[d]` is document d's byte offset.
         let mut text = String::new();

@@ -84,9 +84,12 @@ pub struct TrainArgs {
     /// Visit the rows in a seeded random order per epoch
     #[arg(long)]
     shuffle: bool,
-    /// Bytes (tokens) of the sample generated at the end (0: none)
+    /// Bytes (tokens) of the sample generated at the end (0: none; single-host runs only)
     #[arg(long, default_value_t = 160)]
     sample: usize,
+    /// Multi-host runs: the longest any host waits for the others (connecting, agreeing, checkpoint barriers), and how long a silent host is given before the others stop
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    coordination_timeout: u64,
 }
 
 /// The config, and the checkpoint to start from.
@@ -124,15 +127,11 @@ pub fn hyper(a: &TrainArgs) -> Hyper {
 
 pub fn train(a: &TrainArgs) -> Result<()> {
     let role = train::hosts::HostRole::from_env(|k| std::env::var(k).ok())?;
-    if role.count > 1 {
-        bail!(
-            "this process is host {} of {} ({}); a multi-host run needs every process to place only its own devices' \
-             shards of each array (train::hosts::host_rows says which rows of a batch those are), and the runtime \
-             still places whole arrays on the devices of one process; run on one host (v5e-1, -4 or -8) for now, see docs/tpu-v5e.md",
-            role.index,
-            role.count,
-            role.source
-        );
+    // In a multi-host run host 0 writes the run's files; the others write only their pieces
+    // of each checkpoint.
+    let writer = role.writes();
+    if a.coordination_timeout == 0 || a.coordination_timeout > 86_400 {
+        bail!("--coordination-timeout {}: expected 1 to 86400 seconds", a.coordination_timeout);
     }
     let cfg = resolve_config(a)?;
     if let Some(init) = &a.init {
@@ -165,17 +164,39 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if let Err(e) = hyper(a).check() {
         bail!("{e}");
     }
-    // One run per output directory: held until the process ends, however it ends.
-    let _lock = data::files::OutputLock::acquire(&a.out, "gemma-xla train").with_context(|| format!("--out {}", a.out.display()))?;
-    // Ours (marked), or a train output of a version that wrote no marker (it has checkpoints).
-    data::files::claim_dir(&a.out, "gemma-xla train", |names| names.iter().any(|n| n == "checkpoints"))?;
-    if !a.resume && train::checkpoints::any(&a.out)? {
-        bail!(
-            "{} already holds checkpoints of an earlier run: continue it with --resume, or choose another --out",
-            a.out.join("checkpoints").display()
-        );
-    }
-    let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
+    // One run per output directory: held until the process ends, however it ends (by host 0
+    // of a multi-host run, for all of them).
+    let _lock = if writer {
+        let lock = data::files::OutputLock::acquire(&a.out, "gemma-xla train").with_context(|| format!("--out {}", a.out.display()))?;
+        // Ours (marked), or a train output of a version that wrote no marker (it has checkpoints).
+        data::files::claim_dir(&a.out, "gemma-xla train", |names| names.iter().any(|n| n == "checkpoints"))?;
+        if !a.resume && train::checkpoints::any(&a.out)? {
+            bail!(
+                "{} already holds checkpoints of an earlier run: continue it with --resume, or choose another --out",
+                a.out.join("checkpoints").display()
+            );
+        }
+        Some(lock)
+    } else {
+        None
+    };
+    let devices = mesh.num_devices() as usize;
+    let (client, cluster) = if role.count > 1 {
+        let client = a.plugin.open_as(Some(devices), Some(role.index))?;
+        let timeout = std::time::Duration::from_secs(a.coordination_timeout);
+        let settings = coord::Settings::from_env(|k| std::env::var(k).ok(), role.index, role.count, timeout)?;
+        let cluster = train::Cluster::join(&client, devices, &role, settings)?;
+        if cluster.ownership().has_stand_ins() {
+            eprintln!(
+                "host {} of {}: the plugin has no other hosts' devices, so this process computes the whole step on stand-ins for them \
+                 (the CPU plugin); it reads, places and writes only its own devices' parts",
+                role.index, role.count
+            );
+        }
+        (client, cluster)
+    } else {
+        (a.plugin.open(Some(devices))?, train::Cluster::single(devices))
+    };
     let spec = TrainSpec {
         config: cfg,
         mesh,
@@ -187,9 +208,9 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         init: a.init.clone().map_or(Init::Random, Init::Hf),
     };
     let mut trainer = if a.resume {
-        Trainer::resume_with(&client, spec, dataset, &a.out, &a.resume_override)?
+        Trainer::resume_in(&client, spec, dataset, &a.out, &a.resume_override, cluster)?
     } else {
-        Trainer::new(&client, spec, dataset)?
+        Trainer::new_in(&client, spec, dataset, cluster)?
     };
     for c in trainer.changed() {
         eprintln!("resuming with {} {} (--resume-override; the checkpoint's run had {})", c.flag, c.new, c.old);
@@ -201,9 +222,13 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 
     // Ctrl-C asks the trainer to stop after the current step (it then saves); a second Ctrl-C
     // while saving interrupts for real. The handler is set once per process.
+    // A multi-host run cannot stop one host between steps (the others would wait for it at
+    // the next checkpoint): Ctrl-C ends it at once, and --resume continues from the last
+    // committed checkpoint.
     let stop = trainer.stop_handle();
+    let multi = trainer.cluster().is_multi();
     let _ = ctrlc::set_handler(move || {
-        if stop.stop() {
+        if multi || stop.stop() {
             std::process::exit(130);
         }
     });
@@ -211,14 +236,18 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if trainer.is_done() {
         // A run that saved its last checkpoint but was stopped before its final files.
         write_final(&trainer, &a.out, &tokenizer)?;
-        println!(
-            "{} is at the last step ({start}); wrote the final model to {}",
-            trainer.resumed_from().map_or(String::new(), |p| p.display().to_string()),
-            a.out.display()
-        );
+        if writer {
+            println!(
+                "{} is at the last step ({start}); wrote the final model to {}",
+                trainer.resumed_from().map_or(String::new(), |p| p.display().to_string()),
+                a.out.display()
+            );
+        }
+        trainer.close()?;
         return Ok(());
     }
-    let mut log = report::Log::open(&a.out, start, a.steps, trainer.resumed_from(), trainer.setup(), trainer.data())?;
+    let mut log =
+        if writer { Some(report::Log::open(&a.out, start, a.steps, trainer.resumed_from(), trainer.setup(), trainer.data())?) } else { None };
     let tokens_per_step = trainer.setup().batch * trainer.setup().seq;
     // Host overhead is measured from the end of the first step (which traces and compiles).
     let mut loop_started = std::time::Instant::now();
@@ -233,10 +262,12 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
         let last = t.is_done() || t.stop_handle().is_stopped();
         let keep_going = |r: Result<()>| r.map_err(|e| train::Error::Invalid(format!("{e:#}")));
-        if step % a.log_every.max(1) == 0 || last {
-            keep_going(log.record(metrics, tokens_per_step))?;
-        } else {
-            log.tick(step);
+        if let Some(log) = log.as_mut() {
+            if step % a.log_every.max(1) == 0 || last {
+                keep_going(log.record(metrics, tokens_per_step))?;
+            } else {
+                log.tick(step);
+            }
         }
         if (a.save_every > 0 && step % a.save_every == 0) || last {
             let saving = std::time::Instant::now();
@@ -249,13 +280,19 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         Ok(())
     })?;
     if let RunEnd::Stopped { step } = end {
-        log.finish(true)?;
+        if let Some(mut log) = log {
+            log.finish(true)?;
+        }
         eprintln!("interrupted: saved {} at step {step}; continue with --resume", a.out.join("checkpoints").display());
         std::process::exit(130);
     }
     let step = trainer.step_count();
     let (wall, device) = (loop_started.elapsed().as_secs_f64() - saved, (trainer.device_time() - device_before).as_secs_f64());
     let timed = (step - start - 1).max(1);
+    let Some(mut log) = log else {
+        trainer.close()?;
+        return Ok(());
+    };
     log.finish(false)?;
     println!(
         "host time between steps: {:.2}% of the loop ({:.2} ms per step on the host, {:.2} ms executing)",
@@ -263,6 +300,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         1e3 * (wall - device).max(0.0) / timed as f64,
         1e3 * device / timed as f64
     );
+    if trainer.cluster().is_multi() {
+        trainer.close()?;
+        return Ok(());
+    }
     if a.sample > 0 {
         let (prompt, new) = trainer.sample_ids(a.sample, a.seed)?;
         let decoded =
@@ -279,7 +320,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 /// `generate --model OUT --prompt ...` works.
 fn write_final(t: &Trainer, out: &Path, tokenizer: &Tokenizer) -> Result<()> {
     t.export(out)?;
-    if bytes_short(tokenizer, &t.setup().cfg) {
+    if !t.cluster().writes() || bytes_short(tokenizer, &t.setup().cfg) {
         // A token file with a larger vocabulary and no --tokenizer: the byte tokenizer would
         // not decode the model's ids, so none is written beside the weights.
         return Ok(());

@@ -188,7 +188,7 @@ impl Client {
         let key = CompileCache::key(
             &self.info,
             &self.platform_version()?,
-            have,
+            &self.devices()?.iter().map(|d| d.id().map(i64::from)).collect::<Result<Vec<i64>, _>>()?,
             program.pjrt_format(),
             &program.bytes,
             &encoded,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8] = b"gemma-xla exe 1\n";
 /// Bump when anything about the key or the entry format changes.
-const KEY_VERSION: &str = "gemma-xla compile cache v2";
+const KEY_VERSION: &str = "gemma-xla compile cache v3";
 /// Entries larger than this are not read (no compiled program of ours comes close).
 const MAX_ENTRY: u64 = 8 << 30;
 
@@ -91,13 +91,14 @@ impl CompileCache {
         ["XLA_FLAGS", "LIBTPU_INIT_ARGS"].iter().map(|v| format!("{v}={}\n", std::env::var(v).unwrap_or_default())).collect()
     }
 
-    /// The key of compiling `code` (in `format`) with `options` for this plugin and device count.
+    /// The key of compiling `code` (in `format`) with `options` for this plugin and the devices
+    /// (their ids) it will run on.
     /// It is the SHA-256 of those, of the plugin file's path, size and modification time, its
     /// PJRT API, platform and XLA versions, and `compiler_env` (see [`CompileCache::compiler_env`]).
     pub fn key(
         plugin: &PluginInfo,
         platform_version: &str,
-        devices: usize,
+        devices: &[i64],
         format: &str,
         code: &[u8],
         options: &[u8],
@@ -120,7 +121,10 @@ impl CompileCache {
         field("platform", platform_version.as_bytes());
         let xla = plugin.attribute("xla_version").map(|v| v.to_string()).unwrap_or_default();
         field("xla", xla.as_bytes());
-        field("devices", &(devices as u64).to_le_bytes());
+        // The ids of the devices it runs on: an executable is bound to them (processes of a
+        // multi-host run have different ones and share no executable).
+        let ids: Vec<u8> = devices.iter().flat_map(|d| d.to_le_bytes()).collect();
+        field("devices", &ids);
         field("format", format.as_bytes());
         field("code", code);
         field("options", options);
@@ -208,7 +212,7 @@ mod tests {
     #[test]
     fn the_key_covers_the_compilers_flags() {
         let plugin = PluginInfo { path: "/nonexistent/plugin.so".into(), api_version: (0, 115), attributes: vec![] };
-        let k = |env: &str, options: &[u8]| CompileCache::key(&plugin, "cpu 1", 4, "mlir", b"module {}", options, env);
+        let k = |env: &str, options: &[u8]| CompileCache::key(&plugin, "cpu 1", &[0, 1, 2, 3], "mlir", b"module {}", options, env);
         let base = k("XLA_FLAGS=\nLIBTPU_INIT_ARGS=\n", b"o");
         assert_eq!(base, k("XLA_FLAGS=\nLIBTPU_INIT_ARGS=\n", b"o"));
         assert_ne!(base, k("XLA_FLAGS=--xla_cpu_enable_fast_math=true\nLIBTPU_INIT_ARGS=\n", b"o"));

@@ -9,6 +9,7 @@ use gemma::{Config, TensorMeta};
 use graph::{DType, Tree};
 use runtime::{DeviceArray, HostArray};
 use std::borrow::Borrow;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// The training state on the host, tensors in checkpoint order.
@@ -21,6 +22,58 @@ pub struct HostState {
     pub v: Vec<(String, HostArray)>,
     /// Updates applied.
     pub step: u64,
+}
+
+/// A training state that placement reads region by region (each device's part), so that
+/// no host needs more of a saved state than its devices hold.
+pub trait StateSource {
+    /// The box `region` (one range per dimension) of the f32 tensor `name` of `part`
+    /// (`params`, `m` or `v`).
+    fn region(&self, part: &str, name: &str, region: &[Range<i64>]) -> Result<HostArray>;
+    /// Updates applied.
+    fn step(&self) -> u64;
+}
+
+impl StateSource for HostState {
+    fn region(&self, part: &str, name: &str, region: &[Range<i64>]) -> Result<HostArray> {
+        let list = match part {
+            "params" => &self.params,
+            "m" => &self.m,
+            "v" => &self.v,
+            _ => bail!("no state part {part:?}"),
+        };
+        let Some((_, a)) = list.iter().find(|(n, _)| n == name) else { bail!("the state has no {part}.{name}") };
+        Ok(a.slice(region)?)
+    }
+
+    fn step(&self) -> u64 {
+        self.step
+    }
+}
+
+/// A checkpoint opened for resuming: whole tensors (written by one host) or pieces written by
+/// several hosts ([`crate::sharded`]).
+pub enum Saved {
+    /// `model.safetensors` + `optimizer.safetensors`, read whole.
+    Whole(HostState),
+    /// `shards.json` and the hosts' shard files, read region by region.
+    Sharded(crate::sharded::ShardedState),
+}
+
+impl StateSource for Saved {
+    fn region(&self, part: &str, name: &str, region: &[Range<i64>]) -> Result<HostArray> {
+        match self {
+            Saved::Whole(h) => h.region(part, name, region),
+            Saved::Sharded(s) => s.region(part, name, region),
+        }
+    }
+
+    fn step(&self) -> u64 {
+        match self {
+            Saved::Whole(h) => h.step,
+            Saved::Sharded(s) => s.step(),
+        }
+    }
 }
 
 /// What else a resumed run needs to continue exactly.
@@ -67,6 +120,23 @@ pub fn write_from_devices<A: Borrow<DeviceArray>>(path: &Path, state: &Tree<A>, 
     Ok(())
 }
 
+/// [`write_from_devices`] for arrays that may not be fully addressable: each tensor is
+/// gathered (see `DeviceArray::gather`) when its turn comes.
+pub fn write_gathered<A: Borrow<DeviceArray>>(path: &Path, client: &runtime::Client, state: &Tree<A>, entries: &[(String, String)]) -> Result<()> {
+    let metas = entries
+        .iter()
+        .map(|(name, leaf)| Ok(TensorMeta { name: name.clone(), dtype: DType::F32, shape: state.leaf(leaf)?.borrow().ty().dims.clone() }))
+        .collect::<Result<Vec<_>>>()?;
+    gemma::save_safetensors_streaming(path, &metas, |i| {
+        let leaf = state.leaf(&entries[i].1).map_err(|e| gemma::Error::Checkpoint { path: path.display().to_string(), message: e.to_string() })?;
+        leaf.borrow().gather(client).map(|h| h.bytes().to_vec()).map_err(|e| gemma::Error::Checkpoint {
+            path: path.display().to_string(),
+            message: format!("cannot gather {}: {e}", entries[i].1),
+        })
+    })?;
+    Ok(())
+}
+
 /// (name, state path) of the parameters, with `prefix` before the name in the file.
 pub fn entries(cfg: &Config, part: &str, prefix: &str) -> Vec<(String, String)> {
     gemma::param_shapes(cfg).into_iter().map(|(n, _)| (format!("{prefix}{n}"), format!("state.{part}.{n}"))).collect()
@@ -98,13 +168,74 @@ pub fn save<A: Borrow<DeviceArray>>(out: &Path, cfg: &Config, state: &Tree<A>, s
     Ok(final_dir)
 }
 
-fn write_dir<A: Borrow<DeviceArray>>(tmp: &Path, cfg: &Config, state: &Tree<A>, step: u64, meta: &Meta) -> Result<()> {
-    std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    write_from_devices(&tmp.join("model.safetensors"), state, &entries(cfg, "params", ""))?;
-    gemma::write_atomic(&tmp.join("config.json"), cfg.to_hf_json().as_bytes())?;
-    let mut opt = entries(cfg, "opt.m", "m.");
-    opt.extend(entries(cfg, "opt.v", "v."));
-    write_from_devices(&tmp.join("optimizer.safetensors"), state, &opt)?;
+/// [`save`] by every host of a multi-host run together: host 0 makes the temporary
+/// directory, every host writes the pieces its devices hold, and after a barrier host 0 writes
+/// the index, the config and the trainer state and commits the directory by rename (then
+/// prunes); a last barrier lets every host know the checkpoint is committed. A host that fails
+/// on the way fails the others' barrier, and the previous checkpoint stays.
+pub fn save_sharded(out: &Path, cfg: &Config, state: &Tree<&DeviceArray>, step: u64, meta: &Meta, keep: usize, cluster: &crate::cluster::Cluster) -> Result<PathBuf> {
+    let dir = out.join("checkpoints");
+    let name = format!("step_{step}");
+    let final_dir = dir.join(&name);
+    let mut entries = entries(cfg, "params", "params.");
+    entries.extend(crate::checkpoints::entries(cfg, "opt.m", "m."));
+    entries.extend(crate::checkpoints::entries(cfg, "opt.v", "v."));
+    // Host 0 names and makes the temporary directory (after its pid, as single-host saves do).
+    let tmp_name = if cluster.writes() {
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp_name = format!(".{name}.tmp-{}", std::process::id());
+        let tmp = dir.join(&tmp_name);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
+        }
+        std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        tmp_name
+    } else {
+        String::new()
+    };
+    let tmp_name = String::from_utf8_lossy(&cluster.from_first(&format!("checkpoint/{step}/dir"), tmp_name.as_bytes())?).into_owned();
+    let tmp = dir.join(&tmp_name);
+    if !tmp.is_dir() {
+        bail!(
+            "host {} does not see {}, which host 0 made: --out must be on storage every host shares",
+            cluster.process(),
+            tmp.display()
+        );
+    }
+    crate::sharded::write_pieces(&tmp, cluster, state, &entries)?;
+    cluster.barrier(&format!("checkpoint/{step}/written"))?;
+    if cluster.writes() {
+        let previous = newest(&dir)?.map(|(_, p)| p);
+        let committed = (|| -> Result<()> {
+            for p in 0..cluster.processes() {
+                let f = tmp.join(crate::sharded::shard_file(p, cluster.processes()));
+                if !f.is_file() {
+                    bail!("host {p}'s pieces ({}) are missing after every host said it wrote them", f.display());
+                }
+            }
+            gemma::write_atomic(&tmp.join(crate::sharded::INDEX), crate::sharded::index_json(cluster, state, &entries)?.as_bytes())?;
+            gemma::write_atomic(&tmp.join("config.json"), cfg.to_hf_json().as_bytes())?;
+            write_state_json(&tmp, step, meta, cluster.processes())?;
+            sync_dir(&tmp)?;
+            if final_dir.exists() {
+                std::fs::remove_dir_all(&final_dir).with_context(|| format!("cannot replace {}", final_dir.display()))?;
+            }
+            std::fs::rename(&tmp, &final_dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
+            sync_dir(&dir)
+        })();
+        if let Err(e) = committed {
+            let _ = std::fs::remove_dir_all(&tmp);
+            let kept = previous
+                .map_or("there is no earlier checkpoint".to_string(), |p| format!("the previous checkpoint {} is intact", p.display()));
+            return Err(e.context(format!("cannot save checkpoint {} ({kept})", final_dir.display())));
+        }
+        prune(&dir, keep)?;
+    }
+    cluster.barrier(&format!("checkpoint/{step}/committed"))?;
+    Ok(final_dir)
+}
+
+fn write_state_json(dir: &Path, step: u64, meta: &Meta, hosts: usize) -> Result<()> {
     let json = serde_json::json!({
         "step": step,
         "seed": meta.seed,
@@ -114,12 +245,24 @@ fn write_dir<A: Borrow<DeviceArray>>(tmp: &Path, cfg: &Config, state: &Tree<A>, 
         "rows_consumed": meta.rows_consumed,
         "mesh": meta.mesh,
         "dtype": meta.dtype,
+        "hosts": hosts,
         "settings": meta.settings,
     });
     gemma::write_atomic(
-        &tmp.join("trainer_state.json"),
+        &dir.join("trainer_state.json"),
         (serde_json::to_string_pretty(&json).expect("internal: a JSON value serializes") + "\n").as_bytes(),
     )?;
+    Ok(())
+}
+
+fn write_dir<A: Borrow<DeviceArray>>(tmp: &Path, cfg: &Config, state: &Tree<A>, step: u64, meta: &Meta) -> Result<()> {
+    std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    write_from_devices(&tmp.join("model.safetensors"), state, &entries(cfg, "params", ""))?;
+    gemma::write_atomic(&tmp.join("config.json"), cfg.to_hf_json().as_bytes())?;
+    let mut opt = entries(cfg, "opt.m", "m.");
+    opt.extend(entries(cfg, "opt.v", "v."));
+    write_from_devices(&tmp.join("optimizer.safetensors"), state, &opt)?;
+    write_state_json(tmp, step, meta, 1)?;
     sync_dir(tmp)
 }
 
@@ -127,8 +270,24 @@ fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
 }
 
-/// The files every checkpoint directory holds.
+/// The files every checkpoint directory of a single-host run holds (one of several hosts
+/// holds `config.json`, `trainer_state.json`, `shards.json` and the shard files it lists).
 pub const FILES: [&str; 4] = ["config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"];
+
+/// The files of a checkpoint directory that are not there.
+fn missing_files(path: &Path) -> Vec<String> {
+    let absent = |f: &str| !path.join(f).is_file();
+    if path.join(crate::sharded::INDEX).is_file() {
+        let mut missing: Vec<String> = ["config.json", "trainer_state.json"].into_iter().filter(|f| absent(f)).map(String::from).collect();
+        match crate::sharded::listed_files(path) {
+            Ok(files) => missing.extend(files.into_iter().filter(|f| absent(f))),
+            Err(_) => missing.push(format!("a readable {}", crate::sharded::INDEX)),
+        }
+        missing
+    } else {
+        FILES.into_iter().filter(|f| absent(f)).map(String::from).collect()
+    }
+}
 
 /// A `step_<n>` directory found under `OUT/checkpoints`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,8 +296,8 @@ pub struct Found {
     pub step: u64,
     /// The directory.
     pub path: PathBuf,
-    /// The files of [`FILES`] it lacks (empty: complete).
-    pub missing: Vec<&'static str>,
+    /// The files it lacks (empty: complete).
+    pub missing: Vec<String>,
 }
 
 /// `step_<n>` directories, newest first, each with the files it lacks; removes the temporary
@@ -159,7 +318,7 @@ pub fn list(dir: &Path) -> Result<Vec<Found>> {
             }
         } else if let Some(n) = name.strip_prefix("step_").and_then(|n| n.parse::<u64>().ok()) {
             let path = entry.path();
-            let missing = FILES.into_iter().filter(|f| !path.join(f).is_file()).collect();
+            let missing = missing_files(&path);
             found.push(Found { step: n, path, missing });
         }
     }
@@ -190,16 +349,26 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
 
 /// The newest complete checkpoint under `OUT/checkpoints`, loaded; None if there is none.
 /// Newer directories that lack files are skipped (see [`list`]), never trusted.
-pub fn load_latest(out: &Path, cfg: &Config) -> Result<Option<(PathBuf, HostState, Meta)>> {
+pub fn load_latest(out: &Path, cfg: &Config) -> Result<Option<(PathBuf, Saved, Meta)>> {
     let Some((_, path)) = newest(&out.join("checkpoints"))? else { return Ok(None) };
     let (state, meta) = load(&path, cfg)?;
     Ok(Some((path, state, meta)))
 }
 
-fn load(dir: &Path, cfg: &Config) -> Result<(HostState, Meta)> {
+/// The newest complete checkpoint's directory under `OUT/checkpoints`, if any.
+pub fn newest_dir(out: &Path) -> Result<Option<PathBuf>> {
+    Ok(newest(&out.join("checkpoints"))?.map(|(_, p)| p))
+}
+
+/// Opens the checkpoint in `dir` (either layout) for a run of `cfg`.
+pub fn load(dir: &Path, cfg: &Config) -> Result<(Saved, Meta)> {
     let saved = Config::from_json_file(&dir.join("config.json"))?;
     if &saved != cfg {
         bail!("{}: the checkpoint's config differs from this run's ({saved:?} vs {cfg:?})", dir.join("config.json").display());
+    }
+    if dir.join(crate::sharded::INDEX).is_file() {
+        let (meta, step) = read_meta(dir)?;
+        return Ok((Saved::Sharded(crate::sharded::ShardedState::open(dir, step)?), meta));
     }
     let ck = gemma::Checkpoint::open(dir)?;
     ck.validate(cfg)?;
@@ -234,6 +403,19 @@ fn load(dir: &Path, cfg: &Config) -> Result<(HostState, Meta)> {
             .collect()
     };
     let (m, v) = (moment("m.")?, moment("v.")?);
+    let (meta, step) = read_meta(dir)?;
+    for (file, part, list) in [(&model_file, "", &params), (&opt_file, "m.", &m), (&opt_file, "v.", &v)] {
+        for (name, array) in list {
+            if let Some(bad) = array.to_f64_vec().into_iter().find(|x| !x.is_finite()) {
+                bail!("{}: tensor {part}{name} holds {bad}; a checkpoint with non-finite values cannot be resumed", file.display());
+            }
+        }
+    }
+    Ok((Saved::Whole(HostState { params, m, v, step }), meta))
+}
+
+/// The trainer state of the checkpoint in `dir` and its step (which must be the directory's).
+fn read_meta(dir: &Path) -> Result<(Meta, u64)> {
     let state_file = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_file).with_context(|| format!("cannot read {}", state_file.display()))?;
     let j: serde_json::Value =
@@ -272,12 +454,5 @@ fn load(dir: &Path, cfg: &Config) -> Result<(HostState, Meta)> {
             dir.display()
         );
     }
-    for (file, part, list) in [(&model_file, "", &params), (&opt_file, "m.", &m), (&opt_file, "v.", &v)] {
-        for (name, array) in list {
-            if let Some(bad) = array.to_f64_vec().into_iter().find(|x| !x.is_finite()) {
-                bail!("{}: tensor {part}{name} holds {bad}; a checkpoint with non-finite values cannot be resumed", file.display());
-            }
-        }
-    }
-    Ok((HostState { params, m, v, step }, meta))
+    Ok((meta, step))
 }

@@ -33,12 +33,15 @@
 #![warn(missing_docs)]
 
 pub mod checkpoints;
+pub mod cluster;
 pub mod hosts;
 mod sample;
 mod setup;
+pub mod sharded;
 mod state;
 mod trainer;
 
+pub use cluster::Cluster;
 pub use setup::{resolve_mesh, train_step_jit, Setup, StepFn};
 pub use state::{AdamState, TrainState};
 pub use trainer::{settings, Change, Init, RunEnd, StepMetrics, StopHandle, TrainSpec, Trainer};

@@ -1,5 +1,6 @@
 //! [`Trainer`]: the state on the devices, the compiled step, the data, and where the run is.
-use crate::checkpoints::{self, HostState, Meta};
+use crate::checkpoints::{self, HostState, Meta, StateSource};
+use crate::cluster::Cluster;
 use crate::sample;
 use crate::setup::{train_step_jit, Setup, StepFn};
 use crate::state::{AdamState, TrainState};
@@ -99,11 +100,13 @@ pub struct StepMetrics {
     /// Updates applied after this step (1-based step number).
     pub step: u64,
     metrics: Tree<DeviceArray>,
+    client: Client,
 }
 
 impl StepMetrics {
     fn scalar(&self, name: &str) -> Result<f64> {
-        Ok(self.metrics.leaf(name)?.fetch()?.to_f64_vec()[0])
+        // Replicated scalars: each host reads its own copy (no program runs).
+        Ok(self.metrics.leaf(name)?.gather(&self.client)?.to_f64_vec()[0])
     }
 
     /// The mean next-token loss of the step's batch (before the update).
@@ -144,6 +147,7 @@ pub struct Trainer {
     skipped: Vec<checkpoints::Found>,
     settings: BTreeMap<String, String>,
     changed: Vec<Change>,
+    cluster: Cluster,
 }
 
 /// A setting a resumed run changed from its checkpoint's, allowed by an override.
@@ -193,6 +197,14 @@ impl Trainer {
     /// A fresh run: the weights from `spec.init`, AdamW's moments zero, step 0, placed over
     /// the mesh as `gemma::rules` splits them. Nothing is compiled until the first step.
     pub fn new(client: &Client, spec: TrainSpec, data: Dataset) -> Result<Trainer> {
+        let n = spec.mesh.num_devices() as usize;
+        Trainer::new_in(client, spec, data, Cluster::single(n))
+    }
+
+    /// [`Trainer::new`] as one process of a multi-host run: every process of `cluster` calls
+    /// it with the same spec and data; each places only its own devices' shards, and the
+    /// processes check that they compile the same program before the first step.
+    pub fn new_in(client: &Client, spec: TrainSpec, data: Dataset, cluster: Cluster) -> Result<Trainer> {
         let setup = check(client, &spec, &data)?;
         check_host_memory(&setup.cfg)?;
         let params = match &spec.init {
@@ -213,7 +225,7 @@ impl Trainer {
         let (m, v) = (zeros(&params)?, zeros(&params)?);
         let host = HostState { params, m, v, step: 0 };
         let settings = settings(&spec, &data);
-        Trainer::place(client, spec, setup, data, &host, None, settings)
+        Trainer::place(client, spec, setup, data, &host, None, settings, cluster)
     }
 
     /// Continues the newest complete checkpoint under `out/checkpoints` exactly: the same
@@ -230,6 +242,15 @@ impl Trainer {
     /// whose changes [`Trainer::changed`] lists. A difference not overridden is an error naming
     /// the flag and both values.
     pub fn resume_with(client: &Client, spec: TrainSpec, data: Dataset, out: &Path, overrides: &[String]) -> Result<Trainer> {
+        let n = spec.mesh.num_devices() as usize;
+        Trainer::resume_in(client, spec, data, out, overrides, Cluster::single(n))
+    }
+
+    /// [`Trainer::resume_with`] as one process of a multi-host run: host 0 chooses the
+    /// checkpoint (the newest complete one) and every host resumes that one, each reading
+    /// only the parts its devices hold. The checkpoint may come from any number of hosts and
+    /// any mesh.
+    pub fn resume_in(client: &Client, spec: TrainSpec, data: Dataset, out: &Path, overrides: &[String], cluster: Cluster) -> Result<Trainer> {
         let setup = check(client, &spec, &data)?;
         check_host_memory(&setup.cfg)?;
         let now = settings(&spec, &data);
@@ -241,9 +262,19 @@ impl Trainer {
             names.dedup();
             bail!("--resume-override {}: not a setting a resume compares (those are: {})", bad.trim_start_matches('-'), names.join(", "));
         }
-        let Some((path, host, meta)) = checkpoints::load_latest(out, &setup.cfg)? else {
+        // Host 0 chooses; the others take its choice (they do not list: cleaning up after
+        // dead writers is host 0's).
+        let chosen = if cluster.writes() { checkpoints::newest_dir(out)? } else { None };
+        let name = chosen.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = String::from_utf8_lossy(&cluster.from_first("resume/checkpoint", name.as_bytes())?).into_owned();
+        if name.is_empty() {
             bail!("--resume: there is no checkpoint in {}", out.join("checkpoints").display());
-        };
+        }
+        let path = out.join("checkpoints").join(&name);
+        if !path.is_dir() {
+            bail!("host {} does not see {}, which host 0 resumes from: --out must be on storage every host shares", cluster.process(), path.display());
+        }
+        let (host, meta) = checkpoints::load(&path, &setup.cfg)?;
         if meta.batch != setup.batch || meta.seq != setup.seq {
             bail!(
                 "--resume: {} was trained with --batch {} --seq {}, this run has --batch {} --seq {}",
@@ -254,8 +285,8 @@ impl Trainer {
                 setup.seq
             );
         }
-        if host.step > spec.hyper.steps {
-            bail!("the checkpoint is at step {}, which is past --steps {}", host.step, spec.hyper.steps);
+        if host.step() > spec.hyper.steps {
+            bail!("the checkpoint is at step {}, which is past --steps {}", host.step(), spec.hyper.steps);
         }
         let mut changed = Vec::new();
         let flags: std::collections::BTreeSet<&String> = meta.settings.keys().chain(now.keys()).collect();
@@ -282,9 +313,12 @@ impl Trainer {
             }
             changed.push(Change { flag: flag.clone(), old: old.clone(), new: new.clone() });
         }
-        let skipped: Vec<checkpoints::Found> =
-            checkpoints::list(&out.join("checkpoints"))?.into_iter().filter(|f| f.step > host.step && !f.missing.is_empty()).collect();
-        let mut trainer = Trainer::place(client, spec, setup, data, &host, Some(path), now)?;
+        let skipped: Vec<checkpoints::Found> = if cluster.writes() {
+            checkpoints::list(&out.join("checkpoints"))?.into_iter().filter(|f| f.step > host.step() && !f.missing.is_empty()).collect()
+        } else {
+            Vec::new()
+        };
+        let mut trainer = Trainer::place(client, spec, setup, data, &host, Some(path), now, cluster)?;
         trainer.skipped = skipped;
         trainer.changed = changed;
         Ok(trainer)
@@ -292,33 +326,50 @@ impl Trainer {
 
     /// Places `host` for a run of `spec` on `data`, whose result-changing settings are
     /// `settings` (computed once by the caller: the data's fingerprint hashes its tokens).
+    #[allow(clippy::too_many_arguments)]
     fn place(
         client: &Client,
         spec: TrainSpec,
         setup: Setup,
         data: Dataset,
-        host: &HostState,
+        host: &dyn StateSource,
         from: Option<PathBuf>,
         settings: BTreeMap<String, String>,
+        cluster: Cluster,
     ) -> Result<Trainer> {
-        let placed = |list: &[(String, HostArray)], part: &str| -> Result<Tree<DeviceArray>> {
+        let own = cluster.ownership().clone();
+        // Each device's region is read from the source: a host reads only what its devices hold.
+        let placed = |part: &str, key: &str| -> Result<Tree<DeviceArray>> {
             let mut tree = Tree::new();
-            for (name, array) in list {
-                let sharding = setup.sharding(&format!("state.{part}.{name}"), array.dims().len());
-                tree.insert(name.clone(), DeviceArray::place(client, array, &sharding)?)?;
+            for (name, dims) in gemma::param_shapes(&setup.cfg) {
+                let sharding = setup.sharding(&format!("state.{part}.{name}"), dims.len());
+                let ty = graph::TensorType::new(DType::F32, &dims);
+                let array = DeviceArray::place_with(client, &own, &sharding, &ty, |_, region| {
+                    host.region(key, &name, region).map_err(|e| runtime::Error::Argument(e.to_string()))
+                })?;
+                tree.insert(name.clone(), array)?;
             }
             Ok(tree)
         };
         let step = HostArray::from_vec(
             &[],
-            vec![i32::try_from(host.step).map_err(|_| crate::Error::Invalid(format!("step {} is too large", host.step)))?],
+            vec![i32::try_from(host.step()).map_err(|_| crate::Error::Invalid(format!("step {} is too large", host.step())))?],
         )?;
         let state = TrainState {
-            params: placed(&host.params, "params")?,
-            opt: AdamState { m: placed(&host.m, "opt.m")?, v: placed(&host.v, "opt.v")? },
-            step: DeviceArray::place(client, &step, &setup.sharding("state.step", 0))?,
+            params: placed("params", "params")?,
+            opt: AdamState { m: placed("opt.m", "m")?, v: placed("opt.v", "v")? },
+            step: DeviceArray::place_with(client, &own, &setup.sharding("state.step", 0), &step.ty(), |_, _| Ok(step.clone()))?,
         };
         let jit = train_step_jit(Some(client), &setup, &spec.hyper);
+        if cluster.is_multi() {
+            // Every host must compile the same program over the same data and settings.
+            let lowered = jit.lower(&setup.train_args())?;
+            let mut bytes = lowered.stablehlo.into_bytes();
+            bytes.extend(lowered.options.encode());
+            cluster.agree("program (sha256 of the lowered train step and its compile options)", &data::files::sha256_hex(&bytes))?;
+            let json = serde_json::to_string(&settings).expect("internal: a map of strings serializes");
+            cluster.agree("run settings (sha256 of the flags that change the result, data included)", &data::files::sha256_hex(json.as_bytes()))?;
+        }
         Ok(Trainer {
             client: client.clone(),
             setup,
@@ -327,14 +378,27 @@ impl Trainer {
             seed: spec.seed,
             shuffle: spec.shuffle,
             state: Some(state),
-            step: host.step,
+            step: host.step(),
             jit,
             stop: StopHandle::default(),
             resumed_from: from,
             skipped: Vec::new(),
             settings,
             changed: Vec::new(),
+            cluster,
         })
+    }
+
+    /// This process's place in the run.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Ends the run: with several hosts, waits for every host at a last barrier and leaves
+    /// the coordination service cleanly (host 0 serves until every host has left).
+    pub fn close(self) -> Result<()> {
+        self.cluster.barrier("end")?;
+        self.cluster.close()
     }
 
     /// The client the run executes on.
@@ -413,9 +477,8 @@ impl Trainer {
         if self.is_done() {
             bail!("the run is complete: {} of {} steps applied", self.step, self.hp.steps);
         }
-        let shuffle = self.shuffle.then_some(self.seed);
-        let tokens = self.data.batch(self.step, self.setup.batch, shuffle)?;
-        let tokens = DeviceArray::place(&self.client, &tokens, &self.setup.sharding("batch.tokens", 2))?;
+        self.cluster.check()?;
+        let tokens = self.place_batch()?;
         let state = self.state.take().ok_or_else(|| crate::Error::Invalid("the train state was lost by an earlier failed step".into()))?;
         let mut args: Tree<Arg> = Tree::new();
         for (path, array) in state.flatten()?.into_leaves() {
@@ -426,7 +489,52 @@ impl Trainer {
         let metrics = out.take_subtree("metrics");
         self.state = Some(TrainState::unflatten(out)?);
         self.step += 1;
-        Ok(StepMetrics { step: self.step, metrics })
+        Ok(StepMetrics { step: self.step, metrics, client: self.client.clone() })
+    }
+
+    /// The batch of the current step on the devices. Alone: read whole and placed. One host of
+    /// several: only the rows its own devices hold are read (`hosts::host_rows`) and placed;
+    /// stand-in devices (CPU tests of the multi-host path) get the other hosts' rows from them
+    /// through the coordination service.
+    fn place_batch(&self) -> Result<DeviceArray> {
+        let shuffle = self.shuffle.then_some(self.seed);
+        let sharding = self.setup.sharding("batch.tokens", 2);
+        if !self.cluster.is_multi() {
+            let tokens = self.data.batch(self.step, self.setup.batch, shuffle)?;
+            return Ok(DeviceArray::place(&self.client, &tokens, &sharding)?);
+        }
+        let own = self.cluster.ownership();
+        let (batch, seq) = (self.setup.batch as i64, self.setup.seq as i64);
+        let rows_of = |p: usize| crate::hosts::host_rows(batch, seq, &self.setup.mesh, &sharding.spec, own.owners(), p);
+        let mine = rows_of(own.process())?;
+        let local = self.data.batch_part(self.step, self.setup.batch, shuffle, &mine)?;
+        let ty = graph::TensorType::new(DType::S32, &[batch, seq]);
+        // The other hosts' rows, for the stand-ins: every host publishes its own.
+        let mut others: Vec<Option<(Vec<std::ops::Range<i64>>, HostArray)>> = Vec::new();
+        if own.has_stand_ins() {
+            let all = self.cluster.all_gather(&format!("batch/{}", self.step), local.bytes())?;
+            for (p, bytes) in all.into_iter().enumerate() {
+                let rows = rows_of(p)?;
+                let n: i64 = rows.iter().map(|r| r.end - r.start).sum();
+                others.push(Some((rows, HostArray::from_bytes(DType::S32, &[n, seq], bytes)?)));
+            }
+        }
+        let array = DeviceArray::from_process_local_data(&self.client, own, &sharding, &ty, &local, &mine, |d, region| {
+            let Some(Some((rows, data))) = others.get(own.owners()[d]) else {
+                return Err(runtime::Error::Argument(format!("no rows for device {d}, which is not this host's")));
+            };
+            let mut offset = 0;
+            for r in rows {
+                if region[0].start >= r.start && region[0].end <= r.end {
+                    let mut within = region.to_vec();
+                    within[0] = offset + region[0].start - r.start..offset + region[0].end - r.start;
+                    return data.slice(&within);
+                }
+                offset += r.end - r.start;
+            }
+            Err(runtime::Error::Argument(format!("host {} does not hold rows {:?}", own.owners()[d], region[0])))
+        })?;
+        Ok(array)
     }
 
     /// Steps until all `hyper.steps` updates are applied or the stop handle is set, calling
@@ -458,16 +566,37 @@ impl Trainer {
 
     /// Writes the checkpoint `out/checkpoints/step_<n>/` (atomically) and keeps the newest
     /// `keep`; returns its directory.
+    /// With several hosts every host must call it at the same step: each writes the pieces
+    /// its devices hold and host 0 commits the checkpoint (see [`checkpoints::save_sharded`]).
     pub fn save(&self, out: &Path, keep: usize) -> Result<PathBuf> {
         let flat = self.flat_view()?;
+        if self.cluster.is_multi() {
+            return checkpoints::save_sharded(out, &self.setup.cfg, &flat, self.step, &self.meta(), keep, &self.cluster);
+        }
         checkpoints::save(out, &self.setup.cfg, &flat, self.step, &self.meta(), keep)
     }
 
     /// Writes the weights as an HF checkpoint: `out/model.safetensors` (f32) and
     /// `out/config.json`, each atomically.
+    /// With several hosts every host must call it: each tensor is gathered in turn (a
+    /// program that replicates it), host 0 writes it and drops it before the next, so no
+    /// host holds more than one whole tensor; the other hosts write nothing.
     pub fn export(&self, out: &Path) -> Result<()> {
         let flat = self.flat_view()?;
         let params = checkpoints::entries(&self.setup.cfg, "params", "");
+        if self.cluster.is_multi() {
+            if self.cluster.writes() {
+                checkpoints::write_gathered(&out.join("model.safetensors"), &self.client, &flat, &params)?;
+                gemma::write_atomic(&out.join("config.json"), self.setup.cfg.to_hf_json().as_bytes())
+                    .with_context(|| format!("cannot write {}", out.join("config.json").display()))?;
+            } else {
+                for (_, path) in &params {
+                    flat.leaf(path)?.gather(&self.client)?;
+                }
+            }
+            self.cluster.barrier("export")?;
+            return Ok(());
+        }
         checkpoints::write_from_devices(&out.join("model.safetensors"), &flat, &params)?;
         gemma::write_atomic(&out.join("config.json"), self.setup.cfg.to_hf_json().as_bytes())
             .with_context(|| format!("cannot write {}", out.join("config.json").display()))?;
@@ -483,6 +612,9 @@ impl Trainer {
 
     /// What [`Trainer::sample`] draws, as token ids: (prompt, continuation).
     pub fn sample_ids(&self, n: usize, seed: u64) -> Result<(Vec<u32>, Vec<u32>)> {
+        if self.cluster.is_multi() {
+            bail!("samples are drawn in single-host runs only (the sampler reads the weights whole); use `generate` on the exported model");
+        }
         sample::generate(&self.client, &self.setup, &self.state()?.params, &self.data, n, seed)
     }
 
