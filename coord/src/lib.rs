@@ -190,12 +190,8 @@ impl Server {
         }
         let listener = TcpListener::bind(bind).map_err(|e| Error::Serve { addr: bind.to_string(), why: e.to_string() })?;
         let addr = listener.local_addr().map_err(|e| Error::Serve { addr: bind.to_string(), why: e.to_string() })?;
-        let state = State {
-            seen: vec![None; processes],
-            joined: vec![false; processes],
-            done: vec![false; processes],
-            ..Default::default()
-        };
+        let state =
+            State { seen: vec![None; processes], joined: vec![false; processes], done: vec![false; processes], ..Default::default() };
         let shared = Arc::new(Shared {
             token: token.to_string(),
             processes,
@@ -227,7 +223,8 @@ impl Server {
                     for p in 0..shared.processes {
                         if let Some(seen) = s.seen[p] {
                             if !s.done[p] && seen.elapsed() > shared.timeout {
-                                let why = format!("it sent no heartbeat for {} s (hung, or its host is unreachable)", shared.timeout.as_secs());
+                                let why =
+                                    format!("it sent no heartbeat for {} s (hung, or its host is unreachable)", shared.timeout.as_secs());
                                 s.fail(p, why);
                             }
                         }
@@ -441,15 +438,14 @@ impl Settings {
     pub fn from_env(var: impl Fn(&str) -> Option<String>, process: usize, processes: usize, timeout: Duration) -> Result<Settings> {
         let address = match var("GEMMA_XLA_COORDINATOR").filter(|a| !a.trim().is_empty()) {
             Some(a) => a.trim().to_string(),
-            None => match var("TPU_WORKER_HOSTNAMES").and_then(|h| h.split(',').map(str::trim).find(|h| !h.is_empty()).map(str::to_string)) {
+            None => match var("TPU_WORKER_HOSTNAMES").and_then(|h| h.split(',').map(str::trim).find(|h| !h.is_empty()).map(str::to_string))
+            {
                 Some(h) => h,
-                None => {
-                    return Err(Error::Invalid(
-                        "a multi-host run needs the coordinator's address: set GEMMA_XLA_COORDINATOR=host:port (`gemma-xla launch` sets it), \
+                None => return Err(Error::Invalid(
+                    "a multi-host run needs the coordinator's address: set GEMMA_XLA_COORDINATOR=host:port (`gemma-xla launch` sets it), \
                          or run on a TPU VM, whose TPU_WORKER_HOSTNAMES names host 0"
-                            .into(),
-                    ))
-                }
+                        .into(),
+                )),
             },
         };
         let address = with_port(&address)?;
@@ -483,7 +479,8 @@ fn with_port(address: &str) -> Result<String> {
         return Ok(format!("{address}:{DEFAULT_PORT}"));
     }
     let port = address.rsplit_once(':').map(|(_, p)| p).unwrap_or("");
-    port.parse::<u16>().map_err(|_| Error::Invalid(format!("coordinator address {address:?}: the port {port:?} is not a number below 65536")))?;
+    port.parse::<u16>()
+        .map_err(|_| Error::Invalid(format!("coordinator address {address:?}: the port {port:?} is not a number below 65536")))?;
     Ok(address.to_string())
 }
 
@@ -564,10 +561,9 @@ impl Coordinator {
                 while !stop.load(Ordering::SeqCst) {
                     let result = write_frame(&mut beat, &json!({"op": "ping"}), &[]).and_then(|()| read_frame(&mut beat));
                     let seen = match result {
-                        Ok((reply, _)) => reply["failed"].as_u64().map(|p| Error::HostFailed {
-                            process: p as usize,
-                            why: reply["why"].as_str().unwrap_or("").to_string(),
-                        }),
+                        Ok((reply, _)) => reply["failed"]
+                            .as_u64()
+                            .map(|p| Error::HostFailed { process: p as usize, why: reply["why"].as_str().unwrap_or("").to_string() }),
                         Err(e) => Some(Error::Lost { addr: addr.clone(), why: e.to_string() }),
                     };
                     if let Some(e) = seen {
@@ -718,7 +714,8 @@ mod tests {
 
     #[test]
     fn settings_come_from_the_environment() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let env =
+            |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
         let t = Duration::from_secs(5);
         let s = Settings::from_env(env(&[("TPU_WORKER_HOSTNAMES", "w-0,w-1"), ("GEMMA_XLA_RUN_TOKEN", "x")]), 1, 2, t).unwrap();
         assert_eq!(s.address, "w-0:8476");

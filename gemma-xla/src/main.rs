@@ -10,6 +10,7 @@ mod dump;
 mod eval_cmd;
 mod forward;
 mod generate_cmd;
+mod launch;
 mod plan;
 mod plugin;
 mod report;
@@ -47,6 +48,8 @@ enum Command {
     Eval(Box<eval_cmd::EvalArgs>),
     /// Train Gemma with AdamW (one compiled, sharded step); with no flags, the tiny model on the built-in corpus.
     Train(Box<train::TrainArgs>),
+    /// Run `train` on every worker of a Cloud TPU VM slice (one process per host) through gcloud: `launch --tpu NAME --zone ZONE -- train ...`.
+    Launch(Box<launch::LaunchArgs>),
     /// Tokenize a corpus (text, jsonl, jsonl.gz/zst, parquet) once into memory-mapped .npy shards that `train --data DIR` streams.
     Tokenize(Box<tokenize::TokenizeArgs>),
     /// Per-tensor shardings and bytes per device of a Gemma config on a mesh, before compiling.
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Forward(args) => forward::forward(&args),
         Command::Train(args) => train::train(&args),
+        Command::Launch(args) => launch::launch(&args),
         Command::Generate(args) => generate_cmd::generate_cmd(&args),
         Command::Eval(args) => eval_cmd::eval_cmd(&args),
         Command::Tokenize(args) => tokenize::tokenize(&args),

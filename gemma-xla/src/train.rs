@@ -246,8 +246,11 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         trainer.close()?;
         return Ok(());
     }
-    let mut log =
-        if writer { Some(report::Log::open(&a.out, start, a.steps, trainer.resumed_from(), trainer.setup(), trainer.data())?) } else { None };
+    let mut log = if writer {
+        Some(report::Log::open(&a.out, start, a.steps, trainer.resumed_from(), trainer.setup(), trainer.data())?)
+    } else {
+        None
+    };
     let tokens_per_step = trainer.setup().batch * trainer.setup().seq;
     // Host overhead is measured from the end of the first step (which traces and compiles).
     let mut loop_started = std::time::Instant::now();

@@ -46,7 +46,14 @@ fn train_args(cfg: &Path, out: &Path, devices: usize, mesh: &str, extra: &[&str]
 fn command(args: &[String]) -> Command {
     let mut c = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"));
     c.args(args);
-    for v in ["GEMMA_XLA_PROCESS_ID", "GEMMA_XLA_NUM_PROCESSES", "GEMMA_XLA_COORDINATOR", "GEMMA_XLA_RUN_TOKEN", "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES"] {
+    for v in [
+        "GEMMA_XLA_PROCESS_ID",
+        "GEMMA_XLA_NUM_PROCESSES",
+        "GEMMA_XLA_COORDINATOR",
+        "GEMMA_XLA_RUN_TOKEN",
+        "TPU_WORKER_ID",
+        "TPU_WORKER_HOSTNAMES",
+    ] {
         c.env_remove(v);
     }
     c
@@ -146,9 +153,8 @@ fn three_hosts_one_killed_resumed_on_three_and_on_two_hosts() {
     assert!(std::fs::read(out.join("model.safetensors")).unwrap() == std::fs::read(reference.join("model.safetensors")).unwrap());
 
     // Resumed on two hosts over another mesh: the checkpoint is cut as the new mesh says.
-    let outputs = finish(start_hosts(2, "run-c", |_| {
-        train_args(&cfg, &two, 4, "data=2,model=2", &["--resume", "--resume-override", "mesh"])
-    }));
+    let outputs =
+        finish(start_hosts(2, "run-c", |_| train_args(&cfg, &two, 4, "data=2,model=2", &["--resume", "--resume-override", "mesh"])));
     for o in &outputs {
         testkit::succeeded(o);
     }

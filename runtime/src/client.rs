@@ -71,7 +71,8 @@ impl Client {
             options.push(("cpu_device_count".to_string(), NamedValue::Int64(n as i64)));
         }
         if let (true, Some(p)) = (cpu, process) {
-            let p = i64::try_from(p).ok().filter(|&p| p < 1 << 20).ok_or_else(|| Error::Argument(format!("process index {p} is too large")))?;
+            let p =
+                i64::try_from(p).ok().filter(|&p| p < 1 << 20).ok_or_else(|| Error::Argument(format!("process index {p} is too large")))?;
             options.push(("process_id".to_string(), NamedValue::Int64(p)));
         }
         let client = Client::with_options(&path, &options)?;

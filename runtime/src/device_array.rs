@@ -83,7 +83,11 @@ impl DeviceArray {
         let tiling = sharding.tiling(&ty.dims)?;
         let n = sharding.num_devices();
         if ownership.devices() != n {
-            return Err(Error::Argument(format!("the ownership covers {} devices, the mesh {} has {n}", ownership.devices(), sharding.mesh)));
+            return Err(Error::Argument(format!(
+                "the ownership covers {} devices, the mesh {} has {n}",
+                ownership.devices(),
+                sharding.mesh
+            )));
         }
         let global = client.global_devices()?;
         if global.len() < n {
@@ -106,7 +110,15 @@ impl DeviceArray {
             buffers.push(client.upload(&padded, &global[d])?);
             devices.push(global[d].clone());
         }
-        Ok(DeviceArray { ty: ty.clone(), sharding: sharding.clone(), tiling, devices, buffers, positions, ownership: Some(ownership.clone()) })
+        Ok(DeviceArray {
+            ty: ty.clone(),
+            sharding: sharding.clone(),
+            tiling,
+            devices,
+            buffers,
+            positions,
+            ownership: Some(ownership.clone()),
+        })
     }
 
     /// Places an array whose dimension 0 is split over processes from this process's rows
@@ -234,7 +246,9 @@ impl DeviceArray {
         if self.is_fully_addressable() {
             return self.fetch();
         }
-        if let Some(shard) = self.addressable_shards().into_iter().find(|s| s.region.iter().zip(&self.ty.dims).all(|(r, &n)| r.start == 0 && r.end == n)) {
+        if let Some(shard) =
+            self.addressable_shards().into_iter().find(|s| s.region.iter().zip(&self.ty.dims).all(|(r, &n)| r.start == 0 && r.end == n))
+        {
             return self.fetch_shard(&shard);
         }
         let op = self.sharding.op_sharding()?.describe();

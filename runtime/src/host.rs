@@ -1,10 +1,10 @@
 //! Host arrays: dense row-major bytes with an element type and dimensions, convertible to
 //! and from `ndarray` arrays of the matching Rust type.
-use std::ops::Range;
 use crate::error::{Error, Result};
 use dtype::{DType, TensorType};
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
+use std::ops::Range;
 
 /// A Rust type that maps to one PJRT element type.
 pub trait Element: Copy + 'static {

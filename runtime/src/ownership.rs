@@ -58,7 +58,7 @@ impl Ownership {
     /// consecutive device ids), with every device driven by this process (stand-ins for the
     /// other processes' devices; see the module documentation).
     pub fn with_stand_ins(process: usize, processes: usize, devices: usize) -> Result<Ownership> {
-        if processes == 0 || devices % processes != 0 {
+        if processes == 0 || !devices.is_multiple_of(processes) {
             return Err(Error::Argument(format!("{devices} devices cannot be shared equally by {processes} processes")));
         }
         let per = devices / processes;

@@ -7,6 +7,7 @@
 //! process drives every device of the mesh, the other processes' as stand-ins
 //! ([`Ownership::with_stand_ins`]); which devices it owns, and so what it places from its own
 //! data and reads back, is what a TPU host would own.
+#![allow(clippy::single_range_in_vec_init)] // one range of rows per process is the usual case
 use anyhow::Result;
 use runtime::{Client, DType, DeviceArray, Error, HostArray, Mesh, NamedSharding, Ownership, PartitionSpec, PluginSpec, TensorType};
 use std::sync::Arc;
@@ -71,7 +72,7 @@ fn arrays_over_a_global_mesh_hold_this_process_s_shards() -> Result<()> {
 
 #[test]
 fn slices_and_padding_of_host_arrays() -> Result<()> {
-    let a = HostArray::from_vec(&[3, 4], (0..12).map(|i| i as i32).collect::<Vec<_>>())?;
+    let a = HostArray::from_vec(&[3, 4], (0..12).collect::<Vec<i32>>())?;
     assert_eq!(a.slice(&[1..3, 1..3])?.to_vec::<i32>()?, vec![5, 6, 9, 10]);
     assert_eq!(a.slice(&[0..3, 3..4])?.dims(), &[3, 1]);
     assert!(a.slice(&[0..4, 0..1]).is_err());

@@ -122,13 +122,19 @@ pub fn write_from_devices<A: Borrow<DeviceArray>>(path: &Path, state: &Tree<A>, 
 
 /// [`write_from_devices`] for arrays that may not be fully addressable: each tensor is
 /// gathered (see `DeviceArray::gather`) when its turn comes.
-pub fn write_gathered<A: Borrow<DeviceArray>>(path: &Path, client: &runtime::Client, state: &Tree<A>, entries: &[(String, String)]) -> Result<()> {
+pub fn write_gathered<A: Borrow<DeviceArray>>(
+    path: &Path,
+    client: &runtime::Client,
+    state: &Tree<A>,
+    entries: &[(String, String)],
+) -> Result<()> {
     let metas = entries
         .iter()
         .map(|(name, leaf)| Ok(TensorMeta { name: name.clone(), dtype: DType::F32, shape: state.leaf(leaf)?.borrow().ty().dims.clone() }))
         .collect::<Result<Vec<_>>>()?;
     gemma::save_safetensors_streaming(path, &metas, |i| {
-        let leaf = state.leaf(&entries[i].1).map_err(|e| gemma::Error::Checkpoint { path: path.display().to_string(), message: e.to_string() })?;
+        let leaf =
+            state.leaf(&entries[i].1).map_err(|e| gemma::Error::Checkpoint { path: path.display().to_string(), message: e.to_string() })?;
         leaf.borrow().gather(client).map(|h| h.bytes().to_vec()).map_err(|e| gemma::Error::Checkpoint {
             path: path.display().to_string(),
             message: format!("cannot gather {}: {e}", entries[i].1),
@@ -173,7 +179,15 @@ pub fn save<A: Borrow<DeviceArray>>(out: &Path, cfg: &Config, state: &Tree<A>, s
 /// the index, the config and the trainer state and commits the directory by rename (then
 /// prunes); a last barrier lets every host know the checkpoint is committed. A host that fails
 /// on the way fails the others' barrier, and the previous checkpoint stays.
-pub fn save_sharded(out: &Path, cfg: &Config, state: &Tree<&DeviceArray>, step: u64, meta: &Meta, keep: usize, cluster: &crate::cluster::Cluster) -> Result<PathBuf> {
+pub fn save_sharded(
+    out: &Path,
+    cfg: &Config,
+    state: &Tree<&DeviceArray>,
+    step: u64,
+    meta: &Meta,
+    keep: usize,
+    cluster: &crate::cluster::Cluster,
+) -> Result<PathBuf> {
     let dir = out.join("checkpoints");
     let name = format!("step_{step}");
     let final_dir = dir.join(&name);
@@ -196,11 +210,7 @@ pub fn save_sharded(out: &Path, cfg: &Config, state: &Tree<&DeviceArray>, step: 
     let tmp_name = String::from_utf8_lossy(&cluster.from_first(&format!("checkpoint/{step}/dir"), tmp_name.as_bytes())?).into_owned();
     let tmp = dir.join(&tmp_name);
     if !tmp.is_dir() {
-        bail!(
-            "host {} does not see {}, which host 0 made: --out must be on storage every host shares",
-            cluster.process(),
-            tmp.display()
-        );
+        bail!("host {} does not see {}, which host 0 made: --out must be on storage every host shares", cluster.process(), tmp.display());
     }
     crate::sharded::write_pieces(&tmp, cluster, state, &entries)?;
     cluster.barrier(&format!("checkpoint/{step}/written"))?;

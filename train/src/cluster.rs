@@ -41,14 +41,19 @@ impl Cluster {
         }
         let process = client.process_index()?;
         if process != role.index {
-            bail!("this process is host {} of {} ({}), but the plugin says its devices are process {process}'s", role.index, role.count, role.source);
+            bail!(
+                "this process is host {} of {} ({}), but the plugin says its devices are process {process}'s",
+                role.index,
+                role.count,
+                role.source
+            );
         }
         let global = client.global_devices()?.len();
         let local = client.devices()?.len();
         let ownership = if global == local {
             // The plugin knows only this process's devices (the CPU plugin): drive the whole
             // mesh, the others' devices as stand-ins.
-            if devices % role.count != 0 {
+            if !devices.is_multiple_of(role.count) {
                 bail!("the mesh's {devices} devices cannot be shared equally by {} hosts", role.count);
             }
             Ownership::with_stand_ins(role.index, role.count, devices)?

@@ -46,7 +46,8 @@ fn writers(a: &DeviceArray) -> Vec<(usize, Vec<Range<i64>>)> {
         let candidate = (owners[d], d);
         chosen.entry(key).and_modify(|c| *c = (*c).min(candidate)).or_insert(candidate);
     }
-    let mut out: Vec<(usize, Vec<Range<i64>>)> = chosen.into_iter().map(|(k, (_, d))| (d, k.into_iter().map(|(s, e)| s..e).collect())).collect();
+    let mut out: Vec<(usize, Vec<Range<i64>>)> =
+        chosen.into_iter().map(|(k, (_, d))| (d, k.into_iter().map(|(s, e)| s..e).collect())).collect();
     out.sort_by_key(|(d, _)| *d);
     out
 }
@@ -80,7 +81,9 @@ pub fn write_pieces(dir: &Path, cluster: &Cluster, state: &Tree<&DeviceArray>, e
             path: file.display().to_string(),
             message: format!("{key}: device {d} is not this host's"),
         })?;
-        let host = a.fetch_shard(&shard).map_err(|e| gemma::Error::Checkpoint { path: file.display().to_string(), message: format!("cannot fetch {key}: {e}") })?;
+        let host = a
+            .fetch_shard(&shard)
+            .map_err(|e| gemma::Error::Checkpoint { path: file.display().to_string(), message: format!("cannot fetch {key}: {e}") })?;
         Ok(host.bytes().to_vec())
     })?;
     Ok(())
@@ -115,10 +118,13 @@ struct Piece {
     region: Vec<Range<i64>>,
 }
 
+/// Each tensor's shape and saved pieces, by key (`params.<name>`, `m.<name>`, `v.<name>`).
+type Index = HashMap<String, (Vec<i64>, Vec<Piece>)>;
+
 /// A sharded checkpoint opened for reading region by region (files mapped when first read).
 pub struct ShardedState {
     dir: PathBuf,
-    tensors: HashMap<String, (Vec<i64>, Vec<Piece>)>,
+    tensors: Index,
     files: std::cell::RefCell<HashMap<String, std::rc::Rc<Box<dyn FileBytes>>>>,
     step: u64,
 }
@@ -132,7 +138,7 @@ pub fn listed_files(dir: &Path) -> Result<Vec<String>> {
     Ok(files)
 }
 
-fn read_index(dir: &Path) -> Result<HashMap<String, (Vec<i64>, Vec<Piece>)>> {
+fn read_index(dir: &Path) -> Result<Index> {
     let path = dir.join(INDEX);
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let bad = |why: &str| Error::Invalid(format!("{}: {why}", path.display()));
@@ -253,7 +259,7 @@ fn paste(out: &mut [u8], extent: &[i64], part: &HostArray, at: &[i64]) {
         return;
     }
     let row = dims[rank - 1] as usize * 4;
-    let rows = if row == 0 { 0 } else { src.len() / row };
+    let rows = src.len().checked_div(row).unwrap_or(0);
     for r in 0..rows {
         let (mut rem, mut off) = (r, 0i64);
         let mut idx = vec![0i64; rank];

@@ -250,7 +250,14 @@ impl Trainer {
     /// checkpoint (the newest complete one) and every host resumes that one, each reading
     /// only the parts its devices hold. The checkpoint may come from any number of hosts and
     /// any mesh.
-    pub fn resume_in(client: &Client, spec: TrainSpec, data: Dataset, out: &Path, overrides: &[String], cluster: Cluster) -> Result<Trainer> {
+    pub fn resume_in(
+        client: &Client,
+        spec: TrainSpec,
+        data: Dataset,
+        out: &Path,
+        overrides: &[String],
+        cluster: Cluster,
+    ) -> Result<Trainer> {
         let setup = check(client, &spec, &data)?;
         check_host_memory(&setup.cfg)?;
         let now = settings(&spec, &data);
@@ -272,7 +279,11 @@ impl Trainer {
         }
         let path = out.join("checkpoints").join(&name);
         if !path.is_dir() {
-            bail!("host {} does not see {}, which host 0 resumes from: --out must be on storage every host shares", cluster.process(), path.display());
+            bail!(
+                "host {} does not see {}, which host 0 resumes from: --out must be on storage every host shares",
+                cluster.process(),
+                path.display()
+            );
         }
         let (host, meta) = checkpoints::load(&path, &setup.cfg)?;
         if meta.batch != setup.batch || meta.seq != setup.seq {
@@ -368,7 +379,10 @@ impl Trainer {
             bytes.extend(lowered.options.encode());
             cluster.agree("program (sha256 of the lowered train step and its compile options)", &data::files::sha256_hex(&bytes))?;
             let json = serde_json::to_string(&settings).expect("internal: a map of strings serializes");
-            cluster.agree("run settings (sha256 of the flags that change the result, data included)", &data::files::sha256_hex(json.as_bytes()))?;
+            cluster.agree(
+                "run settings (sha256 of the flags that change the result, data included)",
+                &data::files::sha256_hex(json.as_bytes()),
+            )?;
         }
         Ok(Trainer {
             client: client.clone(),
