@@ -88,6 +88,11 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     println!("mesh {mesh}{}: device ids {}", if fsdp { " fsdp" } else { "" }, layout_text(&topo, &mesh, &ids));
 
     let setup = Setup { cfg, mesh: mesh.clone(), fsdp, batch: batch as usize, seq: seq as usize };
+    if topo.num_processes() > 1 {
+        for line in host_layout(&topo, &setup, &ids)? {
+            println!("{line}");
+        }
+    }
     let started = Instant::now();
     let lowered = dump::lower(None, &setup, &a.what, dtype.dtype(), remat, a.cache_len)?;
     let traced = started.elapsed();
@@ -226,4 +231,30 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
         bail!("{}", does_not_fit(&a.what, &setup, c, remat, chips, used)?);
     }
     Ok(())
+}
+
+/// What each host of a multi-host slice holds, as `train` run by `gemma-xla launch` places it:
+/// its mesh devices (each process owns the chips the topology says are on its host) and the
+/// rows of each global batch it reads (`train::hosts::host_rows`). Checks that each host's
+/// devices are a block of consecutive mesh positions, as placement assumes.
+fn host_layout(topo: &Topology, setup: &Setup, ids: &[i64]) -> Result<Vec<String>> {
+    let (mesh, batch, seq) = (&setup.mesh, setup.batch as i64, setup.seq as i64);
+    let owner_of: std::collections::HashMap<i64, usize> =
+        topo.devices().iter().map(|d| (i64::from(d.id), d.process_index as usize)).collect();
+    let owners: Vec<usize> = ids.iter().map(|id| owner_of[id]).collect();
+    let hosts = topo.num_processes();
+    let blocks = runtime::Ownership::with_stand_ins(0, hosts, owners.len())?;
+    if blocks.owners() != owners.as_slice() {
+        bail!("the topology's hosts do not hold consecutive mesh devices ({owners:?}); multi-host placement assumes they do");
+    }
+    let spec = setup.sharding("batch.tokens", 2).spec;
+    let mut lines =
+        vec![format!("hosts: {hosts}, each holding {} consecutive mesh devices and the batch rows its devices hold", owners.len() / hosts)];
+    for h in 0..hosts {
+        let mine: Vec<usize> = (0..owners.len()).filter(|&d| owners[d] == h).collect();
+        let rows = train::hosts::host_rows(batch, seq, mesh, &spec, &owners, h)?;
+        let rows: Vec<String> = rows.iter().map(|r| format!("{}..{}", r.start, r.end)).collect();
+        lines.push(format!("  host {h}: mesh devices {}-{}, batch rows {}", mine[0], mine[mine.len() - 1], rows.join(",")));
+    }
+    Ok(lines)
 }

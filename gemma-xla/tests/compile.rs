@@ -211,3 +211,26 @@ fn running_on_the_tpu_plugin_without_a_tpu_fails_fast_and_clearly() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("error: PJRT_Client_Create failed") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn the_hosts_of_v5e_4x4_hold_what_multi_host_placement_assumes() {
+    // v5e-16: 4 hosts of 4 chips. Placement gives process k the mesh devices the topology puts
+    // on host k, which must be the k-th block of 4 (as `Ownership` lays out processes), and
+    // host_rows then gives each host a quarter of the batch.
+    let Some(out) = compile(&["--topology", "v5e:4x4", "--config", "tiny", "--mesh", "data=4,model=4", "--batch", "64", "--seq", "64"])
+    else {
+        return;
+    };
+    assert!(out.contains("16 x TPU v5 lite on 4 host(s)"), "{out}");
+    assert!(out.contains("hosts: 4, each holding 4 consecutive mesh devices"), "{out}");
+    for h in 0..4 {
+        let line = format!("  host {h}: mesh devices {}-{}, batch rows {}..{}", 4 * h, 4 * h + 3, 16 * h, 16 * (h + 1));
+        assert!(out.lines().any(|l| l == line), "no {line:?} in\n{out}");
+    }
+    // data=8,model=2: each host holds two data shards, still one block of rows.
+    let Some(out) = compile(&["--topology", "v5e:4x4", "--config", "tiny", "--mesh", "data=8,model=2", "--batch", "64", "--seq", "64"])
+    else {
+        return;
+    };
+    assert!(out.lines().any(|l| l == "  host 3: mesh devices 12-15, batch rows 48..64"), "{out}");
+}
