@@ -281,9 +281,11 @@ fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream) {
         return refuse(&mut stream, format!("process {process} of {processes}, but this run has {} processes", shared.processes));
     }
     let heartbeat = hello["channel"] == "heartbeat";
+    // A plugin's key-value calls come on short connections of their own.
+    let plugin = hello["channel"] == "kv";
     {
         let mut s = shared.lock();
-        if !heartbeat {
+        if !heartbeat && !plugin {
             if s.joined[process] {
                 drop(s);
                 return refuse(&mut stream, format!("process {process} is already connected"));
@@ -300,7 +302,7 @@ fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream) {
     if heartbeat {
         serve_heartbeats(&shared, process, stream)
     } else {
-        serve_requests(&shared, process, stream)
+        serve_requests(&shared, process, stream, !plugin)
     }
 }
 
@@ -340,13 +342,15 @@ fn serve_heartbeats(shared: &Shared, process: usize, mut stream: TcpStream) {
     }
 }
 
-fn serve_requests(shared: &Shared, process: usize, mut stream: TcpStream) {
+fn serve_requests(shared: &Shared, process: usize, mut stream: TcpStream, control: bool) {
     let _ = stream.set_read_timeout(None);
     loop {
         let Ok((h, payload)) = read_frame(&mut stream) else {
-            let mut s = shared.lock();
-            s.fail(process, "its connection closed without a goodbye (the process exited or was killed)".into());
-            shared.cv.notify_all();
+            if control {
+                let mut s = shared.lock();
+                s.fail(process, "its connection closed without a goodbye (the process exited or was killed)".into());
+                shared.cv.notify_all();
+            }
             return;
         };
         let timeout = Duration::from_millis(h["timeout_ms"].as_u64().unwrap_or(0)).min(shared.timeout);
@@ -373,6 +377,10 @@ fn serve_requests(shared: &Shared, process: usize, mut stream: TcpStream) {
                     s = shared.cv.wait_timeout(s, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
                 }
             }
+            "try_get" => match shared.lock().kv.get(&key) {
+                Some(v) => (json!({"ok": true}), v.clone()),
+                None => (json!({"absent": true}), Vec::new()),
+            },
             "barrier" => {
                 let mut s = shared.lock();
                 s.barriers.entry(key.clone()).or_default().insert(process);
@@ -484,6 +492,51 @@ fn with_port(address: &str) -> Result<String> {
     Ok(address.to_string())
 }
 
+/// The store as a plugin uses it (`PJRT_Client_Create`'s key-value callbacks, called from the
+/// plugin's threads): each call opens its own short connection, so that a plugin thread
+/// waiting for a key never holds up this process's own requests.
+#[derive(Debug, Clone)]
+pub struct KvClient {
+    settings: Settings,
+}
+
+impl KvClient {
+    fn request(&self, header: Value, payload: &[u8], wait: Duration) -> Result<(Value, Vec<u8>)> {
+        let mut stream = connect(&self.settings, "kv", Instant::now() + self.settings.timeout)?;
+        let _ = stream.set_read_timeout(Some(wait + Duration::from_secs(10)));
+        let lost = |e: std::io::Error| Error::Lost { addr: self.settings.address.clone(), why: e.to_string() };
+        write_frame(&mut stream, &header, payload).map_err(lost)?;
+        let (reply, value) = read_frame(&mut stream).map_err(lost)?;
+        if let Some(p) = reply["failed"].as_u64() {
+            return Err(Error::HostFailed { process: p as usize, why: reply["why"].as_str().unwrap_or("").to_string() });
+        }
+        if let Some(what) = reply["timeout"].as_str() {
+            return Err(Error::Timeout { what: what.to_string(), secs: wait.as_secs() });
+        }
+        Ok((reply, value))
+    }
+
+    /// The value under `key`, waiting up to `timeout` (at most the run's).
+    pub fn get(&self, key: &str, timeout: Duration) -> Result<Vec<u8>> {
+        let wait = timeout.min(self.settings.timeout);
+        self.request(json!({"op": "get", "key": key, "timeout_ms": millis(wait)}), &[], wait).map(|(_, v)| v)
+    }
+
+    /// The value under `key` if some process has set it.
+    pub fn try_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let (reply, v) = self.request(json!({"op": "try_get", "key": key}), &[], Duration::ZERO)?;
+        Ok(if reply["absent"] == true { None } else { Some(v) })
+    }
+
+    /// Stores `value` under `key`.
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        if value.len() as u64 > MAX_VALUE as u64 {
+            return Err(Error::Invalid(format!("a value of {} bytes for {key:?}; at most {MAX_VALUE}", value.len())));
+        }
+        self.request(json!({"op": "set", "key": key}), value, Duration::ZERO).map(|_| ())
+    }
+}
+
 /// One process's connection to the run's coordination service; process 0 also serves it.
 pub struct Coordinator {
     settings: Settings,
@@ -589,6 +642,11 @@ impl Coordinator {
     /// This process's index.
     pub fn process(&self) -> usize {
         self.settings.process
+    }
+
+    /// A handle on the store for a plugin's key-value callbacks.
+    pub fn kv_client(&self) -> KvClient {
+        KvClient { settings: self.settings.clone() }
     }
 
     /// The number of processes.

@@ -132,3 +132,25 @@ fn losing_the_coordinator_is_an_error() -> Result<()> {
 fn settings_at(address: &str, process: usize, processes: usize) -> Settings {
     Settings { address: address.into(), token: "t".into(), process, processes, timeout: Duration::from_millis(500) }
 }
+
+#[test]
+fn a_plugin_s_calls_use_connections_of_their_own() -> Result<()> {
+    let timeout = Duration::from_secs(10);
+    let server = Server::start("127.0.0.1:0", "t", 2, timeout)?;
+    let c0 = Coordinator::connect_to(settings(&server, 0, 2, "t", timeout), None)?;
+    let c1 = Coordinator::connect_to(settings(&server, 1, 2, "t", timeout), None)?;
+    let (kv0, kv1) = (c0.kv_client(), c1.kv_client());
+    assert_eq!(kv1.try_get("pjrt/topology/0")?, None);
+    // A plugin thread of host 1 waits for host 0's value while host 1 itself goes on.
+    let waiter = std::thread::spawn(move || kv1.get("pjrt/topology/0", Duration::from_secs(5)));
+    c1.set("mine", b"x")?;
+    kv0.put("pjrt/topology/0", b"host 0's devices")?;
+    assert_eq!(waiter.join().expect("thread")?, b"host 0's devices");
+    assert_eq!(c0.get("mine")?, b"x");
+    let short = c0.kv_client().get("never", Duration::from_millis(300));
+    assert!(matches!(short, Err(Error::Timeout { .. })), "{short:?}");
+    // Plugin connections closing is not a host failing.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(c0.check().is_ok() && c1.check().is_ok());
+    Ok(())
+}

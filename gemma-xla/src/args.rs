@@ -37,13 +37,18 @@ pub fn device_count(s: &str) -> Result<usize, String> {
 impl PluginArgs {
     /// Opens the plugin with `--devices`, else with `needed` devices (None: the plugin's default).
     pub fn open(&self, needed: Option<usize>) -> Result<Client> {
-        self.open_as(needed, None)
+        self.open_as(needed, None, None)
     }
 
     /// [`PluginArgs::open`] for process `process` of a multi-host run.
-    pub fn open_as(&self, needed: Option<usize>, process: Option<usize>) -> Result<Client> {
+    pub fn open_as(
+        &self,
+        needed: Option<usize>,
+        process: Option<usize>,
+        store: Option<std::sync::Arc<dyn runtime::KeyValueStore>>,
+    ) -> Result<Client> {
         let spec = PluginSpec::from_flag_or_env(self.plugin.as_deref())?;
-        let mut client = Client::open_as(&spec, self.devices.or(needed), process)?;
+        let mut client = Client::open_with_store(&spec, self.devices.or(needed), process, store)?;
         if !self.no_compile_cache {
             let from_env = std::env::var_os("GEMMA_XLA_COMPILE_CACHE").filter(|d| !d.is_empty()).map(PathBuf::from);
             let dir = self.cache_dir.clone().or(from_env).unwrap_or_else(runtime::CompileCache::default_dir);

@@ -182,10 +182,12 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     };
     let devices = mesh.num_devices() as usize;
     let (client, cluster) = if role.count > 1 {
-        let client = a.plugin.open_as(Some(devices), Some(role.index))?;
         let timeout = std::time::Duration::from_secs(a.coordination_timeout);
         let settings = coord::Settings::from_env(|k| std::env::var(k).ok(), role.index, role.count, timeout)?;
-        let cluster = train::Cluster::join(&client, devices, &role, settings)?;
+        let coordinator = train::Cluster::coordinate(settings)?;
+        let store = train::cluster::plugin_store(&coordinator);
+        let client = a.plugin.open_as(Some(devices), Some(role.index), Some(store))?;
+        let cluster = train::Cluster::new(&client, devices, &role, coordinator)?;
         if cluster.ownership().has_stand_ins() {
             eprintln!(
                 "host {} of {}: the plugin has no other hosts' devices, so this process computes the whole step on stand-ins for them \

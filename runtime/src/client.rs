@@ -53,6 +53,17 @@ impl Client {
     /// 2048 * process + i); other plugins learn their process from their own environment, so
     /// their process index must already be `process`.
     pub fn open_as(spec: &PluginSpec, devices: Option<usize>, process: Option<usize>) -> Result<Client> {
+        Client::open_with_store(spec, devices, process, None)
+    }
+
+    /// [`Client::open_as`], handing the plugin `store` for its key-value callbacks (libtpu
+    /// coordinates the hosts of a slice through it, as under JAX; the CPU plugin never calls it).
+    pub fn open_with_store(
+        spec: &PluginSpec,
+        devices: Option<usize>,
+        process: Option<usize>,
+        store: Option<std::sync::Arc<dyn xla_sys::KeyValueStore>>,
+    ) -> Result<Client> {
         if devices == Some(0) {
             return Err(Error::Argument("the number of devices must be at least 1, got 0".into()));
         }
@@ -75,7 +86,7 @@ impl Client {
                 i64::try_from(p).ok().filter(|&p| p < 1 << 20).ok_or_else(|| Error::Argument(format!("process index {p} is too large")))?;
             options.push(("process_id".to_string(), NamedValue::Int64(p)));
         }
-        let client = Client::with_options(&path, &options)?;
+        let client = Client::with_options_and_store(&path, &options, store)?;
         if let Some(p) = process {
             let have = client.process_index()?;
             if have != p {
@@ -93,9 +104,17 @@ impl Client {
 
     /// Loads the plugin at `path` and creates a client with raw create options.
     pub fn with_options(path: &Path, options: &[(String, NamedValue)]) -> Result<Client> {
+        Client::with_options_and_store(path, options, None)
+    }
+
+    fn with_options_and_store(
+        path: &Path,
+        options: &[(String, NamedValue)],
+        store: Option<std::sync::Arc<dyn xla_sys::KeyValueStore>>,
+    ) -> Result<Client> {
         let api = Api::load(path)?;
         let info = plugin_info(&api)?;
-        let inner = xla_sys::Client::create(&api, options)?;
+        let inner = xla_sys::Client::create_with_store(&api, options, store)?;
         Ok(Client { inner, info: Rc::new(info), cache: None })
     }
 

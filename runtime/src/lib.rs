@@ -38,4 +38,4 @@ pub use sharding::{Mesh, NamedSharding, PartitionSpec};
 pub use topology::{check_topology_name, AotExecutable, CompiledMemoryStats, CostAnalysis, Topology, TopologyDevice, TOPOLOGY_FORM};
 pub use xla_sys::mmap::MappedFile;
 pub use xla_sys::BINDINGS_MINOR;
-pub use xla_sys::{Buffer, Device, ErrorCode, NamedValue};
+pub use xla_sys::{Buffer, Device, ErrorCode, KeyValueStore, NamedValue, StoreError};

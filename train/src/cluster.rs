@@ -32,13 +32,16 @@ impl Cluster {
         Cluster { ownership: Arc::new(Ownership::single(devices)), coordinator: None }
     }
 
-    /// Joins a run of `role.count` processes over a mesh of `devices` devices through the
-    /// coordination service `settings` describes. The process index PJRT gives `client`'s
-    /// devices must be `role.index`.
-    pub fn join(client: &Client, devices: usize, role: &HostRole, settings: coord::Settings) -> Result<Cluster> {
-        if role.count == 1 {
-            return Ok(Cluster::single(devices));
-        }
+    /// Joins the coordination service `settings` describes (host 0 starts it). Do this before
+    /// opening the client, so that the plugin can be given [`plugin_store`].
+    pub fn coordinate(settings: coord::Settings) -> Result<coord::Coordinator> {
+        Ok(coord::Coordinator::join(settings)?)
+    }
+
+    /// This process in a run of `role.count` processes over a mesh of `devices` devices,
+    /// joined through `coordinator`. The process index PJRT gives `client`'s devices must be
+    /// `role.index`.
+    pub fn new(client: &Client, devices: usize, role: &HostRole, coordinator: coord::Coordinator) -> Result<Cluster> {
         let process = client.process_index()?;
         if process != role.index {
             bail!(
@@ -64,7 +67,15 @@ impl Cluster {
             }
             o
         };
-        let coordinator = coord::Coordinator::join(settings)?;
+        if coordinator.process() != role.index || coordinator.processes() != role.count {
+            bail!(
+                "the coordinator was joined as host {} of {}, this process is host {} of {}",
+                coordinator.process(),
+                coordinator.processes(),
+                role.index,
+                role.count
+            );
+        }
         Ok(Cluster { ownership: Arc::new(ownership), coordinator: Some(coordinator) })
     }
 
@@ -160,5 +171,34 @@ impl Cluster {
             c.close()?;
         }
         Ok(())
+    }
+}
+
+/// The coordination service's store as the plugin's key-value store (`PJRT_Client_Create`'s
+/// callbacks; libtpu uses them on TPU slices), its keys under `pjrt/`.
+pub fn plugin_store(coordinator: &coord::Coordinator) -> Arc<dyn runtime::KeyValueStore> {
+    Arc::new(PluginStore(coordinator.kv_client()))
+}
+
+struct PluginStore(coord::KvClient);
+
+fn store_error(e: coord::Error) -> runtime::StoreError {
+    match e {
+        coord::Error::Timeout { .. } => runtime::StoreError::DeadlineExceeded(e.to_string()),
+        other => runtime::StoreError::Unavailable(other.to_string()),
+    }
+}
+
+impl runtime::KeyValueStore for PluginStore {
+    fn get(&self, key: &str, timeout: std::time::Duration) -> std::result::Result<Vec<u8>, runtime::StoreError> {
+        self.0.get(&format!("pjrt/{key}"), timeout).map_err(store_error)
+    }
+
+    fn try_get(&self, key: &str) -> std::result::Result<Option<Vec<u8>>, runtime::StoreError> {
+        self.0.try_get(&format!("pjrt/{key}")).map_err(store_error)
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> std::result::Result<(), runtime::StoreError> {
+        self.0.put(&format!("pjrt/{key}"), value).map_err(store_error)
     }
 }

@@ -18,6 +18,9 @@ pub(crate) struct ClientInner {
     /// Host-to-device and device-to-host copies made so far (for tests and diagnostics).
     pub(crate) uploads: Cell<usize>,
     pub(crate) downloads: Cell<usize>,
+    /// The key-value store the plugin's callbacks use; dropped after the client is destroyed.
+    #[allow(dead_code)] // held for the plugin, which reads it through `user_arg`
+    pub(crate) store: Option<crate::kv::StoreBox>,
 }
 
 impl Drop for ClientInner {
@@ -44,14 +47,41 @@ pub struct Device {
 impl Client {
     /// PJRT_Client_Create with the given create options (e.g. `cpu_device_count`).
     pub fn create(api: &Arc<Api>, options: &[(String, NamedValue)]) -> Result<Client> {
+        Client::create_with_store(api, options, None)
+    }
+
+    /// PJRT_Client_Create with a key-value store for the plugin's `kv_get`, `kv_try_get` and
+    /// `kv_put` callbacks (how a plugin coordinates the processes of a multi-host run).
+    pub fn create_with_store(
+        api: &Arc<Api>,
+        options: &[(String, NamedValue)],
+        store: Option<Arc<dyn crate::kv::KeyValueStore>>,
+    ) -> Result<Client> {
         let values = named_values(options);
+        let store: Option<crate::kv::StoreBox> = store.map(Box::new);
+        let user =
+            store.as_ref().map_or(std::ptr::null_mut(), |s| &**s as *const Arc<dyn crate::kv::KeyValueStore> as *mut std::os::raw::c_void);
         let mut a = args!(PJRT_Client_Create_Args { create_options: values.as_ptr(), num_options: values.len() });
+        if store.is_some() {
+            a.kv_get_callback = Some(crate::kv::kv_get);
+            a.kv_get_user_arg = user;
+            a.kv_try_get_callback = Some(crate::kv::kv_try_get);
+            a.kv_try_get_user_arg = user;
+            a.kv_put_callback = Some(crate::kv::kv_put);
+            a.kv_put_user_arg = user;
+        }
         pjrt_call!(api, PJRT_Client_Create, &mut a)?;
         if a.client.is_null() {
             return Err(Error::Invalid("PJRT_Client_Create returned no client".into()));
         }
-        let inner =
-            ClientInner { api: api.clone(), ptr: a.client, live_buffers: Cell::new(0), uploads: Cell::new(0), downloads: Cell::new(0) };
+        let inner = ClientInner {
+            api: api.clone(),
+            ptr: a.client,
+            live_buffers: Cell::new(0),
+            uploads: Cell::new(0),
+            downloads: Cell::new(0),
+            store,
+        };
         Ok(Client { inner: Rc::new(inner) })
     }
 

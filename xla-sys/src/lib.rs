@@ -12,6 +12,7 @@ mod client;
 pub mod elf;
 mod error;
 mod executable;
+mod kv;
 pub mod mmap;
 mod topology;
 
@@ -21,4 +22,5 @@ pub use client::{Client, Device};
 pub use dtype::{DType, TensorType};
 pub use error::{Error, ErrorCode, Result};
 pub use executable::LoadedExecutable;
+pub use kv::{KeyValueStore, StoreError};
 pub use topology::{CompiledMemoryStats, DeviceDescription, Executable, Topology};
