@@ -377,6 +377,10 @@ fn serve_requests(shared: &Shared, process: usize, mut stream: TcpStream, contro
                     s = shared.cv.wait_timeout(s, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
                 }
             }
+            "delete_prefix" => {
+                shared.lock().kv.retain(|k, _| !k.starts_with(&key));
+                (json!({"ok": true}), Vec::new())
+            }
             "try_get" => match shared.lock().kv.get(&key) {
                 Some(v) => (json!({"ok": true}), v.clone()),
                 None => (json!({"absent": true}), Vec::new()),
@@ -714,6 +718,11 @@ impl Coordinator {
     pub fn all_gather(&self, name: &str, value: &[u8]) -> Result<Vec<Vec<u8>>> {
         self.set(&format!("{name}/{}", self.settings.process), value)?;
         (0..self.settings.processes).map(|p| self.get(&format!("{name}/{p}"))).collect()
+    }
+
+    /// Removes every key that starts with `prefix` (values no process will read again).
+    pub fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        self.request(json!({"op": "delete_prefix", "key": prefix}), &[]).map(|_| ())
     }
 
     /// Tells every process that this one failed (they stop, naming it and `why`).

@@ -26,6 +26,12 @@ fn three_processes_share_values_and_meet_at_barriers() -> Result<()> {
                 c.barrier("start")?;
                 let all = c.all_gather("rows/0", &[p as u8; 3])?;
                 c.barrier("end")?;
+                if p == 0 {
+                    c.delete_prefix("rows/")?;
+                    c.set("after", b"")?;
+                    assert!(c.kv_client().try_get("rows/0/1")?.is_none());
+                    assert_eq!(c.kv_client().try_get("program")?, Some(b"fingerprint".to_vec()));
+                }
                 c.close()?;
                 Ok(all)
             })

@@ -133,6 +133,14 @@ impl Cluster {
         }
     }
 
+    /// Forgets the stored values under `prefix` (process 0 does it; the others do nothing).
+    pub fn forget(&self, prefix: &str) -> Result<()> {
+        match &self.coordinator {
+            Some(c) if c.process() == 0 => Ok(c.delete_prefix(prefix)?),
+            _ => Ok(()),
+        }
+    }
+
     /// Process 0's `value` for `name` (every process passes its own; only process 0's counts).
     pub fn from_first(&self, name: &str, value: &[u8]) -> Result<Vec<u8>> {
         match &self.coordinator {

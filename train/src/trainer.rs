@@ -527,6 +527,10 @@ impl Trainer {
         let mut others: Vec<Option<(Vec<std::ops::Range<i64>>, HostArray)>> = Vec::new();
         if own.has_stand_ins() {
             let all = self.cluster.all_gather(&format!("batch/{}", self.step), local.bytes())?;
+            // Every host has published this step's rows, so all have read the previous step's.
+            if self.step > 0 {
+                self.cluster.forget(&format!("batch/{}/", self.step - 1))?;
+            }
             for (p, bytes) in all.into_iter().enumerate() {
                 let rows = rows_of(p)?;
                 let n: i64 = rows.iter().map(|r| r.end - r.start).sum();
