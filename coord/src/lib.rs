@@ -7,7 +7,7 @@
 //! - Every wait (`get`, `barrier`, connecting) ends by the run's timeout at the latest, naming
 //!   what it waited for and, for a barrier, the processes that did not arrive.
 //! - Each process sends a heartbeat on its own connection. A process whose connections close
-//!   without saying goodbye (it exited or was killed) or that sends no heartbeat for the
+//!   without saying goodbye (it exited or was killed) or that sends no heartbeat for half the
 //!   timeout (it hangs, or its host is unreachable) is declared failed: every wait of every
 //!   other process then ends with [`Error::HostFailed`] naming it, and [`Coordinator::check`]
 //!   reports it between waits. The loss of process 0 itself ends every wait with
@@ -169,6 +169,18 @@ struct Shared {
 }
 
 impl Shared {
+    /// How long a process may send no heartbeat before it is declared failed: half the
+    /// timeout, so that a wait of the full timeout learns of a hung host before it ends.
+    /// Heartbeats come from a thread of their own, every tenth of the timeout at most 1 s
+    /// apart, so a process busy compiling for minutes still sends them.
+    fn silence(&self) -> Duration {
+        self.timeout / 2
+    }
+
+    fn silent_why(&self) -> String {
+        format!("it sent no heartbeat for {:.1} s (hung, or its host is unreachable)", self.silence().as_secs_f64())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -222,9 +234,8 @@ impl Server {
                     let mut s = shared.lock();
                     for p in 0..shared.processes {
                         if let Some(seen) = s.seen[p] {
-                            if !s.done[p] && seen.elapsed() > shared.timeout {
-                                let why =
-                                    format!("it sent no heartbeat for {} s (hung, or its host is unreachable)", shared.timeout.as_secs());
+                            if !s.done[p] && seen.elapsed() > shared.silence() {
+                                let why = shared.silent_why();
                                 s.fail(p, why);
                             }
                         }
@@ -307,7 +318,7 @@ fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream) {
 }
 
 fn serve_heartbeats(shared: &Shared, process: usize, mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(shared.timeout));
+    let _ = stream.set_read_timeout(Some(shared.silence()));
     loop {
         match read_frame(&mut stream) {
             Ok((h, _)) => {
@@ -330,7 +341,7 @@ fn serve_heartbeats(shared: &Shared, process: usize, mut stream: TcpStream) {
             Err(e) => {
                 let mut s = shared.lock();
                 let why = if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-                    format!("it sent no heartbeat for {} s (hung, or its host is unreachable)", shared.timeout.as_secs())
+                    shared.silent_why()
                 } else {
                     "its connection closed without a goodbye (the process exited or was killed)".to_string()
                 };

@@ -87,7 +87,7 @@ pub struct TrainArgs {
     /// Bytes (tokens) of the sample generated at the end (0: none; single-host runs only)
     #[arg(long, default_value_t = 160)]
     sample: usize,
-    /// Multi-host runs: the longest any host waits for the others (connecting, agreeing, checkpoint barriers), and how long a silent host is given before the others stop
+    /// Multi-host runs: the longest any host waits for the others (connecting, agreeing, checkpoint barriers); a host silent for half of it is declared failed
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     coordination_timeout: u64,
 }
