@@ -104,32 +104,7 @@ impl TextTokenizer {
         let tok = Tokenizer::load(Some(&path))?;
         let config_path = dir.join("tokenizer_config.json");
         let config = read_json(&config_path)?.unwrap_or(Value::Null);
-        let template = match config.get("chat_template") {
-            Some(Value::String(s)) => Some(s.clone()),
-            // A list of named templates: the one called "default".
-            Some(Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .and_then(|t| t.get("template"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            _ => None,
-        };
-        // transformers 5 may keep the template in chat_template.jinja next to the config.
-        let template = match template {
-            Some(t) => Some(t),
-            None => {
-                let jinja = dir.join("chat_template.jinja");
-                if jinja.is_file() {
-                    Some(
-                        std::fs::read_to_string(&jinja)
-                            .map_err(|e| Error::Read { path: jinja.display().to_string(), message: e.to_string() })?,
-                    )
-                } else {
-                    None
-                }
-            }
-        };
+        let template = chat::find_template(dir)?;
         Ok(Some(TextTokenizer {
             tokenizer: tok,
             path,
@@ -182,8 +157,8 @@ impl TextTokenizer {
     /// The prompt text of a conversation: the checkpoint's chat template, or Gemma's format.
     pub fn chat_prompt(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         match &self.chat_template {
-            Some(t) => chat::render(t, messages, &self.bos_token, &self.eos_token, add_generation_prompt),
-            None => chat::gemma_format(&self.bos_token, messages, add_generation_prompt),
+            Some(t) => Ok(chat::render(t, messages, &self.bos_token, &self.eos_token, add_generation_prompt)?),
+            None => Ok(chat::gemma_format(&self.bos_token, messages, add_generation_prompt)?),
         }
     }
 }
