@@ -157,6 +157,8 @@ pub struct Dataset {
     rows: usize,
     seq: usize,
     description: String,
+    /// Per-token loss weights (0 or 1), N*T, for conversations; None: every target counts.
+    weights: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 /// Where the rows' tokens are: in memory (text, a token `.npy`), or in the memory-mapped
@@ -242,6 +244,47 @@ impl Dataset {
         }
     }
 
+    /// Conversations from a `.jsonl` file or a directory of them (see [`crate::sft`]): one
+    /// row per conversation, right-padded to `seq` (None: the longest), with per-token loss
+    /// weights. The tokenizer must be an HF one.
+    pub fn load_chat(path: &Path, format: &crate::sft::ChatFormat, tokenizer: &Tokenizer, seq: Option<usize>, vocab: i64) -> Result<Dataset> {
+        let Tokenizer::Hf(tok, _) = tokenizer else {
+            return Err(data_error(path.display(), "conversations need an HF tokenizer (--tokenizer FILE, or --init DIR with a tokenizer.json)"));
+        };
+        let (ids, weights, rows, seq) = crate::sft::chat_rows(path, format, tok, seq, vocab)?;
+        let weighted = weights.iter().filter(|&&w| w != 0).count();
+        let description = format!("{}: {rows} conversations, rows of {seq} tokens, {weighted} tokens in assistant turns", path.display());
+        Ok(Dataset { storage: Storage::Memory(ids), rows, seq, description, weights: Some(std::sync::Arc::new(weights)) })
+    }
+
+    /// Whether the rows carry per-token loss weights (conversations).
+    pub fn has_weights(&self) -> bool {
+        self.weights.is_some()
+    }
+
+    /// The loss weights of the rows `positions` of step `step`'s batch, as f32 `[rows, seq]`
+    /// in the order [`Dataset::batch_part`] gives the tokens (all ones without weights).
+    pub fn weights_part(&self, step: u64, batch: usize, shuffle: Option<u64>, positions: &[std::ops::Range<i64>]) -> Result<HostArray> {
+        let first = step as u128 * batch as u128;
+        let count: i64 = positions.iter().map(|r| r.end - r.start).sum();
+        let mut values = Vec::with_capacity((count as usize).saturating_mul(self.seq));
+        for r in positions {
+            for j in r.clone() {
+                let row = self.row_index(first + j as u128, shuffle);
+                match &self.weights {
+                    Some(w) => values.extend(w[row * self.seq..(row + 1) * self.seq].iter().map(|&x| f32::from(x))),
+                    None => values.extend(std::iter::repeat_n(1f32, self.seq)),
+                }
+            }
+        }
+        Ok(HostArray::from_vec(&[count, self.seq as i64], values)?)
+    }
+
+    /// The loss weights of step `step`'s batch, f32 `[batch, seq]`.
+    pub fn batch_weights(&self, step: u64, batch: usize, shuffle: Option<u64>) -> Result<HostArray> {
+        self.weights_part(step, batch, shuffle, &[0..batch as i64])
+    }
+
     /// N
     pub fn rows(&self) -> usize {
         self.rows
@@ -298,6 +341,10 @@ impl Dataset {
             // reading the corpus.
             Storage::Shards(s) => h.update(s.fingerprint.as_bytes()),
             Storage::Npy { map, data, .. } => h.update(&map.bytes()[*data..]),
+        }
+        if let Some(w) = &self.weights {
+            h.update(b"loss weights");
+            h.update(w.as_slice());
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -392,7 +439,7 @@ impl Dataset {
             text.len(),
             ids.len()
         );
-        Ok(Dataset { storage: Storage::Memory(tokens), rows: windows, seq, description })
+        Ok(Dataset { storage: Storage::Memory(tokens), rows: windows, seq, description, weights: None })
     }
 
     /// A tokenized directory: its shards mapped, the windows over the whole stream. The
@@ -428,7 +475,7 @@ impl Dataset {
             shards.shard_count(),
             shards.total - windows * seq as u64
         );
-        Ok(Dataset { storage: Storage::Shards(std::sync::Arc::new(shards)), rows, seq, description })
+        Ok(Dataset { storage: Storage::Shards(std::sync::Arc::new(shards)), rows, seq, description, weights: None })
     }
 
     fn from_npy(path: &Path, seq: Option<usize>, vocab: i64) -> Result<Dataset> {
@@ -492,6 +539,7 @@ impl Dataset {
                 rows: n,
                 seq: t,
                 description,
+                weights: None,
             });
         }
         let npy = npyz::NpyFile::with_header(header, data);
@@ -518,7 +566,7 @@ impl Dataset {
         };
         let tokens = if fortran { (0..n * t).map(|k| flat[(k % t) * n + k / t]).collect() } else { flat };
         let description = format!("{name}: {n} rows of {t} tokens ({ts} .npy)");
-        Ok(Dataset { storage: Storage::Memory(tokens), rows: n, seq: t, description })
+        Ok(Dataset { storage: Storage::Memory(tokens), rows: n, seq: t, description, weights: None })
     }
 }
 

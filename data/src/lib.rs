@@ -11,6 +11,7 @@ mod dataset;
 pub mod files;
 pub mod npy;
 mod shards;
+pub mod sft;
 pub mod tokenize;
 
 /// The HF tokenizers crate this crate reads `tokenizer.json` with.

@@ -19,9 +19,12 @@ pub struct TrainArgs {
     /// Training data: a text file, a directory of .txt/.jsonl files, a token .npy [N, T], or a directory `gemma-xla tokenize` wrote (memory-mapped) [default: the built-in corpus]
     #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
-    /// HF tokenizer.json [default: bytes]
+    /// HF tokenizer.json [default: the --init directory's for conversations, else bytes]
     #[arg(long, value_name = "tokenizer.json")]
     tokenizer: Option<PathBuf>,
+    /// Conversations (.jsonl lines of {"messages": [...]}) are rendered with this Jinja chat template [default: the --init directory's chat_template.jinja, else its tokenizer_config.json's chat_template, else Gemma's turn format]
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
     // --mesh default: data=2,model=2 on 4 devices, or data=N with --devices N.
     #[command(flatten)]
     mesh: MeshArgs,
@@ -107,6 +110,52 @@ fn resolve_config(a: &TrainArgs) -> Result<Config> {
     }
 }
 
+/// How conversations are rendered: the template (--chat-template, else --init's), BOS and EOS
+/// from the tokenizer's tokenizer_config.json (beside it, or in --init), the pad id from
+/// --init's config.json, else the tokenizer's `<pad>`, else 0.
+fn chat_format(a: &TrainArgs, tokenizer: &Tokenizer) -> Result<data::sft::ChatFormat> {
+    let template = match (&a.chat_template, &a.init) {
+        (Some(f), _) => Some(std::fs::read_to_string(f).with_context(|| format!("--chat-template {}", f.display()))?),
+        (None, Some(dir)) => data::chat::find_template(dir)?,
+        (None, None) => None,
+    };
+    let config_dir = a.tokenizer.as_ref().and_then(|t| t.parent().map(Path::to_path_buf)).or_else(|| a.init.clone());
+    let tok_config: serde_json::Value = config_dir
+        .map(|d| d.join("tokenizer_config.json"))
+        .filter(|f| f.is_file())
+        .map(|f| -> Result<serde_json::Value> {
+            let text = std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", f.display()))
+        })
+        .transpose()?
+        .unwrap_or(serde_json::Value::Null);
+    let token = |key: &str, default: &str| -> String {
+        match tok_config.get(key) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.get("content").and_then(|c| c.as_str()).unwrap_or(default).to_string(),
+            None => default.to_string(),
+        }
+    };
+    let init_pad = a
+        .init
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("config.json")).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|c| c.get("pad_token_id").and_then(|p| p.as_i64()));
+    let vocab_pad = match tokenizer {
+        Tokenizer::Hf(t, _) => t.token_to_id("<pad>").map(i64::from),
+        Tokenizer::Bytes => None,
+    };
+    let pad_id = init_pad.or(vocab_pad).unwrap_or(0);
+    Ok(data::sft::ChatFormat {
+        template,
+        bos: token("bos_token", "<bos>"),
+        eos: token("eos_token", "<eos>"),
+        end_of_turn: "<end_of_turn>".to_string(),
+        pad_id: i32::try_from(pad_id).map_err(|_| anyhow::anyhow!("pad_token_id {pad_id} is not a token id"))?,
+    })
+}
+
 /// The optimizer settings the flags give.
 pub fn hyper(a: &TrainArgs) -> Hyper {
     Hyper {
@@ -151,13 +200,33 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let dirs: Vec<(&str, &Path)> =
         a.data.iter().map(|d| ("--data", d.as_path())).chain(a.init.iter().map(|d| ("--init", d.as_path()))).collect();
     data::files::refuse_output_dir_over_inputs(&a.out, "--out", &dirs)?;
-    let tokenizer = Tokenizer::load(a.tokenizer.as_deref())?;
+    let chat = match &a.data {
+        Some(d) => data::sft::is_chat(d)?,
+        None => false,
+    };
+    if a.chat_template.is_some() && !chat {
+        bail!("--chat-template applies to conversations (--data FILE.jsonl whose lines hold \"messages\")");
+    }
+    // Conversations need the model's own tokenizer: --tokenizer, else --init's.
+    let tokenizer_file = match (&a.tokenizer, &a.init) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(dir)) if chat && dir.join("tokenizer.json").is_file() => Some(dir.join("tokenizer.json")),
+        (None, _) if chat => bail!(
+            "--data {} holds conversations, which need the model's tokenizer: give --tokenizer FILE, or --init DIR with a tokenizer.json",
+            a.data.as_ref().map_or(String::new(), |d| d.display().to_string())
+        ),
+        (None, _) => None,
+    };
+    let tokenizer = Tokenizer::load(tokenizer_file.as_deref())?;
     let token_file = a.data.as_deref().is_some_and(|p| p.extension().is_some_and(|e| e == "npy"));
     if !token_file && tokenizer.vocab_size() as i64 > cfg.vocab_size {
         bail!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), cfg.vocab_size);
     }
     let seq = a.shape.seq.map(|s| s as usize);
-    let dataset = Dataset::load(a.data.as_deref(), &tokenizer, seq, cfg.vocab_size)?;
+    let dataset = match (&a.data, chat) {
+        (Some(path), true) => Dataset::load_chat(path, &chat_format(a, &tokenizer)?, &tokenizer, seq, cfg.vocab_size)?,
+        _ => Dataset::load(a.data.as_deref(), &tokenizer, seq, cfg.vocab_size)?,
+    };
     let mesh = train::resolve_mesh(a.mesh.mesh.as_deref(), a.plugin.devices)?;
     gemma::rules::check_batch(a.shape.batch as i64, &mesh)?;
     gemma::rules::param_specs(&cfg, &mesh, a.mesh.fsdp)?; // every split must divide its dimension

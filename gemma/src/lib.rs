@@ -20,7 +20,7 @@ pub use model::{
     block, causal_attention_mask, default_positions, embed, forward, loss, model, model_args, model_with_layout, param_shapes, param_types,
     trace_loss, trace_model, unembed, Activations, BlockOutput, ModelOptions, Params,
 };
-pub use train::{init_params, train_args, train_step, Hyper, Schedule};
+pub use train::{init_params, train_args, train_args_weighted, train_step, Hyper, Schedule};
 
 /// Why reading a config or checkpoint, saving files, or choosing shardings failed.
 #[derive(Debug, thiserror::Error)]

@@ -303,6 +303,10 @@ pub struct ModelOptions {
     pub mask: bool,
     /// Recompute each decoder layer in the backward pass (`graph::Remat`); values unchanged.
     pub remat: graph::Remat,
+    /// Takes a `weights` [B, T] argument (f32): the loss weight of each token as a target
+    /// (token t+1's weight counts for the prediction made at t); the loss is
+    /// sum(w * CE) / sum(w) over the whole batch. Replaces `mask` as the loss's weights.
+    pub weights: bool,
 }
 
 /// The argument types of `trace_model`: `params.<checkpoint name>` in `dtype`, `tokens`
@@ -316,6 +320,9 @@ pub fn model_args(cfg: &Config, dtype: DType, batch: i64, seq: i64, opts: ModelO
     t.insert("tokens", ids.clone()).expect("internal: fixed name");
     if opts.mask {
         t.insert("mask", ids).expect("internal: fixed name");
+    }
+    if opts.weights {
+        t.insert("weights", TensorType::new(DType::F32, &[batch, seq])).expect("internal: fixed name");
     }
     t
 }
@@ -344,9 +351,13 @@ pub fn model_with_layout(
             _ => {}
         }
     }
+    let weights = if opts.weights { Some(args.leaf("weights")?) } else { None };
+    if let Some(w) = weights.filter(|w| w.dims() != tokens.dims()) {
+        return Err(graph::Error::Invalid(format!("weights must be [batch, seq] like tokens {}, got {}", tokens.ty(), w.ty())));
+    }
     let out = forward(cfg, &p, tokens, &default_positions(tokens), &causal_attention_mask(tokens, mask));
     let wide = if out.logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-    let mut t = Tree::new().with("loss", loss(&out.logits, tokens, mask))?.with("logits", out.logits.convert(wide))?;
+    let mut t = Tree::new().with("loss", loss(&out.logits, tokens, weights.or(mask)))?.with("logits", out.logits.convert(wide))?;
     if opts.layers {
         t.insert("layer.embeddings", out.embeddings.convert(wide))?;
         for (i, (att, mlp)) in out.attention.iter().zip(&out.mlp).enumerate() {

@@ -365,7 +365,7 @@ pub fn extend_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<
     }
     let batch = batch_spec(mesh);
     match path {
-        "tokens" => Some(batch),
+        "tokens" | "weights" => Some(batch),
         "start" | "lengths" => Some(PartitionSpec { dims: vec![batch.dims[0].clone()] }),
         _ => None,
     }
@@ -375,7 +375,7 @@ pub fn extend_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<
 /// (`state.params.<name>`, `state.opt.m.<name>`, `state.opt.v.<name>`: each optimizer moment
 /// split like its weight) and `batch.tokens`; None (replicated) for `state.step` and metrics.
 pub fn state_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<PartitionSpec> {
-    if path == "batch.tokens" {
+    if path == "batch.tokens" || path == "batch.weights" {
         return Some(batch_spec(mesh));
     }
     let name = ["state.params.", "state.opt.m.", "state.opt.v."].iter().find_map(|p| path.strip_prefix(p))?;

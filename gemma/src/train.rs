@@ -117,8 +117,15 @@ impl Hyper {
 
 /// The argument types of `train_step`: `state.params.<name>`, `state.opt.m.<name>`,
 /// `state.opt.v.<name>` (f32, checkpoint names), `state.step` (s32 scalar: updates applied)
-/// and `batch.tokens` (s32 [batch, seq]).
+/// and `batch.tokens` (s32 [batch, seq]); `batch.weights` (f32 [batch, seq], optional) weights
+/// each target's loss (see [`train_args_weighted`]).
 pub fn train_args(cfg: &Config, batch: i64, seq: i64) -> Tree<TensorType> {
+    train_args_weighted(cfg, batch, seq, false)
+}
+
+/// [`train_args`], with `batch.weights` (f32 [batch, seq]: per-token loss weights, see
+/// `ModelOptions::weights`) when `weights`.
+pub fn train_args_weighted(cfg: &Config, batch: i64, seq: i64, weights: bool) -> Tree<TensorType> {
     let mut t = Tree::new();
     for (name, ty) in param_types(cfg, DType::F32) {
         for part in ["params", "opt.m", "opt.v"] {
@@ -127,6 +134,9 @@ pub fn train_args(cfg: &Config, batch: i64, seq: i64) -> Tree<TensorType> {
     }
     t.insert("state.step", TensorType::scalar(DType::S32)).expect("internal: fixed name");
     t.insert("batch.tokens", TensorType::new(DType::S32, &[batch, seq])).expect("internal: fixed name");
+    if weights {
+        t.insert("batch.weights", TensorType::new(DType::F32, &[batch, seq])).expect("internal: fixed name");
+    }
     t
 }
 
@@ -144,7 +154,9 @@ pub fn train_step(cfg: &Config, hp: &Hyper, layout: Option<&Layout>, args: &Tree
     }
     // The loss as a function of f32 master weights; the model runs in `compute`.
     let compute = hp.compute;
-    let opts = ModelOptions { remat: hp.remat, ..ModelOptions::default() };
+    // Conversations: per-token loss weights, sum(w CE) / sum(w) over the global batch.
+    let weights = args.leaf("batch.weights").ok().cloned();
+    let opts = ModelOptions { remat: hp.remat, weights: weights.is_some(), ..ModelOptions::default() };
     let loss_args = model_args(cfg, DType::F32, dims[0], dims[1], opts);
     let mut failed = None;
     let loss_fn = graph::trace_tree("loss", &loss_args, |a| {
@@ -159,7 +171,10 @@ pub fn train_step(cfg: &Config, hp: &Hyper, layout: Option<&Layout>, args: &Tree
     }
     let loss_fn = loss_fn?;
     let grad_fn = graph::value_and_grad_tree(&loss_fn, "loss", "params")?;
-    let call_args = params.clone().prefixed("params")?.with("tokens", tokens)?;
+    let mut call_args = params.clone().prefixed("params")?.with("tokens", tokens)?;
+    if let Some(w) = weights {
+        call_args.insert("weights", w)?;
+    }
     let out = grad_fn.call_tree(&call_args);
     let loss = out.leaf("loss")?.clone();
     let grads = out.subtree("grad.params");

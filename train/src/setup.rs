@@ -37,6 +37,8 @@ pub struct Setup {
     pub batch: usize,
     /// Tokens per sequence.
     pub seq: usize,
+    /// The batch carries per-token loss weights (`batch.weights`: conversations).
+    pub weights: bool,
 }
 
 impl Setup {
@@ -59,7 +61,7 @@ impl Setup {
 
     /// The argument types of the train step with their specs (unlisted paths replicated).
     pub fn train_args(&self) -> Tree<(TensorType, PartitionSpec)> {
-        let types = gemma::train_args(&self.cfg, self.batch as i64, self.seq as i64);
+        let types = gemma::train_args_weighted(&self.cfg, self.batch as i64, self.seq as i64, self.weights);
         types.map(|path, ty| (ty.clone(), self.sharding(path, ty.rank()).spec))
     }
 }

@@ -492,13 +492,16 @@ impl Trainer {
             bail!("the run is complete: {} of {} steps applied", self.step, self.hp.steps);
         }
         self.cluster.check()?;
-        let tokens = self.place_batch()?;
+        let (tokens, weights) = self.place_batch()?;
         let state = self.state.take().ok_or_else(|| crate::Error::Invalid("the train state was lost by an earlier failed step".into()))?;
         let mut args: Tree<Arg> = Tree::new();
         for (path, array) in state.flatten()?.into_leaves() {
             args.insert(path, Arg::Donate(array))?;
         }
         args.insert("batch.tokens", Arg::Donate(tokens))?;
+        if let Some(w) = weights {
+            args.insert("batch.weights", Arg::Donate(w))?;
+        }
         let mut out = self.jit.call(args)?;
         let metrics = out.take_subtree("metrics");
         self.state = Some(TrainState::unflatten(out)?);
@@ -510,31 +513,75 @@ impl Trainer {
     /// several: only the rows its own devices hold are read (`hosts::host_rows`) and placed;
     /// stand-in devices (CPU tests of the multi-host path) get the other hosts' rows from them
     /// through the coordination service.
-    fn place_batch(&self) -> Result<DeviceArray> {
+    fn place_batch(&self) -> Result<(DeviceArray, Option<DeviceArray>)> {
         let shuffle = self.shuffle.then_some(self.seed);
         let sharding = self.setup.sharding("batch.tokens", 2);
+        if self.data.has_weights() {
+            self.check_weighted(shuffle)?;
+        }
         if !self.cluster.is_multi() {
             let tokens = self.data.batch(self.step, self.setup.batch, shuffle)?;
-            return Ok(DeviceArray::place(&self.client, &tokens, &sharding)?);
+            let tokens = DeviceArray::place(&self.client, &tokens, &sharding)?;
+            let weights = match self.data.has_weights() {
+                true => Some(DeviceArray::place(&self.client, &self.data.batch_weights(self.step, self.setup.batch, shuffle)?, &sharding)?),
+                false => None,
+            };
+            return Ok((tokens, weights));
         }
         let own = self.cluster.ownership();
         let (batch, seq) = (self.setup.batch as i64, self.setup.seq as i64);
         let rows_of = |p: usize| crate::hosts::host_rows(batch, seq, &self.setup.mesh, &sharding.spec, own.owners(), p);
         let mine = rows_of(own.process())?;
-        let local = self.data.batch_part(self.step, self.setup.batch, shuffle, &mine)?;
-        let ty = graph::TensorType::new(DType::S32, &[batch, seq]);
+        let tokens = self.place_rows("tokens", self.data.batch_part(self.step, self.setup.batch, shuffle, &mine)?, &mine, &rows_of)?;
+        let weights = match self.data.has_weights() {
+            true => Some(self.place_rows("weights", self.data.weights_part(self.step, self.setup.batch, shuffle, &mine)?, &mine, &rows_of)?),
+            false => None,
+        };
+        Ok((tokens, weights))
+    }
+
+    /// The loss of a step is sum(w CE) / sum(w): a batch whose targets all weigh 0 has none.
+    fn check_weighted(&self, shuffle: Option<u64>) -> Result<()> {
+        let w = self.data.batch_weights(self.step, self.setup.batch, shuffle)?.to_vec::<f32>()?;
+        // The prediction at t counts with the weight of token t+1: position 0 is never a target.
+        let targets: f64 = w.chunks(self.setup.seq).map(|row| row[1..].iter().map(|&x| f64::from(x)).sum::<f64>()).sum();
+        if targets == 0.0 {
+            let rows = self.data.batch_rows(self.step, self.setup.batch, shuffle);
+            bail!(
+                "the batch of step {} (rows {}) has no token in an assistant turn to train on; check the data",
+                self.step + 1,
+                rows.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Places one [batch, seq] array of the step from this host's rows (`local`, the rows
+    /// `mine`), the stand-ins' rows coming from the other hosts.
+    fn place_rows(
+        &self,
+        what: &str,
+        local: HostArray,
+        mine: &[std::ops::Range<i64>],
+        rows_of: &dyn Fn(usize) -> Result<Vec<std::ops::Range<i64>>>,
+    ) -> Result<DeviceArray> {
+        let own = self.cluster.ownership();
+        let sharding = self.setup.sharding("batch.tokens", 2);
+        let (batch, seq) = (self.setup.batch as i64, self.setup.seq as i64);
+        let mine = mine.to_vec();
+        let ty = graph::TensorType::new(local.dtype(), &[batch, seq]);
         // The other hosts' rows, for the stand-ins: every host publishes its own.
         let mut others: Vec<Option<(Vec<std::ops::Range<i64>>, HostArray)>> = Vec::new();
         if own.has_stand_ins() {
-            let all = self.cluster.all_gather(&format!("batch/{}", self.step), local.bytes())?;
+            let all = self.cluster.all_gather(&format!("batch/{}/{what}", self.step), local.bytes())?;
             // Every host has published this step's rows, so all have read the previous step's.
             if self.step > 0 {
-                self.cluster.forget(&format!("batch/{}/", self.step - 1))?;
+                self.cluster.forget(&format!("batch/{}/{what}/", self.step - 1))?;
             }
             for (p, bytes) in all.into_iter().enumerate() {
                 let rows = rows_of(p)?;
                 let n: i64 = rows.iter().map(|r| r.end - r.start).sum();
-                others.push(Some((rows, HostArray::from_bytes(DType::S32, &[n, seq], bytes)?)));
+                others.push(Some((rows, HostArray::from_bytes(local.dtype(), &[n, seq], bytes)?)));
             }
         }
         let array = DeviceArray::from_process_local_data(&self.client, own, &sharding, &ty, &local, &mine, |d, region| {
@@ -662,7 +709,7 @@ fn check(client: &Client, spec: &TrainSpec, data: &Dataset) -> Result<Setup> {
     if (spec.mesh.num_devices() as usize) > devices {
         bail!("the mesh {} needs {} devices, the client has {devices}", spec.mesh, spec.mesh.num_devices());
     }
-    Ok(Setup { cfg: spec.config.clone(), mesh: spec.mesh.clone(), fsdp: spec.fsdp, batch: spec.batch, seq: data.seq() })
+    Ok(Setup { cfg: spec.config.clone(), mesh: spec.mesh.clone(), fsdp: spec.fsdp, batch: spec.batch, seq: data.seq(), weights: data.has_weights() })
 }
 
 /// The state is built on the host before it is placed (f32 weights and both AdamW moments):
