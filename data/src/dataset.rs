@@ -247,9 +247,18 @@ impl Dataset {
     /// Conversations from a `.jsonl` file or a directory of them (see [`crate::sft`]): one
     /// row per conversation, right-padded to `seq` (None: the longest), with per-token loss
     /// weights. The tokenizer must be an HF one.
-    pub fn load_chat(path: &Path, format: &crate::sft::ChatFormat, tokenizer: &Tokenizer, seq: Option<usize>, vocab: i64) -> Result<Dataset> {
+    pub fn load_chat(
+        path: &Path,
+        format: &crate::sft::ChatFormat,
+        tokenizer: &Tokenizer,
+        seq: Option<usize>,
+        vocab: i64,
+    ) -> Result<Dataset> {
         let Tokenizer::Hf(tok, _) = tokenizer else {
-            return Err(data_error(path.display(), "conversations need an HF tokenizer (--tokenizer FILE, or --init DIR with a tokenizer.json)"));
+            return Err(data_error(
+                path.display(),
+                "conversations need an HF tokenizer (--tokenizer FILE, or --init DIR with a tokenizer.json)",
+            ));
         };
         let (ids, weights, rows, seq) = crate::sft::chat_rows(path, format, tok, seq, vocab)?;
         let weighted = weights.iter().filter(|&&w| w != 0).count();
@@ -282,7 +291,8 @@ impl Dataset {
 
     /// The loss weights of step `step`'s batch, f32 `[batch, seq]`.
     pub fn batch_weights(&self, step: u64, batch: usize, shuffle: Option<u64>) -> Result<HostArray> {
-        self.weights_part(step, batch, shuffle, &[0..batch as i64])
+        let all = std::ops::Range { start: 0, end: batch as i64 };
+        self.weights_part(step, batch, shuffle, std::slice::from_ref(&all))
     }
 
     /// N

@@ -10,8 +10,8 @@ pub mod checkpoint;
 mod dataset;
 pub mod files;
 pub mod npy;
-mod shards;
 pub mod sft;
+mod shards;
 pub mod tokenize;
 
 /// The HF tokenizers crate this crate reads `tokenizer.json` with.

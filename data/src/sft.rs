@@ -150,7 +150,11 @@ pub fn chat_row(conv: &Conversation, format: &ChatFormat, tokenizer: &tokenizers
             Some(f) => f,
             // An empty reply: the span is just its end-of-turn token.
             None if m.content.trim().is_empty() => (cursor, 0),
-            None => return Err(bad(format!("message {k} (assistant): the template does not write its content as given, so its tokens cannot be found"))),
+            None => {
+                return Err(bad(format!(
+                    "message {k} (assistant): the template does not write its content as given, so its tokens cannot be found"
+                )))
+            }
         };
         let after = start + len;
         let close = text[after..]
@@ -162,8 +166,7 @@ pub fn chat_row(conv: &Conversation, format: &ChatFormat, tokenizer: &tokenizers
     }
     let enc = tokenizer.encode(text.as_str(), false).map_err(|e| bad(format!("cannot tokenize the rendered conversation: {e}")))?;
     let ids: Vec<i32> = enc.get_ids().iter().map(|&i| i as i32).collect();
-    let weights =
-        enc.get_offsets().iter().map(|&(s, e)| u8::from(spans.iter().any(|&(a, b)| a <= s && e <= b))).collect();
+    let weights = enc.get_offsets().iter().map(|&(s, e)| u8::from(spans.iter().any(|&(a, b)| a <= s && e <= b))).collect();
     Ok(ChatRow { text, ids, weights })
 }
 
@@ -190,7 +193,10 @@ pub fn chat_rows(
     let longest = rows.iter().map(|(_, r)| r.ids.len()).max().unwrap_or(0);
     let seq = seq.unwrap_or(longest.max(2));
     if seq < 2 {
-        return Err(Error::Data { path: path.display().to_string(), message: format!("--seq {seq} is too short: a row needs at least 2 tokens") });
+        return Err(Error::Data {
+            path: path.display().to_string(),
+            message: format!("--seq {seq} is too short: a row needs at least 2 tokens"),
+        });
     }
     let n = rows.len();
     let total = n.checked_mul(seq).filter(|&t| t <= 1 << 34).ok_or_else(|| Error::Data {

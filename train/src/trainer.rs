@@ -534,7 +534,9 @@ impl Trainer {
         let mine = rows_of(own.process())?;
         let tokens = self.place_rows("tokens", self.data.batch_part(self.step, self.setup.batch, shuffle, &mine)?, &mine, &rows_of)?;
         let weights = match self.data.has_weights() {
-            true => Some(self.place_rows("weights", self.data.weights_part(self.step, self.setup.batch, shuffle, &mine)?, &mine, &rows_of)?),
+            true => {
+                Some(self.place_rows("weights", self.data.weights_part(self.step, self.setup.batch, shuffle, &mine)?, &mine, &rows_of)?)
+            }
             false => None,
         };
         Ok((tokens, weights))
@@ -709,7 +711,14 @@ fn check(client: &Client, spec: &TrainSpec, data: &Dataset) -> Result<Setup> {
     if (spec.mesh.num_devices() as usize) > devices {
         bail!("the mesh {} needs {} devices, the client has {devices}", spec.mesh, spec.mesh.num_devices());
     }
-    Ok(Setup { cfg: spec.config.clone(), mesh: spec.mesh.clone(), fsdp: spec.fsdp, batch: spec.batch, seq: data.seq(), weights: data.has_weights() })
+    Ok(Setup {
+        cfg: spec.config.clone(),
+        mesh: spec.mesh.clone(),
+        fsdp: spec.fsdp,
+        batch: spec.batch,
+        seq: data.seq(),
+        weights: data.has_weights(),
+    })
 }
 
 /// The state is built on the host before it is placed (f32 weights and both AdamW moments):
