@@ -24,8 +24,20 @@ use clap::{Parser, Subcommand};
 use runtime::NamedValue;
 use std::process::ExitCode;
 
+/// `--version`: the version, the commit the binary was built from, and the pinned plugins.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("GEMMA_XLA_GIT_COMMIT"),
+    "\nCPU plugin: lammps-jax-pjrt-cpu ",
+    "0.11.2",
+    "\nTPU plugin: libtpu ",
+    "0.0.52",
+    "\nPJRT C API bindings: 0.114"
+);
+
 #[derive(Parser)]
-#[command(name = "gemma-xla", version, about = "Gemma on XLA from Rust: compile and run StableHLO through PJRT plugins")]
+#[command(name = "gemma-xla", version, long_version = LONG_VERSION, about = "Gemma on XLA from Rust: compile and run StableHLO through PJRT plugins")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,4 +132,15 @@ fn devices(args: &PluginArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod version_tests {
+    #[test]
+    fn the_long_version_names_the_pinned_plugins() {
+        // concat! takes literals only: check them against the pins the runtime installs.
+        assert!(super::LONG_VERSION.contains(&format!("lammps-jax-pjrt-cpu {}\n", runtime::cpu_cache::CPU_VERSION)));
+        assert!(super::LONG_VERSION.contains(&format!("libtpu {}\n", runtime::cpu_cache::TPU_VERSION)));
+        assert!(super::LONG_VERSION.ends_with(&format!("bindings: 0.{}", runtime::BINDINGS_MINOR)));
+    }
 }
