@@ -1,5 +1,6 @@
 //! What a run reports: `OUT/metrics.jsonl` (one object per logged step), a progress bar on a
-//! terminal (plain lines otherwise), `OUT/loss.png` and a one-screen summary at the end.
+//! terminal (plain lines otherwise), `OUT/loss.svg` (labelled loss and learning-rate curves),
+//! `OUT/loss.png` (the loss curve alone) and a one-screen summary at the end.
 use anyhow::{Context, Result};
 use data::Dataset;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,6 +18,8 @@ pub(crate) struct Log {
     last: (Instant, u64),
     /// (step, loss) of every logged step, earlier runs of a resumed training included.
     losses: Vec<(u64, f64)>,
+    /// (step, learning rate) of the same steps.
+    lrs: Vec<(u64, f64)>,
     tokens_per_s: Vec<f64>,
     steps: u64,
 }
@@ -26,6 +29,7 @@ impl Log {
         let path = out.join("metrics.jsonl");
         // A resumed run keeps the lines up to its checkpoint and drops any logged after it.
         let mut losses = Vec::new();
+        let mut lrs = Vec::new();
         let mut kept = String::new();
         if resumed.is_some() {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -36,6 +40,9 @@ impl Log {
                     kept += line;
                     kept.push('\n');
                     losses.push((s, l));
+                    if let Some(lr) = v.get("lr").and_then(|l| l.as_f64()) {
+                        lrs.push((s, lr));
+                    }
                 }
             }
         }
@@ -61,7 +68,7 @@ impl Log {
             bar
         });
         let now = Instant::now();
-        Ok(Log { out: out.to_path_buf(), file, bar, started: now, last: (now, start), losses, tokens_per_s: Vec::new(), steps })
+        Ok(Log { out: out.to_path_buf(), file, bar, started: now, last: (now, start), losses, lrs, tokens_per_s: Vec::new(), steps })
     }
 
     /// A step that is not logged: only the bar moves.
@@ -86,6 +93,7 @@ impl Log {
         });
         writeln!(self.file, "{line}").with_context(|| format!("cannot write {}", self.out.join("metrics.jsonl").display()))?;
         self.losses.push((step, loss));
+        self.lrs.push((step, lr));
         self.tokens_per_s.push(tokens_per_s);
         let text = format!("loss {loss:.4} grad_norm {grad_norm:.3} lr {lr:.2e} tokens/s {tokens_per_s:.0}");
         match &self.bar {
@@ -108,20 +116,103 @@ impl Log {
         if let Err(e) = plot(&png, &self.losses) {
             eprintln!("warning: cannot draw {}: {e:#}", png.display());
         }
+        let svg = self.out.join("loss.svg");
+        if let Err(e) = plot_svg(&self.losses, &self.lrs).and_then(|text| Ok(gemma::write_atomic(&svg, text.as_bytes())?)) {
+            eprintln!("warning: cannot draw {}: {e:#}", svg.display());
+        }
         let first = self.losses.first().map_or(f64::NAN, |l| l.1);
         let (step, last) = self.losses.last().copied().unwrap_or((0, f64::NAN));
         let best = self.losses.iter().map(|l| l.1).fold(f64::INFINITY, f64::min);
         let mean_tps = self.tokens_per_s.iter().sum::<f64>() / self.tokens_per_s.len().max(1) as f64;
         println!("{} at step {step}: loss {first:.4} -> {last:.4} (best {best:.4})", if interrupted { "stopped" } else { "done" });
         println!("time {:.1} s, {mean_tps:.0} tokens/s on average", self.started.elapsed().as_secs_f64());
-        println!("wrote {}, {}, {}", self.out.join("metrics.jsonl").display(), png.display(), self.out.join("checkpoints").display());
+        println!(
+            "wrote {}, {}, {}, {}",
+            self.out.join("metrics.jsonl").display(),
+            svg.display(),
+            png.display(),
+            self.out.join("checkpoints").display()
+        );
         Ok(())
     }
 }
 
-/// The loss curve as a PNG: loss against step, drawn without text (no fonts needed); the
-/// summary prints the numbers.
+/// The loss curve as a PNG: loss against step, drawn without text (no fonts needed; loss.svg
+/// has the labels). Drawn into a temporary file beside `path`, then renamed over it.
 fn plot(path: &Path, losses: &[(u64, f64)]) -> Result<()> {
+    let tmp =
+        path.with_file_name(format!(".{}.tmp-{}.png", path.file_name().map_or("plot".into(), |n| n.to_string_lossy()), std::process::id()));
+    let drawn = draw_png(&tmp, losses).and_then(|()| {
+        if tmp.exists() {
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", tmp.display()))?;
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        }
+        Ok(())
+    });
+    if drawn.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drawn
+}
+
+/// The loss (left axis) and learning rate (right axis) against step as SVG, with a title,
+/// axis labels and tick numbers (SVG text: no font is needed to write it).
+pub(crate) fn plot_svg(losses: &[(u64, f64)], lrs: &[(u64, f64)]) -> Result<String> {
+    use plotters::prelude::*;
+    let e = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("{e}");
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, (800, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(e)?;
+        let finite = |v: &[(u64, f64)]| v.iter().copied().filter(|p| p.1.is_finite()).collect::<Vec<_>>();
+        let (losses, lrs) = (finite(losses), finite(lrs));
+        let x0 = losses.first().map_or(0.0, |l| l.0 as f64);
+        let x1 = losses.last().map_or(1.0, |l| l.0 as f64).max(x0 + 1.0);
+        let range = |v: &[(u64, f64)]| {
+            let lo = v.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+            let hi = v.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+            if lo.is_finite() && hi.is_finite() {
+                let pad = ((hi - lo) * 0.05).max(hi.abs() * 1e-6).max(1e-12);
+                (lo - pad)..(hi + pad)
+            } else {
+                0.0..1.0
+            }
+        };
+        let mut chart = ChartBuilder::on(&root)
+            .caption("training loss and learning rate", ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .right_y_label_area_size(72)
+            .build_cartesian_2d(x0..x1, range(&losses))
+            .map_err(e)?
+            .set_secondary_coord(x0..x1, range(&lrs));
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.3}"))
+            .draw()
+            .map_err(e)?;
+        chart.configure_secondary_axes().y_desc("learning rate").y_label_formatter(&|y| format!("{y:.1e}")).draw().map_err(e)?;
+        chart
+            .draw_series(LineSeries::new(losses.iter().map(|&(s, l)| (s as f64, l)), &BLUE))
+            .map_err(e)?
+            .label("loss")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        chart
+            .draw_secondary_series(LineSeries::new(lrs.iter().map(|&(s, l)| (s as f64, l)), &RED))
+            .map_err(e)?
+            .label("learning rate")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw().map_err(e)?;
+        root.present().map_err(e)?;
+    }
+    Ok(text)
+}
+
+fn draw_png(path: &Path, losses: &[(u64, f64)]) -> Result<()> {
     use plotters::prelude::*;
     if losses.len() < 2 {
         return Ok(());
@@ -139,4 +230,28 @@ fn plot(path: &Path, losses: &[(u64, f64)]) -> Result<()> {
     chart.draw_series(LineSeries::new(losses.iter().map(|&(s, l)| (s as f64, l)), &BLUE)).map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_svg_plot_has_a_title_axis_labels_and_tick_numbers() {
+        let losses: Vec<(u64, f64)> = (1..=40).map(|s| (s, 5.0 / (s as f64).sqrt())).collect();
+        let lrs: Vec<(u64, f64)> = (1..=40).map(|s| (s, 3e-3 * (s as f64 / 40.0))).collect();
+        let svg = super::plot_svg(&losses, &lrs).unwrap();
+        let texts: Vec<&str> =
+            svg.split("<text").skip(1).map(|t| t.split('>').nth(1).unwrap_or("").split('<').next().unwrap_or("").trim()).collect();
+        for want in ["training loss and learning rate", "step", "loss", "learning rate"] {
+            assert!(texts.contains(&want), "no {want:?} label among {texts:?}");
+        }
+        // Tick numbers on the step axis and on both value axes.
+        assert!(texts.iter().any(|t| *t == "40" || *t == "35"), "{texts:?}");
+        assert!(
+            texts.iter().filter(|t| t.parse::<f64>().is_ok_and(|v| (0.5..6.0).contains(&v)) && t.contains('.')).count() >= 3,
+            "{texts:?}"
+        );
+        assert!(texts.iter().filter(|t| t.contains("e-")).count() >= 3, "{texts:?}");
+        // Two curves.
+        assert!(svg.matches("<polyline").count() >= 2, "{svg}");
+    }
 }

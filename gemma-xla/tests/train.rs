@@ -115,7 +115,7 @@ fn a_run_from_an_hf_checkpoint_writes_metrics_checkpoints_and_the_final_weights(
     let opt = std::fs::read(out.join("checkpoints/step_6/optimizer.safetensors")).unwrap();
     let opt = SafeTensors::deserialize(&opt).unwrap();
     assert!(opt.names().iter().any(|n| n.starts_with("m.")) && opt.names().iter().any(|n| n.starts_with("v.")));
-    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "loss.png", "checkpoints/step_6/trainer_state.json"] {
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "loss.png", "loss.svg", "checkpoints/step_6/trainer_state.json"] {
         assert!(out.join(f).is_file(), "{f}");
     }
     std::fs::remove_dir_all(out).unwrap();
