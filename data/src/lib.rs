@@ -12,6 +12,7 @@ pub mod files;
 pub mod npy;
 pub mod sft;
 mod shards;
+pub mod tensorboard;
 pub mod tokenize;
 
 /// The HF tokenizers crate this crate reads `tokenizer.json` with.

@@ -72,13 +72,31 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
     let mut g = Generator::new(&client, &cfg, &params, placement, a.batch as usize, eval::cache_len(&items, info.context))?;
     drop(params);
 
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new(eval::sequences(&items) as u64)
+    // Progress: a bar with the scoring rate on a terminal, else a plain line every 10 seconds.
+    let total = eval::sequences(&items) as u64;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if terminal {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} sequences, {per_sec}, ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
     } else {
         indicatif::ProgressBar::hidden()
     };
     let began = Instant::now();
-    let outcomes = eval::evaluate(&mut g, &items, tok.as_ref(), &info.eos, |n| bar.inc(n as u64))?;
+    let (mut done, mut said) = (0u64, Instant::now());
+    eprintln!("eval: {} items, {total} sequences to score", items.len());
+    let outcomes = eval::evaluate(&mut g, &items, tok.as_ref(), &info.eos, |n| {
+        bar.inc(n as u64);
+        done += n as u64;
+        if !terminal && said.elapsed().as_secs() >= 10 {
+            said = Instant::now();
+            let rate = done as f64 / began.elapsed().as_secs_f64().max(1e-9);
+            eprintln!("eval: {done}/{total} sequences scored ({rate:.1}/s)");
+        }
+    })?;
     bar.finish_and_clear();
     let wall = began.elapsed().as_secs_f64();
 
@@ -121,7 +139,21 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
         } else {
             let path = summary_path(out);
             data::files::write_atomic(&path, (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
-            eprintln!("wrote {} and {}", out.display(), path.display());
+            // The per-task metrics for TensorBoard too, beside the scores: `<task>/<metric>`.
+            let board = out.parent().map_or_else(|| PathBuf::from("tensorboard"), |d| d.join("tensorboard"));
+            let mut events = data::tensorboard::EventWriter::create(&board)?;
+            let mut values: Vec<(String, f64)> = Vec::new();
+            for (task, m) in &summary {
+                for metric in ["acc", "acc_norm", "exact_match"] {
+                    if let Some(v) = m.get(metric).and_then(|v| v.as_f64()) {
+                        values.push((format!("{task}/{metric}"), v));
+                    }
+                }
+            }
+            let refs: Vec<(&str, f64)> = values.iter().map(|(t, v)| (t.as_str(), *v)).collect();
+            events.scalars(0, &refs)?;
+            events.sync()?;
+            eprintln!("wrote {}, {} and {}", out.display(), path.display(), events.path().display());
         }
     }
     Ok(())

@@ -22,6 +22,8 @@ pub(crate) struct Log {
     lrs: Vec<(u64, f64)>,
     tokens_per_s: Vec<f64>,
     steps: u64,
+    /// `OUT/tensorboard/events.out.tfevents.*`: the same scalars for TensorBoard.
+    events: data::tensorboard::EventWriter,
 }
 
 impl Log {
@@ -67,8 +69,21 @@ impl Log {
             bar.set_position(start);
             bar
         });
+        // A new events file per run (a resumed run adds one beside the earlier ones).
+        let events = data::tensorboard::EventWriter::create(&out.join("tensorboard"))?;
         let now = Instant::now();
-        Ok(Log { out: out.to_path_buf(), file, bar, started: now, last: (now, start), losses, lrs, tokens_per_s: Vec::new(), steps })
+        Ok(Log {
+            out: out.to_path_buf(),
+            file,
+            bar,
+            started: now,
+            last: (now, start),
+            losses,
+            lrs,
+            tokens_per_s: Vec::new(),
+            steps,
+            events,
+        })
     }
 
     /// A step that is not logged: only the bar moves.
@@ -92,6 +107,7 @@ impl Log {
             "tokens_per_s": tokens_per_s, "elapsed_s": elapsed,
         });
         writeln!(self.file, "{line}").with_context(|| format!("cannot write {}", self.out.join("metrics.jsonl").display()))?;
+        self.events.scalars(step as i64, &[("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("tokens_per_s", tokens_per_s)])?;
         self.losses.push((step, loss));
         self.lrs.push((step, lr));
         self.tokens_per_s.push(tokens_per_s);
@@ -109,6 +125,7 @@ impl Log {
     /// Flushes the metrics, draws loss.png and prints the summary.
     pub(crate) fn finish(&mut self, interrupted: bool) -> Result<()> {
         self.file.sync_all().with_context(|| format!("cannot write {}", self.out.join("metrics.jsonl").display()))?;
+        self.events.sync()?;
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

@@ -60,6 +60,21 @@ fn the_command_writes_scores_and_a_summary_as_the_library_scores() {
     }
     assert!(summary_one["tokens_per_s"].as_f64().unwrap() > 0.0, "{summary_one}");
     assert!(stderr.contains("tokens through the model") && stderr.contains("wrote"), "{stderr}");
+    // Progress on a non-terminal: plain lines, no bar.
+    assert!(stderr.contains("eval: ") && stderr.contains("sequences to score"), "{stderr}");
+    // The per-task metrics as TensorBoard scalars beside the scores: `<task>/<metric>`.
+    let board = dir.join("tensorboard");
+    let files: Vec<_> = std::fs::read_dir(&board).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 2, "one events file per eval run: {files:?}");
+    let scalars = data::tensorboard::read_scalars(&files[0]).unwrap();
+    for (task, m) in summary_one["tasks"].as_object().unwrap() {
+        for metric in ["acc", "acc_norm", "exact_match"] {
+            if let Some(v) = m.get(metric).and_then(|v| v.as_f64()) {
+                let s = scalars.iter().find(|s| s.tag == format!("{task}/{metric}")).unwrap_or_else(|| panic!("no {task}/{metric}"));
+                assert_eq!(s.value, v as f32);
+            }
+        }
+    }
 }
 
 #[test]
