@@ -187,6 +187,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::manual_rotate)] // TensorFlow's formula, written as TensorFlow writes it
     fn the_masked_crc_is_tensorflows() {
         // CRC-32C("123456789") = 0xE3069283 (the standard check value); TensorFlow masks it
         // as ((crc >> 15) | (crc << 17)) + 0xa282ead8.
