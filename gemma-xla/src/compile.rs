@@ -11,7 +11,6 @@ use inspect::tpu::{V5E_HBM, V5E_PEAK_FLOPS};
 use inspect::{dump, human_bytes, summary};
 use runtime::{AotExecutable, CompileOptions, Mesh, PluginSpec, Program, Topology, XlaDump};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use train::Setup;
 
 #[derive(clap::Args)]
@@ -93,9 +92,9 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
             println!("{line}");
         }
     }
-    let started = Instant::now();
+    let phase = crate::progress::Phase::start(&format!("compile: tracing and lowering {}", a.what));
     let lowered = dump::lower(None, &setup, &a.what, dtype.dtype(), remat, a.cache_len)?;
-    let traced = started.elapsed();
+    let traced = phase.done();
     let what = format!("{} ({config_name}; batch {batch} x seq {seq}, {})", a.what, dtype.name());
     let params = rules::param_count(&setup.cfg);
     println!("program: {what}, {params} parameters");
@@ -103,7 +102,7 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     // XLA's optimised HLO is read from its dump: into --dump DIR, else a temporary directory.
     let mut compiled: Option<(AotExecutable, f64)> = None;
     let mut compile_with = |program: &Program, options: &CompileOptions| -> Result<()> {
-        let t = Instant::now();
+        let phase = crate::progress::Phase::start(&format!("compile: XLA compiling {} for {}", a.what, topo.name()));
         let exe = match topo.compile(program, options) {
             Ok(exe) => exe,
             Err(e) => {
@@ -120,7 +119,7 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
                 return Err(anyhow::Error::new(e).context(format!("compiling {} for {}", a.what, topo.name())));
             }
         };
-        compiled = Some((exe, t.elapsed().as_secs_f64()));
+        compiled = Some((exe, phase.done().as_secs_f64()));
         Ok(())
     };
     let tmp = std::env::temp_dir().join(format!(".gemma-xla-compile-{}", std::process::id()));

@@ -59,11 +59,15 @@ pub fn dump(a: &DumpArgs) -> Result<()> {
     let _lock = data::files::OutputLock::acquire(&a.out, "gemma-xla dump").with_context(|| format!("--out {}", a.out.display()))?;
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
     let setup = Setup { cfg, mesh, fsdp: a.mesh.fsdp, batch: a.shape.batch as usize, seq: seq as usize, weights: false };
+    let phase = crate::progress::Phase::start(&format!("dump: tracing and lowering {}", a.what));
     let lowered = dump::lower(Some(&client), &setup, &a.what, dtype.dtype(), a.remat.remat(), a.cache_len)?;
+    phase.done();
 
     let what = format!("{} ({name}; batch {} x seq {seq}, {})", a.what, a.shape.batch, dtype.name());
     let text = dump::write_dump(&a.out, &lowered, &setup, &what, |program, options| {
+        let phase = crate::progress::Phase::start(&format!("dump: XLA compiling {}", a.what));
         client.compile(program, options).map_err(|e| inspect::Error::from(e).context(format!("compiling {}", a.what)))?;
+        phase.done();
         Ok(())
     })?;
     print!("{text}");

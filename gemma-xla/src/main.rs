@@ -13,6 +13,7 @@ mod generate_cmd;
 mod launch;
 mod plan;
 mod plugin;
+mod progress;
 mod report;
 mod run;
 mod tokenize;

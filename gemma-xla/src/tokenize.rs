@@ -65,7 +65,8 @@ pub fn tokenize(a: &TokenizeArgs) -> Result<()> {
     }
     let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = TokenizeOptions { field: a.field.to_string(), workers, shard_tokens: a.shard_tokens as usize };
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if terminal {
         let bar = ProgressBar::new_spinner();
         bar.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
         bar
@@ -73,9 +74,17 @@ pub fn tokenize(a: &TokenizeArgs) -> Result<()> {
         ProgressBar::hidden()
     };
     let began = Instant::now();
+    // Not a terminal: a plain line every 10 seconds instead of the spinner.
+    let mut said = Instant::now();
     let summary = run_tokenize(a.data, a.tokenizer, a.out, &opts, |p| {
         let s = began.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("{} documents, {:.1} MB/s, {:.0} tokens/s", p.documents, p.bytes as f64 / 1e6 / s, p.tokens as f64 / s));
+        let text = format!("{} documents, {:.1} MB/s, {:.0} tokens/s", p.documents, p.bytes as f64 / 1e6 / s, p.tokens as f64 / s);
+        if terminal {
+            bar.set_message(text);
+        } else if said.elapsed().as_secs() >= 10 {
+            said = Instant::now();
+            eprintln!("tokenize: {text}");
+        }
     })?;
     bar.finish_and_clear();
     let s = began.elapsed().as_secs_f64().max(1e-9);

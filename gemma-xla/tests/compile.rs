@@ -38,6 +38,8 @@ fn compile(args: &[&str]) -> Option<String> {
         panic!("this test needs libtpu (pip installs it into the plugin cache), which cannot be had here:\n{err}");
     }
     assert!(o.status.success(), "{all:?} failed: {err}");
+    // Progress on a non-terminal: a plain line as each phase starts.
+    assert!(err.contains("compile: tracing and lowering") && err.contains("compile: XLA compiling"), "{err}");
     Some(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 

@@ -373,6 +373,7 @@ impl Pinned {
 
     /// Puts the plugin into `target` (inside `tmp`) and says what was installed.
     fn fill(&self, target: &Path, tmp: &Path, source: Option<&Path>, dest: &Path) -> std::result::Result<Record, String> {
+        let began = std::time::Instant::now();
         let so = target.join(self.so);
         let pinned_package = || self.requirement();
         let (wheel_sha256, from) = match source {
@@ -413,6 +414,7 @@ impl Pinned {
             }
         };
         let size = std::fs::metadata(&so).map_err(|e| format!("{} is missing after the install ({e})", self.so))?.len();
+        crate::notes::note(&format!("gemma-xla: installed the {} in {:.1} s", self.what, began.elapsed().as_secs_f64()));
         let sha256 = sha256_file(&so).map_err(|e| format!("cannot read {}: {e}", so.display()))?;
         Ok(Record { file: self.so.to_string(), size, sha256, package: pinned_package(), wheel_sha256, source: from, stamp: stamp_of(&so) })
     }
