@@ -251,13 +251,33 @@ impl DeviceArray {
         {
             return self.fetch_shard(&shard);
         }
-        let op = self.sharding.op_sharding()?.describe();
+        // In the sdy dialect, as the rest of our programs (so XLA partitions it with Shardy).
+        let mesh = self.sharding.mesh.axes().iter().map(|(a, n)| format!("\"{a}\"={n}")).collect::<Vec<_>>().join(", ");
+        let dims = |split: bool| {
+            let d: Vec<String> = self
+                .sharding
+                .spec
+                .dims
+                .iter()
+                .map(|axes| {
+                    if split {
+                        format!("{{{}}}", axes.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", "))
+                    } else {
+                        "{}".into()
+                    }
+                })
+                .collect();
+            format!("#sdy.sharding<@mesh, [{}]>", d.join(", "))
+        };
         let ty = self.ty.mlir();
         let text = format!(
             "module @gather attributes {{mhlo.num_partitions = {n} : i32, mhlo.num_replicas = 1 : i32}} {{\n  \
-             func.func public @main(%arg0: {ty} {{mhlo.sharding = \"{op}\"}}) -> ({ty} {{mhlo.sharding = \"{{replicated}}\"}}) {{\n    \
+             sdy.mesh @mesh = <[{mesh}]>\n  \
+             func.func public @main(%arg0: {ty} {{sdy.sharding = {from}}}) -> ({ty} {{sdy.sharding = {to}}}) {{\n    \
              return %arg0 : {ty}\n  }}\n}}\n",
-            n = self.sharding.num_devices()
+            n = self.sharding.num_devices(),
+            from = dims(true),
+            to = dims(false),
         );
         let program = Program::from_text(&text)?;
         let exe = client.compile(&program, &crate::CompileOptions::for_mesh(&self.sharding.mesh))?;

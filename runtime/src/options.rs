@@ -185,7 +185,16 @@ impl CompileOptions {
             }),
             use_shardy_partitioner: self.partitioner == Some(Partitioner::Shardy),
         };
-        let env_option_overrides = self.dump.as_ref().map(XlaDump::overrides).unwrap_or_default();
+        let mut env_option_overrides = self.dump.as_ref().map(XlaDump::overrides).unwrap_or_default();
+        if self.partitioner == Some(Partitioner::Shardy) {
+            // XLA converts our sdy shardings to HLO with the build options' DebugOptions (none
+            // sent: HloShardingV3 off, so they travel as `xla.sdy.*` frontend attributes) but
+            // compiles with the plugin's defaults (V3 on), and then warns of a "stale model
+            // export" and turns V3 off itself. Saying off up front compiles the same program
+            // without the warning.
+            env_option_overrides
+                .insert("xla_enable_hlo_sharding_v3".to_string(), OptionOverrideProto { value: Some(OptionValue::Bool(false)) });
+        }
         CompileOptionsProto { executable_build_options: Some(build), env_option_overrides }.encode_to_vec()
     }
 }
@@ -198,10 +207,11 @@ mod tests {
     fn encodings_match_the_bytes_measured_on_the_cpu_plugin() {
         assert_eq!(CompileOptions::single_device().encode(), [0x1a, 0x04, 0x20, 0x01, 0x28, 0x01]);
         assert_eq!(CompileOptions::spmd(2, Partitioner::Gspmd).encode(), [0x1a, 0x06, 0x20, 0x01, 0x28, 0x02, 0x30, 0x01]);
-        assert_eq!(
-            CompileOptions::spmd(2, Partitioner::Shardy).encode(),
-            [0x1a, 0x09, 0x20, 0x01, 0x28, 0x02, 0x30, 0x01, 0x98, 0x01, 0x01]
-        );
+        // Shardy: field 3 as before, then field 7 {"xla_enable_hlo_sharding_v3": bool_field false}.
+        let mut shardy = vec![0x1a, 0x09, 0x20, 0x01, 0x28, 0x02, 0x30, 0x01, 0x98, 0x01, 0x01, 0x3a, 0x20, 0x0a, 0x1a];
+        shardy.extend_from_slice(b"xla_enable_hlo_sharding_v3");
+        shardy.extend_from_slice(&[0x12, 0x02, 0x10, 0x00]);
+        assert_eq!(CompileOptions::spmd(2, Partitioner::Shardy).encode(), shardy);
     }
 
     #[test]

@@ -46,16 +46,42 @@ pub struct Topology {
 /// before libtpu is loaded for a topology. Without the second, a second process loading
 /// libtpu (another compile, a test, a training run on a TPU VM) fails to initialise it on
 /// libtpu's lock file `/tmp/libtpu_lockfile`; compiling touches no TPU, so it need not hold it.
+///
+/// On a machine that is not a TPU host (no `/dev/accel*` or `/dev/vfio` TPU devices) it also
+/// gives libtpu what it would otherwise look up and warn about on stderr: an accelerator type
+/// (`TPU_ACCELERATOR_TYPE=v5litepod-4`; a named topology's compile does not depend on it), this
+/// machine as the only worker (`TPU_WORKER_HOSTNAMES=localhost`, `TPU_WORKER_ID=0`), and
+/// `--hugepage_text=false` in `LIBTPU_INIT_ARGS` (remapping its code onto huge pages fails on
+/// ordinary file systems with an error line). Variables already set are left alone.
 pub(crate) fn skip_metadata_queries() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        for var in ["TPU_SKIP_MDS_QUERY", "ALLOW_MULTIPLE_LIBTPU_LOAD"] {
+        let set_default = |var: &str, value: &str| {
             if std::env::var_os(var).is_none() {
                 // Set before libtpu is loaded; libtpu reads them during initialisation.
-                std::env::set_var(var, "1");
+                std::env::set_var(var, value);
+            }
+        };
+        set_default("TPU_SKIP_MDS_QUERY", "1");
+        set_default("ALLOW_MULTIPLE_LIBTPU_LOAD", "1");
+        if !is_tpu_host() {
+            set_default("TPU_ACCELERATOR_TYPE", "v5litepod-4");
+            set_default("TPU_WORKER_HOSTNAMES", "localhost");
+            set_default("TPU_WORKER_ID", "0");
+            let args = std::env::var("LIBTPU_INIT_ARGS").unwrap_or_default();
+            if !args.contains("hugepage_text") {
+                std::env::set_var("LIBTPU_INIT_ARGS", format!("{args} --hugepage_text=false").trim_start());
             }
         }
     });
+}
+
+/// Whether this machine has TPU chips: `/dev/accel*` (v2-v4, v5p) or `/dev/vfio/<n>` (v5e, v6e).
+fn is_tpu_host() -> bool {
+    let any = |dir: &str, keep: &dyn Fn(&str) -> bool| {
+        std::fs::read_dir(dir).is_ok_and(|entries| entries.flatten().any(|e| keep(&e.file_name().to_string_lossy())))
+    };
+    any("/dev", &|n| n.starts_with("accel")) || any("/dev/vfio", &|n| n.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// Whether `name` has the form libtpu accepts (checked before the plugin sees it, so the
