@@ -6,6 +6,7 @@
 mod checkpoint;
 mod config;
 pub mod decode;
+pub mod lora;
 mod model;
 pub mod rng;
 pub mod rules;
@@ -17,10 +18,10 @@ pub use checkpoint::{
 };
 pub use config::Config;
 pub use model::{
-    block, causal_attention_mask, default_positions, embed, forward, loss, model, model_args, model_with_layout, param_shapes, param_types,
-    trace_loss, trace_model, unembed, Activations, BlockOutput, ModelOptions, Params,
+    block, causal_attention_mask, default_positions, embed, forward, loss, model, model_args, model_with_adapters, model_with_layout,
+    param_shapes, param_types, trace_loss, trace_model, unembed, Activations, BlockOutput, ModelOptions, Params,
 };
-pub use train::{init_params, train_args, train_args_weighted, train_step, Hyper, Schedule};
+pub use train::{init_params, lora_train_args, train_args, train_args_weighted, train_step, train_step_with, Hyper, Schedule};
 
 /// Why reading a config or checkpoint, saving files, or choosing shardings failed.
 #[derive(Debug, thiserror::Error)]

@@ -38,6 +38,8 @@ pub struct Params {
     tree: Tree<Tensor>,
     layout: Option<Layout>,
     remat: graph::Remat,
+    /// LoRA adapters in `tree` beside the weights they adapt, and their scale alpha / r.
+    lora: Option<crate::lora::Lora>,
 }
 
 impl Params {
@@ -55,7 +57,43 @@ impl Params {
             let extra: Vec<&str> = tree.paths().filter(|p| !shapes.iter().any(|(n, _)| n == p)).collect();
             return Err(graph::Error::Tree(format!("unexpected model parameters: {}", extra.join(", "))));
         }
-        Ok(Params { tree, layout: None, remat: graph::Remat::None })
+        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: None })
+    }
+
+    /// [`Params::new`] for a tree that also holds `lora`'s adapters (`lora.shapes(cfg)`
+    /// names and shapes), applied on their projections.
+    pub fn with_adapters(cfg: &Config, tree: Tree<Tensor>, lora: &crate::lora::Lora) -> Result<Params, graph::Error> {
+        let adapters = lora.shapes(cfg);
+        let mut base = Tree::new();
+        for (path, t) in tree.iter() {
+            match adapters.iter().find(|(n, _)| n == path) {
+                Some((_, dims)) if &t.dims() != dims => {
+                    return Err(graph::Error::Tree(format!("adapter {path} is {}, LoRA rank {} needs {dims:?}", t.ty(), lora.rank)))
+                }
+                Some(_) => {}
+                None => base.insert(path.to_string(), t.clone())?,
+            }
+        }
+        if let Some((missing, _)) = adapters.iter().find(|(n, _)| tree.get(n).is_none()) {
+            return Err(graph::Error::Tree(format!("the model parameters have no adapter {missing}")));
+        }
+        Params::new(cfg, base)?;
+        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: Some(lora.clone()) })
+    }
+
+    /// x [B, T, in] through layer `i`'s projection `module` (`self_attn.q_proj`): x W^T, plus
+    /// (alpha / r) (x A^T) B^T where the module has an adapter.
+    #[track_caller]
+    pub(crate) fn proj(&self, x: &Tensor, i: usize, module: &str) -> Tensor {
+        let y = linear(x, self.layer(i, &format!("{module}.weight")));
+        match &self.lora {
+            Some(l) if l.targets_module(module) => {
+                let a = self.layer(i, &format!("{module}.lora_A.weight"));
+                let b = self.layer(i, &format!("{module}.lora_B.weight"));
+                y + linear(&linear(x, a), b) * l.scale()
+            }
+            _ => y,
+        }
     }
 
     /// Decoder layers are recomputed in the backward pass as `remat` says.
@@ -159,9 +197,9 @@ pub(crate) fn finish_block(cfg: &Config, p: &Params, i: usize, x: &Tensor, atten
     let x = x + &attention;
     let h = x.rms_norm(p.layer(i, "post_attention_layernorm.weight"), cfg.rms_norm_eps);
     let hidden = [Some(Logical::Batch), None, Some(Logical::Mlp)];
-    let gate = p.constrain(linear(&h, p.layer(i, "mlp.gate_proj.weight")), &hidden).gelu_tanh();
-    let up = p.constrain(linear(&h, p.layer(i, "mlp.up_proj.weight")), &hidden);
-    let mlp = linear(&(gate * up), p.layer(i, "mlp.down_proj.weight"));
+    let gate = p.constrain(p.proj(&h, i, "mlp.gate_proj"), &hidden).gelu_tanh();
+    let up = p.constrain(p.proj(&h, i, "mlp.up_proj"), &hidden);
+    let mlp = p.proj(&(gate * up), i, "mlp.down_proj");
     let x = p.constrain(&x + &mlp, &[Some(Logical::Batch), None, None]);
     BlockOutput { x, attention, mlp }
 }
@@ -183,7 +221,7 @@ fn remat_block(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tenso
     }
     let traced = graph::trace_tree(&format!("layer_{i}"), &types, |a| {
         let layer = a.subtree("w").prefixed(&prefix).expect("internal: a valid prefix");
-        let inner = Params { tree: layer, layout: p.layout.clone(), remat: graph::Remat::None };
+        let inner = Params { tree: layer, layout: p.layout.clone(), remat: graph::Remat::None, lora: p.lora.clone() };
         let out = block(
             cfg,
             &inner,
@@ -245,10 +283,10 @@ fn attend(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor, al
 pub(crate) fn project_qkv(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor) -> (Tensor, Tensor, Tensor) {
     let (b, t) = (x.dims()[0], x.dims()[1]);
     let (n, k, h) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-    let q = linear(x, p.layer(i, "self_attn.q_proj.weight")).reshape(&[b, t, n, h]);
+    let q = p.proj(x, i, "self_attn.q_proj").reshape(&[b, t, n, h]);
     let q = p.constrain(q, &[Some(Logical::Batch), None, Some(Logical::Heads), None]).rope(positions, cfg.rope_theta);
-    let kk = linear(x, p.layer(i, "self_attn.k_proj.weight")).reshape(&[b, t, k, h]).rope(positions, cfg.rope_theta);
-    let v = linear(x, p.layer(i, "self_attn.v_proj.weight")).reshape(&[b, t, k, h]);
+    let kk = p.proj(x, i, "self_attn.k_proj").reshape(&[b, t, k, h]).rope(positions, cfg.rope_theta);
+    let v = p.proj(x, i, "self_attn.v_proj").reshape(&[b, t, k, h]);
     (q, kk, v)
 }
 
@@ -272,7 +310,7 @@ pub(crate) fn attention_output(cfg: &Config, p: &Params, i: usize, q: &Tensor, k
     // out [B, K, T, G, H] -> [B, T, K, G, H] -> [B, T, N*H]
     let out = probs.dot_general(v, &DotDims { lhs_batch: vec![0, 1], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![1] });
     let out = out.transpose(&[0, 2, 1, 3, 4]).reshape(&[b, t, n * h]);
-    linear(&out, p.layer(i, "self_attn.o_proj.weight"))
+    p.proj(&out, i, "self_attn.o_proj")
 }
 
 /// Mean next-token cross-entropy of logits[:, :-1] against tokens[:, 1:] (what transformers
@@ -340,7 +378,22 @@ pub fn model_with_layout(
     opts: ModelOptions,
     layout: Option<Layout>,
 ) -> Result<Tree<Tensor>, graph::Error> {
-    let p = Params::new(cfg, args.subtree("params"))?.with_layout(layout).with_remat(opts.remat);
+    model_with_adapters(cfg, args, opts, layout, None)
+}
+
+/// [`model_with_layout`] where `params` also holds `lora`'s adapters (see `lora::Lora::shapes`).
+pub fn model_with_adapters(
+    cfg: &Config,
+    args: &Tree<Tensor>,
+    opts: ModelOptions,
+    layout: Option<Layout>,
+    lora: Option<&crate::lora::Lora>,
+) -> Result<Tree<Tensor>, graph::Error> {
+    let p = match lora {
+        Some(l) => Params::with_adapters(cfg, args.subtree("params"), l)?,
+        None => Params::new(cfg, args.subtree("params"))?,
+    };
+    let p = p.with_layout(layout).with_remat(opts.remat);
     let tokens = args.leaf("tokens")?;
     let mask = if opts.mask { Some(args.leaf("mask")?) } else { None };
     for (name, t) in [("tokens", Some(tokens)), ("mask", mask)] {

@@ -358,7 +358,7 @@ pub fn cache_spec(cfg: &Config, mesh: &Mesh) -> PartitionSpec {
 /// The spec of `extend`'s argument or output at `path` on `mesh` (None: replicated).
 pub fn extend_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<PartitionSpec> {
     if let Some(name) = path.strip_prefix("params.") {
-        return param_spec(cfg, name, mesh, fsdp).ok();
+        return adapter_spec(cfg, name, mesh, fsdp).or_else(|| param_spec(cfg, name, mesh, fsdp).ok());
     }
     if path.starts_with("cache.") {
         return Some(cache_spec(cfg, mesh));
@@ -378,8 +378,22 @@ pub fn state_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<P
     if path == "batch.tokens" || path == "batch.weights" {
         return Some(batch_spec(mesh));
     }
+    // LoRA: the frozen base weights split as when they train.
+    if let Some(name) = path.strip_prefix("frozen.") {
+        return param_spec(cfg, name, mesh, fsdp).ok();
+    }
     let name = ["state.params.", "state.opt.m.", "state.opt.v."].iter().find_map(|p| path.strip_prefix(p))?;
-    param_spec(cfg, name, mesh, fsdp).ok()
+    adapter_spec(cfg, name, mesh, fsdp).or_else(|| param_spec(cfg, name, mesh, fsdp).ok())
+}
+
+/// The spec of a LoRA adapter tensor (`...q_proj.lora_A.weight`, `...lora_B.weight`; None for
+/// any other name): B [out, r] split over the axes of its weight's out dimension, A [r, in]
+/// replicated. So the adapter runs on every mesh its weight trains on, and B A has W's layout.
+pub fn adapter_spec(cfg: &Config, name: &str, mesh: &Mesh, fsdp: bool) -> Option<PartitionSpec> {
+    let (base, is_b) = crate::lora::adapter_base(name)?;
+    let w = param_spec(cfg, &base, mesh, fsdp).ok()?;
+    let out = if is_b { w.dims.first().cloned().unwrap_or_default() } else { Vec::new() };
+    Some(PartitionSpec { dims: vec![out, Vec::new()] })
 }
 
 /// The number of parameters of the checkpoint (the tied output embedding counted once).

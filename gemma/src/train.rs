@@ -12,7 +12,7 @@
 //! - Master weights and optimizer states are f32; `compute` may be bf16 (the forward and
 //!   backward then run in bf16, the gradients arrive in f32 through the converts).
 use crate::config::Config;
-use crate::model::{model_args, model_with_layout, param_types, ModelOptions};
+use crate::model::{model_args, model_with_adapters, param_types, ModelOptions};
 use crate::rules::Layout;
 use graph::{DType, Tensor, TensorType, Tree};
 
@@ -146,7 +146,44 @@ pub fn train_args_weighted(cfg: &Config, batch: i64, seq: i64, weights: bool) ->
 /// `layout`: the mesh the step runs on, so the model's activations get sharding constraints
 /// (None on one device).
 pub fn train_step(cfg: &Config, hp: &Hyper, layout: Option<&Layout>, args: &Tree<Tensor>) -> Result<Tree<Tensor>, graph::Error> {
+    train_step_with(cfg, hp, None, layout, args)
+}
+
+/// The argument types of the LoRA train step: `state.params.<adapter>` and their moments (f32),
+/// `state.step`, `frozen.<checkpoint name>` (the base weights, in `base`: never updated, no
+/// optimizer state), `batch.tokens` and, with `weights`, `batch.weights`.
+pub fn lora_train_args(cfg: &Config, lora: &crate::lora::Lora, base: DType, batch: i64, seq: i64, weights: bool) -> Tree<TensorType> {
+    let mut t = Tree::new();
+    for (name, dims) in lora.shapes(cfg) {
+        for part in ["params", "opt.m", "opt.v"] {
+            t.insert(format!("state.{part}.{name}"), TensorType::new(DType::F32, &dims))
+                .expect("internal: adapter names are distinct paths");
+        }
+    }
+    for (name, ty) in param_types(cfg, base) {
+        t.insert(format!("frozen.{name}"), ty).expect("internal: checkpoint names are distinct paths");
+    }
+    t.insert("state.step", TensorType::scalar(DType::S32)).expect("internal: fixed name");
+    t.insert("batch.tokens", TensorType::new(DType::S32, &[batch, seq])).expect("internal: fixed name");
+    if weights {
+        t.insert("batch.weights", TensorType::new(DType::F32, &[batch, seq])).expect("internal: fixed name");
+    }
+    t
+}
+
+/// [`train_step`], or with `lora` the LoRA step: only the adapters (`state.params`) train, with
+/// the same loss, clipping, schedule and AdamW (both A and B are rank 2, so both are decayed;
+/// `grad_norm` is the adapters' global norm); the base weights come in as `frozen.*` and are
+/// returned unchanged by not being outputs at all.
+pub fn train_step_with(
+    cfg: &Config,
+    hp: &Hyper,
+    lora: Option<&crate::lora::Lora>,
+    layout: Option<&Layout>,
+    args: &Tree<Tensor>,
+) -> Result<Tree<Tensor>, graph::Error> {
     let params = args.subtree("state.params");
+    let frozen = args.subtree("frozen");
     let tokens = args.leaf("batch.tokens")?.clone();
     let dims = tokens.dims();
     if dims.len() != 2 {
@@ -157,11 +194,35 @@ pub fn train_step(cfg: &Config, hp: &Hyper, layout: Option<&Layout>, args: &Tree
     // Conversations: per-token loss weights, sum(w CE) / sum(w) over the global batch.
     let weights = args.leaf("batch.weights").ok().cloned();
     let opts = ModelOptions { remat: hp.remat, weights: weights.is_some(), ..ModelOptions::default() };
-    let loss_args = model_args(cfg, DType::F32, dims[0], dims[1], opts);
+    let mut loss_args = model_args(cfg, DType::F32, dims[0], dims[1], opts);
+    if let Some(l) = lora {
+        // The adapters are the differentiated `params`; the base weights ride along as `frozen`.
+        let mut a = Tree::new();
+        for (path, ty) in loss_args.iter() {
+            if !path.starts_with("params.") {
+                a.insert(path.to_string(), ty.clone())?;
+            }
+        }
+        for (name, dims) in l.shapes(cfg) {
+            a.insert(format!("params.{name}"), TensorType::new(DType::F32, &dims))?;
+        }
+        for (name, t) in frozen.iter() {
+            a.insert(format!("frozen.{name}"), t.ty())?;
+        }
+        loss_args = a;
+    }
     let mut failed = None;
     let loss_fn = graph::trace_tree("loss", &loss_args, |a| {
-        let cast = a.map(|path, t| if path.starts_with("params.") { t.convert(compute) } else { t.clone() });
-        model_with_layout(cfg, &cast, opts, layout.cloned()).unwrap_or_else(|e| {
+        let mut cast = Tree::new();
+        for (path, t) in a.iter() {
+            let (path, t) = match path.strip_prefix("frozen.") {
+                Some(name) => (format!("params.{name}"), t.convert(compute)),
+                None if path.starts_with("params.") => (path.to_string(), t.convert(compute)),
+                None => (path.to_string(), t.clone()),
+            };
+            cast.insert(path, t).expect("internal: distinct paths");
+        }
+        model_with_adapters(cfg, &cast, opts, layout.cloned(), lora).unwrap_or_else(|e| {
             failed = Some(e);
             Tree::new()
         })
@@ -172,6 +233,9 @@ pub fn train_step(cfg: &Config, hp: &Hyper, layout: Option<&Layout>, args: &Tree
     let loss_fn = loss_fn?;
     let grad_fn = graph::value_and_grad_tree(&loss_fn, "loss", "params")?;
     let mut call_args = params.clone().prefixed("params")?.with("tokens", tokens)?;
+    for (name, t) in frozen.iter() {
+        call_args.insert(format!("frozen.{name}"), t.clone())?;
+    }
     if let Some(w) = weights {
         call_args.insert("weights", w)?;
     }
@@ -250,7 +314,7 @@ pub fn init_params(cfg: &Config, seed: u64) -> Vec<(String, Vec<i64>, Vec<f32>)>
 }
 
 /// FNV-1a of a name: a stable per-tensor stream id.
-fn fnv1a(s: &str) -> u64 {
+pub(crate) fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
