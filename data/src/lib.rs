@@ -10,6 +10,7 @@ pub mod checkpoint;
 mod dataset;
 pub mod files;
 pub mod npy;
+pub mod peft;
 pub mod sft;
 mod shards;
 pub mod tensorboard;

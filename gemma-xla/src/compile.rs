@@ -86,7 +86,16 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     );
     println!("mesh {mesh}{}: device ids {}", if fsdp { " fsdp" } else { "" }, layout_text(&topo, &mesh, &ids));
 
-    let setup = Setup { cfg, mesh: mesh.clone(), fsdp, batch: batch as usize, seq: seq as usize, weights: false };
+    let setup = Setup {
+        cfg,
+        mesh: mesh.clone(),
+        fsdp,
+        batch: batch as usize,
+        seq: seq as usize,
+        weights: false,
+        lora: None,
+        base_dtype: graph::DType::F32,
+    };
     if topo.num_processes() > 1 {
         for line in host_layout(&topo, &setup, &ids)? {
             println!("{line}");

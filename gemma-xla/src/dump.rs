@@ -58,7 +58,16 @@ pub fn dump(a: &DumpArgs) -> Result<()> {
     // One run per output directory, for the whole dump.
     let _lock = data::files::OutputLock::acquire(&a.out, "gemma-xla dump").with_context(|| format!("--out {}", a.out.display()))?;
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
-    let setup = Setup { cfg, mesh, fsdp: a.mesh.fsdp, batch: a.shape.batch as usize, seq: seq as usize, weights: false };
+    let setup = Setup {
+        cfg,
+        mesh,
+        fsdp: a.mesh.fsdp,
+        batch: a.shape.batch as usize,
+        seq: seq as usize,
+        weights: false,
+        lora: None,
+        base_dtype: graph::DType::F32,
+    };
     let phase = crate::progress::Phase::start(&format!("dump: tracing and lowering {}", a.what));
     let lowered = dump::lower(Some(&client), &setup, &a.what, dtype.dtype(), a.remat.remat(), a.cache_len)?;
     phase.done();

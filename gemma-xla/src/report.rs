@@ -50,9 +50,20 @@ impl Log {
         }
         gemma::write_atomic(&path, kept.as_bytes())?;
         let file = std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let params: i64 = gemma::param_shapes(&setup.cfg).iter().map(|(_, d)| d.iter().product::<i64>()).sum();
+        let count = |shapes: Vec<(String, Vec<i64>)>| -> i64 { shapes.iter().map(|(_, d)| d.iter().product::<i64>()).sum() };
+        let what = match &setup.lora {
+            Some(l) => format!(
+                "{} LoRA parameters (rank {}, alpha {}, {}; {} frozen)",
+                count(setup.trainable()),
+                l.rank,
+                l.alpha,
+                l.targets.join(","),
+                count(gemma::param_shapes(&setup.cfg))
+            ),
+            None => format!("{} parameters", count(setup.trainable())),
+        };
         eprintln!(
-            "training {params} parameters on {} | mesh {}{} | batch {} x seq {} | steps {}..{steps}{}",
+            "training {what} on {} | mesh {}{} | batch {} x seq {} | steps {}..{steps}{}",
             data.describe(),
             setup.mesh,
             if setup.fsdp { " (fsdp)" } else { "" },

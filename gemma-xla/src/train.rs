@@ -90,6 +90,21 @@ pub struct TrainArgs {
     /// Bytes (tokens) of the sample generated at the end (0: none; single-host runs only)
     #[arg(long, default_value_t = 160)]
     sample: usize,
+    /// LoRA: train rank-R adapters on the projections of --lora-targets, the base weights frozen (may be bf16 with --dtype bf16)
+    #[arg(long, value_name = "R")]
+    lora_rank: Option<i64>,
+    /// LoRA: the adapters' scale is alpha / R [default: 8]
+    #[arg(long, value_name = "A")]
+    lora_alpha: Option<f64>,
+    /// LoRA: comma-separated projections to adapt (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) [default: q_proj,v_proj]
+    #[arg(long, value_name = "LIST")]
+    lora_targets: Option<String>,
+    /// LoRA: start from this PEFT adapter directory (its rank, alpha and targets; turns LoRA on)
+    #[arg(long, value_name = "DIR")]
+    lora_init: Option<PathBuf>,
+    /// LoRA: also write OUT/model.safetensors + config.json with the adapters merged into the base weights
+    #[arg(long)]
+    merge: bool,
     /// Multi-host runs: the longest any host waits for the others (connecting, agreeing, checkpoint barriers); a host silent for half of it is declared failed
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     coordination_timeout: u64,
@@ -156,6 +171,49 @@ fn chat_format(a: &TrainArgs, tokenizer: &Tokenizer) -> Result<data::sft::ChatFo
     })
 }
 
+/// The LoRA settings of the flags (None: full training). `--lora-init`'s own settings win;
+/// a flag given with it that disagrees is an error (targets compare as sets).
+fn lora_of(a: &TrainArgs, cfg: &Config) -> Result<Option<gemma::lora::Lora>> {
+    let targets: Option<Vec<String>> =
+        a.lora_targets.as_ref().map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+    if let Some(dir) = &a.lora_init {
+        let lora = data::peft::read_config(dir, cfg).with_context(|| format!("--lora-init {}", dir.display()))?;
+        if let Some(r) = a.lora_rank.filter(|&r| r != lora.rank) {
+            bail!("--lora-rank {r} disagrees with --lora-init {}'s r {}", dir.display(), lora.rank);
+        }
+        if let Some(al) = a.lora_alpha.filter(|&al| al != lora.alpha) {
+            bail!("--lora-alpha {al} disagrees with --lora-init {}'s lora_alpha {}", dir.display(), lora.alpha);
+        }
+        if let Some(t) = &targets {
+            let mut given: Vec<&str> = t.iter().map(String::as_str).collect();
+            let mut have: Vec<&str> = lora.targets.iter().map(String::as_str).collect();
+            given.sort();
+            given.dedup();
+            have.sort();
+            if given != have {
+                bail!(
+                    "--lora-targets {} disagrees with --lora-init {}'s target_modules {}",
+                    t.join(","),
+                    dir.display(),
+                    lora.targets.join(",")
+                );
+            }
+        }
+        return Ok(Some(lora));
+    }
+    let Some(rank) = a.lora_rank else {
+        if a.lora_alpha.is_some() || targets.is_some() {
+            bail!("--lora-alpha and --lora-targets need --lora-rank R (or --lora-init DIR)");
+        }
+        if a.merge {
+            bail!("--merge applies to LoRA runs (--lora-rank or --lora-init)");
+        }
+        return Ok(None);
+    };
+    let targets = targets.unwrap_or_else(|| gemma::lora::DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect());
+    Ok(Some(gemma::lora::Lora::new(cfg, rank, a.lora_alpha.unwrap_or(8.0), &targets)?))
+}
+
 /// The optimizer settings the flags give.
 pub fn hyper(a: &TrainArgs) -> Hyper {
     Hyper {
@@ -183,6 +241,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         bail!("--coordination-timeout {}: expected 1 to 86400 seconds", a.coordination_timeout);
     }
     let cfg = resolve_config(a)?;
+    let lora = lora_of(a, &cfg)?;
     if let Some(init) = &a.init {
         if same_path(init, &a.out) {
             bail!("--out {} is the --init directory; the run would overwrite its input", a.out.display());
@@ -277,6 +336,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         seed: a.seed,
         shuffle: a.shuffle,
         init: a.init.clone().map_or(Init::Random, Init::Hf),
+        lora,
+        lora_init: a.lora_init.clone(),
     };
     let mut trainer = if a.resume {
         Trainer::resume_in(&client, spec, dataset, &a.out, &a.resume_override, cluster)?
@@ -306,7 +367,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 
     if trainer.is_done() {
         // A run that saved its last checkpoint but was stopped before its final files.
-        write_final(&trainer, &a.out, &tokenizer)?;
+        write_final(&trainer, &a.out, &tokenizer, a.merge)?;
         if writer {
             println!(
                 "{} is at the last step ({start}); wrote the final model to {}",
@@ -347,7 +408,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             let saving = std::time::Instant::now();
             t.save(&a.out, a.keep)?;
             if t.is_done() {
-                keep_going(write_final(t, &a.out, &tokenizer))?;
+                keep_going(write_final(t, &a.out, &tokenizer, a.merge))?;
             }
             saved += saving.elapsed().as_secs_f64();
         }
@@ -378,7 +439,9 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         trainer.close()?;
         return Ok(());
     }
-    if a.sample > 0 {
+    if a.sample > 0 && trainer.setup().lora.is_some() {
+        println!("sample: none for a LoRA run; try `gemma-xla generate --model BASE --adapter {}`", a.out.display());
+    } else if a.sample > 0 {
         let (prompt, new) = trainer.sample_ids(a.sample, a.seed)?;
         let decoded =
             (!bytes_short(&tokenizer, &trainer.setup().cfg)).then(|| Some((tokenizer.decode(&prompt).ok()?, tokenizer.decode(&new).ok()?)));
@@ -392,8 +455,11 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 
 /// The final weights where `forward --model OUT` finds them, and the tokenizer, so that
 /// `generate --model OUT --prompt ...` works.
-fn write_final(t: &Trainer, out: &Path, tokenizer: &Tokenizer) -> Result<()> {
+fn write_final(t: &Trainer, out: &Path, tokenizer: &Tokenizer, merge: bool) -> Result<()> {
     t.export(out)?;
+    if merge {
+        t.export_merged(out)?;
+    }
     if !t.cluster().writes() || bytes_short(tokenizer, &t.setup().cfg) {
         // A token file with a larger vocabulary and no --tokenizer: the byte tokenizer would
         // not decode the model's ids, so none is written beside the weights.

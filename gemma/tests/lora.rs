@@ -18,7 +18,13 @@ fn values(dims: &[i64], seed: u64, scale: f64) -> ArrayD<f64> {
 
 /// The loss of the model over `params` (base weights and, with `lora`, adapters), and its
 /// gradients with respect to every parameter.
-fn loss_and_grads(cfg: &Config, lora: Option<&Lora>, params: &[(String, ArrayD<f64>)], tokens: &ArrayD<f64>, remat: Remat) -> Vec<(String, ArrayD<f64>)> {
+fn loss_and_grads(
+    cfg: &Config,
+    lora: Option<&Lora>,
+    params: &[(String, ArrayD<f64>)],
+    tokens: &ArrayD<f64>,
+    remat: Remat,
+) -> Vec<(String, ArrayD<f64>)> {
     let mut types: Tree<TensorType> = Tree::new();
     for (n, a) in params {
         let dims: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
@@ -74,13 +80,29 @@ fn adapters_act_as_their_merged_weight() {
     for t in ["self_attn.q_proj", "mlp.down_proj"] {
         let w = format!("model.layers.1.{t}.weight");
         let gw = get(&merged_out, &format!("grad.params.{w}")).into_dimensionality::<Ix2>().unwrap();
-        let a = adapters.iter().find(|(m, _)| *m == w.replace(".weight", ".lora_A.weight")).unwrap().1.clone().into_dimensionality::<Ix2>().unwrap();
-        let b = adapters.iter().find(|(m, _)| *m == w.replace(".weight", ".lora_B.weight")).unwrap().1.clone().into_dimensionality::<Ix2>().unwrap();
+        let a = adapters
+            .iter()
+            .find(|(m, _)| *m == w.replace(".weight", ".lora_A.weight"))
+            .unwrap()
+            .1
+            .clone()
+            .into_dimensionality::<Ix2>()
+            .unwrap();
+        let b = adapters
+            .iter()
+            .find(|(m, _)| *m == w.replace(".weight", ".lora_B.weight"))
+            .unwrap()
+            .1
+            .clone()
+            .into_dimensionality::<Ix2>()
+            .unwrap();
         let gb = get(&lora_out, &format!("grad.params.{}", w.replace(".weight", ".lora_B.weight")));
         let ga = get(&lora_out, &format!("grad.params.{}", w.replace(".weight", ".lora_A.weight")));
         let want_b = (gw.dot(&a.t()) * lora.scale()).into_dyn();
         let want_a = (b.t().dot(&gw) * lora.scale()).into_dyn();
-        let err = |x: &ArrayD<f64>, y: &ArrayD<f64>| (x - y).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v)) / y.mapv(f64::abs).fold(1e-30f64, |m, &v| m.max(v));
+        let err = |x: &ArrayD<f64>, y: &ArrayD<f64>| {
+            (x - y).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v)) / y.mapv(f64::abs).fold(1e-30f64, |m, &v| m.max(v))
+        };
         assert!(err(&gb, &want_b) <= 1e-10, "{t} B: {}", err(&gb, &want_b));
         assert!(err(&ga, &want_a) <= 1e-10, "{t} A: {}", err(&ga, &want_a));
     }

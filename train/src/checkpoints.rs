@@ -145,7 +145,113 @@ pub fn write_gathered<A: Borrow<DeviceArray>>(
 
 /// (name, state path) of the parameters, with `prefix` before the name in the file.
 pub fn entries(cfg: &Config, part: &str, prefix: &str) -> Vec<(String, String)> {
-    gemma::param_shapes(cfg).into_iter().map(|(n, _)| (format!("{prefix}{n}"), format!("state.{part}.{n}"))).collect()
+    entries_of(&gemma::param_shapes(cfg), part, prefix)
+}
+
+/// (name, state path) of the tensors `shapes` names (the trainable ones: weights, or LoRA
+/// adapters), with `prefix` before the name in the file.
+pub fn entries_of(shapes: &[(String, Vec<i64>)], part: &str, prefix: &str) -> Vec<(String, String)> {
+    shapes.iter().map(|(n, _)| (format!("{prefix}{n}"), format!("state.{part}.{n}"))).collect()
+}
+
+/// The files of a LoRA run's checkpoint: the adapters in PEFT's format (loadable with
+/// `peft.PeftModel.from_pretrained` on the base) and their optimizer state; the base is not in it.
+pub const LORA_FILES: [&str; 5] =
+    ["config.json", "adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors", "trainer_state.json"];
+
+/// [`save`] for a run whose trainable tensors are `lora`'s adapters (None: the weights).
+pub fn save_trainable<A: Borrow<DeviceArray>>(
+    out: &Path,
+    cfg: &Config,
+    lora: Option<&gemma::lora::Lora>,
+    state: &Tree<A>,
+    step: u64,
+    meta: &Meta,
+    keep: usize,
+) -> Result<PathBuf> {
+    let Some(l) = lora else { return save(out, cfg, state, step, meta, keep) };
+    let dir = out.join("checkpoints");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = format!("step_{step}");
+    let final_dir = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let shapes = l.shapes(cfg);
+    let written = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        write_from_devices(&tmp.join("adapter_model.safetensors"), state, &entries_of(&shapes, "params", data::peft::PREFIX))?;
+        gemma::write_atomic(
+            &tmp.join("adapter_config.json"),
+            data::peft::config_json(l, meta.settings.get("--init").map(String::as_str)).as_bytes(),
+        )?;
+        gemma::write_atomic(&tmp.join("config.json"), cfg.to_hf_json().as_bytes())?;
+        let mut opt = entries_of(&shapes, "opt.m", "m.");
+        opt.extend(entries_of(&shapes, "opt.v", "v."));
+        write_from_devices(&tmp.join("optimizer.safetensors"), state, &opt)?;
+        write_state_json(&tmp, step, meta, 1)?;
+        sync_dir(&tmp)?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).with_context(|| format!("cannot replace {}", final_dir.display()))?;
+        }
+        std::fs::rename(&tmp, &final_dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
+        sync_dir(&dir)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.context(format!("cannot save checkpoint {}", final_dir.display())));
+    }
+    prune(&dir, keep)?;
+    Ok(final_dir)
+}
+
+/// [`load`] for a run whose trainable tensors are `lora`'s adapters (None: the weights). A
+/// LoRA checkpoint of other adapter settings is an error naming both.
+pub fn load_trainable(dir: &Path, cfg: &Config, lora: Option<&gemma::lora::Lora>) -> Result<(Saved, Meta)> {
+    let is_lora = dir.join("adapter_config.json").is_file();
+    match (lora, is_lora) {
+        (None, false) => load(dir, cfg),
+        (None, true) => {
+            bail!("{} holds LoRA adapters; resume it with the same --lora-rank, --lora-alpha and --lora-targets", dir.display())
+        }
+        (Some(_), false) => bail!("{} holds a full fine-tuning's weights, not LoRA adapters", dir.display()),
+        (Some(l), true) => {
+            let saved = data::peft::read_config(dir, cfg)?;
+            if &saved != l {
+                bail!(
+                    "{}: the checkpoint's adapters are rank {} alpha {} on {}, this run's rank {} alpha {} on {}",
+                    dir.display(),
+                    saved.rank,
+                    saved.alpha,
+                    saved.targets.join(","),
+                    l.rank,
+                    l.alpha,
+                    l.targets.join(",")
+                );
+            }
+            let params = data::peft::read_weights(dir, cfg, l)?;
+            let opt_file = dir.join("optimizer.safetensors");
+            let bytes = std::fs::read(&opt_file).with_context(|| format!("cannot read {}", opt_file.display()))?;
+            let opt = safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|e| Error::Invalid(format!("{}: bad safetensors file: {e}", opt_file.display())))?;
+            let moment = |prefix: &str| -> Result<Vec<(String, HostArray)>> {
+                l.shapes(cfg)
+                    .iter()
+                    .map(|(n, dims)| {
+                        let t = opt
+                            .tensor(&format!("{prefix}{n}"))
+                            .map_err(|e| Error::Invalid(format!("{}: tensor {prefix}{n}: {e}", opt_file.display())))?;
+                        let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+                        if t.dtype() != safetensors::Dtype::F32 || &shape != dims {
+                            bail!("{}: tensor {prefix}{n} is {:?}{shape:?}, expected F32{dims:?}", opt_file.display(), t.dtype());
+                        }
+                        Ok((n.clone(), HostArray::from_bytes(DType::F32, &shape, t.data().to_vec())?))
+                    })
+                    .collect()
+            };
+            let (m, v) = (moment("m.")?, moment("v.")?);
+            let (meta, step) = read_meta(dir)?;
+            Ok((Saved::Whole(HostState { params, m, v, step }), meta))
+        }
+    }
 }
 
 /// Writes `OUT/checkpoints/step_<step>/` from the state on the devices and keeps only the
@@ -294,6 +400,8 @@ fn missing_files(path: &Path) -> Vec<String> {
             Err(_) => missing.push(format!("a readable {}", crate::sharded::INDEX)),
         }
         missing
+    } else if path.join("adapter_config.json").is_file() {
+        LORA_FILES.into_iter().filter(|f| absent(f)).map(String::from).collect()
     } else {
         FILES.into_iter().filter(|f| absent(f)).map(String::from).collect()
     }

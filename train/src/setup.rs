@@ -39,6 +39,11 @@ pub struct Setup {
     pub seq: usize,
     /// The batch carries per-token loss weights (`batch.weights`: conversations).
     pub weights: bool,
+    /// LoRA: only these adapters train; the base weights are frozen (`frozen.*`, in
+    /// `base_dtype`, without optimizer state).
+    pub lora: Option<gemma::lora::Lora>,
+    /// The dtype the frozen base weights are held in (LoRA only; the compute dtype).
+    pub base_dtype: graph::DType,
 }
 
 impl Setup {
@@ -59,9 +64,22 @@ impl Setup {
         Layout { mesh: self.mesh.clone(), fsdp: self.fsdp }
     }
 
+    /// The tensors that train, by name, with their shapes: the model's weights, or with LoRA
+    /// the adapters.
+    pub fn trainable(&self) -> Vec<(String, Vec<i64>)> {
+        match &self.lora {
+            Some(l) => l.shapes(&self.cfg),
+            None => gemma::param_shapes(&self.cfg),
+        }
+    }
+
     /// The argument types of the train step with their specs (unlisted paths replicated).
     pub fn train_args(&self) -> Tree<(TensorType, PartitionSpec)> {
-        let types = gemma::train_args_weighted(&self.cfg, self.batch as i64, self.seq as i64, self.weights);
+        let (b, t) = (self.batch as i64, self.seq as i64);
+        let types = match &self.lora {
+            Some(l) => gemma::lora_train_args(&self.cfg, l, self.base_dtype, b, t, self.weights),
+            None => gemma::train_args_weighted(&self.cfg, b, t, self.weights),
+        };
         types.map(|path, ty| (ty.clone(), self.sharding(path, ty.rank()).spec))
     }
 }
@@ -73,8 +91,8 @@ pub type StepFn = Box<dyn Fn(&Tree<Tensor>) -> Result<Tree<Tensor>, graph::Error
 /// rules say (the new state keeps its arguments' specs). With no client it can only be
 /// lowered (`Jit::lower`, for ahead-of-time compilation).
 pub fn train_step_jit(client: Option<&Client>, setup: &Setup, hp: &Hyper) -> Jit<'static, StepFn> {
-    let (cfg, hp, layout) = (setup.cfg.clone(), *hp, setup.layout());
-    let step: StepFn = Box::new(move |args: &Tree<Tensor>| gemma::train_step(&cfg, &hp, Some(&layout), args));
+    let (cfg, hp, layout, lora) = (setup.cfg.clone(), *hp, setup.layout(), setup.lora.clone());
+    let step: StepFn = Box::new(move |args: &Tree<Tensor>| gemma::train_step_with(&cfg, &hp, lora.as_ref(), Some(&layout), args));
     let rules = setup.clone();
     Jit::with_client("train_step", client, step).with_mesh(setup.mesh.clone()).donate("state").with_rule(move |path, _| rules.spec(path))
 }

@@ -9,7 +9,7 @@ use data::{Dataset, Tokenizer};
 use gemma::{Config, Hyper};
 use graph::{DType, Tree};
 use jit::Jit;
-use runtime::{Arg, Client, DeviceArray, HostArray, Mesh};
+use runtime::{Arg, AsHostView, Client, DeviceArray, HostArray, Mesh};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,8 +45,13 @@ pub struct TrainSpec {
     pub seed: u64,
     /// Visit the rows in a seeded random order per epoch.
     pub shuffle: bool,
-    /// Where the weights come from (ignored by [`Trainer::resume`]).
+    /// Where the weights come from (ignored by [`Trainer::resume`], except as LoRA's base).
     pub init: Init,
+    /// LoRA: train only these adapters on the frozen base weights of `init`.
+    pub lora: Option<gemma::lora::Lora>,
+    /// LoRA: start the adapters from this PEFT adapter directory instead of PEFT's
+    /// initialisation (its settings must be `lora`'s).
+    pub lora_init: Option<PathBuf>,
 }
 
 impl TrainSpec {
@@ -62,6 +67,8 @@ impl TrainSpec {
             seed: 0,
             shuffle: false,
             init: Init::Random,
+            lora: None,
+            lora_init: None,
         })
     }
 }
@@ -148,6 +155,8 @@ pub struct Trainer {
     settings: BTreeMap<String, String>,
     changed: Vec<Change>,
     cluster: Cluster,
+    /// LoRA: the base weights on the devices (never donated, never updated).
+    frozen: Option<Tree<DeviceArray>>,
 }
 
 /// A setting a resumed run changed from its checkpoint's, allowed by an override.
@@ -190,6 +199,19 @@ pub fn settings(spec: &TrainSpec, data: &Dataset) -> BTreeMap<String, String> {
     put("--b1", h.b1.to_string());
     put("--b2", h.b2.to_string());
     put("--eps", h.eps.to_string());
+    if let Some(l) = &spec.lora {
+        put("--lora-rank", l.rank.to_string());
+        put("--lora-alpha", l.alpha.to_string());
+        put("--lora-targets", l.targets.join(","));
+        // The base is not in the checkpoint: it must be the same again.
+        put(
+            "--init",
+            match &spec.init {
+                Init::Hf(dir) => dir.display().to_string(),
+                Init::Random => format!("random (seed {})", spec.seed),
+            },
+        );
+    }
     s
 }
 
@@ -206,6 +228,9 @@ impl Trainer {
     /// processes check that they compile the same program before the first step.
     pub fn new_in(client: &Client, spec: TrainSpec, data: Dataset, cluster: Cluster) -> Result<Trainer> {
         let setup = check(client, &spec, &data)?;
+        if spec.lora.is_some() && cluster.is_multi() {
+            bail!("LoRA runs on one host (any mesh of its devices); multi-host LoRA is not supported yet");
+        }
         check_host_memory(&setup.cfg)?;
         let params = match &spec.init {
             Init::Random => gemma::init_params(&setup.cfg, spec.seed)
@@ -222,10 +247,59 @@ impl Trainer {
         let zeros = |params: &[(String, HostArray)]| -> Result<Vec<(String, HostArray)>> {
             params.iter().map(|(n, p)| Ok((n.clone(), HostArray::from_vec(p.dims(), vec![0f32; p.len()])?))).collect()
         };
-        let (m, v) = (zeros(&params)?, zeros(&params)?);
-        let host = HostState { params, m, v, step: 0 };
+        // LoRA: the weights are the frozen base; the adapters are what trains.
+        let (trainable, base) = match &spec.lora {
+            None => (params, None),
+            Some(l) => {
+                let adapters = match &spec.lora_init {
+                    Some(dir) => data::peft::read_weights(dir, &setup.cfg, l)?,
+                    None => l
+                        .init(&setup.cfg, spec.seed)
+                        .into_iter()
+                        .map(|(n, dims, v)| Ok((n, HostArray::from_vec(&dims, v)?)))
+                        .collect::<Result<Vec<_>>>()?,
+                };
+                (adapters, Some(params))
+            }
+        };
+        let (m, v) = (zeros(&trainable)?, zeros(&trainable)?);
+        let host = HostState { params: trainable, m, v, step: 0 };
         let settings = settings(&spec, &data);
-        Trainer::place(client, spec, setup, data, &host, None, settings, cluster)
+        let mut trainer = Trainer::place(client, spec, setup, data, &host, None, settings, cluster)?;
+        if let Some(base) = base {
+            trainer.place_frozen(base)?;
+        }
+        Ok(trainer)
+    }
+
+    /// The base weights of a LoRA run for `spec`: from its `init`, as f32 host arrays.
+    fn base_weights(spec: &TrainSpec, cfg: &Config) -> Result<Vec<(String, HostArray)>> {
+        match &spec.init {
+            Init::Random => gemma::init_params(cfg, spec.seed)
+                .into_iter()
+                .map(|(n, dims, v)| Ok((n, HostArray::from_vec(&dims, v)?)))
+                .collect::<Result<Vec<_>>>(),
+            Init::Hf(dir) => {
+                let ck = data::checkpoint::open(dir)?;
+                ck.validate(cfg)?;
+                ck.check_unchanged()?;
+                Ok(data::checkpoint::params_f32(&ck, cfg)?)
+            }
+        }
+    }
+
+    /// Places LoRA's frozen base weights (in the compute dtype), split as they would train.
+    fn place_frozen(&mut self, base: Vec<(String, HostArray)>) -> Result<()> {
+        let own = self.cluster.ownership().clone();
+        let mut tree = Tree::new();
+        for (name, array) in base {
+            let array = if self.setup.base_dtype == DType::F32 { array } else { array.host_view().convert_float(self.setup.base_dtype)? };
+            let sharding = self.setup.sharding(&format!("frozen.{name}"), array.dims().len());
+            let placed = DeviceArray::place_with(&self.client, &own, &sharding, &array.ty(), |_, region| array.slice(region))?;
+            tree.insert(name, placed)?;
+        }
+        self.frozen = Some(tree);
+        Ok(())
     }
 
     /// Continues the newest complete checkpoint under `out/checkpoints` exactly: the same
@@ -285,7 +359,7 @@ impl Trainer {
                 path.display()
             );
         }
-        let (host, meta) = checkpoints::load(&path, &setup.cfg)?;
+        let (host, meta) = checkpoints::load_trainable(&path, &setup.cfg, setup.lora.as_ref())?;
         if meta.batch != setup.batch || meta.seq != setup.seq {
             bail!(
                 "--resume: {} was trained with --batch {} --seq {}, this run has --batch {} --seq {}",
@@ -329,7 +403,17 @@ impl Trainer {
         } else {
             Vec::new()
         };
+        if spec.lora.is_some() && cluster.is_multi() {
+            bail!("LoRA runs on one host (any mesh of its devices); multi-host LoRA is not supported yet");
+        }
+        let base = match spec.lora {
+            Some(_) => Some(Trainer::base_weights(&spec, &setup.cfg)?),
+            None => None,
+        };
         let mut trainer = Trainer::place(client, spec, setup, data, &host, Some(path), now, cluster)?;
+        if let Some(base) = base {
+            trainer.place_frozen(base)?;
+        }
         trainer.skipped = skipped;
         trainer.changed = changed;
         Ok(trainer)
@@ -352,7 +436,7 @@ impl Trainer {
         // Each device's region is read from the source: a host reads only what its devices hold.
         let placed = |part: &str, key: &str| -> Result<Tree<DeviceArray>> {
             let mut tree = Tree::new();
-            for (name, dims) in gemma::param_shapes(&setup.cfg) {
+            for (name, dims) in setup.trainable() {
                 let sharding = setup.sharding(&format!("state.{part}.{name}"), dims.len());
                 let ty = graph::TensorType::new(DType::F32, &dims);
                 let array = DeviceArray::place_with(client, &own, &sharding, &ty, |_, region| {
@@ -400,6 +484,7 @@ impl Trainer {
             settings,
             changed: Vec::new(),
             cluster,
+            frozen: None,
         })
     }
 
@@ -499,6 +584,11 @@ impl Trainer {
             args.insert(path, Arg::Donate(array))?;
         }
         args.insert("batch.tokens", Arg::Donate(tokens))?;
+        if let Some(frozen) = &self.frozen {
+            for (name, a) in frozen.iter() {
+                args.insert(format!("frozen.{name}"), Arg::Keep(a))?;
+            }
+        }
         if let Some(w) = weights {
             args.insert("batch.weights", Arg::Donate(w))?;
         }
@@ -640,7 +730,7 @@ impl Trainer {
         if self.cluster.is_multi() {
             return checkpoints::save_sharded(out, &self.setup.cfg, &flat, self.step, &self.meta(), keep, &self.cluster);
         }
-        checkpoints::save(out, &self.setup.cfg, &flat, self.step, &self.meta(), keep)
+        checkpoints::save_trainable(out, &self.setup.cfg, self.setup.lora.as_ref(), &flat, self.step, &self.meta(), keep)
     }
 
     /// Writes the weights as an HF checkpoint: `out/model.safetensors` (f32) and
@@ -650,6 +740,19 @@ impl Trainer {
     /// host holds more than one whole tensor; the other hosts write nothing.
     pub fn export(&self, out: &Path) -> Result<()> {
         let flat = self.flat_view()?;
+        if let Some(l) = &self.setup.lora {
+            // The adapters, in PEFT's format.
+            let shapes = l.shapes(&self.setup.cfg);
+            let entries = checkpoints::entries_of(&shapes, "params", "");
+            let base = self.base_name();
+            return Ok(data::peft::write(out, l, base.as_deref(), &shapes, |i| {
+                flat.leaf(&entries[i].1)
+                    .map_err(|e| gemma::Error::Checkpoint { path: out.display().to_string(), message: e.to_string() })?
+                    .fetch()
+                    .map(|h| h.bytes().to_vec())
+                    .map_err(|e| gemma::Error::Checkpoint { path: out.display().to_string(), message: e.to_string() })
+            })?);
+        }
         let params = checkpoints::entries(&self.setup.cfg, "params", "");
         if self.cluster.is_multi() {
             if self.cluster.writes() {
@@ -670,6 +773,53 @@ impl Trainer {
         Ok(())
     }
 
+    /// The LoRA base's path, as adapter_config.json's `base_model_name_or_path`.
+    fn base_name(&self) -> Option<String> {
+        self.settings.get("--init").filter(|i| !i.starts_with("random")).cloned()
+    }
+
+    /// LoRA: writes `out/model.safetensors` + `out/config.json` with every adapter merged into
+    /// its weight, W + (alpha / r) B A, in the base's dtype (computed in f64, one tensor at a
+    /// time).
+    pub fn export_merged(&self, out: &Path) -> Result<()> {
+        let (Some(l), Some(frozen)) = (&self.setup.lora, &self.frozen) else {
+            bail!("--merge applies to LoRA runs (--lora-rank or --lora-init)");
+        };
+        let state = self.state()?;
+        let shapes = gemma::param_shapes(&self.setup.cfg);
+        let dtype = self.setup.base_dtype;
+        let metas: Vec<gemma::TensorMeta> =
+            shapes.iter().map(|(n, d)| gemma::TensorMeta { name: n.clone(), dtype, shape: d.clone() }).collect();
+        let path = out.join("model.safetensors");
+        let fail = |m: String| gemma::Error::Checkpoint { path: path.display().to_string(), message: m };
+        gemma::save_safetensors_streaming(&path, &metas, |i| {
+            let (name, dims) = &shapes[i];
+            let w = frozen.leaf(name).map_err(|e| fail(e.to_string()))?.fetch().map_err(|e| fail(e.to_string()))?;
+            let Some((a_name, b_name)) = Some((name.replace(".weight", ".lora_A.weight"), name.replace(".weight", ".lora_B.weight")))
+                .filter(|(a, _)| l.shapes(&self.setup.cfg).iter().any(|(n, _)| n == a))
+            else {
+                return Ok(w.bytes().to_vec());
+            };
+            let get = |n: &str| -> std::result::Result<Vec<f64>, gemma::Error> {
+                Ok(state.params.leaf(n).map_err(|e| fail(e.to_string()))?.fetch().map_err(|e| fail(e.to_string()))?.to_f64_vec())
+            };
+            let (a, b, mut merged) = (get(&a_name)?, get(&b_name)?, w.to_f64_vec());
+            let (rows, cols, r) = (dims[0] as usize, dims[1] as usize, l.rank as usize);
+            for o in 0..rows {
+                for c in 0..cols {
+                    let ba: f64 = (0..r).map(|k| b[o * r + k] * a[k * cols + c]).sum();
+                    merged[o * cols + c] += l.scale() * ba;
+                }
+            }
+            let m = HostArray::from_vec(dims, merged).map_err(|e| fail(e.to_string()))?;
+            let m = m.host_view().convert_float(dtype).map_err(|e| fail(e.to_string()))?;
+            Ok(m.bytes().to_vec())
+        })?;
+        gemma::write_atomic(&out.join("config.json"), self.setup.cfg.to_hf_json().as_bytes())
+            .with_context(|| format!("cannot write {}", out.join("config.json").display()))?;
+        Ok(())
+    }
+
     /// `n` tokens sampled at temperature 0.8 from the model, after the first quarter window
     /// of the data's first row: "prompt|continuation", decoded with `tokenizer`.
     pub fn sample(&self, tokenizer: &Tokenizer, n: usize, seed: u64) -> Result<String> {
@@ -679,6 +829,9 @@ impl Trainer {
 
     /// What [`Trainer::sample`] draws, as token ids: (prompt, continuation).
     pub fn sample_ids(&self, n: usize, seed: u64) -> Result<(Vec<u32>, Vec<u32>)> {
+        if self.setup.lora.is_some() {
+            bail!("samples of LoRA runs: use `generate --adapter OUT` on the adapter");
+        }
         if self.cluster.is_multi() {
             bail!("samples are drawn in single-host runs only (the sampler reads the weights whole); use `generate` on the exported model");
         }
@@ -718,6 +871,8 @@ fn check(client: &Client, spec: &TrainSpec, data: &Dataset) -> Result<Setup> {
         batch: spec.batch,
         seq: data.seq(),
         weights: data.has_weights(),
+        lora: spec.lora.clone(),
+        base_dtype: spec.hyper.compute,
     })
 }
 

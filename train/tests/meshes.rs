@@ -15,7 +15,18 @@ fn config() -> Result<Config> {
 }
 
 fn spec(mesh: &str, fsdp: bool, hyper: Hyper, seed: u64) -> Result<TrainSpec> {
-    Ok(TrainSpec { config: config()?, mesh: Mesh::parse(mesh)?, fsdp, batch: 8, hyper, seed, shuffle: false, init: Init::Random })
+    Ok(TrainSpec {
+        config: config()?,
+        mesh: Mesh::parse(mesh)?,
+        fsdp,
+        batch: 8,
+        hyper,
+        seed,
+        shuffle: false,
+        init: Init::Random,
+        lora: None,
+        lora_init: None,
+    })
 }
 
 /// The losses of the run and its final weights (by tree order).

@@ -26,7 +26,18 @@ fn check_against_reference(mesh: &str) -> Result<()> {
     let mesh = Mesh::parse(mesh)?;
     let (client, _cache) = testkit::cpu_client(mesh.num_devices() as usize);
     let data = Dataset::load(Some(&testkit::fixtures("train").join("tokens.npy")), &Tokenizer::Bytes, None, config.vocab_size)?;
-    let spec = TrainSpec { config, mesh: mesh.clone(), fsdp: false, batch: 4, hyper, seed: 0, shuffle: false, init: Init::Hf(init) };
+    let spec = TrainSpec {
+        config,
+        mesh: mesh.clone(),
+        fsdp: false,
+        batch: 4,
+        hyper,
+        seed: 0,
+        shuffle: false,
+        init: Init::Hf(init),
+        lora: None,
+        lora_init: None,
+    };
     let mut trainer = Trainer::new(&client, spec, data)?;
     let mut got = Vec::new();
     trainer.run(|_, m| {

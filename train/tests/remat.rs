@@ -89,8 +89,16 @@ fn sharded_train_steps_with_remat_match_and_the_program_has_barriers() -> Result
     }
     // The step `train` compiles with --remat full: two layers, each recomputed from its input,
     // positions, mask and nine weights behind barriers.
-    let setup =
-        Setup { cfg: Config::preset("tiny")?, mesh: Mesh::parse("data=2,model=2")?, fsdp: false, batch: 8, seq: 64, weights: false };
+    let setup = Setup {
+        cfg: Config::preset("tiny")?,
+        mesh: Mesh::parse("data=2,model=2")?,
+        fsdp: false,
+        batch: 8,
+        seq: 64,
+        weights: false,
+        lora: None,
+        base_dtype: graph::DType::F32,
+    };
     let hp = Hyper { remat: Remat::Full, ..Hyper::default() };
     let lowered = train::train_step_jit(None, &setup, &hp).lower(&setup.train_args())?;
     assert!(lowered.stablehlo.matches("stablehlo.optimization_barrier").count() >= 2 * 10, "too few barriers");

@@ -71,8 +71,16 @@ fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute:
     // Exactly the step `gemma-xla train` runs with no flags but --dtype: the same program,
     // the same shardings (train::Setup over gemma::rules::state_spec).
     let hp = Hyper { compute, ..Hyper::default() };
-    let setup =
-        train::Setup { cfg: cfg.clone(), mesh: mesh.clone(), fsdp: false, batch: batch as usize, seq: seq as usize, weights: false };
+    let setup = train::Setup {
+        cfg: cfg.clone(),
+        mesh: mesh.clone(),
+        fsdp: false,
+        batch: batch as usize,
+        seq: seq as usize,
+        weights: false,
+        lora: None,
+        base_dtype: graph::DType::F32,
+    };
     let sharding = |path: &str, rank: usize| setup.sharding(path, rank);
     let jit = train::train_step_jit(Some(&client), &setup, &hp);
     let mut state: Tree<DeviceArray> = Tree::new();
