@@ -25,6 +25,20 @@ impl Default for ForwardOptions {
     }
 }
 
+/// [`forward`] where `params` also holds `lora`'s adapters, applied without merging (the
+/// gradients then include the adapters').
+pub fn forward_with_adapters<A: AsHostView>(
+    client: &Client,
+    cfg: &Config,
+    params: &Tree<A>,
+    tokens: &HostArray,
+    mask: Option<&HostArray>,
+    opts: ForwardOptions,
+    lora: Option<&gemma::lora::Lora>,
+) -> Result<Vec<(String, HostArray)>> {
+    run_forward(client, cfg, params, tokens, mask, opts, lora)
+}
+
 /// Runs the model on one device of `client`: `params` by checkpoint name (any float dtype;
 /// converted to `opts.dtype`), `tokens` s32 [B, T], `mask` an optional s32 0/1 padding mask
 /// of the same shape. Returns every output as f32, by name: `logits`, `loss`, and what
@@ -37,7 +51,18 @@ pub fn forward<A: AsHostView>(
     mask: Option<&HostArray>,
     opts: ForwardOptions,
 ) -> Result<Vec<(String, HostArray)>> {
-    let (batch, seq) = (tokens.dims()[0], tokens.dims()[1]);
+    run_forward(client, cfg, params, tokens, mask, opts, None)
+}
+
+fn run_forward<A: AsHostView>(
+    client: &Client,
+    cfg: &Config,
+    params: &Tree<A>,
+    tokens: &HostArray,
+    mask: Option<&HostArray>,
+    opts: ForwardOptions,
+    lora: Option<&gemma::lora::Lora>,
+) -> Result<Vec<(String, HostArray)>> {
     let dtype = opts.dtype;
     // Parameters as given where the dtype matches, else converted.
     let converted: Vec<(String, Option<HostArray>)> = params
@@ -58,10 +83,20 @@ pub fn forward<A: AsHostView>(
     let model_opts = gemma::ModelOptions { layers: opts.layers, mask: mask.is_some(), ..Default::default() };
     let jit = Jit::new("gemma_forward", client, |args: &Tree<Tensor>| -> Result<Tree<Tensor>, graph::Error> {
         if !opts.grads {
-            return gemma::model(cfg, args, model_opts);
+            return gemma::model_with_adapters(cfg, args, model_opts, None, lora);
         }
-        let f = gemma::trace_model(cfg, dtype, batch, seq, model_opts)?;
-        Ok(graph::value_and_grad_tree(&f, "loss", "params")?.call_tree(args))
+        let types = args.map(|_, t| t.ty());
+        let mut failed = None;
+        let f = graph::trace_tree("gemma", &types, |a| {
+            gemma::model_with_adapters(cfg, a, model_opts, None, lora).unwrap_or_else(|e| {
+                failed = Some(e);
+                Tree::new()
+            })
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(graph::value_and_grad_tree(&f?, "loss", "params")?.call_tree(args))
     });
     let outputs = jit.call_host(&args)?;
     let mut saved = Vec::new();

@@ -198,6 +198,20 @@ impl Generator {
         batch: usize,
         cache_len: usize,
     ) -> Result<Generator> {
+        Generator::with_adapters(client, cfg, params, placement, batch, cache_len, None)
+    }
+
+    /// [`Generator::new`] where `params` also holds `lora`'s adapters (`lora.shapes(cfg)`
+    /// names), applied on their projections without merging.
+    pub fn with_adapters<A: AsHostView>(
+        client: &Client,
+        cfg: &Config,
+        params: &Tree<A>,
+        placement: Placement,
+        batch: usize,
+        cache_len: usize,
+        lora: Option<&gemma::lora::Lora>,
+    ) -> Result<Generator> {
         let Placement { dtype, mesh, fsdp } = placement;
         if batch == 0 || cache_len == 0 {
             return Err(Error::Unsupported(format!("a generator needs rows and slots, got batch {batch}, cache {cache_len}")));
@@ -205,11 +219,10 @@ impl Generator {
         gemma::rules::check_batch(batch as i64, &mesh)?;
         gemma::rules::param_specs(cfg, &mesh, fsdp)?;
         let layout = (mesh.num_devices() > 1).then(|| Layout { mesh: mesh.clone(), fsdp });
-        let c = cfg.clone();
-        let l = layout.clone();
-        let f: ExtendFn = Box::new(move |a: &Tree<Tensor>| decode::extend(&c, a, Head::Last, l.clone()));
-        let (c, l) = (cfg.clone(), layout);
-        let s: ExtendFn = Box::new(move |a: &Tree<Tensor>| decode::score(&c, a, l.clone()));
+        let (c, l, r) = (cfg.clone(), layout.clone(), lora.cloned());
+        let f: ExtendFn = Box::new(move |a: &Tree<Tensor>| decode::extend_with(&c, a, Head::Last, l.clone(), r.as_ref()));
+        let (c, l, r) = (cfg.clone(), layout, lora.cloned());
+        let s: ExtendFn = Box::new(move |a: &Tree<Tensor>| decode::score_with(&c, a, l.clone(), r.as_ref()));
         let copy: ExtendFn = Box::new(decode::copy_rows);
         let on_devices = |name: &str, f: ExtendFn| {
             let (rule_cfg, rule_mesh) = (cfg.clone(), mesh.clone());
@@ -221,7 +234,8 @@ impl Generator {
         };
         let (jit, scorer, copier) = (on_devices("generate", f), on_devices("score", s), on_devices("copy_rows", copy));
         let mut placed = Tree::new();
-        for (name, _) in gemma::param_shapes(cfg) {
+        let adapters = lora.map(|l| l.shapes(cfg)).unwrap_or_default();
+        for (name, _) in gemma::param_shapes(cfg).into_iter().chain(adapters) {
             let host = params.get(&name).ok_or_else(|| Error::Unsupported(format!("the parameters have no {name}")))?.host_view();
             let converted = (host.dtype != dtype).then(|| host.convert_float(dtype)).transpose()?;
             let view = converted.as_ref().map_or(host, |c| c.host_view());

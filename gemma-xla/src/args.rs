@@ -1,10 +1,10 @@
 //! The flag groups the subcommands share, each declared once and flattened into every
 //! command that takes it, with one Rust type per flag. Where commands differ in a default
 //! (`--dtype`, `--seq`, `--mesh`), the group holds an Option and the command says its default.
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use gemma::Config;
-use graph::{DType, Remat};
+use graph::{DType, Remat, Tree};
 use runtime::{Client, PluginSpec};
 use std::path::{Path, PathBuf};
 
@@ -211,4 +211,35 @@ pub fn model_config(dir: &Path, flag: &str) -> Result<(PathBuf, Config)> {
     }
     let cfg = Config::from_json_file(&path)?;
     Ok((path, cfg))
+}
+
+/// `--adapter DIR`: a PEFT LoRA adapter applied on the model without merging.
+#[derive(clap::Args, Clone, Default)]
+pub struct AdapterArg {
+    /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) to apply on the model, unmerged
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+}
+
+/// A loaded adapter: its settings and its tensors (f32, by model name).
+pub type Adapter = (gemma::lora::Lora, Vec<(String, runtime::HostArray)>);
+
+impl AdapterArg {
+    /// The adapter of `--adapter`, checked against `cfg` (None without the flag).
+    pub fn load(&self, cfg: &Config) -> Result<Option<Adapter>> {
+        let Some(dir) = &self.adapter else { return Ok(None) };
+        let lora = data::peft::read_config(dir, cfg).with_context(|| format!("--adapter {}", dir.display()))?;
+        let weights = data::peft::read_weights(dir, cfg, &lora).with_context(|| format!("--adapter {}", dir.display()))?;
+        Ok(Some((lora, weights)))
+    }
+}
+
+/// The checkpoint's tensors with the adapter's added (by model name).
+pub fn with_adapter<'a>(mut params: Tree<runtime::HostView<'a>>, adapter: &'a Option<Adapter>) -> Result<Tree<runtime::HostView<'a>>> {
+    if let Some((_, weights)) = adapter {
+        for (name, a) in weights {
+            params.insert(name.clone(), runtime::AsHostView::host_view(a)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    Ok(params)
 }

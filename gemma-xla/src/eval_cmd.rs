@@ -1,6 +1,6 @@
 //! `gemma-xla eval`: scores an HF Gemma checkpoint on a task file (the `eval` crate) as
 //! lm-evaluation-harness does, with the weights and the key/value cache on the devices.
-use crate::args::{model_config, Dtype, DtypeArg, MeshArgs, PluginArgs};
+use crate::args::{model_config, with_adapter, AdapterArg, Dtype, DtypeArg, MeshArgs, PluginArgs};
 use anyhow::{Context, Result};
 use decode::text::{ModelText, TextTokenizer};
 use decode::{Generator, Placement};
@@ -33,6 +33,8 @@ pub struct EvalArgs {
     dtype: DtypeArg,
     #[command(flatten)]
     plugin: PluginArgs,
+    #[command(flatten)]
+    adapter: AdapterArg,
 }
 
 /// `scores.jsonl` -> `scores.summary.json`.
@@ -67,9 +69,11 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
     let dtype = a.dtype.or(Dtype::F32).dtype();
     ck.check_unchanged()?;
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
-    let params = data::checkpoint::param_views(&ck, &cfg)?;
+    let adapter = a.adapter.load(&cfg)?;
+    let params = with_adapter(data::checkpoint::param_views(&ck, &cfg)?, &adapter)?;
     let placement = Placement { dtype, mesh, fsdp: a.mesh.fsdp };
-    let mut g = Generator::new(&client, &cfg, &params, placement, a.batch as usize, eval::cache_len(&items, info.context))?;
+    let lora = adapter.as_ref().map(|(l, _)| l);
+    let mut g = Generator::with_adapters(&client, &cfg, &params, placement, a.batch as usize, eval::cache_len(&items, info.context), lora)?;
     drop(params);
 
     // Progress: a bar with the scoring rate on a terminal, else a plain line every 10 seconds.

@@ -1,8 +1,8 @@
 //! `gemma-xla forward`: logits, loss and (with --grads) the gradient of every checkpoint
 //! tensor for a token file (`decode::forward`), written to one safetensors file.
-use crate::args::{model_config, Dtype, DtypeArg, PluginArgs};
+use crate::args::{model_config, with_adapter, AdapterArg, Dtype, DtypeArg, PluginArgs};
 use anyhow::{Context, Result};
-use decode::forward::{forward as run_forward, ForwardOptions};
+use decode::forward::{forward_with_adapters, ForwardOptions};
 use gemma::SaveTensor;
 use graph::DType;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,8 @@ pub struct ForwardArgs {
     dtype: DtypeArg,
     #[command(flatten)]
     plugin: PluginArgs,
+    #[command(flatten)]
+    adapter: AdapterArg,
 }
 
 pub fn forward(a: &ForwardArgs) -> Result<()> {
@@ -48,12 +50,13 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     let dtype = a.dtype.or(Dtype::F32).dtype();
     data::files::require_parent_dir(&a.out)?;
     let mask = a.mask.as_deref().map(|p| data::npy::read_mask(p, tokens.dims())).transpose()?;
-    let params = data::checkpoint::param_views(&ck, &cfg)?;
+    let adapter = a.adapter.load(&cfg)?;
+    let params = with_adapter(data::checkpoint::param_views(&ck, &cfg)?, &adapter)?;
 
     let client = a.plugin.open(Some(1))?;
     ck.check_unchanged()?; // a file truncated under the map would fault when read
     let opts = ForwardOptions { grads: a.grads, layers: a.layers, dtype };
-    let saved = run_forward(&client, &cfg, &params, &tokens, mask.as_ref(), opts)?;
+    let saved = forward_with_adapters(&client, &cfg, &params, &tokens, mask.as_ref(), opts, adapter.as_ref().map(|(l, _)| l))?;
     let tensors: Vec<SaveTensor> = saved
         .iter()
         .map(|(name, v)| SaveTensor { name: name.clone(), dtype: DType::F32, shape: v.dims().to_vec(), bytes: v.bytes() })

@@ -1,7 +1,7 @@
 //! `gemma-xla generate`: text or token continuations of an HF Gemma checkpoint, with a key/
 //! value cache kept on the devices (`decode::Generator`), or an interactive chat
 //! (`decode::ChatSession`).
-use crate::args::{model_config, Dtype, DtypeArg, MeshArgs, PluginArgs};
+use crate::args::{model_config, with_adapter, AdapterArg, Dtype, DtypeArg, MeshArgs, PluginArgs};
 use anyhow::{bail, Context, Result};
 use data::npy;
 use decode::text::{ModelText, Stream, TextTokenizer};
@@ -57,6 +57,8 @@ pub struct GenerateArgs {
     dtype: DtypeArg,
     #[command(flatten)]
     plugin: PluginArgs,
+    #[command(flatten)]
+    adapter: AdapterArg,
 }
 
 /// Prompt ids from a .npy: int32/int64 [batch, len], len >= 1, every id in the vocabulary.
@@ -139,8 +141,11 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
 
     ck.check_unchanged()?;
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
-    let params = data::checkpoint::param_views(&ck, &cfg)?;
-    let mut g = Generator::new(&client, &cfg, &params, Placement { dtype, mesh: mesh.clone(), fsdp: a.mesh.fsdp }, batch, cache_len)?;
+    let adapter = a.adapter.load(&cfg)?;
+    let params = with_adapter(data::checkpoint::param_views(&ck, &cfg)?, &adapter)?;
+    let placement = Placement { dtype, mesh: mesh.clone(), fsdp: a.mesh.fsdp };
+    let lora = adapter.as_ref().map(|(l, _)| l);
+    let mut g = Generator::with_adapters(&client, &cfg, &params, placement, batch, cache_len, lora)?;
     drop(params);
     let mut stop: Vec<i32> = if a.ignore_eos { Vec::new() } else { info.eos.clone() };
     if a.chat {

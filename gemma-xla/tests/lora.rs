@@ -153,3 +153,110 @@ fn bad_lora_settings_are_refused() {
     let err = testkit::failed(&other);
     assert!(err.contains("adapter_model.safetensors") && err.contains("this model needs"), "{err}");
 }
+
+/// A trained adapter and its merged model: (adapter dir = OUT, merged model dir = OUT).
+fn trained(dir: &Path) -> PathBuf {
+    let out = dir.join("run");
+    testkit::succeeded(&train(&out, &["--lora-init", "fixtures/lora/init", "--devices", "1", "--merge"]));
+    out
+}
+
+fn forward_loss(model: &str, adapter: Option<&Path>, out: &Path) -> f64 {
+    let mut c = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"));
+    c.args(["forward", "--model", model, "--tokens", "fixtures/lora/tokens.npy", "--out", out.to_str().unwrap()]);
+    if let Some(a) = adapter {
+        c.args(["--adapter", a.to_str().unwrap()]);
+    }
+    testkit::succeeded(&c.output().unwrap());
+    testkit::safetensors_f64(out)["loss"].1[0]
+}
+
+#[test]
+fn forward_generate_and_eval_apply_an_adapter_unmerged() {
+    let dir = testkit::scratch_dir("lora-adapter");
+    let run = trained(&dir);
+    // forward: the adapter on the base equals the merged model, and differs from the base.
+    let with = forward_loss("fixtures/generate", Some(&run), &dir.join("f1.safetensors"));
+    let merged = forward_loss(run.to_str().unwrap(), None, &dir.join("f2.safetensors"));
+    let base = forward_loss("fixtures/generate", None, &dir.join("f3.safetensors"));
+    assert!((with - merged).abs() <= 1e-5 * merged.abs(), "adapter {with} vs merged {merged}");
+    assert!((with - base).abs() > 1e-3, "the adapter changes the model: {with} vs {base}");
+    // generate: greedy continuations equal the merged model's.
+    let gen = |model: &str, adapter: Option<&Path>| {
+        let mut c = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"));
+        c.args(["generate", "--model", model, "--prompt", "Owen rides", "--max-new-tokens", "12"]);
+        c.args(["--tokenizer", "fixtures/generate/tokenizer.json"]);
+        if let Some(a) = adapter {
+            c.args(["--adapter", a.to_str().unwrap()]);
+        }
+        let o = c.output().unwrap();
+        testkit::succeeded(&o);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(gen("fixtures/generate", Some(&run)), gen(run.to_str().unwrap(), None));
+    // eval: the adapter's scores are the merged model's.
+    let eval = |model: &str, adapter: Option<&Path>, name: &str| {
+        let out = dir.join(name);
+        let mut c = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"));
+        c.args(["eval", "--model", model, "--tasks", "fixtures/eval/tasks.jsonl", "--out", out.to_str().unwrap()]);
+        c.args(["--tokenizer", "fixtures/generate/tokenizer.json"]);
+        if let Some(a) = adapter {
+            c.args(["--adapter", a.to_str().unwrap()]);
+        }
+        testkit::succeeded(&c.output().unwrap());
+        testkit::json_lines(&out)
+    };
+    let (a, m) = (eval("fixtures/generate", Some(&run), "a.jsonl"), eval(run.to_str().unwrap(), None, "m.jsonl"));
+    assert_eq!(a.len(), m.len());
+    for (x, y) in a.iter().zip(&m) {
+        assert_eq!(x["pred"], y["pred"]);
+        let (lx, ly) = (x["loglikelihoods"].as_array(), y["loglikelihoods"].as_array());
+        if let (Some(lx), Some(ly)) = (lx, ly) {
+            for (p, q) in lx.iter().zip(ly) {
+                let (p, q) = (p.as_f64().unwrap(), q.as_f64().unwrap());
+                assert!((p - q).abs() <= 1e-4 * q.abs().max(1.0), "{p} vs {q}");
+            }
+        }
+    }
+    // A bad adapter directory is an error naming it.
+    let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
+        .args(["forward", "--model", "fixtures/generate", "--tokens", "fixtures/lora/tokens.npy", "--adapter", "fixtures/generate"])
+        .args(["--out", dir.join("bad.safetensors").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = testkit::failed(&o);
+    assert!(err.contains("--adapter fixtures/generate") && err.contains("adapter_config.json"), "{err}");
+}
+
+/// PEFT loads the adapter `train` wrote (peft.PeftModel.from_pretrained on the base) and
+/// computes the loss forward --adapter computes. Needs Python with torch, transformers and
+/// peft: GEMMA_XLA_PEFT_PYTHON=/path/to/python.
+#[test]
+#[ignore = "needs Python with torch, transformers and peft (pip install ...): set GEMMA_XLA_PEFT_PYTHON"]
+fn peft_loads_what_train_wrote() {
+    let python = std::env::var("GEMMA_XLA_PEFT_PYTHON").expect("GEMMA_XLA_PEFT_PYTHON");
+    let dir = testkit::scratch_dir("lora-peft");
+    let run = trained(&dir);
+    let o = std::process::Command::new(python)
+        .arg(testkit::fixtures("lora").join("make_reference.py"))
+        .args(["--load", run.to_str().unwrap()])
+        .current_dir(testkit::repo())
+        .output()
+        .unwrap();
+    let text = testkit::succeeded(&o);
+    let line = text.lines().find(|l| l.starts_with("{\"loss\"")).unwrap_or_else(|| panic!("{text}"));
+    let peft: f64 = serde_json::from_str::<serde_json::Value>(line).unwrap()["loss"].as_f64().unwrap();
+    // Its loss is over tokens.npy's first four rows: ours over the same rows.
+    let four = dir.join("four.npy");
+    let all = data::npy::read_token_ids(&testkit::fixtures("lora").join("tokens.npy"), 512, 2).unwrap();
+    let rows = all.slice(&[0..4, 0..8]).unwrap();
+    std::fs::write(&four, data::npy::encode_array(&rows).unwrap()).unwrap();
+    let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
+        .args(["forward", "--model", "fixtures/generate", "--adapter", run.to_str().unwrap(), "--tokens", four.to_str().unwrap()])
+        .args(["--out", dir.join("f.safetensors").to_str().unwrap()])
+        .output()
+        .unwrap();
+    testkit::succeeded(&o);
+    let ours = testkit::safetensors_f64(&dir.join("f.safetensors"))["loss"].1[0];
+    assert!((ours - peft).abs() <= 1e-5 * peft.abs(), "ours {ours} vs PEFT {peft}");
+}

@@ -58,7 +58,22 @@ fn invalid(message: String) -> graph::Error {
 /// Appends `tokens` to the cache (see the module docs). Outputs: the new `cache.<i>.k` /
 /// `cache.<i>.v` and `logits` (f32, f64 for f64 models) as `head` says.
 pub fn extend(cfg: &Config, args: &Tree<Tensor>, head: Head, layout: Option<Layout>) -> Result<Tree<Tensor>, graph::Error> {
-    let p = Params::new(cfg, args.subtree("params"))?.with_layout(layout);
+    extend_with(cfg, args, head, layout, None)
+}
+
+/// [`extend`] where `params` also holds `lora`'s adapters, applied without merging.
+pub fn extend_with(
+    cfg: &Config,
+    args: &Tree<Tensor>,
+    head: Head,
+    layout: Option<Layout>,
+    lora: Option<&crate::lora::Lora>,
+) -> Result<Tree<Tensor>, graph::Error> {
+    let p = match lora {
+        Some(l) => Params::with_adapters(cfg, args.subtree("params"), l)?,
+        None => Params::new(cfg, args.subtree("params"))?,
+    };
+    let p = p.with_layout(layout);
     let tokens = args.leaf("tokens")?;
     let (start, lengths) = (args.leaf("start")?, args.leaf("lengths")?);
     if tokens.rank() != 2 || !tokens.dtype().is_int() {
@@ -147,6 +162,16 @@ pub fn extend(cfg: &Config, args: &Tree<Tensor>, head: Head, layout: Option<Layo
 /// [B, T] (f32 log-softmax of the logits at the target, as lm-eval-harness computes it) and
 /// `greedy` [B, T] (s32, 1 where the target has the largest logit).
 pub fn score(cfg: &Config, args: &Tree<Tensor>, layout: Option<Layout>) -> Result<Tree<Tensor>, graph::Error> {
+    score_with(cfg, args, layout, None)
+}
+
+/// [`score`] where `params` also holds `lora`'s adapters, applied without merging.
+pub fn score_with(
+    cfg: &Config,
+    args: &Tree<Tensor>,
+    layout: Option<Layout>,
+    lora: Option<&crate::lora::Lora>,
+) -> Result<Tree<Tensor>, graph::Error> {
     let targets = args.leaf("targets")?;
     let tokens = args.leaf("tokens")?;
     if targets.dims() != tokens.dims() || !targets.dtype().is_int() {
@@ -154,7 +179,7 @@ pub fn score(cfg: &Config, args: &Tree<Tensor>, layout: Option<Layout>) -> Resul
     }
     let mut inner = args.clone();
     inner.remove("targets");
-    let mut out = extend(cfg, &inner, Head::All, layout)?;
+    let mut out = extend_with(cfg, &inner, Head::All, layout, lora)?;
     let logits = out.remove("logits").expect("internal: extend returns logits").convert(DType::F32);
     let logp = logits.log_softmax(2);
     let dims = logp.dims();
