@@ -243,3 +243,30 @@ pub fn with_adapter<'a>(mut params: Tree<runtime::HostView<'a>>, adapter: &'a Op
     }
     Ok(params)
 }
+
+/// `--lora-rank R [--lora-alpha A] [--lora-targets LIST]` for commands that plan or compile a
+/// LoRA train step.
+#[derive(clap::Args, Clone, Default)]
+pub struct LoraArgs {
+    /// LoRA: the train step of rank-R adapters on a frozen base
+    #[arg(long, value_name = "R")]
+    pub lora_rank: Option<i64>,
+    /// LoRA: the adapters' scale is alpha / R [default: 8]
+    #[arg(long, value_name = "A", requires = "lora_rank")]
+    pub lora_alpha: Option<f64>,
+    /// LoRA: comma-separated projections to adapt [default: q_proj,v_proj]
+    #[arg(long, value_name = "LIST", requires = "lora_rank")]
+    pub lora_targets: Option<String>,
+}
+
+impl LoraArgs {
+    /// The checked settings (None without --lora-rank).
+    pub fn lora(&self, cfg: &Config) -> Result<Option<gemma::lora::Lora>> {
+        let Some(rank) = self.lora_rank else { return Ok(None) };
+        let targets: Vec<String> = match &self.lora_targets {
+            Some(t) => t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            None => gemma::lora::DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect(),
+        };
+        Ok(Some(gemma::lora::Lora::new(cfg, rank, self.lora_alpha.unwrap_or(8.0), &targets)?))
+    }
+}

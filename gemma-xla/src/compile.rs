@@ -46,6 +46,9 @@ pub struct CompileArgs {
     /// The plugin that makes the topology [default: tpu, i.e. libtpu; installed into the cache if missing]
     #[arg(long)]
     plugin: Option<String>,
+    /// train-step: the LoRA step (adapters train, the base frozen in --dtype)
+    #[command(flatten)]
+    lora: crate::args::LoraArgs,
 }
 
 pub fn compile(a: &CompileArgs) -> Result<()> {
@@ -86,16 +89,12 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     );
     println!("mesh {mesh}{}: device ids {}", if fsdp { " fsdp" } else { "" }, layout_text(&topo, &mesh, &ids));
 
-    let setup = Setup {
-        cfg,
-        mesh: mesh.clone(),
-        fsdp,
-        batch: batch as usize,
-        seq: seq as usize,
-        weights: false,
-        lora: None,
-        base_dtype: graph::DType::F32,
-    };
+    let lora = a.lora.lora(&cfg)?;
+    if lora.is_some() && a.what != "train-step" {
+        bail!("--lora-rank applies to --what train-step (forward, prefill and decode take no adapters here)");
+    }
+    let setup =
+        Setup { cfg, mesh: mesh.clone(), fsdp, batch: batch as usize, seq: seq as usize, weights: false, lora, base_dtype: dtype.dtype() };
     if topo.num_processes() > 1 {
         for line in host_layout(&topo, &setup, &ids)? {
             println!("{line}");

@@ -30,6 +30,8 @@ pub struct PlanArgs {
     json: bool,
     #[command(flatten)]
     remat: RematArg,
+    #[command(flatten)]
+    lora: crate::args::LoraArgs,
 }
 
 pub fn plan(a: &PlanArgs) -> Result<()> {
@@ -54,6 +56,7 @@ pub fn plan(a: &PlanArgs) -> Result<()> {
         dtype: a.dtype.or(Dtype::Bf16).name().to_string(),
         memory: a.memory,
         remat: a.remat.remat(),
+        lora: a.lora.lora(&cfg)?,
     };
     let plan = Plan::new(&cfg, &mesh, req)?;
     let text = if a.json { serde_json::to_string_pretty(&plan.to_json())? + "\n" } else { plan.table() };

@@ -242,3 +242,21 @@ fn the_hosts_of_v5e_4x4_hold_what_multi_host_placement_assumes() {
     };
     assert!(out.lines().any(|l| l == "  host 3: mesh devices 12-15, batch rows 48..64"), "{out}");
 }
+
+#[test]
+fn a_lora_train_step_compiles_with_the_base_frozen() {
+    // The LoRA step holds the frozen base in bf16 and only the adapters' f32 state: its
+    // arguments are far below the full step's (f32 weights, m and v).
+    let args = ["--topology", "v5e:2x2", "--config", "tiny", "--mesh", "data=2,model=2", "--batch", "8", "--seq", "64"];
+    let Some(full) = compile(&args) else { return };
+    let mut lora_args = args.to_vec();
+    lora_args.extend(["--lora-rank", "4", "--lora-targets", "q_proj,v_proj,down_proj"]);
+    let Some(lora) = compile(&lora_args) else { return };
+    let (f, l) = (bytes_of(&full, "arguments"), bytes_of(&lora, "arguments"));
+    assert!(l < 0.5 * f, "LoRA arguments {l} vs full {f}\n{lora}");
+    // Only the adapters' gradients are reduced over data: a few small arrays.
+    assert!(lora.lines().any(|l| l.contains("all-reduce over data")), "{lora}");
+    let err =
+        fails(&["--topology", "v5e:2x2", "--config", "tiny", "--mesh", "data=2,model=2", "--what", "decode", "--lora-rank", "4"]).unwrap();
+    assert!(err.contains("--lora-rank applies to --what train-step"), "{err}");
+}

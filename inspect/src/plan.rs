@@ -26,6 +26,9 @@ pub struct PlanRequest {
     pub memory: u64,
     /// Rematerialisation of the decoder layers.
     pub remat: Remat,
+    /// LoRA: only these adapters train (f32, with gradients and AdamW moments); the base
+    /// weights are frozen in the compute dtype, without gradients or optimizer state.
+    pub lora: Option<gemma::lora::Lora>,
 }
 
 /// `none`, `full`, `save-dots`: the `--remat` spelling.
@@ -73,12 +76,15 @@ pub struct PerDevice {
     pub activations: u64,
     /// Weights gathered over `data` at a time with FSDP (an estimate).
     pub fsdp_gather: u64,
+    /// LoRA adapters (f32; 0 without LoRA). Gradients and AdamW moments are then the
+    /// adapters', and `weights` is the frozen base.
+    pub adapters: u64,
 }
 
 impl PerDevice {
     /// Everything together.
     pub fn total(&self) -> u64 {
-        [self.master_weights, self.gradients, self.adam_m, self.adam_v, self.activations, self.fsdp_gather]
+        [self.master_weights, self.gradients, self.adam_m, self.adam_v, self.activations, self.fsdp_gather, self.adapters]
             .into_iter()
             .fold(self.weights, u64::saturating_add)
     }
@@ -117,7 +123,7 @@ impl Plan {
         }
         let c: u64 = if req.dtype == "bf16" { 2 } else { 4 };
         let shapes = gemma::param_shapes(cfg);
-        let tensors: Vec<TensorPlan> = shapes
+        let mut tensors: Vec<TensorPlan> = shapes
             .into_iter()
             .zip(specs)
             .map(|((name, shape), (_, spec))| {
@@ -128,7 +134,25 @@ impl Plan {
             .collect();
         let sharded = tensors.iter().map(|t| elements(&t.shard)).sum::<u64>();
         let step = Step { fsdp: req.fsdp, batch: req.batch, seq: req.seq, c, remat: req.remat };
-        let per = per_device(cfg, mesh, &step, sharded)?;
+        let mut per = per_device(cfg, mesh, &step, sharded)?;
+        if let Some(l) = &req.lora {
+            let mut adapters = 0;
+            for (name, shape) in l.shapes(cfg) {
+                let spec = rules::adapter_spec(cfg, &name, mesh, req.fsdp).unwrap_or_else(|| PartitionSpec::replicated(2));
+                let shard = rules::shard_shape(&shape, &spec, mesh);
+                adapters += elements(&shard);
+                tensors.push(TensorPlan { name, shape, spec, bytes: elements(&shard) * 4, shard });
+            }
+            // The base is frozen: no master copy, gradients or moments; those are the adapters'.
+            per = PerDevice {
+                master_weights: 0,
+                adapters: adapters * 4,
+                gradients: adapters * 4,
+                adam_m: adapters * 4,
+                adam_v: adapters * 4,
+                ..per
+            };
+        }
         Ok(Plan { req, cfg: cfg.clone(), mesh: mesh.clone(), tensors, per })
     }
 
@@ -180,6 +204,7 @@ fn per_device(cfg: &Config, mesh: &Mesh, step: &Step, sharded: u64) -> Result<Pe
         adam_v: sharded * 4,
         activations: activations(cfg, mesh, step.batch, step.seq, c, step.remat)?,
         fsdp_gather: if fsdp { fsdp_gather(cfg, mesh, c)? } else { 0 },
+        adapters: 0,
     })
 }
 
@@ -301,6 +326,7 @@ fn to_json(args: &PlanRequest, cfg: &Config, mesh: &Mesh, tensors: &[TensorPlan]
             "adam_v": per.adam_v,
             "activations": per.activations,
             "fsdp_gather": per.fsdp_gather,
+            "lora_adapters": per.adapters,
             "total": total,
         },
         "activation_formula": activation_formula(args.remat),
@@ -353,12 +379,14 @@ fn table(args: &PlanRequest, cfg: &Config, mesh: &Mesh, tensors: &[TensorPlan], 
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     let c = &args.dtype;
+    let lora = args.lora.is_some();
     let lines = [
-        (format!("weights ({c})"), per.weights),
+        (if lora { format!("frozen base weights ({c})") } else { format!("weights ({c})") }, per.weights),
         ("master weights (f32)".into(), per.master_weights),
-        ("gradients (f32)".into(), per.gradients),
-        ("AdamW m (f32)".into(), per.adam_m),
-        ("AdamW v (f32)".into(), per.adam_v),
+        ("LoRA adapters (f32)".into(), per.adapters),
+        (if lora { "adapter gradients (f32)" } else { "gradients (f32)" }.into(), per.gradients),
+        (if lora { "adapter AdamW m (f32)" } else { "AdamW m (f32)" }.into(), per.adam_m),
+        (if lora { "adapter AdamW v (f32)" } else { "AdamW v (f32)" }.into(), per.adam_v),
         ("activations (estimate)".into(), per.activations),
         ("FSDP layer gathers (estimate)".into(), per.fsdp_gather),
         ("total".into(), per.total()),
@@ -406,11 +434,44 @@ mod tests {
             dtype: "bf16".into(),
             memory: 16 << 30,
             remat: Remat::None,
+            lora: None,
         };
         let err = Plan::new(&cfg, &mesh, req(u32::MAX as i64, u32::MAX as i64)).err().expect("2^64 bytes").to_string();
         assert!(err.contains("more than 2^64 bytes"), "{err}");
         // Large but representable: counted exactly, and it does not fit.
         let plan = Plan::new(&cfg, &mesh, req(1 << 20, 1 << 16)).unwrap();
         assert!(!plan.fits() && plan.per_device().activations > 1 << 50);
+    }
+
+    #[test]
+    fn a_lora_plan_counts_adapters_and_a_frozen_base() {
+        let cfg = Config::preset("tiny").unwrap();
+        let mesh = Mesh::parse("data=2,model=2").unwrap();
+        let targets: Vec<String> = ["q_proj", "v_proj"].iter().map(|s| s.to_string()).collect();
+        let lora = gemma::lora::Lora::new(&cfg, 4, 8.0, &targets).unwrap();
+        let req = |lora| PlanRequest {
+            config: "tiny".into(),
+            fsdp: false,
+            batch: 8,
+            seq: 64,
+            dtype: "bf16".into(),
+            memory: 16 << 30,
+            remat: Remat::None,
+            lora,
+        };
+        let full = Plan::new(&cfg, &mesh, req(None)).unwrap();
+        let plan = Plan::new(&cfg, &mesh, req(Some(lora.clone()))).unwrap();
+        let (f, p) = (full.per_device(), plan.per_device());
+        // The base as before (bf16), no master copy; gradients and moments are the adapters'.
+        assert_eq!(p.weights, f.weights);
+        assert_eq!(p.master_weights, 0);
+        // Per layer: q_proj A [4, 64] replicated, B [64, 4] split over model (2); v_proj A
+        // [4, 64], B [16, 4] (one kv head: not split). f32.
+        let per_layer = 4 * 64 + 64 * 4 / 2 + 4 * 64 + 16 * 4;
+        assert_eq!(p.adapters, 2 * per_layer * 4);
+        assert_eq!((p.gradients, p.adam_m, p.adam_v), (p.adapters, p.adapters, p.adapters));
+        assert!(p.total() < f.total());
+        assert!(plan.table().contains("frozen base weights (bf16)") && plan.table().contains("LoRA adapters (f32)"));
+        assert!(plan.table().contains("model.layers.*.self_attn.q_proj.lora_B.weight"), "{}", plan.table());
     }
 }
