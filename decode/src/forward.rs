@@ -41,8 +41,8 @@ pub fn forward_with_adapters<A: AsHostView>(
 
 /// Runs the model on one device of `client`: `params` by checkpoint name (any float dtype;
 /// converted to `opts.dtype`), `tokens` s32 [B, T], `mask` an optional s32 0/1 padding mask
-/// of the same shape. Returns every output as f32, by name: `logits`, `loss`, and what
-/// `opts` adds.
+/// of the same shape. Returns every output as f32 (f64 when `opts.dtype` is f64), by name:
+/// `logits`, `loss`, and what `opts` adds.
 pub fn forward<A: AsHostView>(
     client: &Client,
     cfg: &Config,
@@ -103,8 +103,10 @@ fn run_forward<A: AsHostView>(
     for (name, value) in outputs.into_leaves() {
         // Gradients are named as the checkpoint names them: grad.<name>.
         let name = name.strip_prefix("grad.params.").map_or(name.clone(), |n| format!("grad.{n}"));
-        let f32s = if value.dtype() == DType::F32 { value } else { value.host_view().convert_float(DType::F32)? };
-        saved.push((name, f32s));
+        // f32 (f64 for an f64 run, so that float64 checks see every digit).
+        let wide = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let out = if value.dtype() == wide { value } else { value.host_view().convert_float(wide)? };
+        saved.push((name, out));
     }
     Ok(saved)
 }

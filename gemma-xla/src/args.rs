@@ -61,15 +61,15 @@ impl PluginArgs {
 /// `--config`: a preset or an HF config.json.
 #[derive(clap::Args, Clone)]
 pub struct ConfigArg {
-    /// Model config: tiny, 2b, 7b or the path of an HF config.json
-    #[arg(long, value_name = "tiny|2b|7b|CONFIG.json")]
+    /// Model config: a preset (tiny, 2b, 7b, gemma2-2b, gemma2-9b, gemma2-27b, gemma3-270m, gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b) or the path of an HF config.json (model_type gemma, gemma2, gemma3_text or gemma3)
+    #[arg(long, value_name = "PRESET|CONFIG.json")]
     pub config: Option<String>,
 }
 
 impl ConfigArg {
     /// The config named by `--config`, which the command requires.
     pub fn required(&self) -> Result<(String, Config)> {
-        let Some(name) = &self.config else { bail!("give --config (tiny, 2b, 7b or an HF config.json)") };
+        let Some(name) = &self.config else { bail!("give --config ({} or an HF config.json)", gemma::PRESETS.join(", ")) };
         Ok((name.clone(), load_config(name)?))
     }
 
@@ -82,7 +82,12 @@ impl ConfigArg {
 /// A preset (`tiny`, `2b`, `7b`) or the path of an HF config.json.
 pub fn load_config(name: &str) -> Result<Config> {
     if name.ends_with(".json") {
-        Ok(Config::from_json_file(Path::new(name))?)
+        let text = std::fs::read_to_string(name).with_context(|| format!("cannot read {name}"))?;
+        let (cfg, note) = Config::from_json_noting(&text).with_context(|| name.to_string())?;
+        if let Some(n) = note {
+            eprintln!("{name}: {n}");
+        }
+        Ok(cfg)
     } else {
         Ok(Config::preset(name)?)
     }

@@ -4,7 +4,6 @@ use crate::args::{model_config, with_adapter, AdapterArg, Dtype, DtypeArg, Plugi
 use anyhow::{Context, Result};
 use decode::forward::{forward_with_adapters, ForwardOptions};
 use gemma::SaveTensor;
-use graph::DType;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -59,7 +58,7 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     let saved = forward_with_adapters(&client, &cfg, &params, &tokens, mask.as_ref(), opts, adapter.as_ref().map(|(l, _)| l))?;
     let tensors: Vec<SaveTensor> = saved
         .iter()
-        .map(|(name, v)| SaveTensor { name: name.clone(), dtype: DType::F32, shape: v.dims().to_vec(), bytes: v.bytes() })
+        .map(|(name, v)| SaveTensor { name: name.clone(), dtype: v.dtype(), shape: v.dims().to_vec(), bytes: v.bytes() })
         .collect();
     gemma::save_safetensors(&a.out, &tensors).with_context(|| format!("cannot write {}", a.out.display()))?;
     let loss = saved.iter().find(|(n, _)| n == "loss").map(|(_, v)| v.to_f64_vec()[0]).unwrap_or(f64::NAN);

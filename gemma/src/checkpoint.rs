@@ -35,7 +35,14 @@ pub struct Checkpoint {
     dir: PathBuf,
     files: Vec<(PathBuf, Box<dyn FileBytes>)>,
     tensors: BTreeMap<String, Entry>,
+    /// Tensors of a multimodal checkpoint left out (the vision tower and its projector).
+    ignored: usize,
 }
+
+/// Where a multimodal Gemma 3 checkpoint keeps its language model (transformers 5, then 4.5x).
+const LANGUAGE_MODEL: [&str; 2] = ["model.language_model.", "language_model.model."];
+/// The rest of a multimodal Gemma 3 checkpoint, which a text model does not use.
+const VISION: [&str; 4] = ["model.vision_tower.", "vision_tower.", "model.multi_modal_projector.", "multi_modal_projector."];
 
 fn dtype_of(d: Dtype) -> Option<DType> {
     Some(match d {
@@ -90,7 +97,7 @@ impl Checkpoint {
 
     /// Opens the checkpoint, each file opened by `open_file` (e.g. a memory map).
     pub fn open_with(dir: &Path, open_file: OpenFile) -> Result<Checkpoint, Error> {
-        let mut ck = Checkpoint { dir: dir.to_path_buf(), files: Vec::new(), tensors: BTreeMap::new() };
+        let mut ck = Checkpoint { dir: dir.to_path_buf(), files: Vec::new(), tensors: BTreeMap::new(), ignored: 0 };
         let index = dir.join(INDEX);
         if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
@@ -124,7 +131,31 @@ impl Checkpoint {
                 message: format!("neither {SINGLE} nor {INDEX} is in this directory"),
             });
         }
+        ck.take_language_model();
         Ok(ck)
+    }
+
+    /// A multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration): its language
+    /// model's tensors under the text model's names (`model.layers.0...`), the vision tower
+    /// and projector left out. Other checkpoints are left as they are.
+    fn take_language_model(&mut self) {
+        let Some(prefix) = LANGUAGE_MODEL.iter().find(|p| self.tensors.keys().any(|k| k.starts_with(*p))) else { return };
+        let old = std::mem::take(&mut self.tensors);
+        for (name, entry) in old {
+            if let Some(rest) = name.strip_prefix(prefix) {
+                self.tensors.insert(format!("model.{rest}"), entry);
+            } else if VISION.iter().any(|v| name.starts_with(v)) {
+                self.ignored += 1;
+            } else {
+                let name = name.strip_prefix("language_model.").map_or(name.clone(), str::to_string);
+                self.tensors.insert(name, entry);
+            }
+        }
+    }
+
+    /// How many tensors of a multimodal checkpoint were left out (the vision tower).
+    pub fn ignored(&self) -> usize {
+        self.ignored
     }
 
     /// Maps one safetensors file and records its tensors; returns their names.

@@ -8,8 +8,8 @@
 //! `lengths[b]` of the `T` tokens are real: the padding after them writes slots that no real
 //! query sees and that the next call overwrites before anything can see them. Writes past the
 //! last slot are dropped.
-use crate::config::Config;
-use crate::model::{attention_output, embed, finish_block, project_qkv, unembed, Params};
+use crate::config::{Config, LayerKind};
+use crate::model::{attention_output, embed, finish_block, project_qkv, unembed, window_mask, Params};
 use crate::rules::{self, Layout};
 use graph::{DType, Tensor, TensorType, Tree};
 
@@ -129,14 +129,24 @@ pub fn extend_with(
         p.constrain(flat.scatter_add(&rows, &updates).reshape(&cache_dims), &cache_axes)
     };
 
+    // Sliding layers: a query at position q sees only slots q - window < s (slot s holds
+    // position s).
+    let local = cfg
+        .layer_types
+        .contains(&LayerKind::Sliding)
+        .then(|| window_mask(&allowed, &positions, &tr.iota(&s32(&[b, s]), 1), cfg.sliding_window));
     let mut out = Tree::new();
     let mut x = embed(cfg, &p, &tokens);
     for i in 0..cfg.num_hidden_layers {
+        let allowed = match (&local, cfg.layer_types[i]) {
+            (Some(l), LayerKind::Sliding) => l,
+            _ => &allowed,
+        };
         let normed = x.rms_norm(p.layer(i, "input_layernorm.weight"), cfg.rms_norm_eps);
         let (q, k_new, v_new) = project_qkv(cfg, &p, i, &normed, &positions);
         let k_all = write(args.leaf(&format!("cache.{i}.k"))?, &k_new);
         let v_all = write(args.leaf(&format!("cache.{i}.v"))?, &v_new);
-        let attention = attention_output(cfg, &p, i, &q, &k_all, &v_all, &allowed);
+        let attention = attention_output(cfg, &p, i, &q, &k_all, &v_all, allowed);
         x = finish_block(cfg, &p, i, &x, attention).x;
         out.insert(format!("cache.{i}.k"), k_all)?;
         out.insert(format!("cache.{i}.v"), v_all)?;

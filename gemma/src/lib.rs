@@ -16,7 +16,7 @@ pub use checkpoint::{
     save_model, save_safetensors, save_safetensors_streaming, write_atomic, write_atomic_with, Checkpoint, FileBytes, OpenFile, SaveTensor,
     TensorMeta, TensorRef,
 };
-pub use config::Config;
+pub use config::{Config, Family, LayerKind, MODEL_TYPES, PRESETS};
 pub use model::{
     block, causal_attention_mask, default_positions, embed, forward, loss, model, model_args, model_with_adapters, model_with_layout,
     param_shapes, param_types, trace_loss, trace_model, unembed, Activations, BlockOutput, ModelOptions, Params,

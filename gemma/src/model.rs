@@ -1,7 +1,7 @@
 //! The Gemma 1 transformer as a function of traced parameters (HF tensor names).
 //! Shapes use fixed letters: B batch, T query, S key, N heads, K kv heads, G = N/K,
 //! H head_dim, D model, F MLP width, V vocab.
-use crate::config::Config;
+use crate::config::{Config, Family, LayerKind};
 use crate::rules::{Layout, Logical};
 use graph::{DType, DotDims, Tensor, TensorType, Tree};
 
@@ -18,7 +18,15 @@ pub fn param_shapes(cfg: &Config) -> Vec<(String, Vec<i64>)> {
         v.push((p("self_attn.k_proj.weight"), vec![kh, d]));
         v.push((p("self_attn.v_proj.weight"), vec![kh, d]));
         v.push((p("self_attn.o_proj.weight"), vec![d, nh]));
+        if cfg.family == Family::Gemma3 {
+            v.push((p("self_attn.q_norm.weight"), vec![h]));
+            v.push((p("self_attn.k_norm.weight"), vec![h]));
+        }
         v.push((p("post_attention_layernorm.weight"), vec![d]));
+        if cfg.family != Family::Gemma {
+            v.push((p("pre_feedforward_layernorm.weight"), vec![d]));
+            v.push((p("post_feedforward_layernorm.weight"), vec![d]));
+        }
         v.push((p("mlp.gate_proj.weight"), vec![f, d]));
         v.push((p("mlp.up_proj.weight"), vec![f, d]));
         v.push((p("mlp.down_proj.weight"), vec![d, f]));
@@ -194,6 +202,9 @@ pub fn block(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tensor,
 /// The rest of layer `i` once its attention output [B, T, D] is known: residual add, norm,
 /// gated MLP, residual add.
 pub(crate) fn finish_block(cfg: &Config, p: &Params, i: usize, x: &Tensor, attention: Tensor) -> BlockOutput {
+    if cfg.family != Family::Gemma {
+        return finish_block_sandwich(cfg, p, i, x, attention);
+    }
     let x = x + &attention;
     let h = x.rms_norm(p.layer(i, "post_attention_layernorm.weight"), cfg.rms_norm_eps);
     let hidden = [Some(Logical::Batch), None, Some(Logical::Mlp)];
@@ -202,6 +213,31 @@ pub(crate) fn finish_block(cfg: &Config, p: &Params, i: usize, x: &Tensor, atten
     let mlp = p.proj(&(gate * up), i, "mlp.down_proj");
     let x = p.constrain(&x + &mlp, &[Some(Logical::Batch), None, None]);
     BlockOutput { x, attention, mlp }
+}
+
+/// Gemma 2 and 3: a norm after attention and one before and after the MLP
+/// (`post_attention_layernorm`, `pre_feedforward_layernorm`, `post_feedforward_layernorm`).
+/// The returned attention and MLP outputs are those before their post-norms.
+fn finish_block_sandwich(cfg: &Config, p: &Params, i: usize, x: &Tensor, attention: Tensor) -> BlockOutput {
+    let eps = cfg.rms_norm_eps;
+    let x = x + &attention.rms_norm(p.layer(i, "post_attention_layernorm.weight"), eps);
+    let h = x.rms_norm(p.layer(i, "pre_feedforward_layernorm.weight"), eps);
+    let hidden = [Some(Logical::Batch), None, Some(Logical::Mlp)];
+    let gate = p.constrain(p.proj(&h, i, "mlp.gate_proj"), &hidden).gelu_tanh();
+    let up = p.constrain(p.proj(&h, i, "mlp.up_proj"), &hidden);
+    let mlp = p.proj(&(gate * up), i, "mlp.down_proj");
+    let x = p.constrain(&x + &mlp.rms_norm(p.layer(i, "post_feedforward_layernorm.weight"), eps), &[Some(Logical::Batch), None, None]);
+    BlockOutput { x, attention, mlp }
+}
+
+/// `allowed` [B, T, S] narrowed to a sliding window: query position q sees key position k
+/// only if q - k < `window` (q_pos [B, T], k_pos [B, S]).
+pub fn window_mask(allowed: &Tensor, q_pos: &Tensor, k_pos: &Tensor, window: i64) -> Tensor {
+    let d = allowed.dims();
+    let q = q_pos.convert(DType::S32).broadcast_in_dim(&d, &[0, 1]);
+    let k = k_pos.convert(DType::S32).broadcast_in_dim(&d, &[0, 2]);
+    let near = (&q - &k).lt(&q.scalar_like(window as f64));
+    allowed.and(&near)
 }
 
 /// `block` traced as a function of (x, positions, mask, the layer's weights) and called with
@@ -252,6 +288,10 @@ fn remat_block(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tenso
 pub fn unembed(cfg: &Config, p: &Params, x: &Tensor) -> (Tensor, Tensor) {
     let normed = x.rms_norm(p.get("model.norm.weight"), cfg.rms_norm_eps);
     let logits = linear(&normed, p.get("model.embed_tokens.weight"));
+    let logits = match cfg.final_logit_softcapping {
+        Some(cap) => (logits * (1.0 / cap)).tanh() * cap,
+        None => logits,
+    };
     (normed, p.constrain(logits, &[Some(Logical::Batch), None, Some(Logical::Vocab)]))
 }
 
@@ -261,7 +301,12 @@ pub fn forward(cfg: &Config, p: &Params, tokens: &Tensor, positions: &Tensor, ma
     let mut x = embed(cfg, p, tokens);
     let embeddings = x.clone();
     let (mut attention, mut mlp) = (Vec::new(), Vec::new());
+    let local = cfg.layer_types.contains(&LayerKind::Sliding).then(|| window_mask(mask, positions, positions, cfg.sliding_window));
     for i in 0..cfg.num_hidden_layers {
+        let mask = match (&local, cfg.layer_types[i]) {
+            (Some(l), LayerKind::Sliding) => l,
+            _ => mask,
+        };
         let out =
             if p.remat == graph::Remat::None { block(cfg, p, i, &x, positions, mask) } else { remat_block(cfg, p, i, &x, positions, mask) };
         x = out.x;
@@ -284,8 +329,21 @@ pub(crate) fn project_qkv(cfg: &Config, p: &Params, i: usize, x: &Tensor, positi
     let (b, t) = (x.dims()[0], x.dims()[1]);
     let (n, k, h) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let q = p.proj(x, i, "self_attn.q_proj").reshape(&[b, t, n, h]);
-    let q = p.constrain(q, &[Some(Logical::Batch), None, Some(Logical::Heads), None]).rope(positions, cfg.rope_theta);
-    let kk = p.proj(x, i, "self_attn.k_proj").reshape(&[b, t, k, h]).rope(positions, cfg.rope_theta);
+    let q = p.constrain(q, &[Some(Logical::Batch), None, Some(Logical::Heads), None]);
+    let kk = p.proj(x, i, "self_attn.k_proj").reshape(&[b, t, k, h]);
+    // Gemma 3: RMSNorm (1 + w) over each head's width, before RoPE.
+    let (q, kk) = if cfg.family == Family::Gemma3 {
+        (
+            q.rms_norm(p.layer(i, "self_attn.q_norm.weight"), cfg.rms_norm_eps),
+            kk.rms_norm(p.layer(i, "self_attn.k_norm.weight"), cfg.rms_norm_eps),
+        )
+    } else {
+        (q, kk)
+    };
+    // Local layers have their own RoPE base; global ones may scale positions linearly.
+    let (theta, factor) =
+        if cfg.layer_types[i] == LayerKind::Sliding { (cfg.rope_local_theta, 1.0) } else { (cfg.rope_theta, cfg.rope_scaling_factor) };
+    let (q, kk) = (q.rope_scaled(positions, theta, factor), kk.rope_scaled(positions, theta, factor));
     let v = p.proj(x, i, "self_attn.v_proj").reshape(&[b, t, k, h]);
     (q, kk, v)
 }
@@ -302,7 +360,12 @@ pub(crate) fn attention_output(cfg: &Config, p: &Params, i: usize, q: &Tensor, k
     // scores [B, K, T, G, S]
     let scores = q.dot_general(kk, &DotDims { lhs_batch: vec![0, 2], rhs_batch: vec![0, 2], lhs_contract: vec![4], rhs_contract: vec![3] });
     let wide = if q.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-    let scores = scores.convert(wide) * (h as f64).powf(-0.5);
+    let scores = scores.convert(wide) * cfg.query_pre_attn_scalar.powf(-0.5);
+    // Gemma 2: soft-capped scores, before the mask.
+    let scores = match cfg.attn_logit_softcapping {
+        Some(cap) => (scores * (1.0 / cap)).tanh() * cap,
+        None => scores,
+    };
     let shape = [b, k, t, g, s];
     let mask = allowed.broadcast_in_dim(&shape, &[0, 2, 4]);
     let lowest = scores.scalar_like(f32::MIN as f64);

@@ -25,7 +25,8 @@ pub enum Logical {
     Heads,
     /// Key/value heads times head_dim (K x H) when K > 1, split by whole heads.
     KvHeads,
-    /// The head_dim of a single key/value head (K = 1): never split.
+    /// One head's width H: the head_dim of a single key/value head (K = 1), Gemma 3's QK-norm
+    /// weights. Never split.
     KvHeadDim,
     /// The MLP hidden width F.
     Mlp,
@@ -60,6 +61,11 @@ const LAYER_TENSORS: &[(&str, &[Logical])] = &[
     ("self_attn.v_proj.weight", &[KvHeads, Embed]),
     ("self_attn.o_proj.weight", &[Embed, Heads]),
     ("post_attention_layernorm.weight", &[Embed]),
+    // Gemma 2 and 3: the norms around the MLP; Gemma 3: QK-norm over one head's width.
+    ("pre_feedforward_layernorm.weight", &[Embed]),
+    ("post_feedforward_layernorm.weight", &[Embed]),
+    ("self_attn.q_norm.weight", &[KvHeadDim]),
+    ("self_attn.k_norm.weight", &[KvHeadDim]),
     ("mlp.gate_proj.weight", &[Mlp, Embed]),
     ("mlp.up_proj.weight", &[Mlp, Embed]),
     ("mlp.down_proj.weight", &[Embed, Mlp]),

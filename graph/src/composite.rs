@@ -74,6 +74,13 @@ impl Tensor {
     /// (f64 for f64 inputs).
     #[track_caller]
     pub fn rope(&self, positions: &Tensor, theta: f64) -> Tensor {
+        self.rope_scaled(positions, theta, 1.0)
+    }
+
+    /// [`Tensor::rope`] with linear position scaling: the angles of position p are those of
+    /// p / `factor` (transformers' "linear" RoPE scaling, which divides the frequencies).
+    #[track_caller]
+    pub fn rope_scaled(&self, positions: &Tensor, theta: f64, factor: f64) -> Tensor {
         let d = self.dims();
         if d.len() != 4 || d[3] % 2 != 0 || positions.dims() != d[..2] {
             let why = format!("needs x [B, T, N, H] with H even and positions [B, T], got positions {}", positions.ty());
@@ -81,7 +88,7 @@ impl Tensor {
         }
         let (b, t, n, h) = (d[0], d[1], d[2], d[3]);
         let half = h / 2;
-        let inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / h as f64)).collect();
+        let inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / h as f64) / factor).collect();
         let wd = wide(self.dtype());
         let freq = self.tracer().constant(&TensorType::new(wd, &[half]), inv_freq);
         let pos = positions.convert(wd);

@@ -1,0 +1,132 @@
+//! Gemma 2 and Gemma 3 (text) against HF transformers' Gemma2ForCausalLM and
+//! Gemma3ForCausalLM in float64 (fixtures/gemma23, written by make_fixtures.py): logits, loss,
+//! every gradient and per-layer values, in f64 and in f32; both config spellings describe the
+//! same model.
+use decode::forward::{forward, ForwardOptions};
+use gemma::Config;
+use graph::DType;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+type Tensors = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
+
+fn dir(name: &str) -> PathBuf {
+    testkit::fixtures("gemma23").join(name)
+}
+
+fn run(name: &str, dtype: DType) -> Tensors {
+    run_with(name, dtype, |_| {})
+}
+
+/// The fixture model run with its config changed by `change`.
+fn run_with(name: &str, dtype: DType, change: impl Fn(&mut Config)) -> Tensors {
+    let d = dir(name);
+    let mut cfg = Config::from_json_file(&d.join("config.json")).unwrap();
+    change(&mut cfg);
+    let ck = data::checkpoint::open(&d).unwrap();
+    ck.validate(&cfg).unwrap();
+    let params = data::checkpoint::param_views(&ck, &cfg).unwrap();
+    let tokens = data::npy::read_token_ids(&d.join("tokens.npy"), cfg.vocab_size, 2).unwrap();
+    let (client, _cache) = testkit::cpu_client(1);
+    let out = forward(&client, &cfg, &params, &tokens, None, ForwardOptions { grads: true, layers: true, dtype }).unwrap();
+    out.into_iter().map(|(n, a)| (n, (a.dims().iter().map(|&x| x as usize).collect(), a.to_f64_vec()))).collect()
+}
+
+/// The worst |got - want| / max(1, max|want|).
+fn err(got: &(Vec<usize>, Vec<f64>), want: &(Vec<usize>, Vec<f64>)) -> f64 {
+    assert_eq!(got.0, want.0);
+    let scale = want.1.iter().fold(1f64, |m, x| m.max(x.abs()));
+    got.1.iter().zip(&want.1).map(|(g, w)| (g - w).abs() / scale).fold(0.0, f64::max)
+}
+
+fn compare(name: &str, dtype: DType, tol: f64) {
+    let got = run(name, dtype);
+    let want = testkit::safetensors_f64(&dir(name).join("reference.safetensors"));
+    let mut checked = 0;
+    let mut worst = (0f64, String::new());
+    for (key, w) in want.iter().filter(|(k, _)| !k.starts_with("f32.")) {
+        let out_key = key.clone();
+        let g = got.get(&out_key).unwrap_or_else(|| panic!("{name}: no {key} in the output"));
+        let e = err(g, w);
+        if e > worst.0 {
+            worst = (e, key.clone());
+        }
+        checked += 1;
+    }
+    eprintln!("{name} {dtype}: {checked} tensors, worst {:.2e} ({})", worst.0, worst.1);
+    assert!(worst.0 <= tol, "{name} {dtype}: {} differs by {:e} x max(1, max|ref|)", worst.1, worst.0);
+}
+
+#[test]
+fn gemma2_matches_transformers_in_f64_and_f32() {
+    compare("gemma2", DType::F64, 1e-10);
+    compare("gemma2", DType::F32, 2e-5);
+}
+
+#[test]
+fn gemma3_matches_transformers_in_f64_and_f32() {
+    compare("gemma3", DType::F64, 1e-10);
+    compare("gemma3", DType::F32, 2e-5);
+}
+
+#[test]
+fn both_config_spellings_give_the_same_model() {
+    for name in ["gemma2", "gemma3"] {
+        let new = Config::from_json_file(&dir(name).join("config.json")).unwrap();
+        let old = Config::from_json_file(&dir(name).join("config_released.json")).unwrap();
+        assert_eq!(new, old, "{name}");
+        // And our own config.json for it reads back the same.
+        assert_eq!(Config::from_json(&new.to_hf_json()).unwrap(), new, "{name}");
+    }
+}
+
+#[test]
+fn the_checks_see_an_off_by_one_window_and_a_missing_cap() {
+    // Mutations of the model the parity checks must catch: the logits move far beyond the
+    // f64 tolerance (1e-10) and the f32 one (2e-5).
+    let want = testkit::safetensors_f64(&dir("gemma2").join("reference.safetensors"));
+    type Change = Box<dyn Fn(&mut Config)>;
+    let mutations: [(&str, &str, Change); 4] = [
+        ("gemma2", "a window one wider", Box::new(|c: &mut Config| c.sliding_window += 1)),
+        ("gemma2", "no attention cap", Box::new(|c: &mut Config| c.attn_logit_softcapping = None)),
+        ("gemma2", "no final cap", Box::new(|c: &mut Config| c.final_logit_softcapping = None)),
+        ("gemma3", "no linear RoPE scaling", Box::new(|c: &mut Config| c.rope_scaling_factor = 1.0)),
+    ];
+    for (name, what, change) in mutations {
+        let want = if name == "gemma2" { want.clone() } else { testkit::safetensors_f64(&dir(name).join("reference.safetensors")) };
+        let got = run_with(name, DType::F64, change);
+        let e = err(&got["logits"], &want["logits"]);
+        assert!(e > 1e-3, "{name} with {what}: logits moved only {e:e}");
+    }
+}
+
+/// Greedy generation with the KV cache against transformers' `generate(do_sample=False)`,
+/// token for token, past twice the sliding window; on one device and on data=2,model=2.
+fn greedy_matches(name: &str, mesh: &str) {
+    let d = dir(name);
+    let cfg = Config::from_json_file(&d.join("config.json")).unwrap();
+    let ck = data::checkpoint::open(&d).unwrap();
+    let params = data::checkpoint::param_views(&ck, &cfg).unwrap();
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("greedy.json")).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<Vec<i32>> {
+        v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect()).collect()
+    };
+    let (prompts, new_tokens) = (ids(&want["prompts"]), ids(&want["new_tokens"]));
+    let mesh = runtime::Mesh::parse(mesh).unwrap();
+    let (client, _cache) = testkit::cpu_client(mesh.num_devices() as usize);
+    let placement = decode::Placement { dtype: DType::F32, mesh, fsdp: false };
+    let mut g = decode::Generator::new(&client, &cfg, &params, placement, 2, 32).unwrap();
+    let refs: Vec<&[i32]> = prompts.iter().map(Vec::as_slice).collect();
+    let n = new_tokens[0].len();
+    assert!(prompts[0].len() + n > 2 * cfg.sliding_window as usize);
+    let out = decode::generate(&mut g, &refs, &[0, 0], n, &mut decode::Sampler::greedy(), &[], |_, _| Ok(false)).unwrap();
+    assert_eq!(out.new_tokens, new_tokens, "{name}: greedy tokens differ from transformers'");
+}
+
+#[test]
+fn greedy_generation_matches_transformers_past_twice_the_window() {
+    for name in ["gemma2", "gemma3"] {
+        greedy_matches(name, "data=1");
+        greedy_matches(name, "data=2,model=2");
+    }
+}
