@@ -130,3 +130,37 @@ fn greedy_generation_matches_transformers_past_twice_the_window() {
         greedy_matches(name, "data=2,model=2");
     }
 }
+
+#[test]
+fn local_layers_keep_a_window_sized_ring_and_uneven_prefills_work() {
+    let d = dir("gemma2");
+    let cfg = Config::from_json_file(&d.join("config.json")).unwrap();
+    // Sliding layers hold `window` slots whatever the cache length; global ones all of it.
+    for (path, ty) in gemma::decode::cache_types(&cfg, DType::F32, 2, 64) {
+        let layer: usize = path.split('.').nth(1).unwrap().parse().unwrap();
+        let want = if cfg.layer_types[layer] == gemma::LayerKind::Sliding { 3 } else { 64 };
+        assert_eq!(ty.dims[1], want, "{path}");
+    }
+    // Rows of different lengths (one longer than twice the window), generated with the cache,
+    // against a full recomputation of every sequence at every step.
+    let ck = data::checkpoint::open(&d).unwrap();
+    let params = data::checkpoint::param_views(&ck, &cfg).unwrap();
+    let (client, _cache) = testkit::cpu_client(1);
+    let prompts: Vec<Vec<i32>> = vec![vec![2, 9, 17, 33, 8, 41, 12, 5], vec![2, 30]];
+    let refs: Vec<&[i32]> = prompts.iter().map(Vec::as_slice).collect();
+    let mut g = decode::Generator::new(&client, &cfg, &params, decode::Placement::single(DType::F32), 2, 24).unwrap();
+    let steps = 6;
+    let out = decode::generate(&mut g, &refs, &[0, 0], steps, &mut decode::Sampler::greedy(), &[], |_, _| Ok(false)).unwrap();
+    for (row, (prompt, new)) in prompts.iter().zip(&out.new_tokens).enumerate() {
+        let mut seq = prompt.clone();
+        for (step, &id) in new.iter().enumerate() {
+            let tokens = runtime::HostArray::from_vec(&[1, seq.len() as i64], seq.clone()).unwrap();
+            let logits = forward(&client, &cfg, &params, &tokens, None, ForwardOptions::default()).unwrap();
+            let logits = logits.iter().find(|(n, _)| n == "logits").unwrap().1.to_vec::<f32>().unwrap();
+            let last = &logits[(seq.len() - 1) * 64..seq.len() * 64];
+            let best = last.iter().enumerate().fold((0, f32::MIN), |m, (i, &v)| if v > m.1 { (i, v) } else { m }).0 as i32;
+            assert_eq!(id, best, "row {row} step {step}: the cached token differs from recomputation");
+            seq.push(id);
+        }
+    }
+}

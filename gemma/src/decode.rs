@@ -8,8 +8,14 @@
 //! `lengths[b]` of the `T` tokens are real: the padding after them writes slots that no real
 //! query sees and that the next call overwrites before anything can see them. Writes past the
 //! last slot are dropped.
+//!
+//! The cache of a sliding-window layer (Gemma 2 and 3) holds only `min(window, S)` slots, a
+//! ring: position p lives in slot p mod R. Its queries attend to the ring's earlier
+//! positions and to the new tokens themselves (so a prefill longer than the window works),
+//! within the window; then the last R real new tokens are written into the ring. A long
+//! generation's memory on local layers is so bounded by the window.
 use crate::config::{Config, LayerKind};
-use crate::model::{attention_output, embed, finish_block, project_qkv, unembed, window_mask, Params};
+use crate::model::{attention_output, embed, finish_block, project_qkv, unembed, Params};
 use crate::rules::{self, Layout};
 use graph::{DType, Tensor, TensorType, Tree};
 
@@ -18,10 +24,24 @@ pub fn cache_dims(cfg: &Config, batch: i64, cache_len: i64) -> Vec<i64> {
     vec![batch, cache_len, cfg.num_key_value_heads, cfg.head_dim]
 }
 
-/// The cache's tensors by path: `cache.<layer>.k` and `cache.<layer>.v`, in `dtype`.
+/// The slots of layer `i`'s cache in a cache of `cache_len`: `min(sliding_window, cache_len)`
+/// for a sliding-window layer (a ring), `cache_len` otherwise.
+pub fn layer_slots(cfg: &Config, i: usize, cache_len: i64) -> i64 {
+    match cfg.layer_types.get(i) {
+        Some(LayerKind::Sliding) => cfg.sliding_window.min(cache_len),
+        _ => cache_len,
+    }
+}
+
+/// The cache's tensors by path: `cache.<layer>.k` and `cache.<layer>.v`, in `dtype`, each
+/// [B, slots, K, H] (see [`layer_slots`]).
 pub fn cache_types(cfg: &Config, dtype: DType, batch: i64, cache_len: i64) -> Vec<(String, TensorType)> {
-    let ty = TensorType::new(dtype, &cache_dims(cfg, batch, cache_len));
-    (0..cfg.num_hidden_layers).flat_map(|i| [(format!("cache.{i}.k"), ty.clone()), (format!("cache.{i}.v"), ty.clone())]).collect()
+    (0..cfg.num_hidden_layers)
+        .flat_map(|i| {
+            let ty = TensorType::new(dtype, &cache_dims(cfg, batch, layer_slots(cfg, i, cache_len)));
+            [(format!("cache.{i}.k"), ty.clone()), (format!("cache.{i}.v"), ty)]
+        })
+        .collect()
 }
 
 pub use crate::rules::{cache_spec, extend_spec};
@@ -86,15 +106,16 @@ pub fn extend_with(
         }
     }
     let dtype = p.get("model.embed_tokens.weight").dtype();
-    let want = TensorType::new(dtype, &cache_dims(cfg, b, args.leaf("cache.0.k").map(|c| c.dims()[1]).unwrap_or(0)));
-    let s = want.dims[1];
+    // S: the slots of a global layer's cache (every layer's, when none slides).
+    let full = (0..cfg.num_hidden_layers).find(|&i| cfg.layer_types.get(i) != Some(&LayerKind::Sliding)).unwrap_or(0);
+    let s = args.leaf(&format!("cache.{full}.k")).map(|c| c.dims().get(1).copied().unwrap_or(0)).unwrap_or(0);
     if s < 1 {
         return Err(invalid("the cache needs at least one slot".into()));
     }
-    for (path, _) in cache_types(cfg, dtype, b, s) {
+    for (path, want) in cache_types(cfg, dtype, b, s) {
         let c = args.leaf(&path)?;
         if c.ty() != want {
-            return Err(invalid(format!("{path} must be {want} (as cache.0.k), got {}", c.ty())));
+            return Err(invalid(format!("{path} must be {want} (for a cache of {s} slots), got {}", c.ty())));
         }
     }
     if args.subtree("cache").len() != 2 * cfg.num_hidden_layers {
@@ -129,24 +150,60 @@ pub fn extend_with(
         p.constrain(flat.scatter_add(&rows, &updates).reshape(&cache_dims), &cache_axes)
     };
 
-    // Sliding layers: a query at position q sees only slots q - window < s (slot s holds
-    // position s).
-    let local = cfg
-        .layer_types
-        .contains(&LayerKind::Sliding)
-        .then(|| window_mask(&allowed, &positions, &tr.iota(&s32(&[b, s]), 1), cfg.sliding_window));
+    // Sliding layers: a ring of R slots (position p in slot p mod R). Their keys are the
+    // ring's earlier positions then the T new tokens, masked by position: valid, causal and
+    // within the window.
+    let ring = cfg.layer_types.contains(&LayerKind::Sliding).then(|| {
+        let r = cfg.sliding_window.min(s);
+        let last = start - 1.0; // [B]: the last position already in the cache (-1: none)
+        let slot = tr.iota(&s32(&[b, r]), 1);
+        // The position in slot j: the largest p <= last with p = j mod R (negative: empty).
+        let x = &last.broadcast_in_dim(&[b, r], &[0]) - &slot + (r as f64); // >= 0
+        let d = &x - &(&x.div(&x.scalar_like(r as f64)) * (r as f64));
+        let old_pos = &last.broadcast_in_dim(&[b, r], &[0]) - &d;
+        let key_pos = old_pos.concat(&[&positions], 1); // [B, R + T]
+        let valid = old_pos.ge(&old_pos.scalar_like(0.0)).concat(&[&positions.ge(&positions.scalar_like(0.0))], 1);
+        let dims = [b, t, r + t];
+        let kp = key_pos.broadcast_in_dim(&dims, &[0, 2]);
+        let qp = positions.broadcast_in_dim(&dims, &[0, 1]);
+        let mask = valid.broadcast_in_dim(&dims, &[0, 2]).and(&kp.le(&qp)).and(&(&qp - &kp).lt(&qp.scalar_like(cfg.sliding_window as f64)));
+        // What is written: the real new tokens among the last R of them, at p mod R.
+        let tt = tr.iota(&s32(&[b, t]), 1);
+        let len = lengths.broadcast_in_dim(&[b, t], &[0]);
+        let keep = tt.lt(&len).and(&tt.ge(&(&len - (r as f64))));
+        let p_mod = &positions - &(&positions.div(&positions.scalar_like(r as f64)) * (r as f64));
+        let row = &tr.iota(&s32(&[b, t]), 0) * (r as f64) + &p_mod;
+        let rows = Tensor::select(&keep, &row, &row.scalar_like((b * r) as f64));
+        let ones = Tensor::select(&keep, &row.scalar_like(1.0), &row.scalar_like(0.0)).convert(DType::F32).reshape(&[b, t, 1]);
+        let hit = tr.scalar(DType::F32, 0.0).broadcast_in_dim(&[b * r, 1], &[]).scatter_add(&rows, &ones).reshape(&[b, r]);
+        let written = hit.gt(&hit.scalar_like(0.0));
+        (r, mask, rows, written)
+    });
+    let ring_write = |old: &Tensor, new: &Tensor, r: i64, rows: &Tensor, written: &Tensor| -> Tensor {
+        let dims = [b, r, k, h];
+        let fresh = old.zeros_like().reshape(&[b * r, k * h]).scatter_add(rows, &new.convert(old.dtype()).reshape(&[b, t, k * h]));
+        let put = Tensor::select(&written.broadcast_in_dim(&dims, &[0, 1]), &fresh.reshape(&dims), old);
+        p.constrain(put, &cache_axes)
+    };
     let mut out = Tree::new();
     let mut x = embed(cfg, &p, &tokens);
     for i in 0..cfg.num_hidden_layers {
-        let allowed = match (&local, cfg.layer_types[i]) {
-            (Some(l), LayerKind::Sliding) => l,
-            _ => &allowed,
-        };
         let normed = x.rms_norm(p.layer(i, "input_layernorm.weight"), cfg.rms_norm_eps);
         let (q, k_new, v_new) = project_qkv(cfg, &p, i, &normed, &positions);
-        let k_all = write(args.leaf(&format!("cache.{i}.k"))?, &k_new);
-        let v_all = write(args.leaf(&format!("cache.{i}.v"))?, &v_new);
-        let attention = attention_output(cfg, &p, i, &q, &k_all, &v_all, allowed);
+        let (k_old, v_old) = (args.leaf(&format!("cache.{i}.k"))?, args.leaf(&format!("cache.{i}.v"))?);
+        let (attention, k_all, v_all) = match (&ring, cfg.layer_types[i]) {
+            (Some((r, mask, rows, written)), LayerKind::Sliding) => {
+                let keys = k_old.concat(&[&k_new.convert(k_old.dtype())], 1);
+                let values = v_old.concat(&[&v_new.convert(v_old.dtype())], 1);
+                let attention = attention_output(cfg, &p, i, &q, &keys, &values, mask);
+                (attention, ring_write(k_old, &k_new, *r, rows, written), ring_write(v_old, &v_new, *r, rows, written))
+            }
+            _ => {
+                let (k_all, v_all) = (write(k_old, &k_new), write(v_old, &v_new));
+                let attention = attention_output(cfg, &p, i, &q, &k_all, &v_all, &allowed);
+                (attention, k_all, v_all)
+            }
+        };
         x = finish_block(cfg, &p, i, &x, attention).x;
         out.insert(format!("cache.{i}.k"), k_all)?;
         out.insert(format!("cache.{i}.v"), v_all)?;
