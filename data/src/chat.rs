@@ -183,4 +183,32 @@ mod tests {
         let t = "{{ messages[0]['content'].strip() }}|{{ messages[0].content | trim }}";
         assert_eq!(render(t, &[Message::new("user", "  a b  ")], "", "", false).unwrap(), "a b|a b");
     }
+
+    #[test]
+    fn gemma3_style_templates_render() {
+        // The constructs Gemma 3's template uses: a system turn folded into the first user
+        // turn, `is string` / `is iterable` on the content, slicing, loop.first, and the
+        // role check raising; written here, not copied.
+        let t = "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- if messages[0]['content'] is string -%}\
+{%- set prefix = messages[0]['content'] + '\\n\\n' -%}{%- else -%}{%- set prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}{%- endif -%}\
+{%- set turns = messages[1:] -%}{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}\
+{%- for m in turns -%}{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) -%}{{ raise_exception('roles must alternate') }}{%- endif -%}\
+{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}\
+{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') }}\
+{%- if m['content'] is string -%}{{ m['content'] | trim }}{%- elif m['content'] is iterable -%}{%- for item in m['content'] -%}{{ item['text'] | trim }}{%- endfor -%}{%- endif -%}\
+{{ '<end_of_turn>\\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}";
+        let m = [
+            Message::new("system", "Be brief."),
+            Message::new("user", " Hi "),
+            Message::new("assistant", "Hello"),
+            Message::new("user", "Bye"),
+        ];
+        let text = render(t, &m, "<bos>", "<eos>", true).unwrap();
+        assert_eq!(
+            text,
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let err = render(t, &[Message::new("assistant", "x")], "<bos>", "<eos>", false).unwrap_err();
+        assert!(err.to_string().contains("roles must alternate"), "{err}");
+    }
 }

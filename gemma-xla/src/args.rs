@@ -214,7 +214,11 @@ pub fn model_config(dir: &Path, flag: &str) -> Result<(PathBuf, Config)> {
     if !path.is_file() {
         bail!("{flag}{}: no config.json in the {}directory", dir.display(), if flag.is_empty() { "model " } else { "" });
     }
-    let cfg = Config::from_json_file(&path)?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (cfg, note) = Config::from_json_noting(&text).with_context(|| path.display().to_string())?;
+    if let Some(n) = note {
+        eprintln!("{}: {n}", dir.display());
+    }
     Ok((path, cfg))
 }
 
