@@ -89,11 +89,7 @@ pub fn extend_with(
     layout: Option<Layout>,
     lora: Option<&crate::lora::Lora>,
 ) -> Result<Tree<Tensor>, graph::Error> {
-    let p = match lora {
-        Some(l) => Params::with_adapters(cfg, args.subtree("params"), l)?,
-        None => Params::new(cfg, args.subtree("params"))?,
-    };
-    let p = p.with_layout(layout);
+    let p = Params::of_args(cfg, args, lora)?.with_layout(layout);
     let tokens = args.leaf("tokens")?;
     let (start, lengths) = (args.leaf("start")?, args.leaf("lengths")?);
     if tokens.rank() != 2 || !tokens.dtype().is_int() {

@@ -89,6 +89,14 @@ impl Params {
         Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: Some(lora.clone()) })
     }
 
+    /// The `params` subtree of `args`, with `lora`'s adapters when given.
+    pub fn of_args(cfg: &Config, args: &Tree<Tensor>, lora: Option<&crate::lora::Lora>) -> Result<Params, graph::Error> {
+        match lora {
+            Some(l) => Params::with_adapters(cfg, args.subtree("params"), l),
+            None => Params::new(cfg, args.subtree("params")),
+        }
+    }
+
     /// x [B, T, in] through layer `i`'s projection `module` (`self_attn.q_proj`): x W^T, plus
     /// (alpha / r) (x A^T) B^T where the module has an adapter.
     #[track_caller]
@@ -452,11 +460,7 @@ pub fn model_with_adapters(
     layout: Option<Layout>,
     lora: Option<&crate::lora::Lora>,
 ) -> Result<Tree<Tensor>, graph::Error> {
-    let p = match lora {
-        Some(l) => Params::with_adapters(cfg, args.subtree("params"), l)?,
-        None => Params::new(cfg, args.subtree("params"))?,
-    };
-    let p = p.with_layout(layout).with_remat(opts.remat);
+    let p = Params::of_args(cfg, args, lora)?.with_layout(layout).with_remat(opts.remat);
     let tokens = args.leaf("tokens")?;
     let mask = if opts.mask { Some(args.leaf("mask")?) } else { None };
     for (name, t) in [("tokens", Some(tokens)), ("mask", mask)] {

@@ -146,20 +146,12 @@ impl DeviceArray {
             if !ownership.is_mine(d) {
                 return stand_in(d, region);
             }
-            // Row r of the whole array is row `offset + (r - range.start)` of `local`.
-            let mut offset = 0i64;
-            for range in local_rows {
-                if region[0].start >= range.start && region[0].end <= range.end {
-                    let mut within = region.to_vec();
-                    within[0] = offset + region[0].start - range.start..offset + region[0].end - range.start;
-                    return local.slice(&within);
-                }
-                offset += range.end - range.start;
-            }
-            Err(Error::Argument(format!(
-                "device {d} holds rows {:?} of {ty}, which are not among this process's rows {local_rows:?}",
-                region[0]
-            )))
+            rows_region(local, local_rows, region).unwrap_or_else(|| {
+                Err(Error::Argument(format!(
+                    "device {d} holds rows {:?} of {ty}, which are not among this process's rows {local_rows:?}",
+                    region[0]
+                )))
+            })
         })
     }
 
@@ -355,6 +347,22 @@ impl DeviceArray {
     pub fn positions(&self) -> &[usize] {
         &self.positions
     }
+}
+
+/// The box `region` of a whole array from `local`, which holds only its rows `local_rows`
+/// (concatenated in order): None when the region's rows are not among them.
+pub fn rows_region(local: &HostArray, local_rows: &[Range<i64>], region: &[Range<i64>]) -> Option<Result<HostArray>> {
+    // Row r of the whole array is row `offset + (r - range.start)` of `local`.
+    let mut offset = 0i64;
+    for range in local_rows {
+        if region[0].start >= range.start && region[0].end <= range.end {
+            let mut within = region.to_vec();
+            within[0] = offset + region[0].start - range.start..offset + region[0].end - range.start;
+            return Some(local.slice(&within));
+        }
+        offset += range.end - range.start;
+    }
+    None
 }
 
 /// The client's first `n` devices for a mesh of `n` devices.

@@ -203,7 +203,8 @@ impl HostArray {
         }
         let extent: Vec<i64> = region.iter().map(|r| r.end - r.start).collect();
         let mut out = vec![0u8; element_count(&extent)? * self.dtype.size_bytes()];
-        copy_region(&self.data, &self.dims, region, &mut out, &extent, self.dtype.size_bytes());
+        let (at, zero): (Vec<i64>, Vec<i64>) = region.iter().map(|r| (r.start, 0)).unzip();
+        sharding::copy_box(&self.data, &self.dims, &at, &mut out, &extent, &zero, &extent, self.dtype.size_bytes());
         HostArray::from_bytes(self.dtype, &extent, out)
     }
 
@@ -215,25 +216,11 @@ impl HostArray {
         }
         let elem = self.dtype.size_bytes();
         let mut out = vec![0u8; element_count(dims)? * elem];
-        let rank = dims.len();
-        if rank == 0 || self.data.is_empty() {
-            out[..self.data.len()].copy_from_slice(&self.data);
-            return HostArray::from_bytes(self.dtype, dims, out);
-        }
-        let row = self.dims[rank - 1] as usize * elem;
-        let rows = self.data.len() / row.max(1);
-        for r in 0..rows {
-            // Row r's index over the leading dimensions, re-laid out in the padded shape.
-            let (mut rem, mut off) = (r, 0usize);
-            let mut stride = 1usize;
-            for d in (0..rank - 1).rev() {
-                let i = rem % self.dims[d] as usize;
-                rem /= self.dims[d] as usize;
-                off += i * stride;
-                stride *= dims[d] as usize;
-            }
-            let at = off * dims[rank - 1] as usize * elem;
-            out[at..at + row].copy_from_slice(&self.data[r * row..(r + 1) * row]);
+        let zero = vec![0i64; dims.len()];
+        if dims.is_empty() {
+            out.copy_from_slice(&self.data);
+        } else {
+            sharding::copy_box(&self.data, &self.dims, &zero, &mut out, dims, &zero, &self.dims, elem);
         }
         HostArray::from_bytes(self.dtype, dims, out)
     }
@@ -250,42 +237,6 @@ impl std::fmt::Debug for HostArray {
         let shown: Vec<String> = values.iter().take(8).map(|v| format!("{v}")).collect();
         let more = if values.len() > 8 { ", ..." } else { "" };
         write!(f, "{} [{}{more}]", self.type_string(), shown.join(", "))
-    }
-}
-
-/// Copies the box `region` of a row-major array of shape `dims` into `out` (shape `extent`).
-fn copy_region(data: &[u8], dims: &[i64], region: &[Range<i64>], out: &mut [u8], extent: &[i64], elem: usize) {
-    let rank = dims.len();
-    if rank == 0 {
-        out.copy_from_slice(&data[..elem]);
-        return;
-    }
-    if extent.contains(&0) {
-        return;
-    }
-    let row = extent[rank - 1] as usize * elem;
-    let mut idx = vec![0i64; rank];
-    let mut o = 0usize;
-    loop {
-        let mut off = 0i64;
-        for d in 0..rank {
-            off = off * dims[d] + region[d].start + idx[d];
-        }
-        let at = off as usize * elem;
-        out[o..o + row].copy_from_slice(&data[at..at + row]);
-        o += row;
-        let mut d = rank - 1;
-        loop {
-            if d == 0 {
-                return;
-            }
-            d -= 1;
-            idx[d] += 1;
-            if idx[d] < extent[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
     }
 }
 

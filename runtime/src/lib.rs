@@ -24,7 +24,7 @@ pub use client::{download, Client, PluginInfo};
 pub use compile_cache::{CacheKey, CacheStats, CompileCache};
 pub use compiled::{CompiledSignature, CompiledType};
 pub use cpu_cache::CacheState;
-pub use device_array::{Arg, DeviceArray};
+pub use device_array::{rows_region, AddressableShard, Arg, DeviceArray};
 pub use discovery::PluginSpec;
 pub use dtype::{DType, TensorType};
 pub use error::{Error, Result};

@@ -12,7 +12,7 @@ mod tiles;
 pub use mesh::{Mesh, PartitionSpec};
 pub use named::NamedSharding;
 pub use op_sharding::OpSharding;
-pub use tiles::{assemble, shard_of, Tiling};
+pub use tiles::{assemble, copy_box, shard_of, Tiling};
 
 /// Why a sharding could not be decoded, built or applied to an array.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]

@@ -86,7 +86,16 @@ fn unflatten(mut flat: i64, dims: &[i64]) -> Vec<i64> {
 #[allow(clippy::too_many_arguments)] // two (array, shape, offset) triples, extent, size
 /// Copies `extent` elements (a box) from `src` at `src_at` to `dst` at `dst_at`, both
 /// row-major arrays of the given shapes with `elem`-byte elements.
-fn copy_box(src: &[u8], src_shape: &[i64], src_at: &[i64], dst: &mut [u8], dst_shape: &[i64], dst_at: &[i64], extent: &[i64], elem: usize) {
+pub fn copy_box(
+    src: &[u8],
+    src_shape: &[i64],
+    src_at: &[i64],
+    dst: &mut [u8],
+    dst_shape: &[i64],
+    dst_at: &[i64],
+    extent: &[i64],
+    elem: usize,
+) {
     if extent.iter().any(|&e| e <= 0) {
         return;
     }

@@ -228,26 +228,7 @@ pub fn load_trainable(dir: &Path, cfg: &Config, lora: Option<&gemma::lora::Lora>
                 );
             }
             let params = data::peft::read_weights(dir, cfg, l)?;
-            let opt_file = dir.join("optimizer.safetensors");
-            let bytes = std::fs::read(&opt_file).with_context(|| format!("cannot read {}", opt_file.display()))?;
-            let opt = safetensors::SafeTensors::deserialize(&bytes)
-                .map_err(|e| Error::Invalid(format!("{}: bad safetensors file: {e}", opt_file.display())))?;
-            let moment = |prefix: &str| -> Result<Vec<(String, HostArray)>> {
-                l.shapes(cfg)
-                    .iter()
-                    .map(|(n, dims)| {
-                        let t = opt
-                            .tensor(&format!("{prefix}{n}"))
-                            .map_err(|e| Error::Invalid(format!("{}: tensor {prefix}{n}: {e}", opt_file.display())))?;
-                        let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-                        if t.dtype() != safetensors::Dtype::F32 || &shape != dims {
-                            bail!("{}: tensor {prefix}{n} is {:?}{shape:?}, expected F32{dims:?}", opt_file.display(), t.dtype());
-                        }
-                        Ok((n.clone(), HostArray::from_bytes(DType::F32, &shape, t.data().to_vec())?))
-                    })
-                    .collect()
-            };
-            let (m, v) = (moment("m.")?, moment("v.")?);
+            let (m, v) = read_moments(&dir.join("optimizer.safetensors"), &l.shapes(cfg))?;
             let (meta, step) = read_meta(dir)?;
             Ok((Saved::Whole(HostState { params, m, v, step }), meta))
         }
@@ -501,26 +482,7 @@ pub fn load(dir: &Path, cfg: &Config) -> Result<(Saved, Meta)> {
     let params =
         names.iter().map(|n| Ok((n.clone(), f32_of(&model_file, ck.get(n).expect("internal: validated"))?))).collect::<Result<_>>()?;
     let opt_file = dir.join("optimizer.safetensors");
-    let bytes = std::fs::read(&opt_file).with_context(|| format!("cannot read {}", opt_file.display()))?;
-    let opt = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::Invalid(format!("{}: bad safetensors file: {e}", opt_file.display())))?;
-    let moment = |prefix: &str| -> Result<Vec<(String, HostArray)>> {
-        let shapes = gemma::param_shapes(cfg);
-        shapes
-            .iter()
-            .map(|(n, dims)| {
-                let t = opt
-                    .tensor(&format!("{prefix}{n}"))
-                    .map_err(|e| Error::Invalid(format!("{}: tensor {prefix}{n}: {e}", opt_file.display())))?;
-                let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-                if t.dtype() != safetensors::Dtype::F32 || &shape != dims {
-                    bail!("{}: tensor {prefix}{n} is {:?}{shape:?}, expected F32{dims:?}", opt_file.display(), t.dtype());
-                }
-                Ok((n.clone(), HostArray::from_bytes(DType::F32, &shape, t.data().to_vec())?))
-            })
-            .collect()
-    };
-    let (m, v) = (moment("m.")?, moment("v.")?);
+    let (m, v) = read_moments(&opt_file, &gemma::param_shapes(cfg))?;
     let (meta, step) = read_meta(dir)?;
     for (file, part, list) in [(&model_file, "", &params), (&opt_file, "m.", &m), (&opt_file, "v.", &v)] {
         for (name, array) in list {
@@ -530,6 +492,32 @@ pub fn load(dir: &Path, cfg: &Config) -> Result<(Saved, Meta)> {
         }
     }
     Ok((Saved::Whole(HostState { params, m, v, step }), meta))
+}
+
+/// Host arrays by checkpoint name.
+type Named = Vec<(String, HostArray)>;
+
+/// AdamW's moments `m.<name>` and `v.<name>` (f32, of `shapes`) from `optimizer.safetensors`.
+fn read_moments(file: &Path, shapes: &[(String, Vec<i64>)]) -> Result<(Named, Named)> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let opt = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::Invalid(format!("{}: bad safetensors file: {e}", file.display())))?;
+    let moment = |prefix: &str| -> Result<Vec<(String, HostArray)>> {
+        shapes
+            .iter()
+            .map(|(n, dims)| {
+                let t = opt
+                    .tensor(&format!("{prefix}{n}"))
+                    .map_err(|e| Error::Invalid(format!("{}: tensor {prefix}{n}: {e}", file.display())))?;
+                let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+                if t.dtype() != safetensors::Dtype::F32 || &shape != dims {
+                    bail!("{}: tensor {prefix}{n} is {:?}{shape:?}, expected F32{dims:?}", file.display(), t.dtype());
+                }
+                Ok((n.clone(), HostArray::from_bytes(DType::F32, &shape, t.data().to_vec())?))
+            })
+            .collect()
+    };
+    Ok((moment("m.")?, moment("v.")?))
 }
 
 /// The trainer state of the checkpoint in `dir` and its step (which must be the directory's).

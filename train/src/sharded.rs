@@ -228,11 +228,17 @@ impl StateSource for ShardedState {
             if t.dtype() != safetensors::Dtype::F32 || tshape != dims {
                 bail!("{}: piece {} is {:?}{tshape:?}, expected F32{dims:?}", path.display(), p.name, t.dtype());
             }
-            let piece = HostArray::from_bytes(DType::F32, &dims, t.data().to_vec())?;
             let local: Vec<Range<i64>> = inter.iter().zip(&p.region).map(|(i, r)| i.start - r.start..i.end - r.start).collect();
-            let part = piece.slice(&local)?;
-            paste(&mut out, &extent, &part, &inter.iter().zip(region).map(|(i, r)| i.start - r.start).collect::<Vec<_>>());
-            covered += part.len();
+            // The intersection, from the piece's box into the region's.
+            let src_at: Vec<i64> = local.iter().map(|r| r.start).collect();
+            let dst_at: Vec<i64> = inter.iter().zip(region).map(|(i, r)| i.start - r.start).collect();
+            let size: Vec<i64> = inter.iter().map(|r| r.end - r.start).collect();
+            if dims.is_empty() {
+                out.copy_from_slice(t.data());
+            } else {
+                sharding::copy_box(t.data(), &dims, &src_at, &mut out, &extent, &dst_at, &size, 4);
+            }
+            covered += size.iter().product::<i64>() as usize;
         }
         if covered != count {
             bail!("{}: the pieces of {key} cover {covered} of the {count} values of region {region:?}", self.dir.join(INDEX).display());
@@ -246,31 +252,5 @@ impl StateSource for ShardedState {
 
     fn step(&self) -> u64 {
         self.step
-    }
-}
-
-/// Copies `part` into the row-major f32 buffer `out` of shape `extent` at offset `at`.
-fn paste(out: &mut [u8], extent: &[i64], part: &HostArray, at: &[i64]) {
-    let dims = part.dims();
-    let rank = dims.len();
-    let src = part.bytes();
-    if rank == 0 {
-        out[..4].copy_from_slice(&src[..4]);
-        return;
-    }
-    let row = dims[rank - 1] as usize * 4;
-    let rows = src.len().checked_div(row).unwrap_or(0);
-    for r in 0..rows {
-        let (mut rem, mut off) = (r, 0i64);
-        let mut idx = vec![0i64; rank];
-        for d in (0..rank - 1).rev() {
-            idx[d] = (rem % dims[d] as usize) as i64;
-            rem /= dims[d] as usize;
-        }
-        for d in 0..rank {
-            off = off * extent[d] + at[d] + idx[d];
-        }
-        let o = off as usize * 4;
-        out[o..o + row].copy_from_slice(&src[r * row..(r + 1) * row]);
     }
 }

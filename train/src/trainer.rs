@@ -680,16 +680,8 @@ impl Trainer {
             let Some(Some((rows, data))) = others.get(own.owners()[d]) else {
                 return Err(runtime::Error::Argument(format!("no rows for device {d}, which is not this host's")));
             };
-            let mut offset = 0;
-            for r in rows {
-                if region[0].start >= r.start && region[0].end <= r.end {
-                    let mut within = region.to_vec();
-                    within[0] = offset + region[0].start - r.start..offset + region[0].end - r.start;
-                    return data.slice(&within);
-                }
-                offset += r.end - r.start;
-            }
-            Err(runtime::Error::Argument(format!("host {} does not hold rows {:?}", own.owners()[d], region[0])))
+            runtime::rows_region(data, rows, region)
+                .unwrap_or_else(|| Err(runtime::Error::Argument(format!("host {} does not hold rows {:?}", own.owners()[d], region[0]))))
         })?;
         Ok(array)
     }
