@@ -172,35 +172,19 @@ pub fn save_trainable<A: Borrow<DeviceArray>>(
     let Some(l) = lora else { return save(out, cfg, state, step, meta, keep) };
     let dir = out.join("checkpoints");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = format!("step_{step}");
-    let final_dir = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(format!(".step_{step}.tmp-{}", std::process::id()));
     let shapes = l.shapes(cfg);
-    let written = (|| -> Result<()> {
-        std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    commit(&dir, &tmp, step, keep, |tmp| {
+        std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         write_from_devices(&tmp.join("adapter_model.safetensors"), state, &entries_of(&shapes, "params", data::peft::PREFIX))?;
-        gemma::write_atomic(
-            &tmp.join("adapter_config.json"),
-            data::peft::config_json(l, meta.settings.get("--init").map(String::as_str)).as_bytes(),
-        )?;
+        let base = meta.settings.get("--init").map(String::as_str);
+        gemma::write_atomic(&tmp.join("adapter_config.json"), data::peft::config_json(l, base).as_bytes())?;
         gemma::write_atomic(&tmp.join("config.json"), cfg.to_hf_json().as_bytes())?;
         let mut opt = entries_of(&shapes, "opt.m", "m.");
         opt.extend(entries_of(&shapes, "opt.v", "v."));
         write_from_devices(&tmp.join("optimizer.safetensors"), state, &opt)?;
-        write_state_json(&tmp, step, meta, 1)?;
-        sync_dir(&tmp)?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir).with_context(|| format!("cannot replace {}", final_dir.display()))?;
-        }
-        std::fs::rename(&tmp, &final_dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
-        sync_dir(&dir)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e.context(format!("cannot save checkpoint {}", final_dir.display())));
-    }
-    prune(&dir, keep)?;
-    Ok(final_dir)
+        write_state_json(tmp, step, meta, 1)
+    })
 }
 
 /// [`load`] for a run whose trainable tensors are `lora`'s adapters (None: the weights). A
@@ -240,24 +224,31 @@ pub fn load_trainable(dir: &Path, cfg: &Config, lora: Option<&gemma::lora::Lora>
 pub fn save<A: Borrow<DeviceArray>>(out: &Path, cfg: &Config, state: &Tree<A>, step: u64, meta: &Meta, keep: usize) -> Result<PathBuf> {
     let dir = out.join("checkpoints");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = format!("step_{step}");
-    let final_dir = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let previous = newest(&dir)?.map(|(_, p)| p);
-    let written = write_dir(&tmp, cfg, state, step, meta).and_then(|()| {
+    let tmp = dir.join(format!(".step_{step}.tmp-{}", std::process::id()));
+    commit(&dir, &tmp, step, keep, |tmp| write_dir(tmp, cfg, state, step, meta))
+}
+
+/// Fills the temporary directory `tmp` with `fill`, syncs it and renames it to
+/// `dir/step_<step>` (replacing one that is there), then keeps the newest `keep`. On failure
+/// the temporary directory is removed and the error says the previous checkpoint is intact.
+fn commit(dir: &Path, tmp: &Path, step: u64, keep: usize, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    let final_dir = dir.join(format!("step_{step}"));
+    let previous = newest(dir)?.map(|(_, p)| p);
+    let written = fill(tmp).and_then(|()| {
+        sync_dir(tmp)?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir).with_context(|| format!("cannot replace {}", final_dir.display()))?;
         }
-        std::fs::rename(&tmp, &final_dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
-        sync_dir(&dir)
+        std::fs::rename(tmp, &final_dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
+        sync_dir(dir)
     });
     if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_dir_all(tmp);
         let kept =
             previous.map_or("there is no earlier checkpoint".to_string(), |p| format!("the previous checkpoint {} is intact", p.display()));
         return Err(e.context(format!("cannot save checkpoint {} ({kept})", final_dir.display())));
     }
-    prune(&dir, keep)?;
+    prune(dir, keep)?;
     Ok(final_dir)
 }
 
@@ -277,7 +268,6 @@ pub fn save_sharded(
 ) -> Result<PathBuf> {
     let dir = out.join("checkpoints");
     let name = format!("step_{step}");
-    let final_dir = dir.join(&name);
     let mut entries = entries(cfg, "params", "params.");
     entries.extend(crate::checkpoints::entries(cfg, "opt.m", "m."));
     entries.extend(crate::checkpoints::entries(cfg, "opt.v", "v."));
@@ -302,8 +292,7 @@ pub fn save_sharded(
     crate::sharded::write_pieces(&tmp, cluster, state, &entries)?;
     cluster.barrier(&format!("checkpoint/{step}/written"))?;
     if cluster.writes() {
-        let previous = newest(&dir)?.map(|(_, p)| p);
-        let committed = (|| -> Result<()> {
+        commit(&dir, &tmp, step, keep, |tmp| {
             for p in 0..cluster.processes() {
                 let f = tmp.join(crate::sharded::shard_file(p, cluster.processes()));
                 if !f.is_file() {
@@ -312,24 +301,11 @@ pub fn save_sharded(
             }
             gemma::write_atomic(&tmp.join(crate::sharded::INDEX), crate::sharded::index_json(cluster, state, &entries)?.as_bytes())?;
             gemma::write_atomic(&tmp.join("config.json"), cfg.to_hf_json().as_bytes())?;
-            write_state_json(&tmp, step, meta, cluster.processes())?;
-            sync_dir(&tmp)?;
-            if final_dir.exists() {
-                std::fs::remove_dir_all(&final_dir).with_context(|| format!("cannot replace {}", final_dir.display()))?;
-            }
-            std::fs::rename(&tmp, &final_dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
-            sync_dir(&dir)
-        })();
-        if let Err(e) = committed {
-            let _ = std::fs::remove_dir_all(&tmp);
-            let kept = previous
-                .map_or("there is no earlier checkpoint".to_string(), |p| format!("the previous checkpoint {} is intact", p.display()));
-            return Err(e.context(format!("cannot save checkpoint {} ({kept})", final_dir.display())));
-        }
-        prune(&dir, keep)?;
+            write_state_json(tmp, step, meta, cluster.processes())
+        })?;
     }
     cluster.barrier(&format!("checkpoint/{step}/committed"))?;
-    Ok(final_dir)
+    Ok(dir.join(name))
 }
 
 fn write_state_json(dir: &Path, step: u64, meta: &Meta, hosts: usize) -> Result<()> {
