@@ -204,7 +204,7 @@ fn a_run_needs_its_token_and_the_right_one() {
     // A stray process with another token is refused by host 0's service; host 0 then waits
     // for its host 1 until the timeout and names it.
     let port = free_port();
-    let host0 = command(&train_args(&cfg, &out, 4, "data=2,model=2", &["--coordination-timeout", "3"]))
+    let host0 = command(&train_args(&cfg, &out, 4, "data=2,model=2", &["--coordination-timeout", "6"]))
         .env("GEMMA_XLA_PROCESS_ID", "0")
         .env("GEMMA_XLA_NUM_PROCESSES", "2")
         .env("GEMMA_XLA_COORDINATOR", format!("127.0.0.1:{port}"))
