@@ -120,14 +120,15 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Scores every item: the multiple-choice items by log-likelihood, then the generation items
-/// by greedy decoding (which need `tok`); `eos` ends a generation. `progress(n)` is called as
-/// `n` more sequences are done. Outcomes come back in item order.
+/// by greedy decoding (which need `tok`); `eos` ends a generation. `progress(n, tokens)` is
+/// called as `n` more sequences are done, with the tokens run through the model so far
+/// (prefill and decode). Outcomes come back in item order.
 pub fn evaluate(
     g: &mut Generator,
     items: &[Item],
     tok: Option<&TextTokenizer>,
     eos: &[i32],
-    mut progress: impl FnMut(usize),
+    mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<(usize, Outcome)>> {
     let choice: Vec<usize> = (0..items.len()).filter(|&i| matches!(items[i].kind, Kind::Choice { .. })).collect();
     let gen: Vec<usize> = (0..items.len()).filter(|&i| matches!(items[i].kind, Kind::Generate { .. })).collect();
@@ -356,7 +357,12 @@ fn argmax(x: &[f64]) -> usize {
 /// Each batch computes the context prefix all its items share once, each item's context once
 /// more, and copies them on the devices to the rows of its choices, which then score only
 /// their own tokens.
-pub fn score_choices(g: &mut Generator, items: &[Item], ids: &[usize], mut progress: impl FnMut(usize)) -> Result<Vec<(usize, Outcome)>> {
+pub fn score_choices(
+    g: &mut Generator,
+    items: &[Item],
+    ids: &[usize],
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<(usize, Outcome)>> {
     // (item, choice) pairs with tokens to score; empty continuations score 0 and are greedy.
     let mut pairs = Vec::new();
     for &i in ids {
@@ -439,7 +445,7 @@ pub fn score_choices(g: &mut Generator, items: &[Item], ids: &[usize], mut progr
         for (q, (logp, greedy)) in out.into_iter().enumerate().take(chunk.len()) {
             scored.insert(chunk[q], (logp.iter().map(|&x| x as f64).sum(), greedy.iter().all(|&x| x)));
         }
-        progress(chunk.len());
+        progress(chunk.len(), g.timing.prefill_tokens + g.timing.decode_tokens);
     }
     let mut results = Vec::new();
     for &i in ids {
@@ -474,7 +480,7 @@ pub fn run_generation(
     items: &[Item],
     ids: &[usize],
     eos: &[i32],
-    mut progress: impl FnMut(usize),
+    mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<(usize, Outcome)>> {
     let rows = g.batch();
     let mut results = Vec::new();
@@ -506,7 +512,7 @@ pub fn run_generation(
             let (exact_match, answer) = scored.map_err(|e| Error::Data { path: format!("task file line {line}"), message: e })?;
             results.push((chunk[q], Outcome::Generate { generated, answer, exact_match }));
         }
-        progress(chunk.len());
+        progress(chunk.len(), g.timing.prefill_tokens + g.timing.decode_tokens);
     }
     Ok(results)
 }

@@ -38,7 +38,7 @@ fn score(text: &str, batch: usize) -> Result<(Vec<Value>, serde_json::Map<String
     let params = data::checkpoint::param_views(&ck, &cfg)?;
     let mut g = Generator::new(&client, &cfg, &params, Placement::single(DType::F32), batch, eval::cache_len(&items, info.context))?;
     let mut progressed = 0;
-    let outcomes = eval::evaluate(&mut g, &items, tok.as_ref(), &info.eos, |n| progressed += n)?;
+    let outcomes = eval::evaluate(&mut g, &items, tok.as_ref(), &info.eos, |n, _| progressed += n)?;
     assert_eq!(progressed, eval::sequences(&items));
     let json = outcomes.iter().map(|(i, o)| eval::outcome_json(*i, &items[*i], o)).collect();
     let tokens = g.timing.prefill_tokens + g.timing.decode_tokens;

@@ -54,7 +54,7 @@ fn a_scoring_regex_that_backtracks_past_the_limit_fails_naming_the_line() -> Res
     let params = data::checkpoint::param_views(&ck, &cfg)?;
     let (client, _cache) = testkit::cpu_client(1);
     let mut g = Generator::new(&client, &cfg, &params, Placement::single(DType::F32), 2, eval::cache_len(&items, info.context))?;
-    let err = eval::evaluate(&mut g, &items, Some(&tok), &info.eos, |_| {}).unwrap_err().to_string();
+    let err = eval::evaluate(&mut g, &items, Some(&tok), &info.eos, |_, _| {}).unwrap_err().to_string();
     assert!(err.contains("line 2") && err.contains("answer_regex"), "{err}");
     Ok(())
 }

@@ -82,7 +82,7 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
     let bar = if terminal {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} sequences, {per_sec}, ETA {eta}")
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} sequences, {msg}, ETA {eta}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar
@@ -92,13 +92,14 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
     let began = Instant::now();
     let (mut done, mut said) = (0u64, Instant::now());
     eprintln!("eval: {} items, {total} sequences to score", items.len());
-    let outcomes = eval::evaluate(&mut g, &items, tok.as_ref(), &info.eos, |n| {
+    let outcomes = eval::evaluate(&mut g, &items, tok.as_ref(), &info.eos, |n, tokens| {
         bar.inc(n as u64);
         done += n as u64;
+        let tokens_per_s = tokens as f64 / began.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{tokens_per_s:.0} tokens/s"));
         if !terminal && said.elapsed().as_secs() >= 10 {
             said = Instant::now();
-            let rate = done as f64 / began.elapsed().as_secs_f64().max(1e-9);
-            eprintln!("eval: {done}/{total} sequences scored ({rate:.1}/s)");
+            eprintln!("eval: {done}/{total} sequences scored, {tokens_per_s:.0} tokens/s");
         }
     })?;
     bar.finish_and_clear();
