@@ -219,3 +219,56 @@ fn dump_plan_and_compile_cover_the_new_members() {
     let text = testkit::succeeded(&o);
     assert!(text.contains("memory per chip"), "{text}");
 }
+
+#[test]
+fn eval_with_window_sized_caches_scores_as_full_recomputation() {
+    // Contexts longer than the window (3), choices sharing the context's cache rows: each
+    // choice's log-likelihood equals the sum of log-softmax over a full forward pass.
+    let dir = testkit::scratch_dir("gemma23-eval");
+    let model = fixture("gemma2");
+    let context = [2, 5, 9, 14, 20, 27, 30, 11];
+    let choices: [&[i32]; 3] = [&[3, 4], &[40], &[41, 42, 43]];
+    let tasks = dir.join("tasks.jsonl");
+    let line = serde_json::json!({"context_ids": context, "choices_ids": choices, "gold": 1});
+    std::fs::write(&tasks, format!("{line}\n{line}\n")).unwrap();
+    let scores = dir.join("scores.jsonl");
+    testkit::succeeded(&run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--tasks",
+        tasks.to_str().unwrap(),
+        "--batch",
+        "3",
+        "--out",
+        scores.to_str().unwrap(),
+    ]));
+    let got: Vec<f64> = testkit::json_lines(&scores)[0]["loglikelihoods"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    for (c, choice) in choices.iter().enumerate() {
+        let seq: Vec<i32> = context.iter().chain(choice.iter()).copied().collect();
+        let npy = dir.join(format!("seq{c}.npy"));
+        let a = runtime::HostArray::from_vec(&[1, seq.len() as i64], seq.clone()).unwrap();
+        std::fs::write(&npy, data::npy::encode_array(&a).unwrap()).unwrap();
+        let out = dir.join(format!("f{c}.safetensors"));
+        testkit::succeeded(&run(&[
+            "forward",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokens",
+            npy.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        let logits = &testkit::safetensors_f64(&out)["logits"].1;
+        let v = 64;
+        let mut want = 0.0;
+        for (j, &tok) in choice.iter().enumerate() {
+            let t = context.len() - 1 + j; // the position predicting choice token j
+            let row = &logits[t * v..(t + 1) * v];
+            let max = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+            want += row[tok as usize] - lse;
+        }
+        assert!((got[c] - want).abs() <= 1e-4 * want.abs().max(1.0), "choice {c}: eval {} vs recomputed {want}", got[c]);
+    }
+}
