@@ -236,3 +236,25 @@ fn a_single_host_tpu_vm_is_one_host() {
     .unwrap();
     assert_eq!((role.index, role.count), (0, 1));
 }
+
+#[test]
+fn chat_fine_tuning_on_two_hosts_equals_one_process() {
+    // Conversations carry per-token loss weights: each host reads and places its rows' tokens
+    // and weights alike.
+    let dir = testkit::scratch_dir("multihost-sft");
+    let args = |out: &Path| -> Vec<String> {
+        ["train", "--init", "fixtures/generate", "--data", "fixtures/sft/conversations.jsonl", "--chat-template", "fixtures/sft/chat_template.jinja"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--devices", "2", "--mesh", "data=2", "--batch", "2", "--steps", "4", "--save-every", "2", "--sample", "0"].iter().map(|s| s.to_string()))
+            .chain(["--coordination-timeout".to_string(), "60".to_string(), "--out".to_string(), out.to_str().unwrap().to_string()])
+            .collect()
+    };
+    let one = dir.join("one");
+    testkit::succeeded(&command(&args(&one)).output().unwrap());
+    let two = dir.join("two");
+    for o in finish(start_hosts(2, "sft", |_| args(&two))) {
+        testkit::succeeded(&o);
+    }
+    assert!(std::fs::read(one.join("model.safetensors")).unwrap() == std::fs::read(two.join("model.safetensors")).unwrap());
+}
