@@ -243,12 +243,24 @@ fn chat_fine_tuning_on_two_hosts_equals_one_process() {
     // and weights alike.
     let dir = testkit::scratch_dir("multihost-sft");
     let args = |out: &Path| -> Vec<String> {
-        ["train", "--init", "fixtures/generate", "--data", "fixtures/sft/conversations.jsonl", "--chat-template", "fixtures/sft/chat_template.jinja"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["--devices", "2", "--mesh", "data=2", "--batch", "2", "--steps", "4", "--save-every", "2", "--sample", "0"].iter().map(|s| s.to_string()))
-            .chain(["--coordination-timeout".to_string(), "60".to_string(), "--out".to_string(), out.to_str().unwrap().to_string()])
-            .collect()
+        [
+            "train",
+            "--init",
+            "fixtures/generate",
+            "--data",
+            "fixtures/sft/conversations.jsonl",
+            "--chat-template",
+            "fixtures/sft/chat_template.jinja",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(
+            ["--devices", "2", "--mesh", "data=2", "--batch", "2", "--steps", "4", "--save-every", "2", "--sample", "0"]
+                .iter()
+                .map(|s| s.to_string()),
+        )
+        .chain(["--coordination-timeout".to_string(), "60".to_string(), "--out".to_string(), out.to_str().unwrap().to_string()])
+        .collect()
     };
     let one = dir.join("one");
     testkit::succeeded(&command(&args(&one)).output().unwrap());
