@@ -109,25 +109,27 @@ fn write_frame(stream: &mut TcpStream, header: &Value, payload: &[u8]) -> std::i
     stream.flush()
 }
 
-fn read_frame(stream: &mut TcpStream) -> std::io::Result<(Value, Vec<u8>)> {
-    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+fn invalid_data(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+/// A u32 length, bounded by `max` before anything is allocated, then that many bytes.
+fn read_block(stream: &mut TcpStream, max: u32, what: &str) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len)?;
     let n = u32::from_be_bytes(len);
-    if n > MAX_HEADER {
-        return Err(bad(format!("a frame header of {n} bytes (at most {MAX_HEADER})")));
+    if n > max {
+        return Err(invalid_data(format!("{what} of {n} bytes (at most {max})")));
     }
-    let mut h = vec![0u8; n as usize];
-    stream.read_exact(&mut h)?;
-    let header: Value = serde_json::from_slice(&h).map_err(|e| bad(format!("a frame header that is not JSON: {e}")))?;
-    stream.read_exact(&mut len)?;
-    let n = u32::from_be_bytes(len);
-    if n > MAX_VALUE {
-        return Err(bad(format!("a payload of {n} bytes (at most {MAX_VALUE})")));
-    }
-    let mut payload = vec![0u8; n as usize];
-    stream.read_exact(&mut payload)?;
-    Ok((header, payload))
+    let mut bytes = vec![0u8; n as usize];
+    stream.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn read_frame(stream: &mut TcpStream) -> std::io::Result<(Value, Vec<u8>)> {
+    let h = read_block(stream, MAX_HEADER, "a frame header")?;
+    let header: Value = serde_json::from_slice(&h).map_err(|e| invalid_data(format!("a frame header that is not JSON: {e}")))?;
+    Ok((header, read_block(stream, MAX_VALUE, "a payload")?))
 }
 
 fn same_token(a: &str, b: &str) -> bool {

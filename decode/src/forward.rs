@@ -25,20 +25,6 @@ impl Default for ForwardOptions {
     }
 }
 
-/// [`forward`] where `params` also holds `lora`'s adapters, applied without merging (the
-/// gradients then include the adapters').
-pub fn forward_with_adapters<A: AsHostView>(
-    client: &Client,
-    cfg: &Config,
-    params: &Tree<A>,
-    tokens: &HostArray,
-    mask: Option<&HostArray>,
-    opts: ForwardOptions,
-    lora: Option<&gemma::lora::Lora>,
-) -> Result<Vec<(String, HostArray)>> {
-    run_forward(client, cfg, params, tokens, mask, opts, lora)
-}
-
 /// Runs the model on one device of `client`: `params` by checkpoint name (any float dtype;
 /// converted to `opts.dtype`), `tokens` s32 [B, T], `mask` an optional s32 0/1 padding mask
 /// of the same shape. Returns every output as f32 (f64 when `opts.dtype` is f64), by name:
@@ -51,10 +37,12 @@ pub fn forward<A: AsHostView>(
     mask: Option<&HostArray>,
     opts: ForwardOptions,
 ) -> Result<Vec<(String, HostArray)>> {
-    run_forward(client, cfg, params, tokens, mask, opts, None)
+    forward_with_adapters(client, cfg, params, tokens, mask, opts, None)
 }
 
-fn run_forward<A: AsHostView>(
+/// [`forward`] where `params` also holds `lora`'s adapters, applied without merging (the
+/// gradients then include the adapters').
+pub fn forward_with_adapters<A: AsHostView>(
     client: &Client,
     cfg: &Config,
     params: &Tree<A>,

@@ -39,11 +39,7 @@ fn compile(args: &[&str]) -> Option<String> {
     }
     assert!(o.status.success(), "{all:?} failed: {err}");
     // No warning or error line from libtpu or XLA (`W0000 ...`, `E1205 ...`).
-    let glog = err.lines().find(|l| {
-        let b = l.as_bytes();
-        b.len() > 5 && (b[0] == b'W' || b[0] == b'E') && b[1..5].iter().all(u8::is_ascii_digit)
-    });
-    assert!(glog.is_none() && !err.contains("WARNING"), "{err}");
+    assert!(testkit::xla_log_lines(&err).is_empty() && !err.contains("WARNING"), "{err}");
     // Progress on a non-terminal: a plain line as each phase starts.
     assert!(err.contains("compile: tracing and lowering") && err.contains("compile: XLA compiling"), "{err}");
     Some(String::from_utf8_lossy(&o.stdout).into_owned())

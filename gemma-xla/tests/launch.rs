@@ -41,16 +41,7 @@ fn launch(dir: &Path, extra: &[&str], command: &[&str]) -> std::process::Output 
     let mut c = testkit::gemma_xla(bin);
     c.args(["launch", "--tpu", "my-v5e-16", "--zone", "us-west4-a", "--project", "proj", "--port", &port, "--binary", bin]);
     c.args(extra).arg("--").args(command).env("PATH", path).env("GCLOUD_LOG", log);
-    for v in [
-        "GEMMA_XLA_PROCESS_ID",
-        "GEMMA_XLA_NUM_PROCESSES",
-        "GEMMA_XLA_COORDINATOR",
-        "GEMMA_XLA_RUN_TOKEN",
-        "TPU_WORKER_ID",
-        "TPU_WORKER_HOSTNAMES",
-    ] {
-        c.env_remove(v);
-    }
+    testkit::single_host(&mut c);
     c.output().unwrap()
 }
 

@@ -46,16 +46,7 @@ fn train_args(cfg: &Path, out: &Path, devices: usize, mesh: &str, extra: &[&str]
 fn command(args: &[String]) -> Command {
     let mut c = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"));
     c.args(args);
-    for v in [
-        "GEMMA_XLA_PROCESS_ID",
-        "GEMMA_XLA_NUM_PROCESSES",
-        "GEMMA_XLA_COORDINATOR",
-        "GEMMA_XLA_RUN_TOKEN",
-        "TPU_WORKER_ID",
-        "TPU_WORKER_HOSTNAMES",
-    ] {
-        c.env_remove(v);
-    }
+    testkit::single_host(&mut c);
     c
 }
 

@@ -414,17 +414,6 @@ fn resume_refuses_settings_that_change_the_run_unless_overridden() {
     std::fs::remove_dir_all(out).unwrap();
 }
 
-/// XLA's glog lines (`W0000 ...`, `E1205 ...`): a warning or error from the plugin.
-fn xla_log_lines(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter(|l| {
-            let b = l.as_bytes();
-            b.len() > 5 && (b[0] == b'W' || b[0] == b'E') && b[1..5].iter().all(u8::is_ascii_digit)
-        })
-        .collect()
-}
-
 #[test]
 fn the_main_job_prints_no_xla_warning() {
     // The main job's step on its mesh (data=2,model=2), as scripts/main.sh runs it.
@@ -435,6 +424,6 @@ fn the_main_job_prints_no_xla_warning() {
         .unwrap();
     let text = testkit::succeeded(&o);
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(xla_log_lines(&stderr).is_empty(), "XLA printed:\n{text}");
+    assert!(testkit::xla_log_lines(&stderr).is_empty(), "XLA printed:\n{text}");
     assert!(!stderr.contains("WARNING"), "{stderr}");
 }

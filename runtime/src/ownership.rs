@@ -65,12 +65,6 @@ impl Ownership {
         Ownership::checked((0..devices).map(|d| d / per).collect(), process, processes, true)
     }
 
-    /// Stand-ins with the owners given device by device (`owners[d]` owns mesh device d).
-    pub fn with_stand_ins_owned_by(owners: Vec<usize>, process: usize) -> Result<Ownership> {
-        let processes = owners.iter().max().map_or(1, |m| m + 1);
-        Ownership::checked(owners, process, processes, true)
-    }
-
     fn checked(owners: Vec<usize>, process: usize, processes: usize, stand_ins: bool) -> Result<Ownership> {
         if process >= processes {
             return Err(Error::Argument(format!("process {process} is not below the process count {processes}")));
@@ -144,7 +138,7 @@ mod tests {
         assert!(o.has_stand_ins() && !o.owns_all() && o.is_mine(3) && !o.is_mine(4));
         assert!(Ownership::with_stand_ins(0, 4, 6).unwrap_err().to_string().contains("cannot be shared equally"));
         assert!(Ownership::with_stand_ins(3, 3, 6).is_err());
-        assert!(Ownership::with_stand_ins_owned_by(vec![0, 2, 2], 0).unwrap_err().to_string().contains("process 1 of 3 owns no device"));
+        assert!(Ownership::checked(vec![0, 2, 2], 0, 3, true).unwrap_err().to_string().contains("process 1 of 3 owns no device"));
         let single = Ownership::single(4);
         assert!(single.owns_all() && !single.has_stand_ins());
         assert_eq!(single.local(), vec![0, 1, 2, 3]);

@@ -60,6 +60,33 @@ pub fn gemma_xla(bin: &str) -> Command {
     command
 }
 
+/// `command` with the multi-host environment (`GEMMA_XLA_PROCESS_ID` and the rest, the TPU
+/// worker variables) removed, so a test runs one process unless it says otherwise.
+pub fn single_host(command: &mut Command) -> &mut Command {
+    for v in [
+        "GEMMA_XLA_PROCESS_ID",
+        "GEMMA_XLA_NUM_PROCESSES",
+        "GEMMA_XLA_COORDINATOR",
+        "GEMMA_XLA_RUN_TOKEN",
+        "TPU_WORKER_ID",
+        "TPU_WORKER_HOSTNAMES",
+    ] {
+        command.env_remove(v);
+    }
+    command
+}
+
+/// XLA's glog lines in `stderr` (`W0000 ...`, `E1205 ...`): a warning or error from a plugin.
+pub fn xla_log_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| {
+            let b = l.as_bytes();
+            b.len() > 5 && (b[0] == b'W' || b[0] == b'E') && b[1..5].iter().all(u8::is_ascii_digit)
+        })
+        .collect()
+}
+
 /// Every tensor of a safetensors file (f64 or f32) as its shape and f64 values, by name.
 pub fn safetensors_f64(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f64>)> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -620,13 +620,14 @@ impl Trainer {
         }
         let own = self.cluster.ownership();
         let (batch, seq) = (self.setup.batch as i64, self.setup.seq as i64);
-        let rows_of = |p: usize| crate::hosts::host_rows(batch, seq, &self.setup.mesh, &sharding.spec, own.owners(), p);
-        let mine = rows_of(own.process())?;
-        let tokens = self.place_rows("tokens", self.data.batch_part(self.step, self.setup.batch, shuffle, &mine)?, &mine, &rows_of)?;
+        // The rows each host supplies, computed once for both arrays.
+        let rows = (0..own.processes())
+            .map(|p| crate::hosts::host_rows(batch, seq, &self.setup.mesh, &sharding.spec, own.owners(), p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mine = &rows[own.process()];
+        let tokens = self.place_rows("tokens", self.data.batch_part(self.step, self.setup.batch, shuffle, mine)?, &rows)?;
         let weights = match self.data.has_weights() {
-            true => {
-                Some(self.place_rows("weights", self.data.weights_part(self.step, self.setup.batch, shuffle, &mine)?, &mine, &rows_of)?)
-            }
+            true => Some(self.place_rows("weights", self.data.weights_part(self.step, self.setup.batch, shuffle, mine)?, &rows)?),
             false => None,
         };
         Ok((tokens, weights))
@@ -648,22 +649,16 @@ impl Trainer {
         Ok(())
     }
 
-    /// Places one [batch, seq] array of the step from this host's rows (`local`, the rows
-    /// `mine`), the stand-ins' rows coming from the other hosts.
-    fn place_rows(
-        &self,
-        what: &str,
-        local: HostArray,
-        mine: &[std::ops::Range<i64>],
-        rows_of: &dyn Fn(usize) -> Result<Vec<std::ops::Range<i64>>>,
-    ) -> Result<DeviceArray> {
+    /// Places one [batch, seq] array of the step from this host's rows (`local`; host p
+    /// supplies the rows `rows[p]`), the stand-ins' rows coming from the other hosts.
+    fn place_rows(&self, what: &str, local: HostArray, rows: &[Vec<std::ops::Range<i64>>]) -> Result<DeviceArray> {
         let own = self.cluster.ownership();
         let sharding = self.setup.sharding("batch.tokens", 2);
         let (batch, seq) = (self.setup.batch as i64, self.setup.seq as i64);
-        let mine = mine.to_vec();
+        let mine = &rows[own.process()];
         let ty = graph::TensorType::new(local.dtype(), &[batch, seq]);
         // The other hosts' rows, for the stand-ins: every host publishes its own.
-        let mut others: Vec<Option<(Vec<std::ops::Range<i64>>, HostArray)>> = Vec::new();
+        let mut others: Vec<HostArray> = Vec::new();
         if own.has_stand_ins() {
             let all = self.cluster.all_gather(&format!("batch/{}/{what}", self.step), local.bytes())?;
             // Every host has published this step's rows, so all have read the previous step's.
@@ -671,17 +666,17 @@ impl Trainer {
                 self.cluster.forget(&format!("batch/{}/{what}/", self.step - 1))?;
             }
             for (p, bytes) in all.into_iter().enumerate() {
-                let rows = rows_of(p)?;
-                let n: i64 = rows.iter().map(|r| r.end - r.start).sum();
-                others.push(Some((rows, HostArray::from_bytes(local.dtype(), &[n, seq], bytes)?)));
+                let n: i64 = rows[p].iter().map(|r| r.end - r.start).sum();
+                others.push(HostArray::from_bytes(local.dtype(), &[n, seq], bytes)?);
             }
         }
-        let array = DeviceArray::from_process_local_data(&self.client, own, &sharding, &ty, &local, &mine, |d, region| {
-            let Some(Some((rows, data))) = others.get(own.owners()[d]) else {
+        let array = DeviceArray::from_process_local_data(&self.client, own, &sharding, &ty, &local, mine, |d, region| {
+            let p = own.owners()[d];
+            let Some(data) = others.get(p) else {
                 return Err(runtime::Error::Argument(format!("no rows for device {d}, which is not this host's")));
             };
-            runtime::rows_region(data, rows, region)
-                .unwrap_or_else(|| Err(runtime::Error::Argument(format!("host {} does not hold rows {:?}", own.owners()[d], region[0]))))
+            runtime::rows_region(data, &rows[p], region)
+                .unwrap_or_else(|| Err(runtime::Error::Argument(format!("host {} does not hold rows {:?}", p, region[0]))))
         })?;
         Ok(array)
     }
