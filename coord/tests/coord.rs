@@ -160,3 +160,19 @@ fn a_plugin_s_calls_use_connections_of_their_own() -> Result<()> {
     assert!(c0.check().is_ok() && c1.check().is_ok());
     Ok(())
 }
+
+#[test]
+fn a_process_that_reports_a_failure_stops_the_others_with_its_reason() -> Result<()> {
+    let timeout = Duration::from_secs(30);
+    let server = Server::start("127.0.0.1:0", "t", 2, timeout)?;
+    let c0 = Coordinator::connect_to(settings(&server, 0, 2, "t", timeout), None)?;
+    let c1 = Coordinator::connect_to(settings(&server, 1, 2, "t", timeout), None)?;
+    let waiter = std::thread::spawn(move || c0.barrier("step 2"));
+    std::thread::sleep(Duration::from_millis(300));
+    c1.fail("out of memory on device 3")?;
+    match waiter.join().expect("thread") {
+        Err(Error::HostFailed { process: 1, why }) => assert_eq!(why, "out of memory on device 3"),
+        other => panic!("expected host 1's failure, got {other:?}"),
+    }
+    Ok(())
+}

@@ -234,6 +234,11 @@ pub struct AdapterArg {
 pub type Adapter = (gemma::lora::Lora, Vec<(String, runtime::HostArray)>);
 
 impl AdapterArg {
+    /// The files `--adapter` reads (none without the flag): an output may not be one of them.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.adapter.iter().flat_map(|d| ["adapter_config.json", "adapter_model.safetensors"].map(|f| d.join(f))).collect()
+    }
+
     /// The adapter of `--adapter`, checked against `cfg` (None without the flag).
     pub fn load(&self, cfg: &Config) -> Result<Option<Adapter>> {
         let Some(dir) = &self.adapter else { return Ok(None) };

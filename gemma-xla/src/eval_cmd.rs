@@ -55,6 +55,8 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
         let mut inputs: Vec<&Path> = ck.files();
         inputs.extend([config_path.as_path(), a.tasks.as_path()]);
         inputs.extend(a.tokenizer.as_deref());
+        let adapter_files = a.adapter.files();
+        inputs.extend(adapter_files.iter().map(PathBuf::as_path));
         data::files::refuse_input_as_output(out, &inputs)?;
         if !data::files::is_stream(out) {
             data::files::refuse_input_as_output(&summary_path(out), &inputs)?;

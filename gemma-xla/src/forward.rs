@@ -43,6 +43,8 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     let mut inputs: Vec<&Path> = ck.files();
     inputs.extend([config_path.as_path(), a.tokens.as_path()]);
     inputs.extend(a.mask.as_deref());
+    let adapter_files = a.adapter.files();
+    inputs.extend(adapter_files.iter().map(PathBuf::as_path));
     data::files::refuse_input_as_output(&a.out, &inputs)?;
     let tokens = data::npy::read_token_ids(&a.tokens, cfg.vocab_size, 2)?;
     let (batch, seq) = (tokens.dims()[0], tokens.dims()[1]);

@@ -125,6 +125,8 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         let mut inputs: Vec<&Path> = ck.files();
         inputs.push(config_path.as_path());
         inputs.extend(a.tokens.as_deref());
+        let adapter_files = a.adapter.files();
+        inputs.extend(adapter_files.iter().map(PathBuf::as_path));
         data::files::refuse_input_as_output(out, &inputs)?;
         data::files::require_parent_dir(out)?;
     }

@@ -248,16 +248,30 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
     }
     // Nothing this run writes may be one of its inputs.
-    let written =
-        ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl", "loss.png"].map(|f| a.out.join(f));
-    let mut inputs: Vec<&Path> = a.data.iter().chain(&a.tokenizer).map(PathBuf::as_path).collect();
-    let init_files: Vec<PathBuf> = a.init.iter().flat_map(|d| ["config.json", "model.safetensors"].map(|f| d.join(f))).collect();
+    let written = [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "metrics.jsonl",
+        "loss.png",
+        "loss.svg",
+        "adapter_model.safetensors",
+        "adapter_config.json",
+    ]
+    .map(|f| a.out.join(f));
+    let mut inputs: Vec<&Path> = a.data.iter().chain(&a.tokenizer).chain(&a.chat_template).map(PathBuf::as_path).collect();
+    let init_files: Vec<PathBuf> = (a.init.iter().flat_map(|d| ["config.json", "model.safetensors"].map(|f| d.join(f))))
+        .chain(a.lora_init.iter().flat_map(|d| ["adapter_config.json", "adapter_model.safetensors"].map(|f| d.join(f))))
+        .collect();
     inputs.extend(init_files.iter().map(PathBuf::as_path));
     for w in &written {
         data::files::refuse_input_as_output(w, &inputs)?;
     }
-    let dirs: Vec<(&str, &Path)> =
-        a.data.iter().map(|d| ("--data", d.as_path())).chain(a.init.iter().map(|d| ("--init", d.as_path()))).collect();
+    let dirs: Vec<(&str, &Path)> = (a.data.iter().map(|d| ("--data", d.as_path())))
+        .chain(a.init.iter().map(|d| ("--init", d.as_path())))
+        .chain(a.lora_init.iter().map(|d| ("--lora-init", d.as_path())))
+        .collect();
     data::files::refuse_output_dir_over_inputs(&a.out, "--out", &dirs)?;
     let chat = match &a.data {
         Some(d) => data::sft::is_chat(d)?,

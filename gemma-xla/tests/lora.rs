@@ -130,6 +130,23 @@ fn bad_lora_settings_are_refused() {
         let err = testkit::failed(&train(&dir.join(format!("o{i}")), flags));
         assert!(err.contains(want), "{flags:?}: {err}");
     }
+    // The adapter read with --lora-init, and a --chat-template file, are inputs: no output
+    // lands on them or inside the adapter's directory.
+    let init = dir.join("init-copy");
+    std::fs::create_dir_all(&init).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(testkit::fixtures("lora").join("init").join(f), init.join(f)).unwrap();
+    }
+    let err = testkit::failed(&train(&init, &["--lora-init", init.to_str().unwrap()]));
+    assert!(err.contains("refusing to write") && err.contains("it is the input") && err.contains("adapter_model.safetensors"), "{err}");
+    let err = testkit::failed(&train(&init.join("sub"), &["--lora-init", init.to_str().unwrap()]));
+    assert!(err.contains("refusing to write --out") && err.contains("the input --lora-init"), "{err}");
+    let template = dir.join("t").join("loss.svg");
+    std::fs::create_dir_all(template.parent().unwrap()).unwrap();
+    std::fs::write(&template, "{{ messages }}").unwrap();
+    let err = testkit::failed(&train(&dir.join("t"), &["--chat-template", template.to_str().unwrap()]));
+    assert!(err.contains("refusing to write") && err.contains("loss.svg"), "{err}");
+    assert_eq!(std::fs::read_to_string(&template).unwrap(), "{{ messages }}");
     // Flags that agree with --lora-init are fine (targets compare as sets).
     let ok =
         train(&dir.join("ok"), &["--lora-init", "fixtures/lora/init", "--lora-targets", "down_proj,q_proj,v_proj", "--lora-alpha", "8"]);
@@ -218,6 +235,24 @@ fn forward_generate_and_eval_apply_an_adapter_unmerged() {
             }
         }
     }
+    // The adapter's files are inputs: forward and eval refuse to write over them.
+    let adapter_file = run.join("adapter_model.safetensors");
+    let before = std::fs::read(&adapter_file).unwrap();
+    let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
+        .args(["forward", "--model", "fixtures/generate", "--tokens", "fixtures/lora/tokens.npy", "--adapter", run.to_str().unwrap()])
+        .args(["--out", adapter_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = testkit::failed(&o);
+    assert!(err.contains("refusing to write") && err.contains("adapter_model.safetensors"), "{err}");
+    let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
+        .args(["eval", "--model", "fixtures/generate", "--tasks", "fixtures/eval/tasks.jsonl", "--adapter", run.to_str().unwrap()])
+        .args(["--tokenizer", "fixtures/generate/tokenizer.json", "--out", run.join("adapter_config.json").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = testkit::failed(&o);
+    assert!(err.contains("refusing to write") && err.contains("adapter_config.json"), "{err}");
+    assert_eq!(std::fs::read(&adapter_file).unwrap(), before);
     // A bad adapter directory is an error naming it.
     let o = testkit::gemma_xla(env!("CARGO_BIN_EXE_gemma-xla"))
         .args(["forward", "--model", "fixtures/generate", "--tokens", "fixtures/lora/tokens.npy", "--adapter", "fixtures/generate"])
