@@ -520,17 +520,7 @@ pub struct KvClient {
 impl KvClient {
     fn request(&self, header: Value, payload: &[u8], wait: Duration) -> Result<(Value, Vec<u8>)> {
         let mut stream = connect(&self.settings, "kv", Instant::now() + self.settings.timeout)?;
-        let _ = stream.set_read_timeout(Some(wait + Duration::from_secs(10)));
-        let lost = |e: std::io::Error| Error::Lost { addr: self.settings.address.clone(), why: e.to_string() };
-        write_frame(&mut stream, &header, payload).map_err(lost)?;
-        let (reply, value) = read_frame(&mut stream).map_err(lost)?;
-        if let Some(p) = reply["failed"].as_u64() {
-            return Err(Error::HostFailed { process: p as usize, why: reply["why"].as_str().unwrap_or("").to_string() });
-        }
-        if let Some(what) = reply["timeout"].as_str() {
-            return Err(Error::Timeout { what: what.to_string(), secs: wait.as_secs() });
-        }
-        Ok((reply, value))
+        exchange(&mut stream, &self.settings.address, &header, payload, wait)
     }
 
     /// The value under `key`, waiting up to `timeout` (at most the run's).
@@ -563,6 +553,32 @@ pub struct Coordinator {
     heartbeat: Option<JoinHandle<()>>,
     server: Option<Server>,
     closed: bool,
+}
+
+/// One request to the service at `addr` and its reply: a host's failure, a timeout (after
+/// `wait`, which the service answers by) and a refused request become errors.
+fn exchange(stream: &mut TcpStream, addr: &str, header: &Value, payload: &[u8], wait: Duration) -> Result<(Value, Vec<u8>)> {
+    // Allow for the network on top of the service's own wait.
+    let _ = stream.set_read_timeout(Some(wait + Duration::from_secs(10)));
+    let lost = |e: std::io::Error| Error::Lost { addr: addr.to_string(), why: e.to_string() };
+    write_frame(stream, header, payload).map_err(lost)?;
+    let (reply, value) = read_frame(stream).map_err(lost)?;
+    if let Some(e) = failure_in(&reply) {
+        return Err(e);
+    }
+    if let Some(what) = reply["timeout"].as_str() {
+        return Err(Error::Timeout { what: what.to_string(), secs: wait.as_secs() });
+    }
+    if let Some(e) = reply["error"].as_str() {
+        return Err(Error::Invalid(format!("the coordinator: {e}")));
+    }
+    Ok((reply, value))
+}
+
+/// The failure of a host that the service's reply reports, if any.
+fn failure_in(reply: &Value) -> Option<Error> {
+    let p = reply["failed"].as_u64()?;
+    Some(Error::HostFailed { process: p as usize, why: reply["why"].as_str().unwrap_or("").to_string() })
 }
 
 fn connect(settings: &Settings, channel: &str, deadline: Instant) -> Result<TcpStream> {
@@ -631,9 +647,7 @@ impl Coordinator {
                 while !stop.load(Ordering::SeqCst) {
                     let result = write_frame(&mut beat, &json!({"op": "ping"}), &[]).and_then(|()| read_frame(&mut beat));
                     let seen = match result {
-                        Ok((reply, _)) => reply["failed"]
-                            .as_u64()
-                            .map(|p| Error::HostFailed { process: p as usize, why: reply["why"].as_str().unwrap_or("").to_string() }),
+                        Ok((reply, _)) => failure_in(&reply),
                         Err(e) => Some(Error::Lost { addr: addr.clone(), why: e.to_string() }),
                     };
                     if let Some(e) = seen {
@@ -690,21 +704,7 @@ impl Coordinator {
     fn request(&self, header: Value, payload: &[u8]) -> Result<(Value, Vec<u8>)> {
         self.check()?;
         let mut stream = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        // The service answers a wait by its timeout; allow for the network on top.
-        let _ = stream.set_read_timeout(Some(self.settings.timeout + Duration::from_secs(10)));
-        let lost = |e: std::io::Error| Error::Lost { addr: self.settings.address.clone(), why: e.to_string() };
-        write_frame(&mut stream, &header, payload).map_err(lost)?;
-        let (reply, value) = read_frame(&mut stream).map_err(lost)?;
-        if let Some(p) = reply["failed"].as_u64() {
-            return Err(Error::HostFailed { process: p as usize, why: reply["why"].as_str().unwrap_or("").to_string() });
-        }
-        if let Some(what) = reply["timeout"].as_str() {
-            return Err(Error::Timeout { what: what.to_string(), secs: self.settings.timeout.as_secs() });
-        }
-        if let Some(e) = reply["error"].as_str() {
-            return Err(Error::Invalid(format!("the coordinator: {e}")));
-        }
-        Ok((reply, value))
+        exchange(&mut stream, &self.settings.address, &header, payload, self.settings.timeout)
     }
 
     /// Stores `value` under `key` (visible to every process).
