@@ -120,6 +120,10 @@ fn devices(args: &PluginArgs) -> Result<()> {
     println!("xla_version: {}", attr("xla_version"));
     println!("stablehlo: {} to {} (minimum to current)", attr("stablehlo_minimum_version"), attr("stablehlo_current_version"));
     println!("host malloc: {}", runtime::host_malloc::describe());
+    match &info.ffi_targets {
+        Ok(t) => println!("ffi targets: {} ({})", t.len(), t.join(" ")),
+        Err(why) => println!("ffi targets: none ({why})"),
+    }
     let devices = client.devices()?;
     println!("devices: {}", devices.len());
     for d in &devices {

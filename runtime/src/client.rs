@@ -22,6 +22,9 @@ pub struct PluginInfo {
     /// The plugin's attributes (PJRT_Plugin_Attributes: `xla_version`,
     /// `stablehlo_current_version`, ...), in the plugin's order; empty when it reports none.
     pub attributes: Vec<(String, NamedValue)>,
+    /// The custom-call targets we registered with the plugin through XLA's FFI (JAX's CPU
+    /// LAPACK calls, on the CPU plugin), or why none could be.
+    pub ffi_targets: std::result::Result<Vec<String>, String>,
 }
 
 impl PluginInfo {
@@ -113,8 +116,16 @@ impl Client {
         store: Option<std::sync::Arc<dyn xla_sys::KeyValueStore>>,
     ) -> Result<Client> {
         let api = Api::load(path)?;
-        let info = plugin_info(&api)?;
+        let mut info = plugin_info(&api)?;
         let inner = xla_sys::Client::create_with_store(&api, options, store)?;
+        if inner.platform_name().is_ok_and(|p| p == "cpu") {
+            // JAX's CPU programs call LAPACK through custom calls that jaxlib, not the plugin,
+            // implements. Registering again (another client) is harmless.
+            info.ffi_targets = match crate::linalg::register(&api) {
+                Ok(()) => Ok(crate::linalg::targets()),
+                Err(e) => Err(e.to_string()),
+            };
+        }
         Ok(Client { inner, info: Rc::new(info), cache: None })
     }
 
@@ -276,5 +287,10 @@ fn is_cpu_plugin_file(path: &Path) -> bool {
 }
 
 fn plugin_info(api: &Arc<Api>) -> Result<PluginInfo> {
-    Ok(PluginInfo { path: api.path().to_path_buf(), api_version: api.version(), attributes: api.attributes()? })
+    Ok(PluginInfo {
+        path: api.path().to_path_buf(),
+        api_version: api.version(),
+        attributes: api.attributes()?,
+        ffi_targets: Err("not a CPU plugin".into()),
+    })
 }

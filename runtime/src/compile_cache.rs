@@ -211,7 +211,12 @@ mod tests {
 
     #[test]
     fn the_key_covers_the_compilers_flags() {
-        let plugin = PluginInfo { path: "/nonexistent/plugin.so".into(), api_version: (0, 115), attributes: vec![] };
+        let plugin = PluginInfo {
+            path: "/nonexistent/plugin.so".into(),
+            api_version: (0, 115),
+            attributes: vec![],
+            ffi_targets: Err("none".into()),
+        };
         let k = |env: &str, options: &[u8]| CompileCache::key(&plugin, "cpu 1", &[0, 1, 2, 3], "mlir", b"module {}", options, env);
         let base = k("XLA_FLAGS=\nLIBTPU_INIT_ARGS=\n", b"o");
         assert_eq!(base, k("XLA_FLAGS=\nLIBTPU_INIT_ARGS=\n", b"o"));

@@ -14,6 +14,7 @@ mod error;
 mod executable;
 mod host;
 pub mod host_malloc;
+pub mod linalg;
 pub mod notes;
 mod options;
 mod ownership;

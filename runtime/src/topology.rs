@@ -134,7 +134,12 @@ impl Topology {
     /// Loads the plugin at `path` and creates the topology with raw create options.
     pub fn with_plugin(path: &Path, name: &str, options: &[(String, NamedValue)]) -> Result<Topology> {
         let api = Api::load(path)?;
-        let plugin = PluginInfo { path: api.path().to_path_buf(), api_version: api.version(), attributes: api.attributes()? };
+        let plugin = PluginInfo {
+            path: api.path().to_path_buf(),
+            api_version: api.version(),
+            attributes: api.attributes()?,
+            ffi_targets: Err("a compile-only topology runs no custom calls".into()),
+        };
         let inner = xla_sys::Topology::create(&api, name, options).map_err(|e| match e {
             xla_sys::Error::Pjrt { message, .. } => Error::Argument(format!(
                 "the plugin {} cannot make the topology {name:?}: {message} (names have the form {TOPOLOGY_FORM})",

@@ -1,0 +1,715 @@
+//! JAX's CPU linear-algebra custom calls (`lapack_<p>getrf_ffi`, ...), with faer's kernels.
+//!
+//! jaxlib registers these typed-FFI targets from its own LAPACK bindings when JAX starts; the
+//! PJRT CPU plugin alone has none, so a JAX program using `jnp.linalg` fails to compile there.
+//! [`register`] gives the plugin ours. Each follows the interface of JAX 0.10's lowering rules
+//! and jaxlib's kernels exactly: the same operands and results (matrices column-major, as the
+//! custom call's layouts ask; leading dimensions are a batch), the same attributes (`uplo`,
+//! `side`, `trans_x`, `diag`, `mode` as ASCII codes in `u8`), LAPACK's output conventions
+//! (1-based pivots, `info` per matrix, untouched triangles) so that the rest of JAX's program,
+//! which checks `info` and masks failures with NaN, gives the same answers.
+//!
+//! Where the answer is not unique, ours can differ from LAPACK's as JAX users already allow
+//! for: the signs of QR and SVD vectors, eigenvector signs/phases, and for complex QR the phase
+//! of each Householder reflector (faer makes R's diagonal complex where LAPACK makes it real).
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::triangular_solve as tri;
+use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
+use xla_sys::ffi::{register_handler, FfiArg, FfiAttr, FfiCall, FfiHandler, FfiRet, FfiType};
+
+type R<T> = std::result::Result<T, String>;
+
+/// An element type the kernels take: f32, f64, and faer's c32, c64 (XLA's c64, c128).
+trait Elem:
+    faer::traits::ComplexField<Real = Self::Re>
+    + Copy
+    + PartialEq
+    + std::ops::Mul<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + std::ops::MulAssign
+    + std::ops::SubAssign
+    + 'static
+{
+    type Re: Elem;
+    const TYPE: FfiType;
+    fn load(b: &[u8]) -> Self;
+    fn store(self, b: &mut [u8]);
+    fn finite(self) -> bool;
+    fn conj_(self) -> Self;
+    fn real(self) -> Self::Re;
+    fn from_real(r: Self::Re) -> Self;
+    /// |re| + |im|, LAPACK's pivot measure.
+    fn abs1(self) -> f64;
+    fn zero() -> Self {
+        <Self as faer::traits::ComplexField>::zero_impl()
+    }
+    fn one() -> Self {
+        <Self as faer::traits::ComplexField>::one_impl()
+    }
+    fn recip(self) -> Self {
+        <Self as faer::traits::ComplexField>::recip_impl(&self)
+    }
+}
+
+macro_rules! real_elem {
+    ($t:ty, $ty:expr) => {
+        impl Elem for $t {
+            type Re = $t;
+            const TYPE: FfiType = $ty;
+            fn load(b: &[u8]) -> Self {
+                <$t>::from_le_bytes(b[..std::mem::size_of::<$t>()].try_into().unwrap())
+            }
+            fn store(self, b: &mut [u8]) {
+                b[..std::mem::size_of::<$t>()].copy_from_slice(&self.to_le_bytes())
+            }
+            fn finite(self) -> bool {
+                self.is_finite()
+            }
+            fn conj_(self) -> Self {
+                self
+            }
+            fn real(self) -> $t {
+                self
+            }
+            fn from_real(r: $t) -> Self {
+                r
+            }
+            fn abs1(self) -> f64 {
+                (self as f64).abs()
+            }
+        }
+    };
+}
+real_elem!(f32, FfiType::F32);
+real_elem!(f64, FfiType::F64);
+
+macro_rules! complex_elem {
+    ($t:ty, $re:ty, $ty:expr) => {
+        impl Elem for $t {
+            type Re = $re;
+            const TYPE: FfiType = $ty;
+            fn load(b: &[u8]) -> Self {
+                let h = std::mem::size_of::<$re>();
+                <$t>::new(<$re>::load(&b[..h]), <$re>::load(&b[h..]))
+            }
+            fn store(self, b: &mut [u8]) {
+                let h = std::mem::size_of::<$re>();
+                self.re.store(&mut b[..h]);
+                self.im.store(&mut b[h..]);
+            }
+            fn finite(self) -> bool {
+                self.re.is_finite() && self.im.is_finite()
+            }
+            fn conj_(self) -> Self {
+                self.conj()
+            }
+            fn real(self) -> $re {
+                self.re
+            }
+            fn from_real(r: $re) -> Self {
+                <$t>::new(r, 0.0)
+            }
+            fn abs1(self) -> f64 {
+                (self.re as f64).abs() + (self.im as f64).abs()
+            }
+        }
+    };
+}
+complex_elem!(faer::c32, f32, FfiType::C64);
+complex_elem!(faer::c64, f64, FfiType::C128);
+
+/// The targets we provide, as JAX names them: `lapack_` + s/d/c/z + routine + `_ffi`.
+pub fn targets() -> Vec<String> {
+    let mut out = Vec::new();
+    for (routines, prefixes) in [
+        (&["getrf", "geqrf", "potrf", "trsm", "gesdd", "gesvd"][..], &["s", "d", "c", "z"][..]),
+        (&["orgqr", "syevd"][..], &["s", "d"][..]),
+        (&["ungqr", "heevd"][..], &["c", "z"][..]),
+    ] {
+        for r in routines {
+            for p in prefixes {
+                out.push(format!("lapack_{p}{r}_ffi"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Registers every target of [`targets`] with the plugin behind `api` for the host platform.
+pub fn register(api: &xla_sys::Api) -> xla_sys::Result<()> {
+    for name in targets() {
+        let routine = &name["lapack_".len() + 1..name.len() - "_ffi".len()];
+        match routine {
+            "getrf" => register_handler::<Getrf>(api, &name, "Host")?,
+            "geqrf" => register_handler::<Geqrf>(api, &name, "Host")?,
+            "orgqr" | "ungqr" => register_handler::<Orgqr>(api, &name, "Host")?,
+            "potrf" => register_handler::<Potrf>(api, &name, "Host")?,
+            "trsm" => register_handler::<Trsm>(api, &name, "Host")?,
+            "syevd" | "heevd" => register_handler::<Syevd>(api, &name, "Host")?,
+            "gesdd" | "gesvd" => register_handler::<Gesdd>(api, &name, "Host")?,
+            other => unreachable!("no handler for {other}"),
+        }
+    }
+    Ok(())
+}
+
+/// Calls `$f::<T>` for the element type of operand 0.
+macro_rules! by_type {
+    ($call:expr, $name:literal, $f:ident) => {{
+        let call: &mut FfiCall<'_> = $call;
+        let t = call.args.first().ok_or_else(|| format!("{}: no operands", $name))?.dtype;
+        match t {
+            FfiType::F32 => $f::<f32>(call),
+            FfiType::F64 => $f::<f64>(call),
+            FfiType::C64 => $f::<faer::c32>(call),
+            FfiType::C128 => $f::<faer::c64>(call),
+            other => Err(format!("{}: unsupported element type {}", $name, other.name())),
+        }
+    }};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading and writing batches of column-major matrices.
+
+/// A batch of `count` column-major `rows x cols` matrices (the last two dimensions of `dims`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Shape {
+    count: usize,
+    rows: usize,
+    cols: usize,
+}
+
+fn usize_dim(d: i64) -> R<usize> {
+    usize::try_from(d).map_err(|_| format!("negative dimension {d}"))
+}
+
+fn batch_of(dims: &[i64], inner: usize, what: &str) -> R<(usize, Vec<usize>)> {
+    if dims.len() < inner {
+        return Err(format!("{what} has rank {}, expected at least {inner}", dims.len()));
+    }
+    let (batch, rest) = dims.split_at(dims.len() - inner);
+    let mut count = 1usize;
+    for &d in batch {
+        count = count.checked_mul(usize_dim(d)?).ok_or_else(|| format!("{what}: batch overflows"))?;
+    }
+    Ok((count, rest.iter().map(|&d| usize_dim(d)).collect::<R<_>>()?))
+}
+
+fn matrix_shape(dims: &[i64], what: &str) -> R<Shape> {
+    let (count, rc) = batch_of(dims, 2, what)?;
+    Ok(Shape { count, rows: rc[0], cols: rc[1] })
+}
+
+fn check_type<T: Elem>(dtype: FfiType, what: &str) -> R<()> {
+    if dtype != T::TYPE {
+        return Err(format!("{what} is {}, expected {}", dtype.name(), T::TYPE.name()));
+    }
+    Ok(())
+}
+
+fn arg_matrices<T: Elem>(arg: &FfiArg<'_>, what: &str) -> R<(Shape, Vec<Mat<T>>)> {
+    check_type::<T>(arg.dtype, what)?;
+    let s = matrix_shape(arg.dims, what)?;
+    let size = T::TYPE.size();
+    let bytes = arg.bytes();
+    let per = s.rows * s.cols;
+    let mats = (0..s.count).map(|b| Mat::from_fn(s.rows, s.cols, |i, j| T::load(&bytes[(b * per + j * s.rows + i) * size..]))).collect();
+    Ok((s, mats))
+}
+
+fn arg_vectors<T: Elem>(arg: &FfiArg<'_>, what: &str) -> R<(usize, usize, Vec<T>)> {
+    check_type::<T>(arg.dtype, what)?;
+    let (count, n) = batch_of(arg.dims, 1, what)?;
+    let size = T::TYPE.size();
+    let values = arg.bytes().chunks_exact(size).map(T::load).collect();
+    Ok((count, n[0], values))
+}
+
+/// Checks that result `ret` has element type `dtype` and dimensions `dims`.
+fn check_ret(ret: &FfiRet<'_>, dtype: FfiType, dims: &[usize], what: &str) -> R<()> {
+    let have: Vec<usize> = ret.dims.iter().map(|&d| usize_dim(d)).collect::<R<_>>()?;
+    if ret.dtype != dtype || have != dims {
+        return Err(format!("{what} is {}{:?}, expected {}{:?}", ret.dtype.name(), have, dtype.name(), dims));
+    }
+    Ok(())
+}
+
+fn with_batch(batch: &[i64], inner: &[usize]) -> R<Vec<usize>> {
+    let mut v: Vec<usize> = batch.iter().map(|&d| usize_dim(d)).collect::<R<_>>()?;
+    v.extend_from_slice(inner);
+    Ok(v)
+}
+
+fn store_matrix<T: Elem>(ret: &mut FfiRet<'_>, index: usize, m: MatRef<'_, T>) {
+    let size = T::TYPE.size();
+    let per = m.nrows() * m.ncols();
+    let bytes = ret.bytes_mut();
+    for j in 0..m.ncols() {
+        for i in 0..m.nrows() {
+            m[(i, j)].store(&mut bytes[(index * per + j * m.nrows() + i) * size..]);
+        }
+    }
+}
+
+fn store_values<T: Elem>(ret: &mut FfiRet<'_>, index: usize, values: &[T]) {
+    let size = T::TYPE.size();
+    let bytes = ret.bytes_mut();
+    for (k, v) in values.iter().enumerate() {
+        v.store(&mut bytes[(index * values.len() + k) * size..]);
+    }
+}
+
+fn store_i32(ret: &mut FfiRet<'_>, index: usize, values: &[i32]) {
+    let bytes = ret.bytes_mut();
+    for (k, v) in values.iter().enumerate() {
+        let at = (index * values.len() + k) * 4;
+        bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn ascii_attr(call: &FfiCall<'_>, name: &str, allowed: &[u8], target: &str) -> R<u8> {
+    match call.attr(name) {
+        Some(FfiAttr::Int(v)) if u8::try_from(*v).is_ok_and(|c| allowed.contains(&c)) => Ok(*v as u8),
+        Some(other) => Err(format!(
+            "{target}: attribute {name} = {other:?}, expected one of {}",
+            allowed.iter().map(|&c| format!("'{}'", c as char)).collect::<Vec<_>>().join(", ")
+        )),
+        None => Err(format!("{target}: missing attribute {name}")),
+    }
+}
+
+fn expect_counts(call: &FfiCall<'_>, args: usize, rets: usize, target: &str) -> R<()> {
+    if call.args.len() != args || call.rets.len() != rets {
+        return Err(format!("{target}: {} operands and {} results, expected {args} and {rets}", call.args.len(), call.rets.len()));
+    }
+    Ok(())
+}
+
+fn all_finite<T: Elem>(m: MatRef<'_, T>) -> bool {
+    (0..m.ncols()).all(|j| (0..m.nrows()).all(|i| m[(i, j)].finite()))
+}
+
+fn hermitian_from<T: Elem>(a: &Mat<T>, lower: bool) -> Mat<T> {
+    let n = a.nrows();
+    Mat::from_fn(n, n, |i, j| {
+        let take_direct = if lower { i >= j } else { i <= j };
+        if take_direct {
+            if i == j {
+                T::from_real(a[(i, i)].real())
+            } else {
+                a[(i, j)]
+            }
+        } else {
+            a[(j, i)].conj_()
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// getrf: LU with partial pivoting. Results: the factors, 1-based pivots (LAPACK's row
+// interchanges), info (the 1-based index of the first exactly zero pivot, else 0).
+
+struct Getrf;
+impl FfiHandler for Getrf {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "getrf", getrf)
+    }
+}
+
+fn getrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    expect_counts(call, 1, 3, "getrf")?;
+    let (s, mats) = arg_matrices::<T>(&call.args[0], "getrf operand")?;
+    let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
+    let k = s.rows.min(s.cols);
+    check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[s.rows, s.cols])?, "getrf result 0")?;
+    check_ret(&call.rets[1], FfiType::S32, &with_batch(batch, &[k])?, "getrf pivots")?;
+    check_ret(&call.rets[2], FfiType::S32, &with_batch(batch, &[])?, "getrf info")?;
+    for (b, a) in mats.into_iter().enumerate() {
+        let (lu, pivots) = lu_factor(a);
+        let info = (0..k).find(|&i| lu[(i, i)] == T::zero()).map_or(0, |i| i as i32 + 1);
+        store_matrix(&mut call.rets[0], b, lu.as_ref());
+        store_i32(&mut call.rets[1], b, &pivots);
+        store_i32(&mut call.rets[2], b, &[info]);
+    }
+    Ok(())
+}
+
+/// LU of `a` with 1-based LAPACK pivots.
+fn lu_factor<T: Elem>(a: Mat<T>) -> (Mat<T>, Vec<i32>) {
+    let (m, n) = (a.nrows(), a.ncols());
+    let finite = all_finite(a.as_ref());
+    let mut lu = a.clone();
+    let mut perm = vec![0usize; m];
+    let mut perm_inv = vec![0usize; m];
+    let params = Default::default();
+    let mut mem = MemBuffer::new(faer::linalg::lu::partial_pivoting::factor::lu_in_place_scratch::<usize, T>(m, n, Par::Seq, params));
+    faer::linalg::lu::partial_pivoting::factor::lu_in_place(
+        lu.as_mut(),
+        &mut perm,
+        &mut perm_inv,
+        Par::Seq,
+        MemStack::new(&mut mem),
+        params,
+    );
+    if finite && !all_finite(lu.as_ref()) {
+        // faer divides by an exactly zero pivot (a column that is zero from the diagonal
+        // down); LAPACK leaves that column as it is and goes on. Only then, eliminate as
+        // LAPACK's unblocked getf2 does.
+        return lu_zero_pivots(a);
+    }
+    // faer gives the final row order; LAPACK the interchange made at each step. Replay the
+    // order as interchanges: step i brings row perm[i] (wherever it now is) to position i.
+    let k = m.min(n);
+    let mut at: Vec<usize> = (0..m).collect(); // at[r]: position of original row r
+    let mut row: Vec<usize> = (0..m).collect(); // row[p]: original row at position p
+    let mut pivots = Vec::with_capacity(k);
+    for (i, &target) in perm.iter().enumerate().take(k) {
+        let j = at[target];
+        pivots.push(j as i32 + 1);
+        let other = row[i];
+        row.swap(i, j);
+        at[target] = i;
+        at[other] = j;
+    }
+    (lu, pivots)
+}
+
+/// Unblocked elimination with partial pivoting that skips zero pivots, as LAPACK's getf2 does
+/// (the pivot is the first entry of largest |re| + |im|).
+fn lu_zero_pivots<T: Elem>(mut a: Mat<T>) -> (Mat<T>, Vec<i32>) {
+    let (m, n) = (a.nrows(), a.ncols());
+    let k = m.min(n);
+    let mut pivots = Vec::with_capacity(k);
+    for j in 0..k {
+        let mut p = j;
+        let mut best = a[(j, j)].abs1();
+        for i in j + 1..m {
+            let v = a[(i, j)].abs1();
+            if v > best {
+                best = v;
+                p = i;
+            }
+        }
+        pivots.push(p as i32 + 1);
+        if a[(p, j)] != T::zero() {
+            if p != j {
+                for c in 0..n {
+                    let t = a[(j, c)];
+                    a[(j, c)] = a[(p, c)];
+                    a[(p, c)] = t;
+                }
+            }
+            let inv = a[(j, j)].recip();
+            for i in j + 1..m {
+                a[(i, j)] *= inv;
+            }
+        }
+        for c in j + 1..n {
+            let u = a[(j, c)];
+            for i in j + 1..m {
+                let l = a[(i, j)];
+                a[(i, c)] -= l * u;
+            }
+        }
+    }
+    (a, pivots)
+}
+
+// ---------------------------------------------------------------------------------------------
+// potrf: Cholesky of the `uplo` triangle; the other triangle is left as it was. info > 0 is
+// the order of the leading minor that is not positive definite.
+
+struct Potrf;
+impl FfiHandler for Potrf {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "potrf", potrf)
+    }
+}
+
+fn potrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    expect_counts(call, 1, 2, "potrf")?;
+    let lower = ascii_attr(call, "uplo", b"LU", "potrf")? == b'L';
+    let (s, mats) = arg_matrices::<T>(&call.args[0], "potrf operand")?;
+    if s.rows != s.cols {
+        return Err(format!("potrf: matrices are {}x{}, expected square", s.rows, s.cols));
+    }
+    let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
+    check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[s.rows, s.cols])?, "potrf result 0")?;
+    check_ret(&call.rets[1], FfiType::S32, &with_batch(batch, &[])?, "potrf info")?;
+    let n = s.rows;
+    for (b, a) in mats.into_iter().enumerate() {
+        let h = hermitian_from(&a, lower);
+        let mut out = a;
+        let info = match h.as_ref().llt(Side::Lower) {
+            Ok(llt) => {
+                let l = llt.L();
+                for j in 0..n {
+                    for i in j..n {
+                        if lower {
+                            out[(i, j)] = l[(i, j)];
+                        } else {
+                            out[(j, i)] = l[(i, j)].conj_();
+                        }
+                    }
+                }
+                0
+            }
+            Err(faer::linalg::solvers::LltError::NonPositivePivot { index }) => index as i32 + 1,
+        };
+        store_matrix(&mut call.rets[0], b, out.as_ref());
+        store_i32(&mut call.rets[1], b, &[info]);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// trsm: solves op(A) X = B (side 'L') or X op(A) = B (side 'R') with A triangular (uplo), op
+// = trans_x ('N', 'T', 'C'), diag 'U' for a unit diagonal (not read). Operands: A, B.
+
+struct Trsm;
+impl FfiHandler for Trsm {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "trsm", trsm)
+    }
+}
+
+fn trsm<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    expect_counts(call, 2, 1, "trsm")?;
+    let left = ascii_attr(call, "side", b"LR", "trsm")? == b'L';
+    let lower = ascii_attr(call, "uplo", b"LU", "trsm")? == b'L';
+    let trans = ascii_attr(call, "trans_x", b"NTC", "trsm")?;
+    let unit = ascii_attr(call, "diag", b"UN", "trsm")? == b'U';
+    let (sa, a_mats) = arg_matrices::<T>(&call.args[0], "trsm operand 0 (A)")?;
+    let (sb, b_mats) = arg_matrices::<T>(&call.args[1], "trsm operand 1 (B)")?;
+    let k = if left { sb.rows } else { sb.cols };
+    if sa.rows != sa.cols || sa.rows != k {
+        return Err(format!("trsm: A is {}x{}, B is {}x{} (side {})", sa.rows, sa.cols, sb.rows, sb.cols, if left { 'L' } else { 'R' }));
+    }
+    if sa.count != sb.count && sa.count != 1 {
+        return Err(format!("trsm: {} matrices A for {} right-hand sides", sa.count, sb.count));
+    }
+    check_ret(&call.rets[0], T::TYPE, &call.args[1].dims.iter().map(|&d| d as usize).collect::<Vec<_>>(), "trsm result")?;
+    for (b, mut x) in b_mats.into_iter().enumerate() {
+        let a = &a_mats[if sa.count == 1 { 0 } else { b }];
+        // op(A), and whether it is lower triangular.
+        let adjoint;
+        let (op, op_lower): (MatRef<'_, T>, bool) = match trans {
+            b'N' => (a.as_ref(), lower),
+            b'T' => (a.as_ref().transpose(), !lower),
+            _ => {
+                adjoint = Mat::from_fn(a.ncols(), a.nrows(), |i, j| a[(j, i)].conj_());
+                (adjoint.as_ref(), !lower)
+            }
+        };
+        // X op(A) = B  <=>  op(A)^T X^T = B^T.
+        let (tri_m, tri_lower, rhs): (MatRef<'_, T>, bool, MatMut<'_, T>) =
+            if left { (op, op_lower, x.as_mut()) } else { (op.transpose(), !op_lower, x.as_mut().transpose_mut()) };
+        match (tri_lower, unit) {
+            (true, false) => tri::solve_lower_triangular_in_place(tri_m, rhs, Par::Seq),
+            (true, true) => tri::solve_unit_lower_triangular_in_place(tri_m, rhs, Par::Seq),
+            (false, false) => tri::solve_upper_triangular_in_place(tri_m, rhs, Par::Seq),
+            (false, true) => tri::solve_unit_upper_triangular_in_place(tri_m, rhs, Par::Seq),
+        }
+        store_matrix(&mut call.rets[0], b, x.as_ref());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// geqrf: Householder QR in LAPACK's storage: R on and above the diagonal, the reflectors' tails
+// below it (unit first entry implied), tau such that H_i = I - tau_i v_i v_i^H.
+
+struct Geqrf;
+impl FfiHandler for Geqrf {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "geqrf", geqrf)
+    }
+}
+
+fn geqrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    expect_counts(call, 1, 2, "geqrf")?;
+    let (s, mats) = arg_matrices::<T>(&call.args[0], "geqrf operand")?;
+    let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
+    let k = s.rows.min(s.cols);
+    check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[s.rows, s.cols])?, "geqrf result 0")?;
+    check_ret(&call.rets[1], T::TYPE, &with_batch(batch, &[k])?, "geqrf taus")?;
+    use faer::linalg::qr::no_pivoting::factor as qr;
+    for (b, mut a) in mats.into_iter().enumerate() {
+        let mut taus = vec![T::zero(); k];
+        if k > 0 {
+            let bs = qr::recommended_block_size::<T>(s.rows, s.cols);
+            let mut coeff = Mat::<T>::zeros(bs, k);
+            let params = Default::default();
+            let mut mem = MemBuffer::new(qr::qr_in_place_scratch::<T>(s.rows, s.cols, bs, Par::Seq, params));
+            qr::qr_in_place(a.as_mut(), coeff.as_mut(), Par::Seq, MemStack::new(&mut mem), params);
+            // faer writes H_i = I - v v^H / t_i with t_i on the diagonal of each block's
+            // triangular factor; LAPACK's tau_i is 1 / t_i.
+            for (i, tau) in taus.iter_mut().enumerate() {
+                *tau = coeff[(i % bs, i)].recip();
+            }
+        }
+        store_matrix(&mut call.rets[0], b, a.as_ref());
+        store_values(&mut call.rets[1], b, &taus);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// orgqr/ungqr: the first n columns of Q = H_1 ... H_k from geqrf's storage (operands: the
+// reflectors, tau), for any reflectors and taus, as LAPACK's org2r/ung2r.
+
+struct Orgqr;
+impl FfiHandler for Orgqr {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "orgqr", orgqr)
+    }
+}
+
+fn orgqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    expect_counts(call, 2, 1, "orgqr")?;
+    let (s, mats) = arg_matrices::<T>(&call.args[0], "orgqr operand 0")?;
+    let (count, k, taus) = arg_vectors::<T>(&call.args[1], "orgqr operand 1 (tau)")?;
+    if count != s.count || k > s.cols || s.cols > s.rows {
+        return Err(format!("orgqr: {} matrices of {}x{} with {count} x {k} taus (need m >= n >= k)", s.count, s.rows, s.cols));
+    }
+    check_ret(&call.rets[0], T::TYPE, &call.args[0].dims.iter().map(|&d| d as usize).collect::<Vec<_>>(), "orgqr result")?;
+    let (m, n) = (s.rows, s.cols);
+    for (b, a) in mats.into_iter().enumerate() {
+        let mut q = Mat::<T>::from_fn(m, n, |i, j| if i == j { T::one() } else { T::zero() });
+        let mut w = Mat::<T>::zeros(1, n);
+        for i in (0..k).rev() {
+            let tau = taus[b * k + i];
+            // v = [1; a[i+1.., i]]; Q[i.., i..] -= tau v (v^H Q[i.., i..]).
+            let mut v = Mat::<T>::zeros(m - i, 1);
+            v[(0, 0)] = T::one();
+            for r in i + 1..m {
+                v[(r - i, 0)] = a[(r, i)];
+            }
+            let mut block = q.as_mut().submatrix_mut(i, i, m - i, n - i);
+            let mut wi = w.as_mut().submatrix_mut(0, 0, 1, n - i);
+            faer::linalg::matmul::matmul(wi.rb_mut(), Accum::Replace, v.as_ref().adjoint(), block.rb(), T::one(), Par::Seq);
+            faer::linalg::matmul::matmul(block.rb_mut(), Accum::Add, v.as_ref(), wi.rb(), -tau, Par::Seq);
+        }
+        store_matrix(&mut call.rets[0], b, q.as_ref());
+    }
+    Ok(())
+}
+
+use faer::reborrow::{Reborrow, ReborrowMut};
+
+// ---------------------------------------------------------------------------------------------
+// syevd/heevd: eigenvalues (ascending) and, with mode 'V', eigenvectors (columns) of the
+// Hermitian matrix given by its `uplo` triangle. Results: vectors, values, info.
+
+struct Syevd;
+impl FfiHandler for Syevd {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "syevd", syevd)
+    }
+}
+
+fn syevd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    expect_counts(call, 1, 3, "syevd")?;
+    let vectors = ascii_attr(call, "mode", b"VN", "syevd")? == b'V';
+    let lower = ascii_attr(call, "uplo", b"LU", "syevd")? == b'L';
+    let (s, mats) = arg_matrices::<T>(&call.args[0], "syevd operand")?;
+    if s.rows != s.cols {
+        return Err(format!("syevd: matrices are {}x{}, expected square", s.rows, s.cols));
+    }
+    let n = s.rows;
+    let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
+    check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[n, n])?, "syevd result 0")?;
+    check_ret(&call.rets[1], <T::Re as Elem>::TYPE, &with_batch(batch, &[n])?, "syevd eigenvalues")?;
+    check_ret(&call.rets[2], FfiType::S32, &with_batch(batch, &[])?, "syevd info")?;
+    for (b, a) in mats.into_iter().enumerate() {
+        let h = hermitian_from(&a, lower);
+        let (v, w, info) = if !all_finite(h.as_ref()) {
+            (a, vec![<T::Re as Elem>::zero(); n], 1)
+        } else if vectors {
+            match h.as_ref().self_adjoint_eigen(Side::Lower) {
+                Ok(e) => {
+                    let w = (0..n).map(|i| e.S()[i].real()).collect();
+                    (e.U().to_owned(), w, 0)
+                }
+                Err(_) => (a, vec![<T::Re as Elem>::zero(); n], 1),
+            }
+        } else {
+            match h.as_ref().self_adjoint_eigenvalues(Side::Lower) {
+                Ok(w) => (a, w, 0),
+                Err(_) => (a, vec![<T::Re as Elem>::zero(); n], 1),
+            }
+        };
+        store_matrix(&mut call.rets[0], b, v.as_ref());
+        store_values(&mut call.rets[1], b, &w);
+        store_i32(&mut call.rets[2], b, &[info]);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// gesdd/gesvd: singular values (descending) and, by mode, U and V^H: 'A' all columns/rows,
+// 'S' the first min(m, n), 'N' none (U and V^H are then left zero). Results: the operand's
+// workspace (LAPACK overwrites it; we return it unchanged), s, u, vt, info.
+
+struct Gesdd;
+impl FfiHandler for Gesdd {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "gesdd", gesdd)
+    }
+}
+
+fn gesdd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    expect_counts(call, 1, 5, "gesdd")?;
+    let mode = ascii_attr(call, "mode", b"ASN", "gesdd")?;
+    let (s, mats) = arg_matrices::<T>(&call.args[0], "gesdd operand")?;
+    let (m, n) = (s.rows, s.cols);
+    let k = m.min(n);
+    let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
+    let (ucols, vtrows) = if mode == b'A' { (m, n) } else { (k, k) };
+    check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[m, n])?, "gesdd result 0")?;
+    check_ret(&call.rets[1], <T::Re as Elem>::TYPE, &with_batch(batch, &[k])?, "gesdd singular values")?;
+    if mode != b'N' {
+        check_ret(&call.rets[2], T::TYPE, &with_batch(batch, &[m, ucols])?, "gesdd U")?;
+        check_ret(&call.rets[3], T::TYPE, &with_batch(batch, &[vtrows, n])?, "gesdd V^H")?;
+    }
+    check_ret(&call.rets[4], FfiType::S32, &with_batch(batch, &[])?, "gesdd info")?;
+    let u_shape = matrix_shape(call.rets[2].dims, "gesdd U")?;
+    let vt_shape = matrix_shape(call.rets[3].dims, "gesdd V^H")?;
+    let zero_re = <T::Re as Elem>::zero();
+    for (b, a) in mats.into_iter().enumerate() {
+        let mut u = Mat::<T>::zeros(u_shape.rows, u_shape.cols);
+        let mut vt = Mat::<T>::zeros(vt_shape.rows, vt_shape.cols);
+        let mut sv = vec![zero_re; k];
+        let mut info = 0;
+        if !all_finite(a.as_ref()) {
+            info = 1;
+        } else if mode == b'N' {
+            match a.as_ref().singular_values() {
+                Ok(v) => sv = v,
+                Err(_) => info = 1,
+            }
+        } else {
+            let svd = if mode == b'A' { a.as_ref().svd() } else { a.as_ref().thin_svd() };
+            match svd {
+                Ok(d) => {
+                    sv = (0..k).map(|i| d.S()[i].real()).collect();
+                    u = d.U().to_owned();
+                    vt = d.V().adjoint().to_owned();
+                }
+                Err(_) => info = 1,
+            }
+        }
+        store_matrix(&mut call.rets[0], b, a.as_ref());
+        store_values(&mut call.rets[1], b, &sv);
+        if u.nrows() == u_shape.rows && u.ncols() == u_shape.cols {
+            store_matrix(&mut call.rets[2], b, u.as_ref());
+        }
+        if vt.nrows() == vt_shape.rows && vt.ncols() == vt_shape.cols {
+            store_matrix(&mut call.rets[3], b, vt.as_ref());
+        }
+        store_i32(&mut call.rets[4], b, &[info]);
+    }
+    Ok(())
+}

@@ -1,0 +1,468 @@
+//! XLA's typed FFI (xla/ffi/api/c_api.h, API 0.3): handlers for custom calls, registered with
+//! a plugin through its PJRT FFI extension.
+//!
+//! A handler is a type implementing [`FfiHandler`]; [`register_handler`] hands the plugin a C
+//! entry point made for that type. The entry point answers XLA's metadata query (the API
+//! version and traits), ignores the stages before `EXECUTE`, decodes the call frame into an
+//! [`FfiCall`] (buffers with their element type and dimensions, attributes) and turns the
+//! handler's `Err` (or a panic) into an `XLA_FFI_Error`, which fails the execution with that
+//! message. Nothing unwinds into the plugin.
+use crate::api::{args, Api};
+use crate::bindings as b;
+use crate::error::{Error, Result};
+use std::borrow::Cow;
+
+/// Element types of FFI buffers, with XLA's `XLA_FFI_DataType` codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfiType {
+    Pred,
+    S8,
+    S16,
+    S32,
+    S64,
+    U8,
+    U16,
+    U32,
+    U64,
+    F16,
+    Bf16,
+    F32,
+    F64,
+    C64,
+    C128,
+}
+
+impl FfiType {
+    fn from_raw(code: b::XLA_FFI_DataType) -> Option<FfiType> {
+        Some(match code {
+            b::XLA_FFI_DataType_PRED => FfiType::Pred,
+            b::XLA_FFI_DataType_S8 => FfiType::S8,
+            b::XLA_FFI_DataType_S16 => FfiType::S16,
+            b::XLA_FFI_DataType_S32 => FfiType::S32,
+            b::XLA_FFI_DataType_S64 => FfiType::S64,
+            b::XLA_FFI_DataType_U8 => FfiType::U8,
+            b::XLA_FFI_DataType_U16 => FfiType::U16,
+            b::XLA_FFI_DataType_U32 => FfiType::U32,
+            b::XLA_FFI_DataType_U64 => FfiType::U64,
+            b::XLA_FFI_DataType_F16 => FfiType::F16,
+            b::XLA_FFI_DataType_BF16 => FfiType::Bf16,
+            b::XLA_FFI_DataType_F32 => FfiType::F32,
+            b::XLA_FFI_DataType_F64 => FfiType::F64,
+            b::XLA_FFI_DataType_C64 => FfiType::C64,
+            b::XLA_FFI_DataType_C128 => FfiType::C128,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            FfiType::Pred | FfiType::S8 | FfiType::U8 => 1,
+            FfiType::S16 | FfiType::U16 | FfiType::F16 | FfiType::Bf16 => 2,
+            FfiType::S32 | FfiType::U32 | FfiType::F32 => 4,
+            FfiType::S64 | FfiType::U64 | FfiType::F64 | FfiType::C64 => 8,
+            FfiType::C128 => 16,
+        }
+    }
+
+    /// XLA's short name (f32, c64, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            FfiType::Pred => "pred",
+            FfiType::S8 => "s8",
+            FfiType::S16 => "s16",
+            FfiType::S32 => "s32",
+            FfiType::S64 => "s64",
+            FfiType::U8 => "u8",
+            FfiType::U16 => "u16",
+            FfiType::U32 => "u32",
+            FfiType::U64 => "u64",
+            FfiType::F16 => "f16",
+            FfiType::Bf16 => "bf16",
+            FfiType::F32 => "f32",
+            FfiType::F64 => "f64",
+            FfiType::C64 => "c64",
+            FfiType::C128 => "c128",
+        }
+    }
+}
+
+/// An operand of a custom call: its type, dimensions (row-major logical order; the memory
+/// layout is whatever the custom call's `operand_layouts` said) and bytes.
+pub struct FfiArg<'a> {
+    pub dtype: FfiType,
+    pub dims: &'a [i64],
+    bytes: Cow<'a, [u8]>,
+}
+
+impl FfiArg<'_> {
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A result of a custom call, to be written in full by the handler.
+pub struct FfiRet<'a> {
+    pub dtype: FfiType,
+    pub dims: &'a [i64],
+    bytes: &'a mut [u8],
+}
+
+impl FfiRet<'_> {
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.bytes
+    }
+}
+
+/// An attribute of a custom call (`mhlo.backend_config` of a typed FFI call).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FfiAttr {
+    /// Any integer or boolean scalar, widened.
+    Int(i64),
+    /// A floating-point scalar, widened.
+    Float(f64),
+    Str(String),
+    /// An array of integers, widened.
+    IntArray(Vec<i64>),
+    FloatArray(Vec<f64>),
+    Dict(Vec<(String, FfiAttr)>),
+}
+
+/// One call of a handler: its operands, results and attributes, in the call's order.
+pub struct FfiCall<'a> {
+    pub args: Vec<FfiArg<'a>>,
+    pub rets: Vec<FfiRet<'a>>,
+    pub attrs: Vec<(String, FfiAttr)>,
+}
+
+impl FfiCall<'_> {
+    /// The attribute `name`, if the call has it.
+    pub fn attr(&self, name: &str) -> Option<&FfiAttr> {
+        self.attrs.iter().find(|(n, _)| n == name).map(|(_, a)| a)
+    }
+}
+
+/// A custom-call implementation. `execute` runs on the plugin's threads, possibly several at
+/// once, and must fill every result.
+pub trait FfiHandler: 'static {
+    fn execute(call: &mut FfiCall<'_>) -> std::result::Result<(), String>;
+}
+
+/// The C entry point XLA calls for handler `H`.
+unsafe extern "C" fn entry<H: FfiHandler>(frame: *mut b::XLA_FFI_CallFrame) -> *mut b::XLA_FFI_Error {
+    if frame.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY (whole block): XLA passes a call frame that is valid for the duration of the
+    // call, whose extension chain, args, rets and attrs arrays have the lengths it states.
+    unsafe {
+        let ext = (*frame).extension_start;
+        if !ext.is_null() && (*ext).type_ == b::XLA_FFI_Extension_Metadata {
+            // The registration-time query: which FFI API version this handler was built for.
+            let md = (*(ext as *mut b::XLA_FFI_Metadata_Extension)).metadata;
+            if !md.is_null() {
+                (*md).api_version.major_version = b::XLA_FFI_API_MAJOR as i32;
+                (*md).api_version.minor_version = b::XLA_FFI_API_MINOR as i32;
+                (*md).traits = 0;
+            }
+            return std::ptr::null_mut();
+        }
+        if (*frame).stage != b::XLA_FFI_ExecutionStage_EXECUTE {
+            return std::ptr::null_mut();
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ieee = IeeeSubnormals::enter();
+            let mut call = decode(&*frame)?;
+            H::execute(&mut call)
+        }));
+        let message = match outcome {
+            Ok(Ok(())) => return std::ptr::null_mut(),
+            Ok(Err(m)) => m,
+            Err(p) => {
+                let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+                format!("handler panicked: {}", what.unwrap_or_default())
+            }
+        };
+        make_error(&*frame, &message)
+    }
+}
+
+/// XLA's CPU threads flush subnormal numbers to zero (MXCSR FTZ and DAZ on x86-64), which
+/// breaks algorithms that scale by tiny numbers (faer's complex SVD gives wrong singular
+/// values under it). Handlers run with IEEE subnormals; the caller's mode is restored on drop.
+struct IeeeSubnormals {
+    #[cfg(target_arch = "x86_64")]
+    saved: u32,
+}
+
+impl IeeeSubnormals {
+    #[cfg(target_arch = "x86_64")]
+    const FTZ_DAZ: u32 = 0x8040;
+
+    fn enter() -> IeeeSubnormals {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut saved = 0u32;
+            // SAFETY: stmxcsr stores the 32-bit MXCSR register into `saved`; ldmxcsr loads a
+            // value that differs from it only in the FTZ and DAZ bits.
+            unsafe {
+                std::arch::asm!("stmxcsr [{}]", in(reg) &mut saved, options(nostack));
+                let ieee = saved & !Self::FTZ_DAZ;
+                std::arch::asm!("ldmxcsr [{}]", in(reg) &ieee, options(nostack, readonly));
+            }
+            IeeeSubnormals { saved }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        IeeeSubnormals {}
+    }
+}
+
+impl Drop for IeeeSubnormals {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: restores the MXCSR value read in `enter` on this same thread.
+        unsafe {
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &self.saved, options(nostack, readonly));
+        }
+    }
+}
+
+/// Builds an `XLA_FFI_Error` with `message` through the frame's API table.
+unsafe fn make_error(frame: &b::XLA_FFI_CallFrame, message: &str) -> *mut b::XLA_FFI_Error {
+    let text = std::ffi::CString::new(message.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: `frame.api` is XLA's FFI API table for this call (null only in the metadata
+    // query, handled before); Error_Create copies the message.
+    unsafe {
+        let Some(api) = frame.api.as_ref() else { return std::ptr::null_mut() };
+        let Some(create) = api.XLA_FFI_Error_Create else { return std::ptr::null_mut() };
+        let mut a = b::XLA_FFI_Error_Create_Args {
+            struct_size: b::XLA_FFI_Error_Create_Args_STRUCT_SIZE as usize,
+            extension_start: std::ptr::null_mut(),
+            message: text.as_ptr(),
+            errc: b::XLA_FFI_Error_Code_INVALID_ARGUMENT,
+        };
+        create(&mut a)
+    }
+}
+
+/// Number of bytes of a buffer of `dtype` and `dims`, with checked arithmetic.
+fn byte_len(dtype: FfiType, dims: &[i64]) -> std::result::Result<usize, String> {
+    let mut n = dtype.size();
+    for &d in dims {
+        let d = usize::try_from(d).map_err(|_| format!("negative dimension {d} in {dims:?}"))?;
+        n = n.checked_mul(d).ok_or_else(|| format!("buffer of {dims:?} {} overflows", dtype.name()))?;
+    }
+    Ok(n)
+}
+
+struct RawBuffer {
+    dtype: FfiType,
+    dims: *const i64,
+    rank: usize,
+    data: *mut u8,
+    len: usize,
+}
+
+unsafe fn read_buffer(ptr: *mut std::ffi::c_void, what: &str) -> std::result::Result<RawBuffer, String> {
+    // SAFETY: the caller passes an arg/ret of type BUFFER, which points to an XLA_FFI_Buffer.
+    unsafe {
+        let buf = ptr as *const b::XLA_FFI_Buffer;
+        let buf = buf.as_ref().ok_or_else(|| format!("{what} is null"))?;
+        let dtype = FfiType::from_raw(buf.dtype).ok_or_else(|| format!("{what} has unsupported element type code {}", buf.dtype))?;
+        let rank = usize::try_from(buf.rank).map_err(|_| format!("{what} has rank {}", buf.rank))?;
+        let dims: &[i64] = if rank == 0 { &[] } else { std::slice::from_raw_parts(buf.dims, rank) };
+        let len = byte_len(dtype, dims).map_err(|e| format!("{what}: {e}"))?;
+        if buf.data.is_null() && len > 0 {
+            return Err(format!("{what} has no data"));
+        }
+        Ok(RawBuffer { dtype, dims: buf.dims, rank, data: buf.data as *mut u8, len })
+    }
+}
+
+fn overlaps(a: &RawBuffer, b: &RawBuffer) -> bool {
+    let (a0, b0) = (a.data as usize, b.data as usize);
+    a.len > 0 && b.len > 0 && a0 < b0 + b.len && b0 < a0 + a.len
+}
+
+/// Decodes a call frame. Operands that share memory with a result (XLA aliases them when the
+/// custom call says `output_operand_aliases`) are copied first, so a handler may read every
+/// operand while it writes the results.
+unsafe fn decode(frame: &b::XLA_FFI_CallFrame) -> std::result::Result<FfiCall<'_>, String> {
+    // SAFETY (whole block): the arrays have `size` entries (XLA's call frame contract), each
+    // buffer's data holds `len` bytes and stays valid while the handler runs; results do not
+    // overlap one another (checked), so the `&mut` slices are disjoint.
+    unsafe {
+        let nargs = usize::try_from(frame.args.size).map_err(|_| "negative argument count".to_string())?;
+        let nrets = usize::try_from(frame.rets.size).map_err(|_| "negative result count".to_string())?;
+        let mut args = Vec::with_capacity(nargs);
+        for i in 0..nargs {
+            if *frame.args.types.add(i) != b::XLA_FFI_ArgType_BUFFER {
+                return Err(format!("operand {i} is not a buffer"));
+            }
+            args.push(read_buffer(*frame.args.args.add(i), &format!("operand {i}"))?);
+        }
+        let mut rets = Vec::with_capacity(nrets);
+        for i in 0..nrets {
+            if *frame.rets.types.add(i) != b::XLA_FFI_RetType_BUFFER {
+                return Err(format!("result {i} is not a buffer"));
+            }
+            rets.push(read_buffer(*frame.rets.rets.add(i), &format!("result {i}"))?);
+        }
+        for i in 0..rets.len() {
+            for j in i + 1..rets.len() {
+                if overlaps(&rets[i], &rets[j]) {
+                    return Err(format!("results {i} and {j} share memory"));
+                }
+            }
+        }
+        let dims = |r: &RawBuffer| -> &[i64] {
+            if r.rank == 0 {
+                &[]
+            } else {
+                std::slice::from_raw_parts(r.dims, r.rank)
+            }
+        };
+        let call_args = args
+            .iter()
+            .map(|a| {
+                let data = if a.len == 0 {
+                    Cow::Borrowed(&[][..])
+                } else if rets.iter().any(|r| overlaps(a, r)) {
+                    let mut copy = vec![0u8; a.len];
+                    std::ptr::copy_nonoverlapping(a.data, copy.as_mut_ptr(), a.len);
+                    Cow::Owned(copy)
+                } else {
+                    Cow::Borrowed(std::slice::from_raw_parts(a.data as *const u8, a.len))
+                };
+                FfiArg { dtype: a.dtype, dims: dims(a), bytes: data }
+            })
+            .collect();
+        let call_rets = rets
+            .iter()
+            .map(|r| {
+                let bytes: &mut [u8] = if r.len == 0 { &mut [] } else { std::slice::from_raw_parts_mut(r.data, r.len) };
+                FfiRet { dtype: r.dtype, dims: dims(r), bytes }
+            })
+            .collect();
+        let attrs = decode_attrs(&frame.attrs)?;
+        Ok(FfiCall { args: call_args, rets: call_rets, attrs })
+    }
+}
+
+unsafe fn decode_attrs(attrs: &b::XLA_FFI_Attrs) -> std::result::Result<Vec<(String, FfiAttr)>, String> {
+    // SAFETY: `attrs` has `size` names, types and values as XLA's call frame states.
+    unsafe {
+        let n = usize::try_from(attrs.size).map_err(|_| "negative attribute count".to_string())?;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let name = &**attrs.names.add(i);
+            let name = String::from_utf8_lossy(span(name.ptr as *const u8, name.len)).into_owned();
+            let value = decode_attr(*attrs.types.add(i), *attrs.attrs.add(i)).map_err(|e| format!("attribute {name}: {e}"))?;
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+}
+
+unsafe fn span<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+    // SAFETY: the caller passes a pointer to `len` readable bytes (or len 0).
+    unsafe {
+        if len == 0 || ptr.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts(ptr, len)
+        }
+    }
+}
+
+unsafe fn decode_attr(ty: b::XLA_FFI_AttrType, value: *mut std::ffi::c_void) -> std::result::Result<FfiAttr, String> {
+    // SAFETY: `value` points to the struct `ty` names (XLA's call frame contract); scalar and
+    // array data have the element type they state.
+    unsafe {
+        match ty {
+            b::XLA_FFI_AttrType_SCALAR => {
+                let s = &*(value as *const b::XLA_FFI_Scalar);
+                scalar(s.dtype, s.value as *const u8, 0)
+            }
+            b::XLA_FFI_AttrType_STRING => {
+                let s = &*(value as *const b::XLA_FFI_ByteSpan);
+                Ok(FfiAttr::Str(String::from_utf8_lossy(span(s.ptr as *const u8, s.len)).into_owned()))
+            }
+            b::XLA_FFI_AttrType_ARRAY => {
+                let a = &*(value as *const b::XLA_FFI_Array);
+                let mut ints = Vec::new();
+                let mut floats = Vec::new();
+                for k in 0..a.size {
+                    match scalar(a.dtype, a.data as *const u8, k)? {
+                        FfiAttr::Int(v) => ints.push(v),
+                        FfiAttr::Float(v) => floats.push(v),
+                        _ => unreachable!("scalar() returns numbers"),
+                    }
+                }
+                Ok(if floats.is_empty() { FfiAttr::IntArray(ints) } else { FfiAttr::FloatArray(floats) })
+            }
+            b::XLA_FFI_AttrType_DICTIONARY => Ok(FfiAttr::Dict(decode_attrs(&*(value as *const b::XLA_FFI_Attrs))?)),
+            other => Err(format!("unknown attribute kind {other}")),
+        }
+    }
+}
+
+/// Element `k` of an array of scalars of type `dtype` at `ptr`.
+unsafe fn scalar(dtype: b::XLA_FFI_DataType, ptr: *const u8, k: usize) -> std::result::Result<FfiAttr, String> {
+    let t = FfiType::from_raw(dtype).ok_or_else(|| format!("unsupported element type code {dtype}"))?;
+    // SAFETY: `ptr` holds at least k + 1 elements of type `t` (caller); read_unaligned
+    // tolerates any alignment.
+    unsafe {
+        let p = ptr.add(k * t.size());
+        Ok(match t {
+            FfiType::Pred | FfiType::U8 => FfiAttr::Int(p.read() as i64),
+            FfiType::S8 => FfiAttr::Int((p as *const i8).read() as i64),
+            FfiType::S16 => FfiAttr::Int((p as *const i16).read_unaligned() as i64),
+            FfiType::U16 => FfiAttr::Int((p as *const u16).read_unaligned() as i64),
+            FfiType::S32 => FfiAttr::Int((p as *const i32).read_unaligned() as i64),
+            FfiType::U32 => FfiAttr::Int((p as *const u32).read_unaligned() as i64),
+            FfiType::S64 => FfiAttr::Int((p as *const i64).read_unaligned()),
+            FfiType::U64 => FfiAttr::Int((p as *const u64).read_unaligned() as i64),
+            FfiType::F32 => FfiAttr::Float((p as *const f32).read_unaligned() as f64),
+            FfiType::F64 => FfiAttr::Float((p as *const f64).read_unaligned()),
+            other => return Err(format!("unsupported {} attribute", other.name())),
+        })
+    }
+}
+
+/// Registers `H` as the typed-FFI handler of custom-call `target` on `platform` (XLA
+/// canonicalizes the name: "cpu" and "Host" are the same) in the plugin's process-wide
+/// registry. Registering the same handler again is harmless; a different handler under a
+/// registered name is refused by XLA. `Error::Unsupported` when the plugin has no FFI extension.
+pub fn register_handler<H: FfiHandler>(api: &Api, target: &str, platform: &str) -> Result<()> {
+    let Some(ext) = api.extension(b::PJRT_Extension_Type_FFI) else {
+        return Err(api.unsupported("PJRT_FFI_Extension"));
+    };
+    // SAFETY: an extension of type FFI has the PJRT_FFI_Extension layout (its struct_size is
+    // checked to cover register_handler); the args borrow `target` and `platform`, which the
+    // plugin copies during the call.
+    unsafe {
+        let needed = std::mem::offset_of!(b::PJRT_FFI_Extension, register_handler) + std::mem::size_of::<usize>();
+        if (*ext).struct_size < needed {
+            return Err(api.unsupported("PJRT_FFI_Register_Handler"));
+        }
+        let ext = ext as *const b::PJRT_FFI_Extension;
+        let Some(f) = (*ext).register_handler else {
+            return Err(api.unsupported("PJRT_FFI_Register_Handler"));
+        };
+        let handler: unsafe extern "C" fn(*mut b::XLA_FFI_CallFrame) -> *mut b::XLA_FFI_Error = entry::<H>;
+        let mut a = args!(PJRT_FFI_Register_Handler_Args {
+            target_name: target.as_ptr() as *const _,
+            target_name_size: target.len(),
+            handler: handler as *mut std::ffi::c_void,
+            platform_name: platform.as_ptr() as *const _,
+            platform_name_size: platform.len(),
+        });
+        api.check("PJRT_FFI_Register_Handler", f(&mut a)).map_err(|e| match e {
+            Error::Pjrt { call, code, message } => {
+                Error::Pjrt { call, code, message: format!("registering FFI handler {target}: {message}") }
+            }
+            other => other,
+        })
+    }
+}
