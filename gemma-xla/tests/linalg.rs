@@ -216,3 +216,23 @@ fn an_unknown_custom_call_target_fails_with_xlas_error_naming_it() {
     assert!(err.contains("lapack_dpotrf_nonexistent_ffi"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_bad_attribute_fails_the_run_with_the_handlers_message() {
+    let out = scratch("linalg-attr");
+    let text = std::fs::read_to_string(fixtures("linalg").join("cholesky_f64/program.mlir")).unwrap();
+    assert!(text.contains("uplo = 76 : ui8"));
+    let program = out.path().join("program.mlir");
+    std::fs::write(&program, text.replace("uplo = 76 : ui8", "uplo = 88 : ui8")).unwrap();
+    let o = gemma_xla(BIN)
+        .arg("run")
+        .arg(&program)
+        .args(["--arg", &fixtures("linalg").join("cholesky_f64/arg_0.npy").to_string_lossy()])
+        .arg("--out")
+        .arg(out.path().join("out"))
+        .output()
+        .unwrap();
+    let err = failed(&o);
+    assert!(err.contains("potrf: attribute uplo = Int(88), expected one of 'L', 'U'"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

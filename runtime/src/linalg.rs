@@ -287,6 +287,26 @@ fn expect_counts(call: &FfiCall<'_>, args: usize, rets: usize, target: &str) -> 
     Ok(())
 }
 
+/// `f` over the matrices of a batch, on up to as many threads as the machine has cores (a
+/// batched custom call is one call; LAPACK under JAX also spreads a batch over threads).
+fn par_map<I: Send, O: Send>(items: Vec<I>, f: impl Fn(I) -> O + Sync) -> Vec<O> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len());
+    if threads <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<I>> = Vec::with_capacity(threads);
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        chunks.push(items.by_ref().take(per).collect());
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks.into_iter().map(|c| scope.spawn(move || c.into_iter().map(f).collect::<Vec<O>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
+}
+
 fn all_finite<T: Elem>(m: MatRef<'_, T>) -> bool {
     (0..m.ncols()).all(|j| (0..m.nrows()).all(|i| m[(i, j)].finite()))
 }
@@ -326,9 +346,12 @@ fn getrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[s.rows, s.cols])?, "getrf result 0")?;
     check_ret(&call.rets[1], FfiType::S32, &with_batch(batch, &[k])?, "getrf pivots")?;
     check_ret(&call.rets[2], FfiType::S32, &with_batch(batch, &[])?, "getrf info")?;
-    for (b, a) in mats.into_iter().enumerate() {
+    let results = par_map(mats, |a| {
         let (lu, pivots) = lu_factor(a);
         let info = (0..k).find(|&i| lu[(i, i)] == T::zero()).map_or(0, |i| i as i32 + 1);
+        (lu, pivots, info)
+    });
+    for (b, (lu, pivots, info)) in results.into_iter().enumerate() {
         store_matrix(&mut call.rets[0], b, lu.as_ref());
         store_i32(&mut call.rets[1], b, &pivots);
         store_i32(&mut call.rets[2], b, &[info]);
@@ -439,7 +462,7 @@ fn potrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[s.rows, s.cols])?, "potrf result 0")?;
     check_ret(&call.rets[1], FfiType::S32, &with_batch(batch, &[])?, "potrf info")?;
     let n = s.rows;
-    for (b, a) in mats.into_iter().enumerate() {
+    let results = par_map(mats, |a| {
         let h = hermitian_from(&a, lower);
         let mut out = a;
         let info = match h.as_ref().llt(Side::Lower) {
@@ -458,6 +481,9 @@ fn potrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
             }
             Err(faer::linalg::solvers::LltError::NonPositivePivot { index }) => index as i32 + 1,
         };
+        (out, info)
+    });
+    for (b, (out, info)) in results.into_iter().enumerate() {
         store_matrix(&mut call.rets[0], b, out.as_ref());
         store_i32(&mut call.rets[1], b, &[info]);
     }
@@ -491,7 +517,7 @@ fn trsm<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
         return Err(format!("trsm: {} matrices A for {} right-hand sides", sa.count, sb.count));
     }
     check_ret(&call.rets[0], T::TYPE, &call.args[1].dims.iter().map(|&d| d as usize).collect::<Vec<_>>(), "trsm result")?;
-    for (b, mut x) in b_mats.into_iter().enumerate() {
+    let solved = par_map(b_mats.into_iter().enumerate().collect(), |(b, mut x): (usize, Mat<T>)| {
         let a = &a_mats[if sa.count == 1 { 0 } else { b }];
         // op(A), and whether it is lower triangular.
         let adjoint;
@@ -512,6 +538,9 @@ fn trsm<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
             (false, false) => tri::solve_upper_triangular_in_place(tri_m, rhs, Par::Seq),
             (false, true) => tri::solve_unit_upper_triangular_in_place(tri_m, rhs, Par::Seq),
         }
+        x
+    });
+    for (b, x) in solved.into_iter().enumerate() {
         store_matrix(&mut call.rets[0], b, x.as_ref());
     }
     Ok(())
@@ -536,7 +565,7 @@ fn geqrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[s.rows, s.cols])?, "geqrf result 0")?;
     check_ret(&call.rets[1], T::TYPE, &with_batch(batch, &[k])?, "geqrf taus")?;
     use faer::linalg::qr::no_pivoting::factor as qr;
-    for (b, mut a) in mats.into_iter().enumerate() {
+    let results = par_map(mats, |mut a| {
         let mut taus = vec![T::zero(); k];
         if k > 0 {
             let bs = qr::recommended_block_size::<T>(s.rows, s.cols);
@@ -550,6 +579,9 @@ fn geqrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
                 *tau = coeff[(i % bs, i)].recip();
             }
         }
+        (a, taus)
+    });
+    for (b, (a, taus)) in results.into_iter().enumerate() {
         store_matrix(&mut call.rets[0], b, a.as_ref());
         store_values(&mut call.rets[1], b, &taus);
     }
@@ -576,7 +608,7 @@ fn orgqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     }
     check_ret(&call.rets[0], T::TYPE, &call.args[0].dims.iter().map(|&d| d as usize).collect::<Vec<_>>(), "orgqr result")?;
     let (m, n) = (s.rows, s.cols);
-    for (b, a) in mats.into_iter().enumerate() {
+    let results = par_map(mats.into_iter().enumerate().collect(), |(b, a): (usize, Mat<T>)| {
         let mut q = Mat::<T>::from_fn(m, n, |i, j| if i == j { T::one() } else { T::zero() });
         let mut w = Mat::<T>::zeros(1, n);
         for i in (0..k).rev() {
@@ -592,6 +624,9 @@ fn orgqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
             faer::linalg::matmul::matmul(wi.rb_mut(), Accum::Replace, v.as_ref().adjoint(), block.rb(), T::one(), Par::Seq);
             faer::linalg::matmul::matmul(block.rb_mut(), Accum::Add, v.as_ref(), wi.rb(), -tau, Par::Seq);
         }
+        q
+    });
+    for (b, q) in results.into_iter().enumerate() {
         store_matrix(&mut call.rets[0], b, q.as_ref());
     }
     Ok(())
@@ -623,9 +658,9 @@ fn syevd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[n, n])?, "syevd result 0")?;
     check_ret(&call.rets[1], <T::Re as Elem>::TYPE, &with_batch(batch, &[n])?, "syevd eigenvalues")?;
     check_ret(&call.rets[2], FfiType::S32, &with_batch(batch, &[])?, "syevd info")?;
-    for (b, a) in mats.into_iter().enumerate() {
+    let results = par_map(mats, |a| {
         let h = hermitian_from(&a, lower);
-        let (v, w, info) = if !all_finite(h.as_ref()) {
+        if !all_finite(h.as_ref()) {
             (a, vec![<T::Re as Elem>::zero(); n], 1)
         } else if vectors {
             match h.as_ref().self_adjoint_eigen(Side::Lower) {
@@ -640,7 +675,9 @@ fn syevd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
                 Ok(w) => (a, w, 0),
                 Err(_) => (a, vec![<T::Re as Elem>::zero(); n], 1),
             }
-        };
+        }
+    });
+    for (b, (v, w, info)) in results.into_iter().enumerate() {
         store_matrix(&mut call.rets[0], b, v.as_ref());
         store_values(&mut call.rets[1], b, &w);
         store_i32(&mut call.rets[2], b, &[info]);
@@ -678,7 +715,7 @@ fn gesdd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     let u_shape = matrix_shape(call.rets[2].dims, "gesdd U")?;
     let vt_shape = matrix_shape(call.rets[3].dims, "gesdd V^H")?;
     let zero_re = <T::Re as Elem>::zero();
-    for (b, a) in mats.into_iter().enumerate() {
+    let results = par_map(mats, |a| {
         let mut u = Mat::<T>::zeros(u_shape.rows, u_shape.cols);
         let mut vt = Mat::<T>::zeros(vt_shape.rows, vt_shape.cols);
         let mut sv = vec![zero_re; k];
@@ -701,6 +738,9 @@ fn gesdd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
                 Err(_) => info = 1,
             }
         }
+        (a, sv, u, vt, info)
+    });
+    for (b, (a, sv, u, vt, info)) in results.into_iter().enumerate() {
         store_matrix(&mut call.rets[0], b, a.as_ref());
         store_values(&mut call.rets[1], b, &sv);
         if u.nrows() == u_shape.rows && u.ncols() == u_shape.cols {
