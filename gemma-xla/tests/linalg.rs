@@ -18,9 +18,9 @@ struct Cases {
 struct Case {
     dir: String,
     dtype: String,
-    complex: bool,
     args: usize,
     outputs: Vec<String>,
+    complex_outputs: Vec<bool>,
     targets: Vec<String>,
 }
 
@@ -89,8 +89,9 @@ fn compare(case: &Case, i: usize, ours: &HostArray, want: &HostArray) -> Result<
     let what = format!("{} output {i} ({})", case.dir, case.outputs[i]);
     ensure!(ours.dims() == want.dims(), "{what}: shape {:?}, JAX {:?}", ours.dims(), want.dims());
     ensure!(ours.dtype() == want.dtype(), "{what}: dtype {:?}, JAX {:?}", ours.dtype(), want.dtype());
-    let (dims, mut o) = pairs(ours, case.complex);
-    let (_, w) = pairs(want, case.complex);
+    let complex = case.complex_outputs[i];
+    let (dims, mut o) = pairs(ours, complex);
+    let (_, w) = pairs(want, complex);
     match case.outputs[i].as_str() {
         "cols" => align(&mut o, &w, &dims, false),
         "rows" => align(&mut o, &w, &dims, true),

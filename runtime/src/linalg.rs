@@ -18,6 +18,8 @@ use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use xla_sys::ffi::{register_handler, FfiArg, FfiAttr, FfiCall, FfiHandler, FfiRet, FfiType};
 
 type R<T> = std::result::Result<T, String>;
+/// Eigenvalues and eigenvectors (columns).
+type Eigen<C> = (Vec<C>, Mat<C>);
 
 /// An element type the kernels take: f32, f64, and faer's c32, c64 (XLA's c64, c128).
 trait Elem:
@@ -32,6 +34,8 @@ trait Elem:
     + 'static
 {
     type Re: Elem;
+    /// The complex type of the same precision.
+    type C: Elem<Re = Self::Re>;
     const TYPE: FfiType;
     fn load(b: &[u8]) -> Self;
     fn store(self, b: &mut [u8]);
@@ -39,6 +43,14 @@ trait Elem:
     fn conj_(self) -> Self;
     fn real(self) -> Self::Re;
     fn from_real(r: Self::Re) -> Self;
+    fn imag(self) -> Self::Re;
+    /// |x|^2.
+    fn abs_sq(self) -> f64;
+    /// x * f.
+    fn scale(self, f: f64) -> Self;
+    /// faer's eigendecomposition: eigenvalues and right eigenvectors (complex).
+    fn eigen(m: MatRef<'_, Self>) -> Option<Eigen<Self::C>>;
+    fn inverse(m: MatRef<'_, Self>) -> Mat<Self>;
     /// |re| + |im|, LAPACK's pivot measure.
     fn abs1(self) -> f64;
     fn zero() -> Self {
@@ -53,9 +65,10 @@ trait Elem:
 }
 
 macro_rules! real_elem {
-    ($t:ty, $ty:expr) => {
+    ($t:ty, $c:ty, $ty:expr) => {
         impl Elem for $t {
             type Re = $t;
+            type C = $c;
             const TYPE: FfiType = $ty;
             fn load(b: &[u8]) -> Self {
                 <$t>::from_le_bytes(b[..std::mem::size_of::<$t>()].try_into().unwrap())
@@ -75,19 +88,37 @@ macro_rules! real_elem {
             fn from_real(r: $t) -> Self {
                 r
             }
+            fn imag(self) -> $t {
+                0.0
+            }
+            fn abs_sq(self) -> f64 {
+                (self as f64) * (self as f64)
+            }
+            fn scale(self, f: f64) -> Self {
+                ((self as f64) * f) as $t
+            }
+            fn eigen(m: MatRef<'_, Self>) -> Option<Eigen<Self::C>> {
+                let e = m.eigen().ok()?;
+                Some(((0..m.nrows()).map(|i| e.S()[i]).collect(), e.U().to_owned()))
+            }
+            fn inverse(m: MatRef<'_, Self>) -> Mat<Self> {
+                use faer::linalg::solvers::DenseSolveCore;
+                m.partial_piv_lu().inverse()
+            }
             fn abs1(self) -> f64 {
                 (self as f64).abs()
             }
         }
     };
 }
-real_elem!(f32, FfiType::F32);
-real_elem!(f64, FfiType::F64);
+real_elem!(f32, faer::c32, FfiType::F32);
+real_elem!(f64, faer::c64, FfiType::F64);
 
 macro_rules! complex_elem {
     ($t:ty, $re:ty, $ty:expr) => {
         impl Elem for $t {
             type Re = $re;
+            type C = $t;
             const TYPE: FfiType = $ty;
             fn load(b: &[u8]) -> Self {
                 let h = std::mem::size_of::<$re>();
@@ -110,6 +141,23 @@ macro_rules! complex_elem {
             fn from_real(r: $re) -> Self {
                 <$t>::new(r, 0.0)
             }
+            fn imag(self) -> $re {
+                self.im
+            }
+            fn abs_sq(self) -> f64 {
+                (self.re as f64) * (self.re as f64) + (self.im as f64) * (self.im as f64)
+            }
+            fn scale(self, f: f64) -> Self {
+                <$t>::new(((self.re as f64) * f) as $re, ((self.im as f64) * f) as $re)
+            }
+            fn eigen(m: MatRef<'_, Self>) -> Option<Eigen<Self::C>> {
+                let e = m.eigen().ok()?;
+                Some(((0..m.nrows()).map(|i| e.S()[i]).collect(), e.U().to_owned()))
+            }
+            fn inverse(m: MatRef<'_, Self>) -> Mat<Self> {
+                use faer::linalg::solvers::DenseSolveCore;
+                m.partial_piv_lu().inverse()
+            }
             fn abs1(self) -> f64 {
                 (self.re as f64).abs() + (self.im as f64).abs()
             }
@@ -123,9 +171,9 @@ complex_elem!(faer::c64, f64, FfiType::C128);
 pub fn targets() -> Vec<String> {
     let mut out = Vec::new();
     for (routines, prefixes) in [
-        (&["getrf", "geqrf", "potrf", "trsm", "gesdd", "gesvd"][..], &["s", "d", "c", "z"][..]),
-        (&["orgqr", "syevd"][..], &["s", "d"][..]),
-        (&["ungqr", "heevd"][..], &["c", "z"][..]),
+        (&["getrf", "geqrf", "geqp3", "potrf", "trsm", "gesdd", "gesvd", "geev", "gehrd", "gtsv"][..], &["s", "d", "c", "z"][..]),
+        (&["orgqr", "ormqr", "syevd"][..], &["s", "d"][..]),
+        (&["ungqr", "unmqr", "heevd"][..], &["c", "z"][..]),
     ] {
         for r in routines {
             for p in prefixes {
@@ -149,6 +197,11 @@ pub fn register(api: &xla_sys::Api) -> xla_sys::Result<()> {
             "trsm" => register_handler::<Trsm>(api, &name, "Host")?,
             "syevd" | "heevd" => register_handler::<Syevd>(api, &name, "Host")?,
             "gesdd" | "gesvd" => register_handler::<Gesdd>(api, &name, "Host")?,
+            "geqp3" => register_handler::<Geqp3>(api, &name, "Host")?,
+            "ormqr" | "unmqr" => register_handler::<Ormqr>(api, &name, "Host")?,
+            "geev" => register_handler::<Geev>(api, &name, "Host")?,
+            "gehrd" => register_handler::<Gehrd>(api, &name, "Host")?,
+            "gtsv" => register_handler::<Gtsv>(api, &name, "Host")?,
             other => unreachable!("no handler for {other}"),
         }
     }
@@ -750,6 +803,410 @@ fn gesdd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
             store_matrix(&mut call.rets[3], b, vt.as_ref());
         }
         store_i32(&mut call.rets[4], b, &[info]);
+    }
+    Ok(())
+}
+
+/// LAPACK's tau from faer's block Householder factor `coeff` (block size = its rows): faer's
+/// reflector i is I - v v^H / t with t on the diagonal of its block; LAPACK's tau is 1 / t.
+fn lapack_taus<T: Elem>(coeff: MatRef<'_, T>) -> Vec<T> {
+    let bs = coeff.nrows();
+    (0..coeff.ncols()).map(|i| coeff[(i % bs, i)].recip()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// geqp3: QR with column pivoting. Operands: A, jpvt (all zero: every column free; LAPACK's
+// preset leading columns are not supported). Results: geqrf's storage, jpvt (1-based: column j
+// of A P is column jpvt[j] of A), tau.
+
+struct Geqp3;
+impl FfiHandler for Geqp3 {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "geqp3", geqp3)
+    }
+}
+
+fn geqp3<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    expect_counts(call, 2, 3, "geqp3")?;
+    let (s, mats) = arg_matrices::<T>(&call.args[0], "geqp3 operand 0")?;
+    let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
+    let (m, n) = (s.rows, s.cols);
+    let k = m.min(n);
+    if call.args[1].dtype != FfiType::S32 {
+        return Err(format!("geqp3 operand 1 (jpvt) is {}, expected s32", call.args[1].dtype.name()));
+    }
+    if call.args[1].dims.iter().map(|&d| usize_dim(d)).collect::<R<Vec<_>>>()? != with_batch(batch, &[n])? {
+        return Err(format!("geqp3 operand 1 (jpvt) has dimensions {:?}, expected the batch then {n}", call.args[1].dims));
+    }
+    if call.args[1].bytes().iter().any(|&b| b != 0) {
+        return Err("geqp3: preset pivot columns (jpvt != 0) are not supported; JAX's qr(pivoting=True) passes zeros".into());
+    }
+    check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[m, n])?, "geqp3 result 0")?;
+    check_ret(&call.rets[1], FfiType::S32, &with_batch(batch, &[n])?, "geqp3 jpvt")?;
+    check_ret(&call.rets[2], T::TYPE, &with_batch(batch, &[k])?, "geqp3 taus")?;
+    use faer::linalg::qr::col_pivoting::factor as qr;
+    let results = par_map(mats, |mut a| {
+        let mut perm = vec![0usize; n];
+        let mut perm_inv = vec![0usize; n];
+        let mut taus = Vec::new();
+        if k > 0 {
+            let bs = qr::recommended_block_size::<T>(m, n);
+            let mut coeff = Mat::<T>::zeros(bs, k);
+            let params = Default::default();
+            let mut mem = MemBuffer::new(qr::qr_in_place_scratch::<usize, T>(m, n, bs, Par::Seq, params));
+            qr::qr_in_place(a.as_mut(), coeff.as_mut(), &mut perm, &mut perm_inv, Par::Seq, MemStack::new(&mut mem), params);
+            taus = lapack_taus(coeff.as_ref());
+        } else {
+            perm = (0..n).collect();
+        }
+        let jpvt: Vec<i32> = perm.iter().map(|&p| p as i32 + 1).collect();
+        (a, jpvt, taus)
+    });
+    for (b, (a, jpvt, taus)) in results.into_iter().enumerate() {
+        store_matrix(&mut call.rets[0], b, a.as_ref());
+        store_i32(&mut call.rets[1], b, &jpvt);
+        store_values(&mut call.rets[2], b, &taus);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// ormqr/unmqr: op(Q) C (left) or C op(Q) (right) with Q = H_1 ... H_k in geqrf's storage;
+// attributes left and transpose (conjugate transpose for complex types). Operands: the
+// reflectors, tau, C. Applied one reflector at a time, as LAPACK's orm2r/unm2r.
+
+struct Ormqr;
+impl FfiHandler for Ormqr {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "ormqr", ormqr)
+    }
+}
+
+fn bool_attr(call: &FfiCall<'_>, name: &str, target: &str) -> R<bool> {
+    match call.attr(name) {
+        Some(FfiAttr::Int(v)) if *v == 0 || *v == 1 => Ok(*v == 1),
+        Some(other) => Err(format!("{target}: attribute {name} = {other:?}, expected a bool")),
+        None => Err(format!("{target}: missing attribute {name}")),
+    }
+}
+
+fn ormqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    expect_counts(call, 3, 1, "ormqr")?;
+    let left = bool_attr(call, "left", "ormqr")?;
+    let transpose = bool_attr(call, "transpose", "ormqr")?;
+    let (sa, a_mats) = arg_matrices::<T>(&call.args[0], "ormqr operand 0")?;
+    let (count, k, taus) = arg_vectors::<T>(&call.args[1], "ormqr operand 1 (tau)")?;
+    let (sc, c_mats) = arg_matrices::<T>(&call.args[2], "ormqr operand 2 (C)")?;
+    let order = if left { sc.rows } else { sc.cols };
+    if count != sa.count || sc.count != sa.count || sa.rows != order || k > sa.cols || k > order {
+        return Err(format!(
+            "ormqr: reflectors {}x{}, {k} taus, C {}x{} (side {}), batches {} / {count} / {}",
+            sa.rows,
+            sa.cols,
+            sc.rows,
+            sc.cols,
+            if left { "left" } else { "right" },
+            sa.count,
+            sc.count
+        ));
+    }
+    check_ret(&call.rets[0], T::TYPE, &call.args[2].dims.iter().map(|&d| d as usize).collect::<Vec<_>>(), "ormqr result")?;
+    let results = par_map(a_mats.into_iter().zip(c_mats).enumerate().collect(), |(b, (a, mut c)): (usize, (Mat<T>, Mat<T>))| {
+        let taus = &taus[b * k..(b + 1) * k];
+        // Q C = H_1 (... (H_k C)); Q^H C = H_k^H (... (H_1^H C)); C Q = ((C H_1) ...) H_k;
+        // C Q^H = ((C H_k^H) ...) H_1^H. H_i^H = I - conj(tau_i) v_i v_i^H.
+        let forward = left == transpose;
+        let order: Vec<usize> = if forward { (0..k).collect() } else { (0..k).rev().collect() };
+        for i in order {
+            let tau = if transpose { taus[i].conj_() } else { taus[i] };
+            let len = sa.rows - i;
+            let mut v = Mat::<T>::zeros(len, 1);
+            v[(0, 0)] = T::one();
+            for r in 1..len {
+                v[(r, 0)] = a[(i + r, i)];
+            }
+            if left {
+                // C[i.., :] -= tau v (v^H C[i.., :])
+                let mut block = c.as_mut().submatrix_mut(i, 0, len, sc.cols);
+                let mut w = Mat::<T>::zeros(1, sc.cols);
+                faer::linalg::matmul::matmul(w.as_mut(), Accum::Replace, v.as_ref().adjoint(), block.rb(), T::one(), Par::Seq);
+                faer::linalg::matmul::matmul(block.rb_mut(), Accum::Add, v.as_ref(), w.as_ref(), -tau, Par::Seq);
+            } else {
+                // C[:, i..] -= tau (C[:, i..] v) v^H
+                let mut block = c.as_mut().submatrix_mut(0, i, sc.rows, len);
+                let mut w = Mat::<T>::zeros(sc.rows, 1);
+                faer::linalg::matmul::matmul(w.as_mut(), Accum::Replace, block.rb(), v.as_ref(), T::one(), Par::Seq);
+                faer::linalg::matmul::matmul(block.rb_mut(), Accum::Add, w.as_ref(), v.as_ref().adjoint(), -tau, Par::Seq);
+            }
+        }
+        c
+    });
+    for (b, c) in results.into_iter().enumerate() {
+        store_matrix(&mut call.rets[0], b, c.as_ref());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// gehrd: Hessenberg reduction A = Q H Q^H in LAPACK's storage (H on and above the
+// subdiagonal, reflectors below it, n - 1 taus); attributes low/high (1-based ilo/ihi: only the
+// whole matrix, 1 and n, as JAX passes). Results: the storage, tau, info.
+
+struct Gehrd;
+impl FfiHandler for Gehrd {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "gehrd", gehrd)
+    }
+}
+
+fn gehrd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    expect_counts(call, 1, 3, "gehrd")?;
+    let (s, mats) = arg_matrices::<T>(&call.args[0], "gehrd operand")?;
+    if s.rows != s.cols {
+        return Err(format!("gehrd: matrices are {}x{}, expected square", s.rows, s.cols));
+    }
+    let n = s.rows;
+    let (low, high) = (call.attr("low").cloned(), call.attr("high").cloned());
+    if low != Some(FfiAttr::Int(1)) || high != Some(FfiAttr::Int(n as i64)) {
+        return Err(format!("gehrd: low = {low:?}, high = {high:?}; only the whole matrix (1, {n}) is supported"));
+    }
+    let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
+    let nt = n.saturating_sub(1);
+    check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[n, n])?, "gehrd result 0")?;
+    check_ret(&call.rets[1], T::TYPE, &with_batch(batch, &[nt])?, "gehrd taus")?;
+    check_ret(&call.rets[2], FfiType::S32, &with_batch(batch, &[])?, "gehrd info")?;
+    use faer::linalg::evd::hessenberg as hess;
+    let results = par_map(mats, |mut a| {
+        let mut taus = Vec::new();
+        if nt > 0 {
+            let bs = faer::linalg::qr::no_pivoting::factor::recommended_block_size::<T>(nt, nt);
+            let mut coeff = Mat::<T>::zeros(bs, nt);
+            let params = Default::default();
+            let mut mem = MemBuffer::new(hess::hessenberg_in_place_scratch::<T>(n, bs, Par::Seq, params));
+            hess::hessenberg_in_place(a.as_mut(), coeff.as_mut(), Par::Seq, MemStack::new(&mut mem), params);
+            taus = lapack_taus(coeff.as_ref());
+        }
+        (a, taus)
+    });
+    for (b, (a, taus)) in results.into_iter().enumerate() {
+        store_matrix(&mut call.rets[0], b, a.as_ref());
+        store_values(&mut call.rets[1], b, &taus);
+        store_i32(&mut call.rets[2], b, &[0]);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// gtsv: solves a tridiagonal system A X = B. Operands dl, d, du (each of length n, JAX's
+// convention: dl[0] and du[n-1] unused) and B (n x nrhs). Results: dl, d, du as LAPACK leaves
+// them, X, info (the 1-based index of an exactly zero pivot; X is then not computed).
+// faer has no banded solver; this is LAPACK's gtsv elimination with partial pivoting, O(n).
+
+struct Gtsv;
+impl FfiHandler for Gtsv {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "gtsv", gtsv)
+    }
+}
+
+fn gtsv<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    expect_counts(call, 4, 5, "gtsv")?;
+    let (c0, n0, dl) = arg_vectors::<T>(&call.args[0], "gtsv operand 0 (dl)")?;
+    let (c1, n1, d) = arg_vectors::<T>(&call.args[1], "gtsv operand 1 (d)")?;
+    let (c2, n2, du) = arg_vectors::<T>(&call.args[2], "gtsv operand 2 (du)")?;
+    let (sb, b_mats) = arg_matrices::<T>(&call.args[3], "gtsv operand 3 (B)")?;
+    let n = sb.rows;
+    if [c0, c1, c2] != [sb.count; 3] || [n0, n1, n2] != [n; 3] {
+        return Err(format!(
+            "gtsv: diagonals of {n0}, {n1}, {n2} (batches {c0}, {c1}, {c2}) for B of {}x{} (batch {})",
+            sb.rows, sb.cols, sb.count
+        ));
+    }
+    for i in 0..3 {
+        check_ret(&call.rets[i], T::TYPE, &call.args[i].dims.iter().map(|&x| x as usize).collect::<Vec<_>>(), "gtsv diagonal")?;
+    }
+    check_ret(&call.rets[3], T::TYPE, &call.args[3].dims.iter().map(|&x| x as usize).collect::<Vec<_>>(), "gtsv X")?;
+    let batch = &call.args[3].dims[..call.args[3].dims.len() - 2];
+    check_ret(&call.rets[4], FfiType::S32, &with_batch(batch, &[])?, "gtsv info")?;
+    let results = par_map(b_mats.into_iter().enumerate().collect(), |(b, mut x): (usize, Mat<T>)| {
+        // LAPACK's arrays: DL(1..n-1) = dl[1..], D = d, DU(1..n-1) = du[..n-1].
+        let mut lo: Vec<T> = dl[b * n..(b + 1) * n].to_vec();
+        let mut di: Vec<T> = d[b * n..(b + 1) * n].to_vec();
+        let mut up: Vec<T> = du[b * n..(b + 1) * n].to_vec();
+        let info = gtsv_solve(&mut lo[1.min(n)..], &mut di, &mut up, &mut x);
+        (lo, di, up, x, info)
+    });
+    for (b, (lo, di, up, x, info)) in results.into_iter().enumerate() {
+        store_values(&mut call.rets[0], b, &lo);
+        store_values(&mut call.rets[1], b, &di);
+        store_values(&mut call.rets[2], b, &up);
+        store_matrix(&mut call.rets[3], b, x.as_ref());
+        store_i32(&mut call.rets[4], b, &[info]);
+    }
+    Ok(())
+}
+
+/// LAPACK's gtsv on `dl` (n - 1 used), `d` (n), `du` (n; the last is the second superdiagonal
+/// slot LAPACK uses during pivoting) and the right-hand sides `x`; returns info.
+fn gtsv_solve<T: Elem>(dl: &mut [T], d: &mut [T], du: &mut [T], x: &mut Mat<T>) -> i32 {
+    let n = d.len();
+    if n == 0 {
+        return 0;
+    }
+    let nrhs = x.ncols();
+    for i in 0..n - 1 {
+        if d[i].abs1() >= dl[i].abs1() {
+            // No interchange.
+            if d[i] == T::zero() {
+                return i as i32 + 1;
+            }
+            let fact = dl[i] * d[i].recip();
+            let t = du[i];
+            d[i + 1] -= fact * t;
+            for j in 0..nrhs {
+                let bi = x[(i, j)];
+                x[(i + 1, j)] -= fact * bi;
+            }
+            if i < n - 2 {
+                dl[i] = T::zero();
+            }
+        } else {
+            // Interchange rows i and i + 1.
+            let fact = d[i] * dl[i].recip();
+            d[i] = dl[i];
+            let temp = d[i + 1];
+            d[i + 1] = du[i] - fact * temp;
+            if i < n - 2 {
+                dl[i] = du[i + 1];
+                let t = dl[i];
+                du[i + 1] = -(fact * t);
+            }
+            du[i] = temp;
+            for j in 0..nrhs {
+                let temp = x[(i, j)];
+                x[(i, j)] = x[(i + 1, j)];
+                let next = x[(i, j)];
+                x[(i + 1, j)] = temp - fact * next;
+            }
+        }
+    }
+    if d[n - 1] == T::zero() {
+        return n as i32;
+    }
+    for j in 0..nrhs {
+        let r = d[n - 1].recip();
+        x[(n - 1, j)] *= r;
+        if n > 1 {
+            let v = x[(n - 2, j)] - du[n - 2] * x[(n - 1, j)];
+            x[(n - 2, j)] = v * d[n - 2].recip();
+        }
+        for i in (0..n.saturating_sub(2)).rev() {
+            let v = x[(i, j)] - du[i] * x[(i + 1, j)] - dl[i] * x[(i + 2, j)];
+            x[(i, j)] = v * d[i].recip();
+        }
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// geev: eigenvalues and left/right eigenvectors of a general matrix (attributes compute_left,
+// compute_right: 'V' or 'N'). Real types: results wr, wi, vl, vr (complex), info; complex
+// types: w, vl, vr, info. Each eigenvector has unit 2-norm and, as LAPACK makes it, its
+// largest component real; vl holds u with u^H A = lambda u^H. The order of the eigenvalues is
+// faer's (LAPACK's order is no more canonical; compare as sets).
+
+struct Geev;
+impl FfiHandler for Geev {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        let t = call.args.first().ok_or("geev: no operands")?.dtype;
+        match t {
+            FfiType::F32 => geev::<f32>(call),
+            FfiType::F64 => geev::<f64>(call),
+            FfiType::C64 => geev::<faer::c32>(call),
+            FfiType::C128 => geev::<faer::c64>(call),
+            other => Err(format!("geev: unsupported element type {}", other.name())),
+        }
+    }
+}
+
+/// Unit 2-norm, then rotated so that the component of largest modulus is real and positive.
+fn lapack_normalize<C: Elem>(v: &mut [C]) {
+    let norm: f64 = v.iter().map(|x| x.abs_sq()).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        return;
+    }
+    let big = (0..v.len()).fold(0, |best, i| if v[i].abs_sq() > v[best].abs_sq() { i } else { best });
+    let m = v[big].abs_sq().sqrt();
+    // factor = conj(v[big]) / (|v[big]| * norm)
+    let factor = v[big].conj_().scale(1.0 / (m * norm));
+    for x in v.iter_mut() {
+        *x *= factor;
+    }
+}
+
+/// Eigenvalues, left and right eigenvectors, info.
+type GeevOut<C> = (Vec<C>, Mat<C>, Mat<C>, i32);
+
+fn geev<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    let real = T::TYPE == FfiType::F32 || T::TYPE == FfiType::F64;
+    expect_counts(call, 1, if real { 5 } else { 4 }, "geev")?;
+    let left = ascii_attr(call, "compute_left", b"VN", "geev")? == b'V';
+    let right = ascii_attr(call, "compute_right", b"VN", "geev")? == b'V';
+    let (s, mats) = arg_matrices::<T>(&call.args[0], "geev operand")?;
+    if s.rows != s.cols {
+        return Err(format!("geev: matrices are {}x{}, expected square", s.rows, s.cols));
+    }
+    let n = s.rows;
+    let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
+    let ctype = <T::C as Elem>::TYPE;
+    let nv = if real { 2 } else { 1 };
+    for i in 0..nv {
+        check_ret(&call.rets[i], if real { T::TYPE } else { ctype }, &with_batch(batch, &[n])?, "geev eigenvalues")?;
+    }
+    check_ret(&call.rets[nv], ctype, &with_batch(batch, &[n, n])?, "geev left eigenvectors")?;
+    check_ret(&call.rets[nv + 1], ctype, &with_batch(batch, &[n, n])?, "geev right eigenvectors")?;
+    check_ret(&call.rets[nv + 2], FfiType::S32, &with_batch(batch, &[])?, "geev info")?;
+    let results = par_map(mats, |a| -> GeevOut<T::C> {
+        let zero = || (vec![T::C::zero(); n], Mat::<T::C>::zeros(n, n), Mat::<T::C>::zeros(n, n), 1);
+        if !all_finite(a.as_ref()) {
+            return zero();
+        }
+        // faer's eigendecomposition (of a real matrix through its real Schur form, so that
+        // conjugate pairs are exact).
+        let Some((w, mut vr)) = T::eigen(a.as_ref()) else { return zero() };
+        let mut vl = Mat::<T::C>::zeros(n, n);
+        if left {
+            // Left eigenvectors: the rows of V^-1 (u_j^H A = lambda_j u_j^H), conjugated.
+            let inv = <T::C as Elem>::inverse(vr.as_ref());
+            vl = Mat::from_fn(n, n, |i, j| inv[(j, i)].conj_());
+        }
+        for (m, want) in [(&mut vr, right), (&mut vl, left)] {
+            if !want {
+                *m = Mat::zeros(n, n);
+                continue;
+            }
+            for j in 0..n {
+                let mut col: Vec<T::C> = (0..n).map(|i| m[(i, j)]).collect();
+                lapack_normalize(&mut col);
+                for (i, v) in col.into_iter().enumerate() {
+                    m[(i, j)] = v;
+                }
+            }
+        }
+        (w, vl, vr, 0)
+    });
+    for (b, (w, vl, vr, info)) in results.into_iter().enumerate() {
+        if real {
+            let re: Vec<T::Re> = w.iter().map(|x| x.real()).collect();
+            let im: Vec<T::Re> = w.iter().map(|x| x.imag()).collect();
+            store_values(&mut call.rets[0], b, &re);
+            store_values(&mut call.rets[1], b, &im);
+        } else {
+            store_values(&mut call.rets[0], b, &w);
+        }
+        store_matrix(&mut call.rets[nv], b, vl.as_ref());
+        store_matrix(&mut call.rets[nv + 1], b, vr.as_ref());
+        store_i32(&mut call.rets[nv + 2], b, &[info]);
     }
     Ok(())
 }
