@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Batched linear algebra on the CPU: the programs JAX lowers (LAPACK custom calls) run by
-# gemma-xla's FFI handlers (faer) against JAX itself (jaxlib's LAPACK), same inputs, same cores,
+# gemma-xla's FFI handlers (faer; nalgebra for Schur) against JAX itself (jaxlib's LAPACK), same inputs, same cores,
 # alternated. Times are per execution, compile excluded; host<->device copies are included on
 # both sides (JAX's arguments already live on the device, ours are uploaded each run).
 # Usage: benches/linalg.sh [ROUNDS] [REPS]   (default 2 rounds of 5 executions)
@@ -18,7 +18,8 @@ fi
 cargo build --quiet --release -p benches --bin linalg
 dir=${BENCH_DIR:-$(mktemp -d)}
 "$py" benches/linalg_peer.py make "$dir"
-for name in cholesky_64x256x256_f32 solve_64x256x256_f32 qr_64x256x256_f32 eigh_64x256x256_f32 svdvals_64x256x256_f32 svd_64x256x256_f32; do
+for name in cholesky_64x256x256_f32 solve_64x256x256_f32 qr_64x256x256_f32 eigh_64x256x256_f32 svdvals_64x256x256_f32 svd_64x256x256_f32 \
+  eig_64x128x128_f32 schur_64x128x128_f32; do
   for r in $(seq "$rounds"); do
     ./target/release/linalg "$dir/$name.mlir" "$dir/${name}_arg.npy" "$reps" 2>/dev/null | grep '^ours'
     "$py" benches/linalg_peer.py time "$dir" "$name" "$reps"

@@ -25,6 +25,8 @@ CASES = {
     "solve_64x256x256_f32": (lambda a: jnp.linalg.inv(a), lambda r: (r.standard_normal((64, 256, 256)) + 16 * np.eye(256)).astype(np.float32)),
     "eigh_64x256x256_f32": (jnp.linalg.eigh, lambda r: sym(r, 64, 256)),
     "qr_64x256x256_f32": (jnp.linalg.qr, lambda r: r.standard_normal((64, 256, 256)).astype(np.float32)),
+    "eig_64x128x128_f32": (jnp.linalg.eig, lambda r: r.standard_normal((64, 128, 128)).astype(np.float32)),
+    "schur_64x128x128_f32": (jax.lax.linalg.schur, lambda r: r.standard_normal((64, 128, 128)).astype(np.float32)),
 }
 
 

@@ -18,6 +18,8 @@ use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use xla_sys::ffi::{register_handler, FfiArg, FfiAttr, FfiCall, FfiHandler, FfiRet, FfiType};
 
 type R<T> = std::result::Result<T, String>;
+/// A Schur decomposition: T, Z and the eigenvalues in T's order.
+type Schur<T> = (Mat<T>, Mat<T>, Vec<<T as Elem>::C>);
 /// Eigenvalues and eigenvectors (columns).
 type Eigen<C> = (Vec<C>, Mat<C>);
 
@@ -44,6 +46,8 @@ trait Elem:
     fn real(self) -> Self::Re;
     fn from_real(r: Self::Re) -> Self;
     fn imag(self) -> Self::Re;
+    /// The value of this type nearest `c` (its real part for real types).
+    fn from_complex(c: Self::C) -> Self;
     /// |x|^2.
     fn abs_sq(self) -> f64;
     /// x * f.
@@ -51,6 +55,9 @@ trait Elem:
     /// faer's eigendecomposition: eigenvalues and right eigenvectors (complex).
     fn eigen(m: MatRef<'_, Self>) -> Option<Eigen<Self::C>>;
     fn inverse(m: MatRef<'_, Self>) -> Mat<Self>;
+    /// nalgebra's Schur decomposition A = Z T Z^H (T quasi-triangular for real types) and the
+    /// eigenvalues on T's diagonal blocks, or None when the iteration does not converge.
+    fn schur(m: MatRef<'_, Self>) -> Option<Schur<Self>>;
     /// |re| + |im|, LAPACK's pivot measure.
     fn abs1(self) -> f64;
     fn zero() -> Self {
@@ -91,6 +98,9 @@ macro_rules! real_elem {
             fn imag(self) -> $t {
                 0.0
             }
+            fn from_complex(c: $c) -> Self {
+                c.re
+            }
             fn abs_sq(self) -> f64 {
                 (self as f64) * (self as f64)
             }
@@ -104,6 +114,14 @@ macro_rules! real_elem {
             fn inverse(m: MatRef<'_, Self>) -> Mat<Self> {
                 use faer::linalg::solvers::DenseSolveCore;
                 m.partial_piv_lu().inverse()
+            }
+            fn schur(m: MatRef<'_, Self>) -> Option<Schur<Self>> {
+                let n = m.nrows();
+                let dm = nalgebra::DMatrix::<$t>::from_fn(n, n, |i, j| m[(i, j)]);
+                let sch = nalgebra::Schur::try_new(dm, <$t>::EPSILON, schur_iterations(n))?;
+                let w = sch.complex_eigenvalues().iter().copied().collect();
+                let (q, t) = sch.unpack();
+                Some((Mat::from_fn(n, n, |i, j| t[(i, j)]), Mat::from_fn(n, n, |i, j| q[(i, j)]), w))
             }
             fn abs1(self) -> f64 {
                 (self as f64).abs()
@@ -144,6 +162,9 @@ macro_rules! complex_elem {
             fn imag(self) -> $re {
                 self.im
             }
+            fn from_complex(c: $t) -> Self {
+                c
+            }
             fn abs_sq(self) -> f64 {
                 (self.re as f64) * (self.re as f64) + (self.im as f64) * (self.im as f64)
             }
@@ -158,6 +179,14 @@ macro_rules! complex_elem {
                 use faer::linalg::solvers::DenseSolveCore;
                 m.partial_piv_lu().inverse()
             }
+            fn schur(m: MatRef<'_, Self>) -> Option<Schur<Self>> {
+                let n = m.nrows();
+                let dm = nalgebra::DMatrix::<$t>::from_fn(n, n, |i, j| m[(i, j)]);
+                let sch = nalgebra::Schur::try_new(dm, <$re>::EPSILON, schur_iterations(n))?;
+                let (q, t) = sch.unpack();
+                let w = (0..n).map(|i| t[(i, i)]).collect();
+                Some((Mat::from_fn(n, n, |i, j| t[(i, j)]), Mat::from_fn(n, n, |i, j| q[(i, j)]), w))
+            }
             fn abs1(self) -> f64 {
                 (self.re as f64).abs() + (self.im as f64).abs()
             }
@@ -167,11 +196,16 @@ macro_rules! complex_elem {
 complex_elem!(faer::c32, f32, FfiType::C64);
 complex_elem!(faer::c64, f64, FfiType::C128);
 
+/// nalgebra's limit on QR sweeps (LAPACK's hseqr allows 30 per eigenvalue, at least 300).
+fn schur_iterations(n: usize) -> usize {
+    30usize.saturating_mul(n.max(10)).saturating_mul(n.max(1))
+}
+
 /// The targets we provide, as JAX names them: `lapack_` + s/d/c/z + routine + `_ffi`.
 pub fn targets() -> Vec<String> {
     let mut out = Vec::new();
     for (routines, prefixes) in [
-        (&["getrf", "geqrf", "geqp3", "potrf", "trsm", "gesdd", "gesvd", "geev", "gehrd", "gtsv"][..], &["s", "d", "c", "z"][..]),
+        (&["getrf", "geqrf", "geqp3", "potrf", "trsm", "gesdd", "gesvd", "geev", "gees", "gehrd", "gtsv"][..], &["s", "d", "c", "z"][..]),
         (&["orgqr", "ormqr", "syevd"][..], &["s", "d"][..]),
         (&["ungqr", "unmqr", "heevd"][..], &["c", "z"][..]),
     ] {
@@ -202,6 +236,7 @@ pub fn register(api: &xla_sys::Api) -> xla_sys::Result<()> {
             "geev" => register_handler::<Geev>(api, &name, "Host")?,
             "gehrd" => register_handler::<Gehrd>(api, &name, "Host")?,
             "gtsv" => register_handler::<Gtsv>(api, &name, "Host")?,
+            "gees" => register_handler::<Gees>(api, &name, "Host")?,
             other => unreachable!("no handler for {other}"),
         }
     }
@@ -1207,6 +1242,70 @@ fn geev<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
         store_matrix(&mut call.rets[nv], b, vl.as_ref());
         store_matrix(&mut call.rets[nv + 1], b, vr.as_ref());
         store_i32(&mut call.rets[nv + 2], b, &[info]);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// gees: Schur decomposition A = Z T Z^H (attributes mode 'V'/'N' for Z, sort 'N' only: JAX
+// does not implement sorting). Real types: results T (quasi-triangular, a 2 x 2 block per
+// conjugate pair), Z, wr, wi, sdim, info; complex types: T (triangular), Z, w, sdim, info.
+// The Schur form is not unique: ours is nalgebra's (faer keeps its Schur routines private),
+// with eigenvalues in its order along the diagonal and 2 x 2 blocks not put in LAPACK's
+// standard form (equal diagonal entries).
+
+struct Gees;
+impl FfiHandler for Gees {
+    fn execute(call: &mut FfiCall<'_>) -> R<()> {
+        by_type!(call, "gees", gees)
+    }
+}
+
+fn gees<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
+    let real = T::TYPE == FfiType::F32 || T::TYPE == FfiType::F64;
+    expect_counts(call, 1, if real { 6 } else { 5 }, "gees")?;
+    let vectors = ascii_attr(call, "mode", b"VN", "gees")? == b'V';
+    if ascii_attr(call, "sort", b"NS", "gees")? != b'N' {
+        return Err("gees: sorting the eigenvalues (sort = 'S') is not supported".into());
+    }
+    let (s, mats) = arg_matrices::<T>(&call.args[0], "gees operand")?;
+    if s.rows != s.cols {
+        return Err(format!("gees: matrices are {}x{}, expected square", s.rows, s.cols));
+    }
+    let n = s.rows;
+    let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
+    check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[n, n])?, "gees Schur form")?;
+    check_ret(&call.rets[1], T::TYPE, &with_batch(batch, &[n, n])?, "gees Schur vectors")?;
+    let nv = if real { 2 } else { 1 };
+    for i in 0..nv {
+        check_ret(&call.rets[2 + i], T::TYPE, &with_batch(batch, &[n])?, "gees eigenvalues")?;
+    }
+    check_ret(&call.rets[2 + nv], FfiType::S32, &with_batch(batch, &[])?, "gees sdim")?;
+    check_ret(&call.rets[3 + nv], FfiType::S32, &with_batch(batch, &[])?, "gees info")?;
+    let results = par_map(mats, |a| {
+        let failed = |a: Mat<T>| (a, Mat::<T>::zeros(n, n), vec![<T::C as Elem>::zero(); n], 1);
+        if !all_finite(a.as_ref()) {
+            return failed(a);
+        }
+        match T::schur(a.as_ref()) {
+            Some((t, z, w)) => (t, if vectors { z } else { Mat::zeros(n, n) }, w, 0),
+            None => failed(a),
+        }
+    });
+    for (b, (t, z, w, info)) in results.into_iter().enumerate() {
+        store_matrix(&mut call.rets[0], b, t.as_ref());
+        store_matrix(&mut call.rets[1], b, z.as_ref());
+        if real {
+            let re: Vec<T::Re> = w.iter().map(|x| x.real()).collect();
+            let im: Vec<T::Re> = w.iter().map(|x| x.imag()).collect();
+            store_values(&mut call.rets[2], b, &re);
+            store_values(&mut call.rets[3], b, &im);
+        } else {
+            let w: Vec<T> = w.iter().map(|x| T::from_complex(*x)).collect();
+            store_values(&mut call.rets[2], b, &w);
+        }
+        store_i32(&mut call.rets[2 + nv], b, &[0]);
+        store_i32(&mut call.rets[3 + nv], b, &[info]);
     }
     Ok(())
 }
