@@ -65,6 +65,8 @@ pub fn read(path: &Path) -> Result<HostArray> {
             (TypeChar::Uint, 4) => read_typed::<u32, _>(npy, &dims),
             (TypeChar::Uint, 8) => read_typed::<u64, _>(npy, &dims),
             (TypeChar::Bool, 1) => read_typed::<bool, _>(npy, &dims),
+            (TypeChar::Complex, 8) => read_typed::<num_complex::Complex<f32>, _>(npy, &dims),
+            (TypeChar::Complex, 16) => read_typed::<num_complex::Complex<f64>, _>(npy, &dims),
             _ => Err(format!("dtype {ts} is not supported")),
         }
     };
@@ -97,6 +99,8 @@ pub fn encode_array(a: &HostArray) -> Result<Vec<u8>> {
         DType::U32 => encode::<u32>(a),
         DType::U64 => encode::<u64>(a),
         DType::Pred => encode::<bool>(a),
+        DType::C64 => encode::<num_complex::Complex<f32>>(a),
+        DType::C128 => encode::<num_complex::Complex<f64>>(a),
         DType::Bf16 => {
             let f: Vec<f32> = a.to_vec::<bf16>()?.into_iter().map(f32::from).collect();
             encode::<f32>(&HostArray::from_vec(a.dims(), f)?)

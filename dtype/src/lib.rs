@@ -36,11 +36,16 @@ pub enum DType {
     F32,
     /// IEEE 754 double-precision float (64 bits).
     F64,
+    /// Complex number of two f32 (real, then imaginary part): 64 bits. Programs may take and
+    /// return it (JAX's linear algebra does); the tracer does not make it.
+    C64,
+    /// Complex number of two f64: 128 bits.
+    C128,
 }
 
 impl DType {
     /// Every element type, in a fixed order.
-    pub const ALL: [DType; 13] = [
+    pub const ALL: [DType; 15] = [
         DType::Pred,
         DType::S8,
         DType::S16,
@@ -54,6 +59,8 @@ impl DType {
         DType::Bf16,
         DType::F32,
         DType::F64,
+        DType::C64,
+        DType::C128,
     ];
 
     /// The HLO / jaxpr spelling (`f32`, `s32`, `u32`, `pred`).
@@ -72,6 +79,8 @@ impl DType {
             DType::Bf16 => "bf16",
             DType::F32 => "f32",
             DType::F64 => "f64",
+            DType::C64 => "c64",
+            DType::C128 => "c128",
         }
     }
 
@@ -87,6 +96,8 @@ impl DType {
             DType::U16 => "ui16",
             DType::U32 => "ui32",
             DType::U64 => "ui64",
+            DType::C64 => "complex<f32>",
+            DType::C128 => "complex<f64>",
             other => other.name(),
         }
     }
@@ -112,12 +123,19 @@ impl DType {
             DType::Bf16 => "BF16",
             DType::F32 => "F32",
             DType::F64 => "F64",
+            DType::C64 => "C64",
+            DType::C128 => "C128",
         }
     }
 
     /// Whether this is a floating-point type (`f16`, `bf16`, `f32`, `f64`).
     pub fn is_float(self) -> bool {
         matches!(self, DType::F16 | DType::Bf16 | DType::F32 | DType::F64)
+    }
+
+    /// Whether this is a complex type (`c64`, `c128`).
+    pub fn is_complex(self) -> bool {
+        matches!(self, DType::C64 | DType::C128)
     }
 
     /// Signed or unsigned integers (not pred).
@@ -142,7 +160,8 @@ impl DType {
             DType::S8 | DType::U8 => 8,
             DType::S16 | DType::U16 | DType::F16 | DType::Bf16 => 16,
             DType::S32 | DType::U32 | DType::F32 => 32,
-            DType::S64 | DType::U64 | DType::F64 => 64,
+            DType::S64 | DType::U64 | DType::F64 | DType::C64 => 64,
+            DType::C128 => 128,
         }
     }
 
@@ -222,8 +241,14 @@ impl TensorType {
     /// Parses `tensor<4x2xf32>` (static shapes only).
     pub fn parse_mlir(text: &str) -> Option<TensorType> {
         let inner = text.trim().strip_prefix("tensor<")?.strip_suffix('>')?;
-        let mut parts: Vec<&str> = inner.split('x').collect();
-        let dtype = DType::from_name(parts.pop()?)?;
+        // `complex<f32>` holds an `x` of its own: the element type is what follows the dims.
+        let (shape, element) = match inner.find("complex<") {
+            Some(0) => ("", inner),
+            Some(at) => (inner[..at].strip_suffix('x')?, &inner[at..]),
+            None => inner.rsplit_once('x').unwrap_or(("", inner)),
+        };
+        let dtype = DType::from_name(element)?;
+        let parts: Vec<&str> = if shape.is_empty() { Vec::new() } else { shape.split('x').collect() };
         let dims = parts.iter().map(|p| p.parse::<i64>().ok().filter(|&d| d >= 0)).collect::<Option<Vec<_>>>()?;
         Some(TensorType { dtype, dims })
     }
@@ -252,6 +277,13 @@ mod tests {
         assert_eq!(DType::from_name("f8"), None);
         assert_eq!(DType::Pred.size_bytes(), 1);
         assert_eq!(DType::Bf16.size_bytes(), 2);
+        assert_eq!(DType::C64.size_bytes(), 8);
+        assert_eq!(DType::C128.size_bytes(), 16);
+        assert_eq!(TensorType::parse_mlir("tensor<3x4xcomplex<f32>>"), Some(TensorType::new(DType::C64, &[3, 4])));
+        assert_eq!(TensorType::parse_mlir("tensor<complex<f64>>"), Some(TensorType::scalar(DType::C128)));
+        assert_eq!(TensorType::new(DType::C64, &[2]).mlir(), "tensor<2xcomplex<f32>>");
+        assert_eq!(TensorType::parse_mlir("tensor<2x3xf32>"), Some(TensorType::new(DType::F32, &[2, 3])));
+        assert_eq!(TensorType::parse_mlir("tensor<f32>"), Some(TensorType::scalar(DType::F32)));
     }
 
     #[test]

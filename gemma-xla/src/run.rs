@@ -113,7 +113,12 @@ fn name_argument(message: &str, files: &[PathBuf]) -> String {
 
 fn first_values(a: &HostArray) -> String {
     let values = a.to_f64_vec();
-    let shown: Vec<String> = values.iter().take(6).map(|v| format!("{v}")).collect();
-    let more = if values.len() > 6 { ", ..." } else { "" };
+    let shown: Vec<String> = if a.dtype().is_complex() {
+        // Real and imaginary parts come interleaved.
+        values.chunks(2).take(6).map(|c| format!("{}{:+}j", c[0], c[1])).collect()
+    } else {
+        values.iter().take(6).map(|v| format!("{v}")).collect()
+    };
+    let more = if a.len() > 6 { ", ..." } else { "" };
     format!("[{}{more}]", shown.join(", "))
 }

@@ -43,6 +43,14 @@ fn fails(args: &[&str]) -> String {
     err
 }
 
+/// Runs a command that must succeed; returns its stdout.
+fn succeeds(args: &[&str]) -> String {
+    let o = gemma_xla(args);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{args:?} failed\nstdout: {out}\nstderr: {err}");
+    out
+}
+
 const EXAMPLE: [&str; 8] =
     ["run", "examples/spmd_matmul.mlir", "--arg", "examples/x.npy", "--arg", "examples/w.npy", "--arg", "examples/b.npy"];
 
@@ -506,7 +514,7 @@ module @m attributes {mhlo.num_replicas = 1 : i32} { // mhlo.num_partitions = 2
 }
 
 #[test]
-fn complex_outputs_are_refused_before_running() {
+fn complex_outputs_are_written_and_fp8_outputs_refused_before_running() {
     let dir = scratch("complex");
     std::fs::write(
         dir.join("complex.mlir"),
@@ -517,10 +525,24 @@ fn complex_outputs_are_refused_before_running() {
 "#,
     )
     .unwrap();
+    std::fs::write(
+        dir.join("fp8.mlir"),
+        r#"func.func @main(%a: tensor<2xf32>) -> tensor<2xf8E4M3FN> {
+  %0 = stablehlo.convert %a : (tensor<2xf32>) -> tensor<2xf8E4M3FN>
+  return %0 : tensor<2xf8E4M3FN>
+}
+"#,
+    )
+    .unwrap();
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     write_npy(&dir.join("a.npy"), &[2], &[1f32, 2.]);
-    let err = fails(&["run", &p("complex.mlir"), "--arg", &p("a.npy"), "--arg", &p("a.npy"), "--out", &p("o")]);
-    assert!(err.contains(&format!("{}: output 0 has type c64[2], which gemma-xla cannot hold", p("complex.mlir"))), "{err}");
+    let out = succeeds(&["run", &p("complex.mlir"), "--arg", &p("a.npy"), "--arg", &p("a.npy"), "--out", &p("c")]);
+    assert!(out.contains("c64[2] [1+1j, 2+2j]"), "{out}");
+    let z = data::npy::read(&dir.join("c/out_0.npy")).unwrap();
+    assert_eq!(z.dtype(), runtime::DType::C64);
+    assert_eq!(z.to_f64_vec(), vec![1., 1., 2., 2.]);
+    let err = fails(&["run", &p("fp8.mlir"), "--arg", &p("a.npy"), "--out", &p("o")]);
+    assert!(err.contains(&format!("{}: output 0 has type f8e4m3fn[2], which gemma-xla cannot hold", p("fp8.mlir"))), "{err}");
     assert!(err.contains("nothing was run"), "{err}");
     assert!(listing(&dir.join("o")).is_empty());
     std::fs::remove_dir_all(dir).unwrap();

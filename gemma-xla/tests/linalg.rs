@@ -21,6 +21,7 @@ struct Case {
     args: usize,
     outputs: Vec<String>,
     complex_outputs: Vec<bool>,
+    native_complex: bool,
     targets: Vec<String>,
 }
 
@@ -38,11 +39,14 @@ fn tolerance(dtype: &str) -> f64 {
     }
 }
 
-/// Values as complex pairs (re, im): complex outputs are stored as [..., 2].
+/// Values as complex pairs (re, im): complex outputs are c64/c128 arrays, or real ones
+/// stored as [..., 2].
 fn pairs(a: &HostArray, complex: bool) -> (Vec<usize>, Vec<(f64, f64)>) {
     let v = a.to_f64_vec();
     let mut dims: Vec<usize> = a.dims().iter().map(|&d| d as usize).collect();
-    if complex && dims.last() == Some(&2) {
+    if a.dtype().is_complex() {
+        (dims, v.chunks(2).map(|c| (c[0], c[1])).collect())
+    } else if complex && dims.last() == Some(&2) {
         dims.pop();
         (dims, v.chunks(2).map(|c| (c[0], c[1])).collect())
     } else {
@@ -236,4 +240,33 @@ fn a_bad_attribute_fails_the_run_with_the_handlers_message() {
     let err = failed(&o);
     assert!(err.contains("potrf: attribute uplo = Int(88), expected one of 'L', 'U'"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn run_takes_and_writes_complex_arrays() {
+    // Programs whose own arguments and results are complex (eig of a real matrix, solve of
+    // complex ones): c64/c128 .npy in, c64/c128 .npy out, as numpy writes and reads them.
+    let all = cases();
+    let native: Vec<&Case> = all.cases.iter().filter(|c| c.native_complex).collect();
+    assert_eq!(native.len(), 8);
+    for case in native {
+        let dir = fixtures("linalg").join(&case.dir);
+        let out = scratch("linalg-native");
+        let mut cmd = gemma_xla(BIN);
+        cmd.arg("run").arg(dir.join("program.mlir")).arg("--out").arg(out.path());
+        for i in 0..case.args {
+            cmd.arg("--arg").arg(dir.join(format!("arg_{i}.npy")));
+        }
+        let text = succeeded(&cmd.output().unwrap());
+        for i in 0..case.outputs.len() {
+            let ours = read_npy(&out.path().join(format!("out_{i}.npy"))).unwrap();
+            let want = read_npy(&dir.join(format!("want_{i}.npy"))).unwrap();
+            assert_eq!(ours.dtype().is_complex(), case.complex_outputs[i], "{}", case.dir);
+            compare(case, i, &ours, &want).unwrap();
+        }
+        if case.dir == "native_eig_f64" {
+            // The summary prints complex values as a+bj.
+            assert!(text.contains("c128[5]") && text.contains("j, "), "{text}");
+        }
+    }
 }

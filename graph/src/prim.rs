@@ -226,6 +226,11 @@ pub enum Prim {
     OptimizationBarrier,
 }
 
+/// The tracer's message for complex values (runtime programs may hold them; traced ones not).
+pub(crate) fn complex_refused(dtype: DType) -> String {
+    format!("{dtype} values are not supported by the tracer (programs from elsewhere, such as JAX's, may use them with `gemma-xla run`)")
+}
+
 /// Which family implements a primitive.
 enum Family {
     Elementwise,
@@ -296,7 +301,10 @@ impl Prim {
 
     /// The output type for inputs of these types, or a message saying what is wrong.
     pub fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, String> {
-        match self.family() {
+        if let Some(t) = inputs.iter().find(|t| t.dtype.is_complex()) {
+            return Err(complex_refused(t.dtype));
+        }
+        let out = match self.family() {
             Family::Elementwise => elementwise::infer(self, inputs),
             Family::Dot => dot::infer(self, inputs),
             Family::Shape => shape::infer(self, inputs),
@@ -305,7 +313,11 @@ impl Prim {
             Family::Random => random::infer(self, inputs),
             Family::Sharding => sharding::infer(self, inputs),
             Family::Barrier => barrier::infer(self, inputs),
+        }?;
+        if out.dtype.is_complex() {
+            return Err(complex_refused(out.dtype));
         }
+        Ok(out)
     }
 
     /// Emits StableHLO for this node; returns the SSA value of its result.

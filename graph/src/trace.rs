@@ -190,6 +190,10 @@ where
             })
             .collect()
     };
+    if let Some((i, (name, ty))) = params.iter().enumerate().find(|(_, (_, t))| t.dtype.is_complex()) {
+        let message = format!("parameter {i} ({name}): {}", crate::prim::complex_refused(ty.dtype));
+        state.borrow_mut().error.get_or_insert(Error::Shape { op: "param", inputs: vec![ty.clone()], loc: Loc::caller(), message });
+    }
     let outs = {
         let _active = Active::enter(&state);
         f(&args)

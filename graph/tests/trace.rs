@@ -140,3 +140,14 @@ fn donated_parameters_are_marked_for_the_compiler() {
     assert!(text.contains(r#"%arg1: tensor<3x5xf32> {mhlo.frontend_attributes = {name = "w1"}, jax.buffer_donor = true}"#), "{text}");
     assert_eq!(text.matches("jax.buffer_donor").count(), 1);
 }
+
+#[test]
+fn complex_values_are_refused_by_the_tracer() {
+    // DType has c64/c128 for programs from elsewhere (JAX's linear algebra); traced ones
+    // cannot hold them, as a parameter or as the result of an op.
+    let c64 = TensorType::new(DType::C64, &[2]);
+    let err = trace("p", &[("z", c64)], |a| vec![a[0].clone()]).unwrap_err();
+    assert!(err.to_string().contains("parameter 0 (z): c64 values are not supported by the tracer"), "{err}");
+    let err = trace("c", &[("a", f32t(&[2]))], |a| vec![a[0].convert(DType::C128)]).unwrap_err();
+    assert!(err.to_string().contains("c128 values are not supported by the tracer"), "{err}");
+}

@@ -74,7 +74,9 @@ impl CompiledType {
             10 => DType::F16,
             11 => DType::F32,
             12 => DType::F64,
+            15 => DType::C64,
             16 => DType::Bf16,
+            18 => DType::C128,
             _ => return None,
         })
     }

@@ -324,7 +324,7 @@ impl Executable {
     }
 
     /// Refuses, before anything runs, programs with outputs of an element type gemma-xla
-    /// cannot hold (complex, fp8, sub-byte integers, tokens, nested tuples).
+    /// cannot hold (fp8, sub-byte integers, tokens, nested tuples).
     pub fn check_outputs(&self) -> Result<()> {
         let Some(c) = &self.compiled else { return Ok(()) };
         match c.results.iter().enumerate().find(|(_, t)| t.dtype().is_none()) {

@@ -31,7 +31,8 @@ macro_rules! pod_element {
     )*};
 }
 pod_element!(f32 => F32, f64 => F64, f16 => F16, bf16 => Bf16, i8 => S8, i16 => S16,
-             i32 => S32, i64 => S64, u8 => U8, u16 => U16, u32 => U32, u64 => U64);
+             i32 => S32, i64 => S64, u8 => U8, u16 => U16, u32 => U32, u64 => U64,
+             num_complex::Complex<f32> => C64, num_complex::Complex<f64> => C128);
 
 impl Element for bool {
     const TYPE: DType = DType::Pred;
@@ -171,7 +172,8 @@ impl HostArray {
         ArrayD::from_shape_vec(IxDyn(&shape), self.to_vec()?).map_err(|e| Error::Argument(format!("internal shape error: {e}")))
     }
 
-    /// Values converted to f64, for summaries and comparisons of any numeric type.
+    /// Values converted to f64, for summaries and comparisons of any numeric type; for a
+    /// complex type, each element's real and imaginary parts, interleaved (twice as many).
     pub fn to_f64_vec(&self) -> Vec<f64> {
         let d = &self.data;
         match self.dtype {
@@ -188,6 +190,8 @@ impl HostArray {
             DType::Bf16 => bf16::from_bytes(d).into_iter().map(f64::from).collect(),
             DType::F32 => f32::from_bytes(d).into_iter().map(f64::from).collect(),
             DType::F64 => f64::from_bytes(d),
+            DType::C64 => f32::from_bytes(d).into_iter().map(f64::from).collect(),
+            DType::C128 => f64::from_bytes(d),
         }
     }
 

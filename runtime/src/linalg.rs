@@ -551,9 +551,11 @@ fn potrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     check_ret(&call.rets[1], FfiType::S32, &with_batch(batch, &[])?, "potrf info")?;
     let n = s.rows;
     let results = par_map(mats, |a| {
-        let h = hermitian_from(&a, lower);
-        let mut out = a;
-        let info = match h.as_ref().llt(Side::Lower) {
+        // faer reads only the `side` triangle (and the real part of the diagonal), as LAPACK.
+        let side = if lower { Side::Lower } else { Side::Upper };
+        let factored = a.as_ref().llt(side);
+        let mut out = a.clone();
+        let info = match factored {
             Ok(llt) => {
                 let l = llt.L();
                 for j in 0..n {

@@ -22,6 +22,8 @@ pub fn raw_element_type(d: DType) -> b::PJRT_Buffer_Type {
         DType::Bf16 => b::PJRT_Buffer_Type_BF16,
         DType::F32 => b::PJRT_Buffer_Type_F32,
         DType::F64 => b::PJRT_Buffer_Type_F64,
+        DType::C64 => b::PJRT_Buffer_Type_C64,
+        DType::C128 => b::PJRT_Buffer_Type_C128,
     }
 }
 
