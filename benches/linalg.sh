@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Batched linear algebra on the CPU: the programs JAX lowers (LAPACK custom calls) run by
 # gemma-xla's FFI handlers (faer; nalgebra for Schur) against JAX itself (jaxlib's LAPACK), same inputs, same cores,
-# alternated. Times are per execution, compile excluded; host<->device copies are included on
-# both sides (JAX's arguments already live on the device, ours are uploaded each run).
+# alternated. Times are per execution, compile excluded; on both sides the argument already
+# lives on the device and the results stay there.
 # Usage: benches/linalg.sh [ROUNDS] [REPS]   (default 2 rounds of 5 executions)
 # The peer installs jax 0.10.2 into benches/.venv-jax unless PYTHON has it.
 set -euo pipefail

@@ -466,3 +466,222 @@ pub fn register_handler<H: FfiHandler>(api: &Api, target: &str, platform: &str) 
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The entry point driven as XLA drives it, with call frames built here: the metadata
+    //! query, skipped stages, buffers and attributes, operands that alias results, and the
+    //! handler's errors and panics turned into `XLA_FFI_Error`s.
+    use super::*;
+    use std::cell::RefCell;
+
+    // The entry calls the handler on the calling thread: per-thread records keep the tests,
+    // which run in parallel, apart.
+    thread_local! {
+        static MESSAGES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+        static ATTRS: RefCell<Vec<(String, FfiAttr)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    unsafe extern "C" fn create_error(args: *mut b::XLA_FFI_Error_Create_Args) -> *mut b::XLA_FFI_Error {
+        // SAFETY: the entry passes a valid args struct with a NUL-terminated message.
+        let message = unsafe { std::ffi::CStr::from_ptr((*args).message) }.to_string_lossy().into_owned();
+        MESSAGES.with(|m| m.borrow_mut().push(message));
+        std::ptr::NonNull::dangling().as_ptr() // non-null: "an error"; never dereferenced here
+    }
+
+    /// Doubles operand 0 into result 0 (after the attribute checks the test asks for).
+    struct Double;
+    impl FfiHandler for Double {
+        fn execute(call: &mut FfiCall<'_>) -> std::result::Result<(), String> {
+            if call.attr("panic").is_some() {
+                panic!("asked to");
+            }
+            if let Some(FfiAttr::Int(1)) = call.attr("fail") {
+                return Err("told to fail".into());
+            }
+            let x: Vec<f32> = call.args[0].bytes().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            for (o, v) in call.rets[0].bytes_mut().chunks_mut(4).zip(&x) {
+                o.copy_from_slice(&(2.0 * v).to_le_bytes());
+            }
+            ATTRS.with(|a| a.borrow_mut().clone_from(&call.attrs));
+            Ok(())
+        }
+    }
+
+    /// What the frame points into, kept alive through the call.
+    #[allow(dead_code)]
+    struct Frame {
+        api: Box<b::XLA_FFI_Api>,
+        dims: Box<[i64; 1]>,
+        arg: Box<b::XLA_FFI_Buffer>,
+        ret: Box<b::XLA_FFI_Buffer>,
+        arg_types: Box<[b::XLA_FFI_ArgType; 1]>,
+        ret_types: Box<[b::XLA_FFI_RetType; 1]>,
+        arg_ptrs: Box<[*mut std::ffi::c_void; 1]>,
+        ret_ptrs: Box<[*mut std::ffi::c_void; 1]>,
+    }
+
+    /// A call frame over `input` -> `output` (the same memory when `alias`) with `attrs`
+    /// (name, type, value pointer).
+    fn run(input: &mut [f32; 3], output: &mut [f32; 3], alias: bool, attrs: &mut [Attr<'_>]) -> *mut b::XLA_FFI_Error {
+        run_at(b::XLA_FFI_ExecutionStage_EXECUTE, input, output, alias, attrs)
+    }
+
+    type Attr<'a> = (&'a str, b::XLA_FFI_AttrType, *mut std::ffi::c_void);
+
+    fn run_at(
+        stage: b::XLA_FFI_ExecutionStage,
+        input: &mut [f32; 3],
+        output: &mut [f32; 3],
+        alias: bool,
+        attrs: &mut [Attr<'_>],
+    ) -> *mut b::XLA_FFI_Error {
+        let mut api = Box::new(b::XLA_FFI_Api::default());
+        api.XLA_FFI_Error_Create = Some(create_error);
+        let mut dims = Box::new([3i64]);
+        let buffer = |data: *mut f32, dims: &mut [i64; 1]| b::XLA_FFI_Buffer {
+            struct_size: b::XLA_FFI_Buffer_STRUCT_SIZE as usize,
+            extension_start: std::ptr::null_mut(),
+            dtype: b::XLA_FFI_DataType_F32,
+            data: data as *mut _,
+            rank: 1,
+            dims: dims.as_mut_ptr(),
+        };
+        let mut arg = Box::new(buffer(input.as_mut_ptr(), &mut dims));
+        let out_ptr = if alias { input.as_mut_ptr() } else { output.as_mut_ptr() };
+        let mut ret = Box::new(buffer(out_ptr, &mut dims));
+        let mut f = Frame {
+            arg_ptrs: Box::new([&mut *arg as *mut _ as *mut _]),
+            ret_ptrs: Box::new([&mut *ret as *mut _ as *mut _]),
+            api,
+            dims,
+            arg,
+            ret,
+            arg_types: Box::new([b::XLA_FFI_ArgType_BUFFER]),
+            ret_types: Box::new([b::XLA_FFI_RetType_BUFFER]),
+        };
+        let mut names: Vec<b::XLA_FFI_ByteSpan> =
+            attrs.iter().map(|(n, _, _)| b::XLA_FFI_ByteSpan { ptr: n.as_ptr() as *const _, len: n.len() }).collect();
+        let mut name_ptrs: Vec<*mut b::XLA_FFI_ByteSpan> = names.iter_mut().map(|n| n as *mut _).collect();
+        let mut types: Vec<b::XLA_FFI_AttrType> = attrs.iter().map(|a| a.1).collect();
+        let mut values: Vec<*mut std::ffi::c_void> = attrs.iter().map(|a| a.2).collect();
+        let mut frame = b::XLA_FFI_CallFrame {
+            struct_size: b::XLA_FFI_CallFrame_STRUCT_SIZE as usize,
+            api: &*f.api,
+            stage,
+            args: b::XLA_FFI_Args {
+                struct_size: b::XLA_FFI_Args_STRUCT_SIZE as usize,
+                extension_start: std::ptr::null_mut(),
+                size: 1,
+                types: f.arg_types.as_mut_ptr(),
+                args: f.arg_ptrs.as_mut_ptr(),
+            },
+            rets: b::XLA_FFI_Rets {
+                struct_size: b::XLA_FFI_Rets_STRUCT_SIZE as usize,
+                extension_start: std::ptr::null_mut(),
+                size: 1,
+                types: f.ret_types.as_mut_ptr(),
+                rets: f.ret_ptrs.as_mut_ptr(),
+            },
+            attrs: b::XLA_FFI_Attrs {
+                struct_size: b::XLA_FFI_Attrs_STRUCT_SIZE as usize,
+                extension_start: std::ptr::null_mut(),
+                size: attrs.len() as i64,
+                types: types.as_mut_ptr(),
+                names: name_ptrs.as_mut_ptr(),
+                attrs: values.as_mut_ptr(),
+            },
+            ..Default::default()
+        };
+        // SAFETY: every pointer in the frame points into the boxes and vectors above, alive
+        // for the call.
+        unsafe { entry::<Double>(&mut frame) }
+    }
+
+    #[test]
+    fn the_metadata_query_gets_the_header_version() {
+        let mut md = b::XLA_FFI_Metadata { struct_size: b::XLA_FFI_Metadata_STRUCT_SIZE as usize, ..Default::default() };
+        let mut ext = b::XLA_FFI_Metadata_Extension {
+            extension_base: b::XLA_FFI_Extension_Base {
+                struct_size: b::XLA_FFI_Metadata_Extension_STRUCT_SIZE as usize,
+                type_: b::XLA_FFI_Extension_Metadata,
+                next: std::ptr::null_mut(),
+            },
+            metadata: &mut md,
+        };
+        let mut frame = b::XLA_FFI_CallFrame {
+            struct_size: b::XLA_FFI_CallFrame_STRUCT_SIZE as usize,
+            extension_start: &mut ext.extension_base,
+            ..Default::default()
+        };
+        // SAFETY: a metadata frame as XLA builds one (no api, no buffers).
+        assert!(unsafe { entry::<Double>(&mut frame) }.is_null());
+        assert_eq!((md.api_version.major_version, md.api_version.minor_version), (0, 3));
+        assert_eq!(md.traits, 0);
+    }
+
+    #[test]
+    fn buffers_and_attributes_reach_the_handler() {
+        let (mut x, mut y) = ([1f32, 2., 3.], [0f32; 3]);
+        let mut mode = 86u8; // 'V', as JAX passes mode = 86 : ui8
+        let mut mode_scalar = b::XLA_FFI_Scalar { dtype: b::XLA_FFI_DataType_U8, value: &mut mode as *mut _ as *mut _ };
+        let mut low = -7i32;
+        let mut low_scalar = b::XLA_FFI_Scalar { dtype: b::XLA_FFI_DataType_S32, value: &mut low as *mut _ as *mut _ };
+        let text = "abc";
+        let mut span = b::XLA_FFI_ByteSpan { ptr: text.as_ptr() as *const _, len: 3 };
+        let mut items = [4i64, 5];
+        let mut array = b::XLA_FFI_Array { dtype: b::XLA_FFI_DataType_S64, size: 2, data: items.as_mut_ptr() as *mut _ };
+        let err = run(
+            &mut x,
+            &mut y,
+            false,
+            &mut [
+                ("mode", b::XLA_FFI_AttrType_SCALAR, &mut mode_scalar as *mut _ as *mut _),
+                ("low", b::XLA_FFI_AttrType_SCALAR, &mut low_scalar as *mut _ as *mut _),
+                ("s", b::XLA_FFI_AttrType_STRING, &mut span as *mut _ as *mut _),
+                ("a", b::XLA_FFI_AttrType_ARRAY, &mut array as *mut _ as *mut _),
+            ],
+        );
+        assert!(err.is_null());
+        assert_eq!(y, [2., 4., 6.]);
+        let attrs = ATTRS.with(|a| a.borrow().clone());
+        assert_eq!(
+            attrs,
+            vec![
+                ("mode".to_string(), FfiAttr::Int(86)),
+                ("low".to_string(), FfiAttr::Int(-7)),
+                ("s".to_string(), FfiAttr::Str("abc".into())),
+                ("a".to_string(), FfiAttr::IntArray(vec![4, 5])),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_operand_that_aliases_its_result_is_read_before_it_is_written() {
+        let (mut x, mut y) = ([1f32, 2., 3.], [0f32; 3]);
+        assert!(run(&mut x, &mut y, true, &mut []).is_null());
+        assert_eq!(x, [2., 4., 6.]);
+    }
+
+    #[test]
+    fn errors_and_panics_become_ffi_errors() {
+        let (mut x, mut y) = ([1f32, 2., 3.], [0f32; 3]);
+        let mut one = 1u8;
+        let mut s = b::XLA_FFI_Scalar { dtype: b::XLA_FFI_DataType_PRED, value: &mut one as *mut _ as *mut _ };
+        let err = run(&mut x, &mut y, false, &mut [("fail", b::XLA_FFI_AttrType_SCALAR, &mut s as *mut _ as *mut _)]);
+        assert!(!err.is_null());
+        assert!(MESSAGES.with(|m| m.borrow().contains(&"told to fail".to_string())));
+        let err = run(&mut x, &mut y, false, &mut [("panic", b::XLA_FFI_AttrType_SCALAR, &mut s as *mut _ as *mut _)]);
+        assert!(!err.is_null());
+        assert!(MESSAGES.with(|m| m.borrow().iter().any(|m| m == "handler panicked: asked to")));
+        // Before the execute stage the handler is not called (no error though told to fail).
+        let err = run_at(
+            b::XLA_FFI_ExecutionStage_PREPARE,
+            &mut x,
+            &mut y,
+            false,
+            &mut [("fail", b::XLA_FFI_AttrType_SCALAR, &mut s as *mut _ as *mut _)],
+        );
+        assert!(err.is_null());
+    }
+}
