@@ -258,6 +258,18 @@ macro_rules! by_type {
     }};
 }
 
+/// A handler type `$name` whose `execute` is `$f::<T>` for the element type of operand 0.
+macro_rules! handler {
+    ($name:ident, $label:literal, $f:ident) => {
+        struct $name;
+        impl FfiHandler for $name {
+            fn execute(call: &mut FfiCall<'_>) -> R<()> {
+                by_type!(call, $label, $f)
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reading and writing batches of column-major matrices.
 
@@ -419,12 +431,7 @@ fn hermitian_from<T: Elem>(a: &Mat<T>, lower: bool) -> Mat<T> {
 // getrf: LU with partial pivoting. Results: the factors, 1-based pivots (LAPACK's row
 // interchanges), info (the 1-based index of the first exactly zero pivot, else 0).
 
-struct Getrf;
-impl FfiHandler for Getrf {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "getrf", getrf)
-    }
-}
+handler!(Getrf, "getrf", getrf);
 
 fn getrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     expect_counts(call, 1, 3, "getrf")?;
@@ -532,12 +539,7 @@ fn lu_zero_pivots<T: Elem>(mut a: Mat<T>) -> (Mat<T>, Vec<i32>) {
 // potrf: Cholesky of the `uplo` triangle; the other triangle is left as it was. info > 0 is
 // the order of the leading minor that is not positive definite.
 
-struct Potrf;
-impl FfiHandler for Potrf {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "potrf", potrf)
-    }
-}
+handler!(Potrf, "potrf", potrf);
 
 fn potrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     expect_counts(call, 1, 2, "potrf")?;
@@ -584,12 +586,7 @@ fn potrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
 // trsm: solves op(A) X = B (side 'L') or X op(A) = B (side 'R') with A triangular (uplo), op
 // = trans_x ('N', 'T', 'C'), diag 'U' for a unit diagonal (not read). Operands: A, B.
 
-struct Trsm;
-impl FfiHandler for Trsm {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "trsm", trsm)
-    }
-}
+handler!(Trsm, "trsm", trsm);
 
 fn trsm<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     expect_counts(call, 2, 1, "trsm")?;
@@ -640,12 +637,7 @@ fn trsm<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
 // geqrf: Householder QR in LAPACK's storage: R on and above the diagonal, the reflectors' tails
 // below it (unit first entry implied), tau such that H_i = I - tau_i v_i v_i^H.
 
-struct Geqrf;
-impl FfiHandler for Geqrf {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "geqrf", geqrf)
-    }
-}
+handler!(Geqrf, "geqrf", geqrf);
 
 fn geqrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     expect_counts(call, 1, 2, "geqrf")?;
@@ -682,12 +674,7 @@ fn geqrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
 // orgqr/ungqr: the first n columns of Q = H_1 ... H_k from geqrf's storage (operands: the
 // reflectors, tau), for any reflectors and taus, as LAPACK's org2r/ung2r.
 
-struct Orgqr;
-impl FfiHandler for Orgqr {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "orgqr", orgqr)
-    }
-}
+handler!(Orgqr, "orgqr", orgqr);
 
 fn orgqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     expect_counts(call, 2, 1, "orgqr")?;
@@ -699,20 +686,11 @@ fn orgqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     check_ret(&call.rets[0], T::TYPE, &call.args[0].dims.iter().map(|&d| d as usize).collect::<Vec<_>>(), "orgqr result")?;
     let (m, n) = (s.rows, s.cols);
     let results = par_map(mats.into_iter().enumerate().collect(), |(b, a): (usize, Mat<T>)| {
+        // Q = H_1 (... (H_k I)); H_i leaves the first i columns (unit vectors above its
+        // reach) as they are.
         let mut q = Mat::<T>::from_fn(m, n, |i, j| if i == j { T::one() } else { T::zero() });
-        let mut w = Mat::<T>::zeros(1, n);
         for i in (0..k).rev() {
-            let tau = taus[b * k + i];
-            // v = [1; a[i+1.., i]]; Q[i.., i..] -= tau v (v^H Q[i.., i..]).
-            let mut v = Mat::<T>::zeros(m - i, 1);
-            v[(0, 0)] = T::one();
-            for r in i + 1..m {
-                v[(r - i, 0)] = a[(r, i)];
-            }
-            let mut block = q.as_mut().submatrix_mut(i, i, m - i, n - i);
-            let mut wi = w.as_mut().submatrix_mut(0, 0, 1, n - i);
-            faer::linalg::matmul::matmul(wi.rb_mut(), Accum::Replace, v.as_ref().adjoint(), block.rb(), T::one(), Par::Seq);
-            faer::linalg::matmul::matmul(block.rb_mut(), Accum::Add, v.as_ref(), wi.rb(), -tau, Par::Seq);
+            apply_reflector(&a, i, taus[b * k + i], q.as_mut(), true);
         }
         q
     });
@@ -722,18 +700,39 @@ fn orgqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     Ok(())
 }
 
+/// Applies H = I - tau v v^H, v = [0 (i entries); 1; a[i+1.., i]] (reflector i of geqrf's
+/// storage `a`), to `c` from the left (H C) or the right (C H), as LAPACK's larf.
+fn apply_reflector<T: Elem>(a: &Mat<T>, i: usize, tau: T, mut c: MatMut<'_, T>, left: bool) {
+    let len = a.nrows() - i;
+    let mut v = Mat::<T>::zeros(len, 1);
+    v[(0, 0)] = T::one();
+    for r in 1..len {
+        v[(r, 0)] = a[(i + r, i)];
+    }
+    if left {
+        // C[i.., :] -= tau v (v^H C[i.., :])
+        let cols = c.ncols();
+        let mut block = c.rb_mut().submatrix_mut(i, 0, len, cols);
+        let mut w = Mat::<T>::zeros(1, cols);
+        faer::linalg::matmul::matmul(w.as_mut(), Accum::Replace, v.as_ref().adjoint(), block.rb(), T::one(), Par::Seq);
+        faer::linalg::matmul::matmul(block.rb_mut(), Accum::Add, v.as_ref(), w.as_ref(), -tau, Par::Seq);
+    } else {
+        // C[:, i..] -= tau (C[:, i..] v) v^H
+        let rows = c.nrows();
+        let mut block = c.rb_mut().submatrix_mut(0, i, rows, len);
+        let mut w = Mat::<T>::zeros(rows, 1);
+        faer::linalg::matmul::matmul(w.as_mut(), Accum::Replace, block.rb(), v.as_ref(), T::one(), Par::Seq);
+        faer::linalg::matmul::matmul(block.rb_mut(), Accum::Add, w.as_ref(), v.as_ref().adjoint(), -tau, Par::Seq);
+    }
+}
+
 use faer::reborrow::{Reborrow, ReborrowMut};
 
 // ---------------------------------------------------------------------------------------------
 // syevd/heevd: eigenvalues (ascending) and, with mode 'V', eigenvectors (columns) of the
 // Hermitian matrix given by its `uplo` triangle. Results: vectors, values, info.
 
-struct Syevd;
-impl FfiHandler for Syevd {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "syevd", syevd)
-    }
-}
+handler!(Syevd, "syevd", syevd);
 
 fn syevd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     expect_counts(call, 1, 3, "syevd")?;
@@ -780,12 +779,7 @@ fn syevd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
 // 'S' the first min(m, n), 'N' none (U and V^H are then left zero). Results: the operand's
 // workspace (LAPACK overwrites it; we return it unchanged), s, u, vt, info.
 
-struct Gesdd;
-impl FfiHandler for Gesdd {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "gesdd", gesdd)
-    }
-}
+handler!(Gesdd, "gesdd", gesdd);
 
 fn gesdd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     expect_counts(call, 1, 5, "gesdd")?;
@@ -856,12 +850,7 @@ fn lapack_taus<T: Elem>(coeff: MatRef<'_, T>) -> Vec<T> {
 // preset leading columns are not supported). Results: geqrf's storage, jpvt (1-based: column j
 // of A P is column jpvt[j] of A), tau.
 
-struct Geqp3;
-impl FfiHandler for Geqp3 {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "geqp3", geqp3)
-    }
-}
+handler!(Geqp3, "geqp3", geqp3);
 
 fn geqp3<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     expect_counts(call, 2, 3, "geqp3")?;
@@ -912,12 +901,7 @@ fn geqp3<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
 // attributes left and transpose (conjugate transpose for complex types). Operands: the
 // reflectors, tau, C. Applied one reflector at a time, as LAPACK's orm2r/unm2r.
 
-struct Ormqr;
-impl FfiHandler for Ormqr {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "ormqr", ormqr)
-    }
-}
+handler!(Ormqr, "ormqr", ormqr);
 
 fn bool_attr(call: &FfiCall<'_>, name: &str, target: &str) -> R<bool> {
     match call.attr(name) {
@@ -956,25 +940,7 @@ fn ormqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
         let order: Vec<usize> = if forward { (0..k).collect() } else { (0..k).rev().collect() };
         for i in order {
             let tau = if transpose { taus[i].conj_() } else { taus[i] };
-            let len = sa.rows - i;
-            let mut v = Mat::<T>::zeros(len, 1);
-            v[(0, 0)] = T::one();
-            for r in 1..len {
-                v[(r, 0)] = a[(i + r, i)];
-            }
-            if left {
-                // C[i.., :] -= tau v (v^H C[i.., :])
-                let mut block = c.as_mut().submatrix_mut(i, 0, len, sc.cols);
-                let mut w = Mat::<T>::zeros(1, sc.cols);
-                faer::linalg::matmul::matmul(w.as_mut(), Accum::Replace, v.as_ref().adjoint(), block.rb(), T::one(), Par::Seq);
-                faer::linalg::matmul::matmul(block.rb_mut(), Accum::Add, v.as_ref(), w.as_ref(), -tau, Par::Seq);
-            } else {
-                // C[:, i..] -= tau (C[:, i..] v) v^H
-                let mut block = c.as_mut().submatrix_mut(0, i, sc.rows, len);
-                let mut w = Mat::<T>::zeros(sc.rows, 1);
-                faer::linalg::matmul::matmul(w.as_mut(), Accum::Replace, block.rb(), v.as_ref(), T::one(), Par::Seq);
-                faer::linalg::matmul::matmul(block.rb_mut(), Accum::Add, w.as_ref(), v.as_ref().adjoint(), -tau, Par::Seq);
-            }
+            apply_reflector(&a, i, tau, c.as_mut(), left);
         }
         c
     });
@@ -989,12 +955,7 @@ fn ormqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
 // subdiagonal, reflectors below it, n - 1 taus); attributes low/high (1-based ilo/ihi: only the
 // whole matrix, 1 and n, as JAX passes). Results: the storage, tau, info.
 
-struct Gehrd;
-impl FfiHandler for Gehrd {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "gehrd", gehrd)
-    }
-}
+handler!(Gehrd, "gehrd", gehrd);
 
 fn gehrd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     expect_counts(call, 1, 3, "gehrd")?;
@@ -1039,12 +1000,7 @@ fn gehrd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
 // them, X, info (the 1-based index of an exactly zero pivot; X is then not computed).
 // faer has no banded solver; this is LAPACK's gtsv elimination with partial pivoting, O(n).
 
-struct Gtsv;
-impl FfiHandler for Gtsv {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "gtsv", gtsv)
-    }
-}
+handler!(Gtsv, "gtsv", gtsv);
 
 fn gtsv<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     expect_counts(call, 4, 5, "gtsv")?;
@@ -1152,19 +1108,7 @@ fn gtsv_solve<T: Elem>(dl: &mut [T], d: &mut [T], du: &mut [T], x: &mut Mat<T>) 
 // largest component real; vl holds u with u^H A = lambda u^H. The order of the eigenvalues is
 // faer's (LAPACK's order is no more canonical; compare as sets).
 
-struct Geev;
-impl FfiHandler for Geev {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        let t = call.args.first().ok_or("geev: no operands")?.dtype;
-        match t {
-            FfiType::F32 => geev::<f32>(call),
-            FfiType::F64 => geev::<f64>(call),
-            FfiType::C64 => geev::<faer::c32>(call),
-            FfiType::C128 => geev::<faer::c64>(call),
-            other => Err(format!("geev: unsupported element type {}", other.name())),
-        }
-    }
-}
+handler!(Geev, "geev", geev);
 
 /// Unit 2-norm, then rotated so that the component of largest modulus is real and positive.
 fn lapack_normalize<C: Elem>(v: &mut [C]) {
@@ -1256,12 +1200,7 @@ fn geev<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
 // with eigenvalues in its order along the diagonal and 2 x 2 blocks not put in LAPACK's
 // standard form (equal diagonal entries).
 
-struct Gees;
-impl FfiHandler for Gees {
-    fn execute(call: &mut FfiCall<'_>) -> R<()> {
-        by_type!(call, "gees", gees)
-    }
-}
+handler!(Gees, "gees", gees);
 
 fn gees<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     let real = T::TYPE == FfiType::F32 || T::TYPE == FfiType::F64;
