@@ -166,6 +166,23 @@ pub fn refuse_output_dir_over_inputs(dir: &Path, flag: &str, inputs: &[(&str, &P
     Ok(())
 }
 
+/// Refuses an input (`flag`, path) that is, or is inside, `dir`: a directory whose contents
+/// this run deletes (`what` says which and why).
+pub fn refuse_inputs_inside(dir: &Path, what: &str, inputs: &[(&str, &Path)]) -> Result<()> {
+    let Some(dir_abs) = absolute(dir) else { return Ok(()) };
+    for (flag, input) in inputs {
+        let Some(inp) = input.canonicalize().ok() else { continue };
+        if inp.starts_with(&dir_abs) {
+            return Err(Error::InputInsideOutput {
+                input: format!("{flag} {}", input.display()),
+                dir: dir.display().to_string(),
+                why: what.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `path` made absolute with symlinks resolved, for a path that may not exist yet: its nearest
 /// existing ancestor canonicalized, the rest appended.
 fn absolute(path: &Path) -> Option<std::path::PathBuf> {

@@ -54,6 +54,16 @@ pub enum Error {
     /// A request this code cannot honour (the message says which and why).
     #[error("{0}")]
     Unsupported(String),
+    /// An input lies inside a directory whose contents the run deletes.
+    #[error("refusing to run: {input} is inside {dir}, {why}; copy it elsewhere first")]
+    InputInsideOutput {
+        /// The input, with its flag.
+        input: String,
+        /// The directory.
+        dir: String,
+        /// What the run does there.
+        why: String,
+    },
     /// An output path is one of the run's inputs.
     #[error("refusing to write {output}: it is the input {input}")]
     OutputIsInput {

@@ -273,6 +273,14 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         .chain(a.lora_init.iter().map(|d| ("--lora-init", d.as_path())))
         .collect();
     data::files::refuse_output_dir_over_inputs(&a.out, "--out", &dirs)?;
+    // The run deletes checkpoints beyond --keep: none of its inputs may live among them.
+    let all_inputs: Vec<(&str, &Path)> = dirs
+        .iter()
+        .copied()
+        .chain(a.tokenizer.iter().map(|t| ("--tokenizer", t.as_path())))
+        .chain(a.chat_template.iter().map(|t| ("--chat-template", t.as_path())))
+        .collect();
+    data::files::refuse_inputs_inside(&a.out.join("checkpoints"), "where this run keeps and deletes its checkpoints", &all_inputs)?;
     let chat = match &a.data {
         Some(d) => data::sft::is_chat(d)?,
         None => false,

@@ -216,3 +216,20 @@ fn a_run_stopped_after_its_last_checkpoint_writes_its_final_files_on_resume() {
     let err = fails(&run(&[&["train", "--steps", "1", "--resume"][..], &QUICK, &["--out", s(&out)]].concat()));
     assert!(err.contains("past --steps 1"), "{err}");
 }
+
+#[test]
+fn an_input_inside_the_checkpoints_the_run_rotates_is_refused() {
+    // --resume keeps --keep checkpoints and deletes older ones: an --init taken from among
+    // them would be deleted under the run.
+    let root = testkit::scratch("init-in-checkpoints");
+    let out = root.path().join("run");
+    ok(&run(&[&["train", "--steps", "2", "--save-every", "1", "--keep", "1"][..], &QUICK, &["--out", s(&out)]].concat()));
+    let ckpt = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
+    let before = snapshot(&out);
+    let err = fails(&run(&[&["train", "--steps", "4", "--resume", "--init", s(&ckpt)][..], &QUICK, &["--out", s(&out)]].concat()));
+    assert!(
+        err.contains("where this run keeps and deletes its checkpoints") && err.contains(&format!("--init {}", ckpt.display())),
+        "{err}"
+    );
+    assert_eq!(snapshot(&out), before, "the refused run touched the directory");
+}

@@ -171,7 +171,11 @@ mod tests {
     fn decodes_parameters_and_a_result_tuple() {
         let program = ProgramShapeProto {
             parameters: vec![shape(11, &[2, 3]), shape(4, &[])],
-            result: Some(ShapeProto { element_type: TUPLE, dimensions: vec![], tuple_shapes: vec![shape(16, &[2]), shape(15, &[4])] }),
+            result: Some(ShapeProto {
+                element_type: TUPLE,
+                dimensions: vec![],
+                tuple_shapes: vec![shape(16, &[2]), shape(15, &[4]), shape(20, &[1])],
+            }),
         };
         let module = ModuleWithConfigProto { hlo_module: Some(ModuleProto { host_program_shape: Some(program.clone()) }) };
         let sig = CompiledSignature::decode("hlo_with_config", &module.encode_to_vec()).unwrap();
@@ -179,7 +183,9 @@ mod tests {
         assert_eq!(sig.params[1].to_string(), "s32[]");
         assert_eq!(sig.results[0].dtype(), Some(DType::Bf16));
         assert_eq!(sig.results[1].to_string(), "c64[4]");
-        assert_eq!(sig.results[1].dtype(), None);
+        assert_eq!(sig.results[1].dtype(), Some(DType::C64));
+        assert_eq!(sig.results[2].to_string(), "f8e4m3fn[1]");
+        assert_eq!(sig.results[2].dtype(), None);
         let bare = ModuleProto { host_program_shape: Some(ProgramShapeProto { parameters: vec![], result: Some(shape(1, &[3])) }) };
         let sig = CompiledSignature::decode("hlo", &bare.encode_to_vec()).unwrap();
         assert_eq!(sig.results, vec![CompiledType { element_type: 1, dims: vec![3] }]);
