@@ -12,10 +12,11 @@
 //! Where the answer is not unique, ours can differ from LAPACK's as JAX users already allow
 //! for: the signs of QR and SVD vectors, eigenvector signs/phases, and for complex QR the phase
 //! of each Householder reflector (faer makes R's diagonal complex where LAPACK makes it real).
+use dtype::DType;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::triangular_solve as tri;
 use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
-use xla_sys::ffi::{register_handler, FfiArg, FfiAttr, FfiCall, FfiHandler, FfiRet, FfiType};
+use xla_sys::ffi::{register_handler, FfiArg, FfiAttr, FfiCall, FfiHandler, FfiRet};
 
 type R<T> = std::result::Result<T, String>;
 /// A Schur decomposition: T, Z and the eigenvalues in T's order.
@@ -38,7 +39,7 @@ trait Elem:
     type Re: Elem;
     /// The complex type of the same precision.
     type C: Elem<Re = Self::Re>;
-    const TYPE: FfiType;
+    const TYPE: DType;
     fn load(b: &[u8]) -> Self;
     fn store(self, b: &mut [u8]);
     fn finite(self) -> bool;
@@ -76,7 +77,7 @@ macro_rules! real_elem {
         impl Elem for $t {
             type Re = $t;
             type C = $c;
-            const TYPE: FfiType = $ty;
+            const TYPE: DType = $ty;
             fn load(b: &[u8]) -> Self {
                 <$t>::from_le_bytes(b[..std::mem::size_of::<$t>()].try_into().unwrap())
             }
@@ -129,15 +130,15 @@ macro_rules! real_elem {
         }
     };
 }
-real_elem!(f32, faer::c32, FfiType::F32);
-real_elem!(f64, faer::c64, FfiType::F64);
+real_elem!(f32, faer::c32, DType::F32);
+real_elem!(f64, faer::c64, DType::F64);
 
 macro_rules! complex_elem {
     ($t:ty, $re:ty, $ty:expr) => {
         impl Elem for $t {
             type Re = $re;
             type C = $t;
-            const TYPE: FfiType = $ty;
+            const TYPE: DType = $ty;
             fn load(b: &[u8]) -> Self {
                 let h = std::mem::size_of::<$re>();
                 <$t>::new(<$re>::load(&b[..h]), <$re>::load(&b[h..]))
@@ -193,8 +194,8 @@ macro_rules! complex_elem {
         }
     };
 }
-complex_elem!(faer::c32, f32, FfiType::C64);
-complex_elem!(faer::c64, f64, FfiType::C128);
+complex_elem!(faer::c32, f32, DType::C64);
+complex_elem!(faer::c64, f64, DType::C128);
 
 /// nalgebra's limit on QR sweeps (LAPACK's hseqr allows 30 per eigenvalue, at least 300).
 fn schur_iterations(n: usize) -> usize {
@@ -249,10 +250,10 @@ macro_rules! by_type {
         let call: &mut FfiCall<'_> = $call;
         let t = call.args.first().ok_or_else(|| format!("{}: no operands", $name))?.dtype;
         match t {
-            FfiType::F32 => $f::<f32>(call),
-            FfiType::F64 => $f::<f64>(call),
-            FfiType::C64 => $f::<faer::c32>(call),
-            FfiType::C128 => $f::<faer::c64>(call),
+            DType::F32 => $f::<f32>(call),
+            DType::F64 => $f::<f64>(call),
+            DType::C64 => $f::<faer::c32>(call),
+            DType::C128 => $f::<faer::c64>(call),
             other => Err(format!("{}: unsupported element type {}", $name, other.name())),
         }
     }};
@@ -302,7 +303,7 @@ fn matrix_shape(dims: &[i64], what: &str) -> R<Shape> {
     Ok(Shape { count, rows: rc[0], cols: rc[1] })
 }
 
-fn check_type<T: Elem>(dtype: FfiType, what: &str) -> R<()> {
+fn check_type<T: Elem>(dtype: DType, what: &str) -> R<()> {
     if dtype != T::TYPE {
         return Err(format!("{what} is {}, expected {}", dtype.name(), T::TYPE.name()));
     }
@@ -312,7 +313,7 @@ fn check_type<T: Elem>(dtype: FfiType, what: &str) -> R<()> {
 fn arg_matrices<T: Elem>(arg: &FfiArg<'_>, what: &str) -> R<(Shape, Vec<Mat<T>>)> {
     check_type::<T>(arg.dtype, what)?;
     let s = matrix_shape(arg.dims, what)?;
-    let size = T::TYPE.size();
+    let size = T::TYPE.size_bytes();
     let bytes = arg.bytes();
     let per = s.rows * s.cols;
     let mats = (0..s.count).map(|b| Mat::from_fn(s.rows, s.cols, |i, j| T::load(&bytes[(b * per + j * s.rows + i) * size..]))).collect();
@@ -322,13 +323,13 @@ fn arg_matrices<T: Elem>(arg: &FfiArg<'_>, what: &str) -> R<(Shape, Vec<Mat<T>>)
 fn arg_vectors<T: Elem>(arg: &FfiArg<'_>, what: &str) -> R<(usize, usize, Vec<T>)> {
     check_type::<T>(arg.dtype, what)?;
     let (count, n) = batch_of(arg.dims, 1, what)?;
-    let size = T::TYPE.size();
+    let size = T::TYPE.size_bytes();
     let values = arg.bytes().chunks_exact(size).map(T::load).collect();
     Ok((count, n[0], values))
 }
 
 /// Checks that result `ret` has element type `dtype` and dimensions `dims`.
-fn check_ret(ret: &FfiRet<'_>, dtype: FfiType, dims: &[usize], what: &str) -> R<()> {
+fn check_ret(ret: &FfiRet<'_>, dtype: DType, dims: &[usize], what: &str) -> R<()> {
     let have: Vec<usize> = ret.dims.iter().map(|&d| usize_dim(d)).collect::<R<_>>()?;
     if ret.dtype != dtype || have != dims {
         return Err(format!("{what} is {}{:?}, expected {}{:?}", ret.dtype.name(), have, dtype.name(), dims));
@@ -343,7 +344,7 @@ fn with_batch(batch: &[i64], inner: &[usize]) -> R<Vec<usize>> {
 }
 
 fn store_matrix<T: Elem>(ret: &mut FfiRet<'_>, index: usize, m: MatRef<'_, T>) {
-    let size = T::TYPE.size();
+    let size = T::TYPE.size_bytes();
     let per = m.nrows() * m.ncols();
     let bytes = ret.bytes_mut();
     for j in 0..m.ncols() {
@@ -354,7 +355,7 @@ fn store_matrix<T: Elem>(ret: &mut FfiRet<'_>, index: usize, m: MatRef<'_, T>) {
 }
 
 fn store_values<T: Elem>(ret: &mut FfiRet<'_>, index: usize, values: &[T]) {
-    let size = T::TYPE.size();
+    let size = T::TYPE.size_bytes();
     let bytes = ret.bytes_mut();
     for (k, v) in values.iter().enumerate() {
         v.store(&mut bytes[(index * values.len() + k) * size..]);
@@ -439,8 +440,8 @@ fn getrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
     let k = s.rows.min(s.cols);
     check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[s.rows, s.cols])?, "getrf result 0")?;
-    check_ret(&call.rets[1], FfiType::S32, &with_batch(batch, &[k])?, "getrf pivots")?;
-    check_ret(&call.rets[2], FfiType::S32, &with_batch(batch, &[])?, "getrf info")?;
+    check_ret(&call.rets[1], DType::S32, &with_batch(batch, &[k])?, "getrf pivots")?;
+    check_ret(&call.rets[2], DType::S32, &with_batch(batch, &[])?, "getrf info")?;
     let results = par_map(mats, |a| {
         let (lu, pivots) = lu_factor(a);
         let info = (0..k).find(|&i| lu[(i, i)] == T::zero()).map_or(0, |i| i as i32 + 1);
@@ -550,7 +551,7 @@ fn potrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     }
     let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
     check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[s.rows, s.cols])?, "potrf result 0")?;
-    check_ret(&call.rets[1], FfiType::S32, &with_batch(batch, &[])?, "potrf info")?;
+    check_ret(&call.rets[1], DType::S32, &with_batch(batch, &[])?, "potrf info")?;
     let n = s.rows;
     let results = par_map(mats, |a| {
         // faer reads only the `side` triangle (and the real part of the diagonal), as LAPACK.
@@ -746,7 +747,7 @@ fn syevd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
     check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[n, n])?, "syevd result 0")?;
     check_ret(&call.rets[1], <T::Re as Elem>::TYPE, &with_batch(batch, &[n])?, "syevd eigenvalues")?;
-    check_ret(&call.rets[2], FfiType::S32, &with_batch(batch, &[])?, "syevd info")?;
+    check_ret(&call.rets[2], DType::S32, &with_batch(batch, &[])?, "syevd info")?;
     let results = par_map(mats, |a| {
         let h = hermitian_from(&a, lower);
         if !all_finite(h.as_ref()) {
@@ -795,7 +796,7 @@ fn gesdd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
         check_ret(&call.rets[2], T::TYPE, &with_batch(batch, &[m, ucols])?, "gesdd U")?;
         check_ret(&call.rets[3], T::TYPE, &with_batch(batch, &[vtrows, n])?, "gesdd V^H")?;
     }
-    check_ret(&call.rets[4], FfiType::S32, &with_batch(batch, &[])?, "gesdd info")?;
+    check_ret(&call.rets[4], DType::S32, &with_batch(batch, &[])?, "gesdd info")?;
     let u_shape = matrix_shape(call.rets[2].dims, "gesdd U")?;
     let vt_shape = matrix_shape(call.rets[3].dims, "gesdd V^H")?;
     let zero_re = <T::Re as Elem>::zero();
@@ -858,7 +859,7 @@ fn geqp3<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     let batch = &call.args[0].dims[..call.args[0].dims.len() - 2];
     let (m, n) = (s.rows, s.cols);
     let k = m.min(n);
-    if call.args[1].dtype != FfiType::S32 {
+    if call.args[1].dtype != DType::S32 {
         return Err(format!("geqp3 operand 1 (jpvt) is {}, expected s32", call.args[1].dtype.name()));
     }
     if call.args[1].dims.iter().map(|&d| usize_dim(d)).collect::<R<Vec<_>>>()? != with_batch(batch, &[n])? {
@@ -868,7 +869,7 @@ fn geqp3<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
         return Err("geqp3: preset pivot columns (jpvt != 0) are not supported; JAX's qr(pivoting=True) passes zeros".into());
     }
     check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[m, n])?, "geqp3 result 0")?;
-    check_ret(&call.rets[1], FfiType::S32, &with_batch(batch, &[n])?, "geqp3 jpvt")?;
+    check_ret(&call.rets[1], DType::S32, &with_batch(batch, &[n])?, "geqp3 jpvt")?;
     check_ret(&call.rets[2], T::TYPE, &with_batch(batch, &[k])?, "geqp3 taus")?;
     use faer::linalg::qr::col_pivoting::factor as qr;
     let results = par_map(mats, |mut a| {
@@ -972,7 +973,7 @@ fn gehrd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     let nt = n.saturating_sub(1);
     check_ret(&call.rets[0], T::TYPE, &with_batch(batch, &[n, n])?, "gehrd result 0")?;
     check_ret(&call.rets[1], T::TYPE, &with_batch(batch, &[nt])?, "gehrd taus")?;
-    check_ret(&call.rets[2], FfiType::S32, &with_batch(batch, &[])?, "gehrd info")?;
+    check_ret(&call.rets[2], DType::S32, &with_batch(batch, &[])?, "gehrd info")?;
     use faer::linalg::evd::hessenberg as hess;
     let results = par_map(mats, |mut a| {
         let mut taus = Vec::new();
@@ -1020,7 +1021,7 @@ fn gtsv<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     }
     check_ret(&call.rets[3], T::TYPE, &call.args[3].dims.iter().map(|&x| x as usize).collect::<Vec<_>>(), "gtsv X")?;
     let batch = &call.args[3].dims[..call.args[3].dims.len() - 2];
-    check_ret(&call.rets[4], FfiType::S32, &with_batch(batch, &[])?, "gtsv info")?;
+    check_ret(&call.rets[4], DType::S32, &with_batch(batch, &[])?, "gtsv info")?;
     let results = par_map(b_mats.into_iter().enumerate().collect(), |(b, mut x): (usize, Mat<T>)| {
         // LAPACK's arrays: DL(1..n-1) = dl[1..], D = d, DU(1..n-1) = du[..n-1].
         let mut lo: Vec<T> = dl[b * n..(b + 1) * n].to_vec();
@@ -1129,7 +1130,7 @@ fn lapack_normalize<C: Elem>(v: &mut [C]) {
 type GeevOut<C> = (Vec<C>, Mat<C>, Mat<C>, i32);
 
 fn geev<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
-    let real = T::TYPE == FfiType::F32 || T::TYPE == FfiType::F64;
+    let real = T::TYPE == DType::F32 || T::TYPE == DType::F64;
     expect_counts(call, 1, if real { 5 } else { 4 }, "geev")?;
     let left = ascii_attr(call, "compute_left", b"VN", "geev")? == b'V';
     let right = ascii_attr(call, "compute_right", b"VN", "geev")? == b'V';
@@ -1146,7 +1147,7 @@ fn geev<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     }
     check_ret(&call.rets[nv], ctype, &with_batch(batch, &[n, n])?, "geev left eigenvectors")?;
     check_ret(&call.rets[nv + 1], ctype, &with_batch(batch, &[n, n])?, "geev right eigenvectors")?;
-    check_ret(&call.rets[nv + 2], FfiType::S32, &with_batch(batch, &[])?, "geev info")?;
+    check_ret(&call.rets[nv + 2], DType::S32, &with_batch(batch, &[])?, "geev info")?;
     let results = par_map(mats, |a| -> GeevOut<T::C> {
         let zero = || (vec![T::C::zero(); n], Mat::<T::C>::zeros(n, n), Mat::<T::C>::zeros(n, n), 1);
         if !all_finite(a.as_ref()) {
@@ -1203,7 +1204,7 @@ fn geev<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
 handler!(Gees, "gees", gees);
 
 fn gees<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
-    let real = T::TYPE == FfiType::F32 || T::TYPE == FfiType::F64;
+    let real = T::TYPE == DType::F32 || T::TYPE == DType::F64;
     expect_counts(call, 1, if real { 6 } else { 5 }, "gees")?;
     let vectors = ascii_attr(call, "mode", b"VN", "gees")? == b'V';
     if ascii_attr(call, "sort", b"NS", "gees")? != b'N' {
@@ -1221,8 +1222,8 @@ fn gees<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     for i in 0..nv {
         check_ret(&call.rets[2 + i], T::TYPE, &with_batch(batch, &[n])?, "gees eigenvalues")?;
     }
-    check_ret(&call.rets[2 + nv], FfiType::S32, &with_batch(batch, &[])?, "gees sdim")?;
-    check_ret(&call.rets[3 + nv], FfiType::S32, &with_batch(batch, &[])?, "gees info")?;
+    check_ret(&call.rets[2 + nv], DType::S32, &with_batch(batch, &[])?, "gees sdim")?;
+    check_ret(&call.rets[3 + nv], DType::S32, &with_batch(batch, &[])?, "gees info")?;
     let results = par_map(mats, |a| {
         let failed = |a: Mat<T>| (a, Mat::<T>::zeros(n, n), vec![<T::C as Elem>::zero(); n], 1);
         if !all_finite(a.as_ref()) {

@@ -10,87 +10,35 @@
 use crate::api::{args, Api};
 use crate::bindings as b;
 use crate::error::{Error, Result};
+use dtype::DType;
 use std::borrow::Cow;
 
-/// Element types of FFI buffers, with XLA's `XLA_FFI_DataType` codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FfiType {
-    Pred,
-    S8,
-    S16,
-    S32,
-    S64,
-    U8,
-    U16,
-    U32,
-    U64,
-    F16,
-    Bf16,
-    F32,
-    F64,
-    C64,
-    C128,
-}
-
-impl FfiType {
-    fn from_raw(code: b::XLA_FFI_DataType) -> Option<FfiType> {
-        Some(match code {
-            b::XLA_FFI_DataType_PRED => FfiType::Pred,
-            b::XLA_FFI_DataType_S8 => FfiType::S8,
-            b::XLA_FFI_DataType_S16 => FfiType::S16,
-            b::XLA_FFI_DataType_S32 => FfiType::S32,
-            b::XLA_FFI_DataType_S64 => FfiType::S64,
-            b::XLA_FFI_DataType_U8 => FfiType::U8,
-            b::XLA_FFI_DataType_U16 => FfiType::U16,
-            b::XLA_FFI_DataType_U32 => FfiType::U32,
-            b::XLA_FFI_DataType_U64 => FfiType::U64,
-            b::XLA_FFI_DataType_F16 => FfiType::F16,
-            b::XLA_FFI_DataType_BF16 => FfiType::Bf16,
-            b::XLA_FFI_DataType_F32 => FfiType::F32,
-            b::XLA_FFI_DataType_F64 => FfiType::F64,
-            b::XLA_FFI_DataType_C64 => FfiType::C64,
-            b::XLA_FFI_DataType_C128 => FfiType::C128,
-            _ => return None,
-        })
-    }
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            FfiType::Pred | FfiType::S8 | FfiType::U8 => 1,
-            FfiType::S16 | FfiType::U16 | FfiType::F16 | FfiType::Bf16 => 2,
-            FfiType::S32 | FfiType::U32 | FfiType::F32 => 4,
-            FfiType::S64 | FfiType::U64 | FfiType::F64 | FfiType::C64 => 8,
-            FfiType::C128 => 16,
-        }
-    }
-
-    /// XLA's short name (f32, c64, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            FfiType::Pred => "pred",
-            FfiType::S8 => "s8",
-            FfiType::S16 => "s16",
-            FfiType::S32 => "s32",
-            FfiType::S64 => "s64",
-            FfiType::U8 => "u8",
-            FfiType::U16 => "u16",
-            FfiType::U32 => "u32",
-            FfiType::U64 => "u64",
-            FfiType::F16 => "f16",
-            FfiType::Bf16 => "bf16",
-            FfiType::F32 => "f32",
-            FfiType::F64 => "f64",
-            FfiType::C64 => "c64",
-            FfiType::C128 => "c128",
-        }
-    }
+/// The element type of an XLA FFI data type code, when gemma-xla has a `DType` for it.
+fn dtype_from_raw(code: b::XLA_FFI_DataType) -> Option<DType> {
+    Some(match code {
+        b::XLA_FFI_DataType_PRED => DType::Pred,
+        b::XLA_FFI_DataType_S8 => DType::S8,
+        b::XLA_FFI_DataType_S16 => DType::S16,
+        b::XLA_FFI_DataType_S32 => DType::S32,
+        b::XLA_FFI_DataType_S64 => DType::S64,
+        b::XLA_FFI_DataType_U8 => DType::U8,
+        b::XLA_FFI_DataType_U16 => DType::U16,
+        b::XLA_FFI_DataType_U32 => DType::U32,
+        b::XLA_FFI_DataType_U64 => DType::U64,
+        b::XLA_FFI_DataType_F16 => DType::F16,
+        b::XLA_FFI_DataType_BF16 => DType::Bf16,
+        b::XLA_FFI_DataType_F32 => DType::F32,
+        b::XLA_FFI_DataType_F64 => DType::F64,
+        b::XLA_FFI_DataType_C64 => DType::C64,
+        b::XLA_FFI_DataType_C128 => DType::C128,
+        _ => return None,
+    })
 }
 
 /// An operand of a custom call: its type, dimensions (row-major logical order; the memory
 /// layout is whatever the custom call's `operand_layouts` said) and bytes.
 pub struct FfiArg<'a> {
-    pub dtype: FfiType,
+    pub dtype: DType,
     pub dims: &'a [i64],
     bytes: Cow<'a, [u8]>,
 }
@@ -103,7 +51,7 @@ impl FfiArg<'_> {
 
 /// A result of a custom call, to be written in full by the handler.
 pub struct FfiRet<'a> {
-    pub dtype: FfiType,
+    pub dtype: DType,
     pub dims: &'a [i64],
     bytes: &'a mut [u8],
 }
@@ -246,8 +194,8 @@ unsafe fn make_error(frame: &b::XLA_FFI_CallFrame, message: &str) -> *mut b::XLA
 }
 
 /// Number of bytes of a buffer of `dtype` and `dims`, with checked arithmetic.
-fn byte_len(dtype: FfiType, dims: &[i64]) -> std::result::Result<usize, String> {
-    let mut n = dtype.size();
+fn byte_len(dtype: DType, dims: &[i64]) -> std::result::Result<usize, String> {
+    let mut n = dtype.size_bytes();
     for &d in dims {
         let d = usize::try_from(d).map_err(|_| format!("negative dimension {d} in {dims:?}"))?;
         n = n.checked_mul(d).ok_or_else(|| format!("buffer of {dims:?} {} overflows", dtype.name()))?;
@@ -256,7 +204,7 @@ fn byte_len(dtype: FfiType, dims: &[i64]) -> std::result::Result<usize, String> 
 }
 
 struct RawBuffer {
-    dtype: FfiType,
+    dtype: DType,
     dims: *const i64,
     rank: usize,
     data: *mut u8,
@@ -268,7 +216,7 @@ unsafe fn read_buffer(ptr: *mut std::ffi::c_void, what: &str) -> std::result::Re
     unsafe {
         let buf = ptr as *const b::XLA_FFI_Buffer;
         let buf = buf.as_ref().ok_or_else(|| format!("{what} is null"))?;
-        let dtype = FfiType::from_raw(buf.dtype).ok_or_else(|| format!("{what} has unsupported element type code {}", buf.dtype))?;
+        let dtype = dtype_from_raw(buf.dtype).ok_or_else(|| format!("{what} has unsupported element type code {}", buf.dtype))?;
         let rank = usize::try_from(buf.rank).map_err(|_| format!("{what} has rank {}", buf.rank))?;
         let dims: &[i64] = if rank == 0 { &[] } else { std::slice::from_raw_parts(buf.dims, rank) };
         let len = byte_len(dtype, dims).map_err(|e| format!("{what}: {e}"))?;
@@ -409,22 +357,22 @@ unsafe fn decode_attr(ty: b::XLA_FFI_AttrType, value: *mut std::ffi::c_void) -> 
 
 /// Element `k` of an array of scalars of type `dtype` at `ptr`.
 unsafe fn scalar(dtype: b::XLA_FFI_DataType, ptr: *const u8, k: usize) -> std::result::Result<FfiAttr, String> {
-    let t = FfiType::from_raw(dtype).ok_or_else(|| format!("unsupported element type code {dtype}"))?;
+    let t = dtype_from_raw(dtype).ok_or_else(|| format!("unsupported element type code {dtype}"))?;
     // SAFETY: `ptr` holds at least k + 1 elements of type `t` (caller); read_unaligned
     // tolerates any alignment.
     unsafe {
-        let p = ptr.add(k * t.size());
+        let p = ptr.add(k * t.size_bytes());
         Ok(match t {
-            FfiType::Pred | FfiType::U8 => FfiAttr::Int(p.read() as i64),
-            FfiType::S8 => FfiAttr::Int((p as *const i8).read() as i64),
-            FfiType::S16 => FfiAttr::Int((p as *const i16).read_unaligned() as i64),
-            FfiType::U16 => FfiAttr::Int((p as *const u16).read_unaligned() as i64),
-            FfiType::S32 => FfiAttr::Int((p as *const i32).read_unaligned() as i64),
-            FfiType::U32 => FfiAttr::Int((p as *const u32).read_unaligned() as i64),
-            FfiType::S64 => FfiAttr::Int((p as *const i64).read_unaligned()),
-            FfiType::U64 => FfiAttr::Int((p as *const u64).read_unaligned() as i64),
-            FfiType::F32 => FfiAttr::Float((p as *const f32).read_unaligned() as f64),
-            FfiType::F64 => FfiAttr::Float((p as *const f64).read_unaligned()),
+            DType::Pred | DType::U8 => FfiAttr::Int(p.read() as i64),
+            DType::S8 => FfiAttr::Int((p as *const i8).read() as i64),
+            DType::S16 => FfiAttr::Int((p as *const i16).read_unaligned() as i64),
+            DType::U16 => FfiAttr::Int((p as *const u16).read_unaligned() as i64),
+            DType::S32 => FfiAttr::Int((p as *const i32).read_unaligned() as i64),
+            DType::U32 => FfiAttr::Int((p as *const u32).read_unaligned() as i64),
+            DType::S64 => FfiAttr::Int((p as *const i64).read_unaligned()),
+            DType::U64 => FfiAttr::Int((p as *const u64).read_unaligned() as i64),
+            DType::F32 => FfiAttr::Float((p as *const f32).read_unaligned() as f64),
+            DType::F64 => FfiAttr::Float((p as *const f64).read_unaligned()),
             other => return Err(format!("unsupported {} attribute", other.name())),
         })
     }
