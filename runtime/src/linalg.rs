@@ -337,6 +337,20 @@ fn check_ret(ret: &FfiRet<'_>, dtype: DType, dims: &[usize], what: &str) -> R<()
     Ok(())
 }
 
+/// Checks that result `ret` has operand `arg`'s element type and dimensions (a result that
+/// takes the operand's place).
+fn check_ret_like(ret: &FfiRet<'_>, arg: &FfiArg<'_>, what: &str) -> R<()> {
+    let dims: Vec<usize> = arg.dims.iter().map(|&d| usize_dim(d)).collect::<R<_>>()?;
+    check_ret(ret, arg.dtype, &dims, what)
+}
+
+/// Writes one matrix per batch index into `ret`.
+fn store_matrices<T: Elem>(ret: &mut FfiRet<'_>, mats: &[Mat<T>]) {
+    for (b, m) in mats.iter().enumerate() {
+        store_matrix(ret, b, m.as_ref());
+    }
+}
+
 fn with_batch(batch: &[i64], inner: &[usize]) -> R<Vec<usize>> {
     let mut v: Vec<usize> = batch.iter().map(|&d| usize_dim(d)).collect::<R<_>>()?;
     v.extend_from_slice(inner);
@@ -604,7 +618,7 @@ fn trsm<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     if sa.count != sb.count && sa.count != 1 {
         return Err(format!("trsm: {} matrices A for {} right-hand sides", sa.count, sb.count));
     }
-    check_ret(&call.rets[0], T::TYPE, &call.args[1].dims.iter().map(|&d| d as usize).collect::<Vec<_>>(), "trsm result")?;
+    check_ret_like(&call.rets[0], &call.args[1], "trsm result")?;
     let solved = par_map(b_mats.into_iter().enumerate().collect(), |(b, mut x): (usize, Mat<T>)| {
         let a = &a_mats[if sa.count == 1 { 0 } else { b }];
         // op(A), and whether it is lower triangular.
@@ -628,9 +642,7 @@ fn trsm<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
         }
         x
     });
-    for (b, x) in solved.into_iter().enumerate() {
-        store_matrix(&mut call.rets[0], b, x.as_ref());
-    }
+    store_matrices(&mut call.rets[0], &solved);
     Ok(())
 }
 
@@ -649,18 +661,14 @@ fn geqrf<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     check_ret(&call.rets[1], T::TYPE, &with_batch(batch, &[k])?, "geqrf taus")?;
     use faer::linalg::qr::no_pivoting::factor as qr;
     let results = par_map(mats, |mut a| {
-        let mut taus = vec![T::zero(); k];
+        let mut taus = Vec::new();
         if k > 0 {
             let bs = qr::recommended_block_size::<T>(s.rows, s.cols);
             let mut coeff = Mat::<T>::zeros(bs, k);
             let params = Default::default();
             let mut mem = MemBuffer::new(qr::qr_in_place_scratch::<T>(s.rows, s.cols, bs, Par::Seq, params));
             qr::qr_in_place(a.as_mut(), coeff.as_mut(), Par::Seq, MemStack::new(&mut mem), params);
-            // faer writes H_i = I - v v^H / t_i with t_i on the diagonal of each block's
-            // triangular factor; LAPACK's tau_i is 1 / t_i.
-            for (i, tau) in taus.iter_mut().enumerate() {
-                *tau = coeff[(i % bs, i)].recip();
-            }
+            taus = lapack_taus(coeff.as_ref());
         }
         (a, taus)
     });
@@ -684,7 +692,7 @@ fn orgqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     if count != s.count || k > s.cols || s.cols > s.rows {
         return Err(format!("orgqr: {} matrices of {}x{} with {count} x {k} taus (need m >= n >= k)", s.count, s.rows, s.cols));
     }
-    check_ret(&call.rets[0], T::TYPE, &call.args[0].dims.iter().map(|&d| d as usize).collect::<Vec<_>>(), "orgqr result")?;
+    check_ret_like(&call.rets[0], &call.args[0], "orgqr result")?;
     let (m, n) = (s.rows, s.cols);
     let results = par_map(mats.into_iter().enumerate().collect(), |(b, a): (usize, Mat<T>)| {
         // Q = H_1 (... (H_k I)); H_i leaves the first i columns (unit vectors above its
@@ -695,9 +703,7 @@ fn orgqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
         }
         q
     });
-    for (b, q) in results.into_iter().enumerate() {
-        store_matrix(&mut call.rets[0], b, q.as_ref());
-    }
+    store_matrices(&mut call.rets[0], &results);
     Ok(())
 }
 
@@ -828,12 +834,9 @@ fn gesdd<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
     for (b, (a, sv, u, vt, info)) in results.into_iter().enumerate() {
         store_matrix(&mut call.rets[0], b, a.as_ref());
         store_values(&mut call.rets[1], b, &sv);
-        if u.nrows() == u_shape.rows && u.ncols() == u_shape.cols {
-            store_matrix(&mut call.rets[2], b, u.as_ref());
-        }
-        if vt.nrows() == vt_shape.rows && vt.ncols() == vt_shape.cols {
-            store_matrix(&mut call.rets[3], b, vt.as_ref());
-        }
+        // Zeros of the results' shapes, or faer's factors of the shapes checked above.
+        store_matrix(&mut call.rets[2], b, u.as_ref());
+        store_matrix(&mut call.rets[3], b, vt.as_ref());
         store_i32(&mut call.rets[4], b, &[info]);
     }
     Ok(())
@@ -932,7 +935,7 @@ fn ormqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
             sc.count
         ));
     }
-    check_ret(&call.rets[0], T::TYPE, &call.args[2].dims.iter().map(|&d| d as usize).collect::<Vec<_>>(), "ormqr result")?;
+    check_ret_like(&call.rets[0], &call.args[2], "ormqr result")?;
     let results = par_map(a_mats.into_iter().zip(c_mats).enumerate().collect(), |(b, (a, mut c)): (usize, (Mat<T>, Mat<T>))| {
         let taus = &taus[b * k..(b + 1) * k];
         // Q C = H_1 (... (H_k C)); Q^H C = H_k^H (... (H_1^H C)); C Q = ((C H_1) ...) H_k;
@@ -945,9 +948,7 @@ fn ormqr<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
         }
         c
     });
-    for (b, c) in results.into_iter().enumerate() {
-        store_matrix(&mut call.rets[0], b, c.as_ref());
-    }
+    store_matrices(&mut call.rets[0], &results);
     Ok(())
 }
 
@@ -1017,9 +1018,9 @@ fn gtsv<T: Elem>(call: &mut FfiCall<'_>) -> R<()> {
         ));
     }
     for i in 0..3 {
-        check_ret(&call.rets[i], T::TYPE, &call.args[i].dims.iter().map(|&x| x as usize).collect::<Vec<_>>(), "gtsv diagonal")?;
+        check_ret_like(&call.rets[i], &call.args[i], "gtsv diagonal")?;
     }
-    check_ret(&call.rets[3], T::TYPE, &call.args[3].dims.iter().map(|&x| x as usize).collect::<Vec<_>>(), "gtsv X")?;
+    check_ret_like(&call.rets[3], &call.args[3], "gtsv X")?;
     let batch = &call.args[3].dims[..call.args[3].dims.len() - 2];
     check_ret(&call.rets[4], DType::S32, &with_batch(batch, &[])?, "gtsv info")?;
     let results = par_map(b_mats.into_iter().enumerate().collect(), |(b, mut x): (usize, Mat<T>)| {
