@@ -49,7 +49,9 @@ fn backward(f: &Function, x: &[Tensor], seeds: Vec<(usize, Tensor)>, wrt: &[usiz
         needs[param_node[w]] = true;
     }
     for (i, node) in f.nodes.iter().enumerate() {
-        if node.prim.is_differentiable() && node.ty.dtype.is_float() && node.inputs.iter().any(|&j| needs[j]) {
+        // A scan node's own type is a placeholder: its float results carry the gradient.
+        let float = node.ty.dtype.is_float() || matches!(node.prim, Prim::Scan(_));
+        if node.prim.is_differentiable() && float && node.inputs.iter().any(|&j| needs[j]) {
             needs[i] = true;
         }
     }
@@ -69,8 +71,24 @@ fn backward(f: &Function, x: &[Tensor], seeds: Vec<(usize, Tensor)>, wrt: &[usiz
     // Values of recomputed blocks (rematerialisation), by forward node id.
     let mut again: HashMap<usize, Tensor> = HashMap::new();
     let mut recomputed: HashSet<u64> = HashSet::new();
+    // The cotangents of each scan node's results, gathered from its `ScanResult` nodes.
+    let mut loop_cts: HashMap<usize, Vec<Option<Tensor>>> = HashMap::new();
     for i in (0..n).rev() {
         let node: &Node = &f.nodes[i];
+        if let Prim::Scan(s) = &node.prim {
+            let Some(cts) = loop_cts.remove(&i) else { continue };
+            trace.borrow_mut().loc_override = Some(node.loc);
+            let value = |j: usize| again.get(&j).unwrap_or(&x[j]).clone();
+            let inputs: Vec<Tensor> = node.inputs.iter().map(|&j| value(j)).collect();
+            let wanted: Vec<bool> = node.inputs.iter().map(|&j| needs[j]).collect();
+            let grads = crate::scan::vjp(s, &value(i), &inputs, &wanted, &cts)?;
+            for (&j, gj) in node.inputs.iter().zip(grads) {
+                if let (true, Some(gj)) = (needs[j], gj) {
+                    accumulate(&mut ct, j, gj);
+                }
+            }
+            continue;
+        }
         let Some(g) = ct[i].take() else { continue };
         if matches!(node.prim, Prim::Param(_)) {
             ct[i] = Some(g);
@@ -80,6 +98,19 @@ fn backward(f: &Function, x: &[Tensor], seeds: Vec<(usize, Tensor)>, wrt: &[usiz
             if recomputed.insert(mark.region) {
                 recompute(f, x, mark, &ct, &g, &mut again);
             }
+        }
+        if let Prim::ScanResult { index, .. } = node.prim {
+            let scan = node.inputs[0];
+            let count = match &f.nodes[scan].prim {
+                Prim::Scan(s) => s.result_types().len(),
+                _ => return Err(Error::Invalid(format!("internal: scan_result at {} reads a {}", node.loc, f.nodes[scan].prim.name()))),
+            };
+            let slot = &mut loop_cts.entry(scan).or_insert_with(|| vec![None; count])[index];
+            *slot = Some(match slot.take() {
+                None => g,
+                Some(prev) => prev + g,
+            });
+            continue;
         }
         trace.borrow_mut().loc_override = Some(node.loc);
         let value = |j: usize| again.get(&j).unwrap_or(&x[j]).clone();

@@ -18,6 +18,8 @@ pub fn eval(f: &Function, args: &[Arr]) -> Result<Vec<Arr>, Error> {
     check_order(f)?;
     let live = f.live_nodes();
     let mut vals: Vec<Option<Arr>> = vec![None; f.nodes.len()];
+    // The results of each scan node.
+    let mut loops: std::collections::HashMap<usize, Vec<Arr>> = std::collections::HashMap::new();
     for (i, node) in f.nodes.iter().enumerate() {
         if !live[i] {
             continue;
@@ -26,7 +28,18 @@ pub fn eval(f: &Function, args: &[Arr]) -> Result<Vec<Arr>, Error> {
         check_node(f, i).map_err(fail)?;
         let x: Vec<&Arr> = node.inputs.iter().map(|&j| vals[j].as_ref().expect("internal: inputs come first and are live")).collect();
         let operand = node.inputs.first().map_or(node.ty.dtype, |&j| f.nodes[j].ty.dtype);
-        let v = eval_node(node, &x, operand, args).map_err(fail)?;
+        let v = match &node.prim {
+            Prim::Scan(s) => {
+                loops.insert(i, crate::scan::eval(s, &x)?);
+                ArrayD::zeros(IxDyn(&[]))
+            }
+            Prim::ScanResult { index, .. } => loops
+                .get(&node.inputs[0])
+                .and_then(|r| r.get(*index))
+                .cloned()
+                .ok_or_else(|| fail(format!("operand {} has no result {index}", node.inputs[0])))?,
+            _ => eval_node(node, &x, operand, args).map_err(fail)?,
+        };
         let want = shape_of(&node.ty.dims).map_err(fail)?;
         if v.shape() != want.as_slice() {
             return Err(fail(format!("internal: result of shape {:?}, its type is {}", v.shape(), node.ty)));

@@ -97,7 +97,7 @@ pub struct Output {
 /// A traced function: parameters, single-result nodes in topological order (the first
 /// `params.len()` are the parameters) and named outputs. Displays as jaxpr-like text and
 /// lowers to StableHLO (`to_stablehlo`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Function {
     /// The function's name: used in errors and as the StableHLO module name.
     pub name: String,

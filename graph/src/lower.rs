@@ -15,6 +15,8 @@ pub(crate) struct Emitter {
     loc: String,
     /// The mesh sharding constraints refer to (None: one device, constraints lower to nothing).
     pub(crate) mesh: Option<sharding::Mesh>,
+    /// Quoted file names, one per file seen (a handful; nodes alternate between them).
+    files: Vec<(&'static str, String)>,
 }
 
 /// How a reduce/scatter region combines two scalars.
@@ -114,6 +116,58 @@ impl Emitter {
         attrs.push_str("> : ");
         ty.write_mlir(&mut attrs);
         self.op("stablehlo.constant", &[], &attrs, None, ty)
+    }
+
+    /// The source location written after each op from now on.
+    pub(crate) fn set_loc(&mut self, loc: crate::trace::Loc) {
+        let k = match self.files.iter().position(|f| f.0 == loc.file) {
+            Some(k) => k,
+            None => {
+                self.files.push((loc.file, quoted(loc.file)));
+                self.files.len() - 1
+            }
+        };
+        let mut digits = itoa::Buffer::new();
+        self.loc.clear();
+        self.loc.push_str(" loc(");
+        self.loc.push_str(&self.files[k].1);
+        self.loc.push(':');
+        self.loc.push_str(digits.format(loc.line));
+        self.loc.push(':');
+        self.loc.push_str(digits.format(loc.col));
+        self.loc.push(')');
+    }
+
+    /// The location text written after ops (`" loc(...)"` or empty).
+    pub(crate) fn loc_text(&self) -> String {
+        self.loc.clone()
+    }
+
+    /// Restores a location text saved with `loc_text`.
+    pub(crate) fn restore_loc(&mut self, loc: String) {
+        self.loc = loc;
+    }
+
+    /// Swaps the op lines collected so far for `body` (to write a region's ops apart).
+    pub(crate) fn swap_body(&mut self, body: &mut String) {
+        std::mem::swap(&mut self.body, body);
+    }
+
+    /// Appends raw text (whole lines) to the body.
+    pub(crate) fn push_text(&mut self, text: &str) {
+        self.body.push_str(text);
+    }
+
+    /// Emits a region's terminator `"stablehlo.return"(values)`.
+    pub(crate) fn write_return(&mut self, values: &[(&str, &TensorType)]) {
+        let names: Vec<&str> = values.iter().map(|v| v.0).collect();
+        let types: Vec<String> = values.iter().map(|v| v.1.mlir()).collect();
+        let _ = writeln!(self.body, "      \"stablehlo.return\"({}) : ({}) -> (){}", names.join(", "), types.join(", "), self.loc);
+    }
+
+    /// A fresh SSA name, e.g. for a block argument.
+    pub(crate) fn fresh_name(&mut self) -> String {
+        self.fresh()
     }
 
     pub(crate) fn scalar(&mut self, dtype: DType, v: f64) -> String {
@@ -236,53 +290,27 @@ impl Function {
     /// `to_stablehlo` with options.
     pub fn to_stablehlo_with(&self, options: LowerOptions) -> Result<String, Error> {
         let live = self.live_nodes();
-        let mut names: Vec<String> = vec![String::new(); self.nodes.len()];
         let mesh = self.mesh.clone().filter(|m| m.num_devices() > 1);
         self.check_constraints(mesh.as_ref(), &live)?;
         // The whole module goes into one buffer: the header (which depends only on the
         // parameters and outputs), then the body op by op, then the return. About 180 bytes
         // per node in large programs; allocating it once spares copying megabytes.
         let header = self.module_header()?;
-        let mut e =
-            Emitter { body: String::with_capacity(header.len() + 200 * self.nodes.len() + 1024), next: 0, loc: String::new(), mesh };
+        let mut e = Emitter {
+            body: String::with_capacity(header.len() + 200 * self.nodes.len() + 1024),
+            next: 0,
+            loc: String::new(),
+            mesh,
+            files: Vec::new(),
+        };
         e.body.push_str(&header);
-        // Quoted file names, one per file seen (a handful; nodes alternate between them).
-        let mut files: Vec<(&str, String)> = Vec::new();
-        for (i, node) in self.nodes.iter().enumerate() {
-            if let Prim::Param(p) = node.prim {
-                names[i] = format!("%arg{p}");
-                continue;
-            }
-            if !live[i] {
-                continue;
-            }
-            if options.locations {
-                let k = match files.iter().position(|f| f.0 == node.loc.file) {
-                    Some(k) => k,
-                    None => {
-                        files.push((node.loc.file, quoted(node.loc.file)));
-                        files.len() - 1
-                    }
-                };
-                let mut digits = itoa::Buffer::new();
-                e.loc.clear();
-                e.loc.push_str(" loc(");
-                e.loc.push_str(&files[k].1);
-                e.loc.push(':');
-                e.loc.push_str(digits.format(node.loc.line));
-                e.loc.push(':');
-                e.loc.push_str(digits.format(node.loc.col));
-                e.loc.push(')');
-            }
-            let args: Vec<(&str, &TensorType)> = node.inputs.iter().map(|&j| (names[j].as_str(), &self.nodes[j].ty)).collect();
-            let name = node.prim.lower(&mut e, &args, &node.ty);
-            names[i] = name;
-        }
+        let params: Vec<String> = (0..self.params.len()).map(|p| format!("%arg{p}")).collect();
+        let results = emit_nodes(self, &mut e, &params, &live, options.locations);
         let mut out = e.body;
         out.push_str("    \"func.return\"(");
-        for (k, o) in self.outputs.iter().enumerate() {
+        for (k, r) in results.iter().enumerate() {
             out.push_str(if k == 0 { "" } else { ", " });
-            out.push_str(&names[o.id]);
+            out.push_str(r);
         }
         out.push_str(") : (");
         for (k, o) in self.outputs.iter().enumerate() {
@@ -340,13 +368,48 @@ impl Function {
     }
 }
 
+/// Emits the live nodes of `f` (a whole program or a loop body) into `e`'s body, parameter
+/// `p` being the SSA value `params[p]`, and returns the SSA values of `f`'s outputs.
+pub(crate) fn emit_nodes(f: &Function, e: &mut Emitter, params: &[String], live: &[bool], locations: bool) -> Vec<String> {
+    let mut names: Vec<String> = vec![String::new(); f.nodes.len()];
+    // The results of each loop, by node.
+    let mut loops: std::collections::HashMap<usize, Vec<String>> = std::collections::HashMap::new();
+    for (i, node) in f.nodes.iter().enumerate() {
+        if let Prim::Param(p) = node.prim {
+            names[i] = params[p].clone();
+            continue;
+        }
+        if !live[i] {
+            continue;
+        }
+        if locations {
+            e.set_loc(node.loc);
+        }
+        let args: Vec<(&str, &TensorType)> = node.inputs.iter().map(|&j| (names[j].as_str(), &f.nodes[j].ty)).collect();
+        names[i] = match &node.prim {
+            Prim::Scan(s) => {
+                let results = crate::scan::lower(s, e, &args, locations);
+                loops.insert(i, results);
+                String::new()
+            }
+            Prim::ScanResult { index, .. } => loops.get(&node.inputs[0]).and_then(|r| r.get(*index)).cloned().unwrap_or_default(),
+            prim => prim.lower(e, &args, &node.ty),
+        };
+    }
+    f.outputs.iter().map(|o| names[o.id].clone()).collect()
+}
+
 impl Function {
     /// Sharding constraints must name axes of the mesh (when there is one to lower them for).
     fn check_constraints(&self, mesh: Option<&sharding::Mesh>, live: &[bool]) -> Result<(), Error> {
         let Some(mesh) = mesh else { return Ok(()) };
         for (node, _) in self.nodes.iter().zip(live).filter(|(_, l)| **l) {
-            if let Prim::ShardingConstraint { spec } = &node.prim {
-                spec.check(mesh).map_err(|cause| Error::Sharding { what: format!("sharding_constraint at {}", node.loc), cause })?;
+            match &node.prim {
+                Prim::ShardingConstraint { spec } => {
+                    spec.check(mesh).map_err(|cause| Error::Sharding { what: format!("sharding_constraint at {}", node.loc), cause })?
+                }
+                Prim::Scan(s) => s.body.check_constraints(Some(mesh), &s.body.live_nodes())?,
+                _ => {}
             }
         }
         Ok(())

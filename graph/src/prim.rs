@@ -224,6 +224,20 @@ pub enum Prim {
     /// Operand 0 unchanged, available only once every operand is (XLA's
     /// `optimization_barrier`); the cotangent goes to operand 0 only.
     OptimizationBarrier,
+    // loops
+    /// A loop over the leading axis of stacked operands (JAX's `lax.scan`): the operands are
+    /// the initial carries, the stacked inputs `[length, ...]` and the loop-invariant
+    /// operands, in the order of the body's parameters. Its results (carries, then stacked
+    /// outputs) are read with `ScanResult`; the node's own type is a placeholder `pred[]`.
+    Scan(std::rc::Rc<crate::scan::Scan>),
+    /// Result `index` of the `Scan` node that is the only operand: the final carries first,
+    /// then the stacked per-step outputs.
+    ScanResult {
+        /// Which result.
+        index: usize,
+        /// Its type.
+        ty: TensorType,
+    },
 }
 
 /// The tracer's message for complex values (runtime programs may hold them; traced ones not).
@@ -241,6 +255,7 @@ enum Family {
     Random,
     Sharding,
     Barrier,
+    Loop,
 }
 
 impl Prim {
@@ -296,6 +311,7 @@ impl Prim {
             RngBitGenerator { .. } => Family::Random,
             ShardingConstraint { .. } => Family::Sharding,
             OptimizationBarrier => Family::Barrier,
+            Scan(_) | ScanResult { .. } => Family::Loop,
         }
     }
 
@@ -313,6 +329,7 @@ impl Prim {
             Family::Random => random::infer(self, inputs),
             Family::Sharding => sharding::infer(self, inputs),
             Family::Barrier => barrier::infer(self, inputs),
+            Family::Loop => crate::scan::infer(self, inputs),
         }?;
         if out.dtype.is_complex() {
             return Err(complex_refused(out.dtype));
@@ -331,6 +348,8 @@ impl Prim {
             Family::Random => random::lower(self, e, args, out),
             Family::Sharding => sharding::lower(self, e, args, out),
             Family::Barrier => barrier::lower(self, e, args, out),
+            // Loops have several results: `lower::emit_nodes` lowers them itself.
+            Family::Loop => unreachable!("internal: scans are lowered by emit_nodes"),
         }
     }
 
@@ -346,6 +365,8 @@ impl Prim {
             Family::Random => random::vjp(self, x, y, ct),
             Family::Sharding => sharding::vjp(self, x, y, ct),
             Family::Barrier => barrier::vjp(self, x, y, ct),
+            // Loops have several results: `autodiff::backward` differentiates them itself.
+            Family::Loop => Err(()),
         }
     }
 
@@ -398,6 +419,11 @@ impl Prim {
             Pad { low, high, interior } => format!("low={low:?} high={high:?} interior={interior:?}"),
             ReduceSum { axes } | ReduceMax { axes } => format!("axes={}", list(axes)),
             ShardingConstraint { spec } => format!("{spec}"),
+            Scan(s) => format!(
+                "length={} carries={} xs={} reverse={} remat={} body={}",
+                s.length, s.carries, s.xs, s.reverse, s.remat, s.body.name
+            ),
+            ScanResult { index, .. } => format!("{index}"),
             _ => String::new(),
         }
     }

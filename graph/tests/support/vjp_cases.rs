@@ -91,7 +91,27 @@ pub fn table() -> Vec<Case> {
         case("scatter_add", &[m43, (&[3, 3], -1.0, 1.0)], |x| x[0].scatter_add(&x[2], &x[1].exp()).exp()),
         &[(&[3], &[1, 9, -1])],
     ));
+    // A loop: a carry through tanh steps over stacked inputs with a loop-invariant operand;
+    // the loss reads the final carry and the stacked outputs (both kinds of result).
+    for (prim, remat) in [("scan", graph::Remat::None), ("scan_result", graph::Remat::Full)] {
+        let build: fn(&[Tensor]) -> Tensor = match remat {
+            graph::Remat::None => |x| scan_case(x, graph::Remat::None),
+            _ => |x| scan_case(x, graph::Remat::Full),
+        };
+        t.push(case(prim, &[(&[2, 3], -1.0, 1.0), (&[4, 2, 3], -1.0, 1.0), (&[3, 3], -1.0, 1.0)], build));
+    }
     t
+}
+
+fn scan_case(x: &[Tensor], remat: graph::Remat) -> Tensor {
+    let opts = graph::ScanOptions { reverse: false, remat };
+    let (h, ys) = graph::scan("step", &[x[0].clone()], &[x[1].clone()], &[x[2].clone()], opts, |c, xs, k| {
+        let h = (c[0].matmul(&k[0]) + &xs[0]).tanh();
+        let y = (&h * &xs[0]).exp();
+        (vec![h.clone()], vec![y])
+    })
+    .expect("a valid scan");
+    (&h[0] * 2.0).concat(&[&ys[0].sum(&[0])], 0)
 }
 
 /// Deterministic pseudo-random numbers in [lo, hi) (a 64-bit LCG).
