@@ -17,11 +17,14 @@ pub struct ForwardOptions {
     pub layers: bool,
     /// The compute dtype (f32, or bf16 with norms, softmax and loss in f32).
     pub dtype: DType,
+    /// Run the decoder layers as one loop over their stacked weights (`ModelOptions::scan`);
+    /// the same values.
+    pub scan: bool,
 }
 
 impl Default for ForwardOptions {
     fn default() -> Self {
-        ForwardOptions { grads: false, layers: false, dtype: DType::F32 }
+        ForwardOptions { grads: false, layers: false, dtype: DType::F32, scan: false }
     }
 }
 
@@ -68,7 +71,7 @@ pub fn forward_with_adapters<A: AsHostView>(
     if let Some(m) = mask {
         args.insert("mask", m.host_view()).map_err(internal)?;
     }
-    let model_opts = gemma::ModelOptions { layers: opts.layers, mask: mask.is_some(), ..Default::default() };
+    let model_opts = gemma::ModelOptions { layers: opts.layers, mask: mask.is_some(), scan: opts.scan, ..Default::default() };
     let jit = Jit::new("gemma_forward", client, |args: &Tree<Tensor>| -> Result<Tree<Tensor>, graph::Error> {
         if !opts.grads {
             return gemma::model_with_adapters(cfg, args, model_opts, None, lora);

@@ -51,7 +51,7 @@ fn check(name: &str, got: &(Vec<usize>, Vec<f64>), want: &(Vec<usize>, Vec<f64>)
 
 fn compare_with_reference(config: &str, model_dir: &str) {
     let dir = fixtures().join(model_dir);
-    let got = run(&dir, &tokens_of(&dir), None, ForwardOptions { grads: true, layers: true, dtype: DType::F32 });
+    let got = run(&dir, &tokens_of(&dir), None, ForwardOptions { grads: true, layers: true, dtype: DType::F32, scan: false });
     let want = load(&fixtures().join(config).join("reference.safetensors"));
     check("logits", &got["logits"], &want["logits"], 1e-5);
     let (gl, wl) = (got["loss"].1[0], want["loss"].1[0]);
@@ -104,7 +104,7 @@ fn bf16_checkpoints_and_bf16_compute() {
     assert!((got["loss"].1[0] - want).abs() < 2e-2 * want, "{} vs {want}", got["loss"].1[0]);
     // f32 weights computed in bf16 (norms, softmax and loss in f32).
     let dir = fixtures().join("gqa");
-    let got = run(&dir, &tokens_of(&dir), None, ForwardOptions { grads: true, layers: false, dtype: DType::Bf16 });
+    let got = run(&dir, &tokens_of(&dir), None, ForwardOptions { grads: true, layers: false, dtype: DType::Bf16, scan: false });
     assert!((got["loss"].1[0] - want).abs() < 3e-2 * want, "{} vs {want}", got["loss"].1[0]);
     assert_eq!(got["grad.model.embed_tokens.weight"].0, vec![64, 32]);
 }

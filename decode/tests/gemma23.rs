@@ -14,12 +14,17 @@ fn dir(name: &str) -> PathBuf {
     testkit::fixtures("gemma23").join(name)
 }
 
-fn run(name: &str, dtype: DType) -> Tensors {
-    run_with(name, dtype, |_| {})
+fn run(name: &str, dtype: DType, scan: bool) -> Tensors {
+    run_scan(name, dtype, scan, |_| {})
 }
 
 /// The fixture model run with its config changed by `change`.
 fn run_with(name: &str, dtype: DType, change: impl Fn(&mut Config)) -> Tensors {
+    run_scan(name, dtype, false, change)
+}
+
+/// `run_with`, the layers unrolled or (`scan`) run as a loop.
+fn run_scan(name: &str, dtype: DType, scan: bool, change: impl Fn(&mut Config)) -> Tensors {
     let d = dir(name);
     let mut cfg = Config::from_json_file(&d.join("config.json")).unwrap();
     change(&mut cfg);
@@ -28,7 +33,7 @@ fn run_with(name: &str, dtype: DType, change: impl Fn(&mut Config)) -> Tensors {
     let params = data::checkpoint::param_views(&ck, &cfg).unwrap();
     let tokens = data::npy::read_token_ids(&d.join("tokens.npy"), cfg.vocab_size, 2).unwrap();
     let (client, _cache) = testkit::cpu_client(1);
-    let out = forward(&client, &cfg, &params, &tokens, None, ForwardOptions { grads: true, layers: true, dtype }).unwrap();
+    let out = forward(&client, &cfg, &params, &tokens, None, ForwardOptions { grads: true, layers: true, dtype, scan }).unwrap();
     out.into_iter().map(|(n, a)| (n, (a.dims().iter().map(|&x| x as usize).collect(), a.to_f64_vec()))).collect()
 }
 
@@ -40,7 +45,11 @@ fn err(got: &(Vec<usize>, Vec<f64>), want: &(Vec<usize>, Vec<f64>)) -> f64 {
 }
 
 fn compare(name: &str, dtype: DType, tol: f64) {
-    let got = run(name, dtype);
+    compare_scan(name, dtype, tol, false);
+}
+
+fn compare_scan(name: &str, dtype: DType, tol: f64, scan: bool) {
+    let got = run(name, dtype, scan);
     let want = testkit::safetensors_f64(&dir(name).join("reference.safetensors"));
     let mut checked = 0;
     let mut worst = (0f64, String::new());
@@ -53,7 +62,7 @@ fn compare(name: &str, dtype: DType, tol: f64) {
         }
         checked += 1;
     }
-    eprintln!("{name} {dtype}: {checked} tensors, worst {:.2e} ({})", worst.0, worst.1);
+    eprintln!("{name} {dtype} (scan {scan}): {checked} tensors, worst {:.2e} ({})", worst.0, worst.1);
     assert!(worst.0 <= tol, "{name} {dtype}: {} differs by {:e} x max(1, max|ref|)", worst.1, worst.0);
 }
 
@@ -67,6 +76,15 @@ fn gemma2_matches_transformers_in_f64_and_f32() {
 fn gemma3_matches_transformers_in_f64_and_f32() {
     compare("gemma3", DType::F64, 1e-10);
     compare("gemma3", DType::F32, 2e-5);
+}
+
+#[test]
+fn scanned_layers_match_transformers_too() {
+    // Gemma 2's 4 layers loop as 2 periods of (sliding, global); Gemma 3's 6 as one period.
+    for name in ["gemma2", "gemma3"] {
+        compare_scan(name, DType::F64, 1e-10, true);
+        compare_scan(name, DType::F32, 2e-5, true);
+    }
 }
 
 #[test]

@@ -180,15 +180,27 @@ pub enum RematPolicy {
     SaveDots,
 }
 
-/// `--remat`.
+/// `--remat`, `--scan-layers` / `--no-scan-layers`.
 #[derive(clap::Args, Clone)]
 pub struct RematArg {
     /// Recompute each decoder layer in the backward pass: none, full (keep only layer inputs) or save-dots (keep matmul results too)
     #[arg(long, value_enum, default_value = "none")]
     pub remat: RematPolicy,
+    /// Run the decoder layers as one loop over their stacked weights (the default): compile time does not grow with depth
+    #[arg(long = "scan-layers", overrides_with = "no_scan_layers")]
+    pub scan_layers: bool,
+    /// Unroll the decoder layers, one copy of the layer per layer in the program (the program before --scan-layers, for comparison)
+    #[arg(long = "no-scan-layers", overrides_with = "scan_layers")]
+    pub no_scan_layers: bool,
 }
 
 impl RematArg {
+    /// Whether the decoder layers run as a loop (`--scan-layers`, unless `--no-scan-layers`
+    /// comes last).
+    pub fn scan(&self) -> bool {
+        !self.no_scan_layers
+    }
+
     /// The graph's policy.
     pub fn remat(&self) -> Remat {
         match self.remat {

@@ -101,7 +101,7 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
         }
     }
     let phase = crate::progress::Phase::start(&format!("compile: tracing and lowering {}", a.what));
-    let lowered = dump::lower(None, &setup, &a.what, dtype.dtype(), remat, a.cache_len)?;
+    let lowered = dump::lower(None, &setup, &a.what, dtype.dtype(), remat, a.remat.scan(), a.cache_len)?;
     let traced = phase.done();
     let what = format!("{} ({config_name}; batch {batch} x seq {seq}, {})", a.what, dtype.name());
     let params = rules::param_count(&setup.cfg);
@@ -183,6 +183,37 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     for (n, kind, example) in group_collectives(&lines) {
         println!("  {n:>5} {kind}  (e.g. {example})");
     }
+    let step = inspect::cost::step_cost(&after, &mesh);
+    if !step.loops.is_empty() {
+        let trips: Vec<String> = step
+            .loops
+            .iter()
+            .map(|l| {
+                let t = l.trips.map_or_else(|| "unknown (counted once)".to_string(), |n| n.to_string());
+                if l.runs > 1 {
+                    format!("{t} x {} runs", l.runs)
+                } else {
+                    t
+                }
+            })
+            .collect();
+        println!("while loops: {} (trip counts {})", step.loops.len(), trips.join(", "));
+    }
+    if !step.collectives.is_empty() {
+        println!("collectives per step, loop trips included (bytes per chip; sent: the ring algorithms' count):");
+        for c in &step.collectives {
+            println!(
+                "  {:<19} over {:<10} {:>4} ops {:>7} runs  {:>11} data  {:>11} sent",
+                c.op,
+                c.axes,
+                c.instructions,
+                c.runs,
+                human_bytes(c.bytes),
+                human_bytes(c.sent)
+            );
+        }
+        println!("  total sent per chip per step: {}", human_bytes(step.sent()));
+    }
 
     let cost = exe.cost_analysis()?;
     let tokens = match a.what.as_str() {
@@ -190,11 +221,20 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
         _ => batch as f64 * seq as f64,
     };
     match cost.flops() {
-        Some(per_chip) => {
+        Some(xla) => {
+            let per_chip = step.flops_with_trips(xla);
             let total = per_chip * chips as f64;
             println!(
-                "\nFLOPs per step: {} per chip (XLA's cost analysis of one chip's partitioned program), {} for all {chips} chips",
+                "\nFLOPs per step: {} per chip (XLA's cost analysis of one chip's partitioned program{}), {} for all {chips} chips",
                 flops_text(per_chip),
+                if per_chip > xla {
+                    format!(
+                        ", which counts a loop body once, plus {} of loop-body matmuls for their other trips",
+                        flops_text(per_chip - xla)
+                    )
+                } else {
+                    String::new()
+                },
                 flops_text(total)
             );
             if a.what == "train-step" {
@@ -207,8 +247,7 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
                 );
                 if total < 0.9 * model {
                     println!(
-                        "  (below the formula: XLA's cost analysis counts a while loop's body once, and the TPU compiler puts \
-                         some sharded matmuls into loops of collective-permutes; step times below use the compiled count)"
+                        "  (below the formula: loops whose trip count was not found are counted once; step times below use the compiled count)"
                     );
                 }
             }

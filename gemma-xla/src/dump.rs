@@ -69,7 +69,7 @@ pub fn dump(a: &DumpArgs) -> Result<()> {
         base_dtype: graph::DType::F32,
     };
     let phase = crate::progress::Phase::start(&format!("dump: tracing and lowering {}", a.what));
-    let lowered = dump::lower(Some(&client), &setup, &a.what, dtype.dtype(), a.remat.remat(), a.cache_len)?;
+    let lowered = dump::lower(Some(&client), &setup, &a.what, dtype.dtype(), a.remat.remat(), a.remat.scan(), a.cache_len)?;
     phase.done();
 
     let what = format!("{} ({name}; batch {} x seq {seq}, {})", a.what, a.shape.batch, dtype.name());

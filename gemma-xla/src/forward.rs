@@ -56,7 +56,7 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
 
     let client = a.plugin.open(Some(1))?;
     ck.check_unchanged()?; // a file truncated under the map would fault when read
-    let opts = ForwardOptions { grads: a.grads, layers: a.layers, dtype };
+    let opts = ForwardOptions { grads: a.grads, layers: a.layers, dtype, scan: false };
     let saved = forward_with_adapters(&client, &cfg, &params, &tokens, mask.as_ref(), opts, adapter.as_ref().map(|(l, _)| l))?;
     let tensors: Vec<SaveTensor> = saved
         .iter()

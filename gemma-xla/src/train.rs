@@ -229,6 +229,7 @@ pub fn hyper(a: &TrainArgs) -> Hyper {
         eps: a.eps,
         compute: a.dtype.or(Dtype::F32).dtype(),
         remat: a.remat.remat(),
+        scan_layers: a.remat.scan(),
     }
 }
 

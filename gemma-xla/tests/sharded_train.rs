@@ -148,11 +148,19 @@ fn the_partitioned_step_has_the_collectives_a_user_expects() {
         ops(&hlo, "all-gather")
     );
     // Gradients are summed over `data` (XLA names the mesh axes axis_0, axis_1): every one of
-    // tiny's 20 parameter shards, the vocab-split embedding [128, 64] among them.
-    let data_sums: Vec<&str> = ops(&hlo, "all-reduce").into_iter().filter(|l| l.contains("{'axis_0'}")).collect();
-    let operands: usize = data_sums.iter().map(|l| l.split(" all-reduce(").next().unwrap().matches("f32[").count()).sum();
-    assert!(operands >= 20, "gradient sums over data cover {operands} tensors: {data_sums:?}");
-    assert!(data_sums.iter().any(|l| l.contains("f32[128,64]")), "{data_sums:?}");
+    // tiny's 20 parameter shards, the vocab-split embedding [128, 64] among them. With the
+    // layers as a loop (the default) the 9 weights of a layer are summed in the backward
+    // loop's body, once per layer: 4 + 9 in the program; unrolled, all 20.
+    let data_sums = |hlo: &str| -> (usize, bool) {
+        let sums: Vec<&str> = ops(hlo, "all-reduce").into_iter().filter(|l| l.contains("{'axis_0'}")).collect();
+        let operands: usize = sums.iter().map(|l| l.split(" all-reduce(").next().unwrap().matches("f32[").count()).sum();
+        (operands, sums.iter().any(|l| l.contains("f32[128,64]")))
+    };
+    let (operands, embedding) = data_sums(&hlo);
+    assert!(operands >= 13 && embedding, "gradient sums over data cover {operands} tensors (embedding: {embedding})");
+    let unrolled = partitioned_hlo(&["--no-scan-layers"]);
+    let (operands, embedding) = data_sums(&unrolled);
+    assert!(operands >= 20 && embedding, "unrolled: gradient sums over data cover {operands} tensors (embedding: {embedding})");
 
     // With FSDP the weights are gathered over `data`, layer by layer, and the activations
     // keep the batch split (no gather of [8, 16, ...] activations).

@@ -18,8 +18,8 @@ pub use checkpoint::{
 };
 pub use config::{Config, Family, LayerKind, MODEL_TYPES, PRESETS};
 pub use model::{
-    block, causal_attention_mask, default_positions, embed, forward, loss, model, model_args, model_with_adapters, model_with_layout,
-    param_shapes, param_types, trace_loss, trace_model, unembed, Activations, BlockOutput, ModelOptions, Params,
+    block, causal_attention_mask, default_positions, embed, forward, layer_period, loss, model, model_args, model_with_adapters,
+    model_with_layout, param_shapes, param_types, trace_loss, trace_model, unembed, Activations, BlockOutput, ModelOptions, Params,
 };
 pub use train::{init_params, lora_train_args, train_args, train_args_weighted, train_step, train_step_with, Hyper, Schedule};
 

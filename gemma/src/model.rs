@@ -48,6 +48,10 @@ pub struct Params {
     remat: graph::Remat,
     /// LoRA adapters in `tree` beside the weights they adapt, and their scale alpha / r.
     lora: Option<crate::lora::Lora>,
+    /// Run the decoder layers as a loop over their stacked weights (`graph::scan`).
+    scan: bool,
+    /// With `scan`: also return each layer's attention and MLP outputs.
+    layers: bool,
 }
 
 impl Params {
@@ -65,7 +69,7 @@ impl Params {
             let extra: Vec<&str> = tree.paths().filter(|p| !shapes.iter().any(|(n, _)| n == p)).collect();
             return Err(graph::Error::Tree(format!("unexpected model parameters: {}", extra.join(", "))));
         }
-        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: None })
+        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: None, scan: false, layers: false })
     }
 
     /// [`Params::new`] for a tree that also holds `lora`'s adapters (`lora.shapes(cfg)`
@@ -86,7 +90,7 @@ impl Params {
             return Err(graph::Error::Tree(format!("the model parameters have no adapter {missing}")));
         }
         Params::new(cfg, base)?;
-        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: Some(lora.clone()) })
+        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: Some(lora.clone()), scan: false, layers: false })
     }
 
     /// The `params` subtree of `args`, with `lora`'s adapters when given.
@@ -115,6 +119,16 @@ impl Params {
     /// Decoder layers are recomputed in the backward pass as `remat` says.
     pub fn with_remat(mut self, remat: graph::Remat) -> Params {
         self.remat = remat;
+        self
+    }
+
+    /// Runs the decoder layers as one loop over their weights stacked `[layers, ...]`
+    /// (`graph::scan`), so the program's size does not grow with depth; `layers` also
+    /// collects each layer's attention and MLP outputs (`Activations`). Values are those of
+    /// the unrolled layers.
+    pub fn with_scan(mut self, scan: bool, layers: bool) -> Params {
+        self.scan = scan;
+        self.layers = layers;
         self
     }
 
@@ -152,9 +166,10 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Tensor {
 pub struct Activations {
     /// The scaled token embeddings `[B, T, D]`, the input of the first layer.
     pub embeddings: Tensor,
-    /// Per layer: the attention output and the MLP output (before their residual adds).
+    /// Per layer: the attention output (before its residual add). With layers run as a loop
+    /// (`Params::with_scan`) and not asked for, only the layers outside the loop.
     pub attention: Vec<Tensor>,
-    /// Per layer: the MLP output `[B, T, D]` (before its residual add).
+    /// Per layer: the MLP output `[B, T, D]` (before its residual add), like `attention`.
     pub mlp: Vec<Tensor>,
     /// The residual stream after the final RMSNorm, `[B, T, D]`.
     pub final_norm: Tensor,
@@ -265,7 +280,8 @@ fn remat_block(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tenso
     }
     let traced = graph::trace_tree(&format!("layer_{i}"), &types, |a| {
         let layer = a.subtree("w").prefixed(&prefix).expect("internal: a valid prefix");
-        let inner = Params { tree: layer, layout: p.layout.clone(), remat: graph::Remat::None, lora: p.lora.clone() };
+        let inner =
+            Params { tree: layer, layout: p.layout.clone(), remat: graph::Remat::None, lora: p.lora.clone(), scan: false, layers: false };
         let out = block(
             cfg,
             &inner,
@@ -292,6 +308,124 @@ fn remat_block(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tenso
     }
 }
 
+/// The smallest period of the layer kinds: layer i is of the kind of layer i mod period
+/// (1 for Gemma 1, 2 for Gemma 2's alternation, 6 for Gemma 3's five local layers per global).
+pub fn layer_period(cfg: &Config) -> usize {
+    let kinds = &cfg.layer_types[..cfg.num_hidden_layers.min(cfg.layer_types.len())];
+    (1..=kinds.len().max(1)).find(|&per| kinds.iter().enumerate().all(|(i, k)| *k == kinds[i % per])).unwrap_or(1)
+}
+
+/// What `scan_layers` computed.
+struct Scanned {
+    /// The residual stream after the looped layers.
+    x: Tensor,
+    /// How many layers the loop ran (the first `count`).
+    count: usize,
+    /// Their attention and MLP outputs, when collected.
+    attention: Vec<Tensor>,
+    mlp: Vec<Tensor>,
+}
+
+/// Runs the first `groups * period` layers as a loop: each step runs one period of layers
+/// (`layer_period`: one layer for Gemma 1), on weights stacked over the groups. The layers
+/// after the last whole period are left to the caller. `None` when there is nothing to loop
+/// or the loop body fails to trace (the caller then traces the layers inline, where the same
+/// error is recorded and reported).
+fn scan_layers(cfg: &Config, p: &Params, x: &Tensor, positions: &Tensor, mask: &Tensor, local: Option<&Tensor>) -> Option<Scanned> {
+    let per = layer_period(cfg);
+    let groups = cfg.num_hidden_layers / per;
+    if groups == 0 {
+        return None;
+    }
+    // Weights by position in the period: names under `model.layers.<j>` (adapters included).
+    let names: Vec<Vec<String>> =
+        (0..per).map(|j| p.tree.subtree(&format!("model.layers.{j}")).paths().map(str::to_string).collect()).collect();
+    let mut stacked = Vec::new();
+    for (j, layer) in names.iter().enumerate() {
+        for name in layer {
+            let parts: Vec<Tensor> = (0..groups)
+                .map(|g| {
+                    let w = p.layer(g * per + j, name);
+                    let mut dims = vec![1];
+                    dims.extend(w.dims());
+                    w.reshape(&dims)
+                })
+                .collect();
+            let rest: Vec<&Tensor> = parts[1..].iter().collect();
+            let all = if rest.is_empty() { parts[0].clone() } else { parts[0].concat(&rest, 0) };
+            stacked.push(constrain_stacked(cfg, p, &format!("model.layers.{j}.{name}"), all));
+        }
+    }
+    let mut consts = vec![positions.clone(), mask.clone()];
+    consts.extend(local.cloned());
+    let opts = graph::ScanOptions { reverse: false, remat: p.remat };
+    let collect = p.layers;
+    let traced = graph::scan("layers", std::slice::from_ref(x), &stacked, &consts, opts, |carry, w, k| {
+        let mut tree = Tree::new();
+        let mut it = w.iter();
+        for (j, layer) in names.iter().enumerate() {
+            for name in layer {
+                let t = it.next().expect("internal: one slice per stacked weight").clone();
+                tree.insert(format!("model.layers.{j}.{name}"), t).expect("internal: checkpoint names are distinct paths");
+            }
+        }
+        let inner = Params { tree, layout: p.layout.clone(), remat: graph::Remat::None, lora: p.lora.clone(), scan: false, layers: false };
+        let (positions, global) = (&k[0], &k[1]);
+        let mut x = carry[0].clone();
+        let mut ys = Vec::new();
+        for j in 0..per {
+            let mask = match (k.get(2), cfg.layer_types[j]) {
+                (Some(l), LayerKind::Sliding) => l,
+                _ => global,
+            };
+            let out = block(cfg, &inner, j, &x, positions, mask);
+            x = out.x;
+            if collect {
+                ys.push(out.attention);
+                ys.push(out.mlp);
+            }
+        }
+        (vec![x], ys)
+    });
+    let (carry, ys) = traced.ok()?;
+    let (mut attention, mut mlp) = (Vec::new(), Vec::new());
+    if collect {
+        for g in 0..groups as i64 {
+            for j in 0..per {
+                let at = |y: &Tensor| {
+                    let d = y.dims();
+                    let mut start = vec![0; d.len()];
+                    let mut limit = d.clone();
+                    start[0] = g;
+                    limit[0] = g + 1;
+                    y.slice(&start, &limit, &vec![1; d.len()]).reshape(&d[1..])
+                };
+                attention.push(at(&ys[2 * j]));
+                mlp.push(at(&ys[2 * j + 1]));
+            }
+        }
+    }
+    Some(Scanned { x: carry[0].clone(), count: groups * per, attention, mlp })
+}
+
+/// A layer weight stacked `[groups, ...]`, constrained (with a layout) to the split of the
+/// per-layer weight `name` on the other dimensions: the layer axis is never split.
+fn constrain_stacked(cfg: &Config, p: &Params, name: &str, stacked: Tensor) -> Tensor {
+    let Some(l) = p.layout.as_ref().filter(|l| l.mesh.num_devices() > 1) else { return stacked };
+    let spec = match crate::lora::adapter_base(name) {
+        Some(_) => crate::rules::adapter_spec(cfg, name, &l.mesh, l.fsdp),
+        None => crate::rules::param_spec(cfg, name, &l.mesh, l.fsdp).ok(),
+    };
+    match spec {
+        Some(spec) => {
+            let mut dims = vec![Vec::new()];
+            dims.extend(spec.dims);
+            stacked.with_sharding_constraint(&sharding::PartitionSpec { dims })
+        }
+        None => stacked,
+    }
+}
+
 /// The final norm and the tied output embedding: x [B, T, D] -> (normed x, logits [B, T, V]).
 pub fn unembed(cfg: &Config, p: &Params, x: &Tensor) -> (Tensor, Tensor) {
     let normed = x.rms_norm(p.get("model.norm.weight"), cfg.rms_norm_eps);
@@ -310,7 +444,16 @@ pub fn forward(cfg: &Config, p: &Params, tokens: &Tensor, positions: &Tensor, ma
     let embeddings = x.clone();
     let (mut attention, mut mlp) = (Vec::new(), Vec::new());
     let local = cfg.layer_types.contains(&LayerKind::Sliding).then(|| window_mask(mask, positions, positions, cfg.sliding_window));
-    for i in 0..cfg.num_hidden_layers {
+    let mut first = 0;
+    if p.scan {
+        if let Some(done) = scan_layers(cfg, p, &x, positions, mask, local.as_ref()) {
+            x = done.x;
+            first = done.count;
+            attention = done.attention;
+            mlp = done.mlp;
+        }
+    }
+    for i in first..cfg.num_hidden_layers {
         let mask = match (&local, cfg.layer_types[i]) {
             (Some(l), LayerKind::Sliding) => l,
             _ => mask,
@@ -416,6 +559,10 @@ pub struct ModelOptions {
     /// (token t+1's weight counts for the prediction made at t); the loss is
     /// sum(w * CE) / sum(w) over the whole batch. Replaces `mask` as the loss's weights.
     pub weights: bool,
+    /// Run the decoder layers as one loop over their stacked weights (`graph::scan`, one
+    /// period of layer kinds per step) instead of one copy of the layer per layer in the
+    /// program (`--scan-layers`); values are unchanged, and `remat` applies to the loop body.
+    pub scan: bool,
 }
 
 /// The argument types of `trace_model`: `params.<checkpoint name>` in `dtype`, `tokens`
@@ -460,7 +607,7 @@ pub fn model_with_adapters(
     layout: Option<Layout>,
     lora: Option<&crate::lora::Lora>,
 ) -> Result<Tree<Tensor>, graph::Error> {
-    let p = Params::of_args(cfg, args, lora)?.with_layout(layout).with_remat(opts.remat);
+    let p = Params::of_args(cfg, args, lora)?.with_layout(layout).with_remat(opts.remat).with_scan(opts.scan, opts.layers);
     let tokens = args.leaf("tokens")?;
     let mask = if opts.mask { Some(args.leaf("mask")?) } else { None };
     for (name, t) in [("tokens", Some(tokens)), ("mask", mask)] {

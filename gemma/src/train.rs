@@ -53,6 +53,10 @@ pub struct Hyper {
     /// Recompute each decoder layer in the backward pass (`--remat`): less memory, more FLOPs,
     /// the same values.
     pub remat: graph::Remat,
+    /// Run the decoder layers as one loop over their stacked weights (`--scan-layers`, the
+    /// default; `--no-scan-layers` unrolls them): the program's size and compile time do not
+    /// grow with depth, the values are the same.
+    pub scan_layers: bool,
 }
 
 impl Default for Hyper {
@@ -70,6 +74,7 @@ impl Default for Hyper {
             eps: 1e-8,
             compute: DType::F32,
             remat: graph::Remat::None,
+            scan_layers: true,
         }
     }
 }
@@ -193,7 +198,7 @@ pub fn train_step_with(
     let compute = hp.compute;
     // Conversations: per-token loss weights, sum(w CE) / sum(w) over the global batch.
     let weights = args.leaf("batch.weights").ok().cloned();
-    let opts = ModelOptions { remat: hp.remat, weights: weights.is_some(), ..ModelOptions::default() };
+    let opts = ModelOptions { remat: hp.remat, weights: weights.is_some(), scan: hp.scan_layers, ..ModelOptions::default() };
     let mut loss_args = model_args(cfg, DType::F32, dims[0], dims[1], opts);
     if let Some(l) = lora {
         // The adapters are the differentiated `params`; the base weights ride along as `frozen`.

@@ -52,8 +52,17 @@ pub fn write_dump(
 /// dtype `dtype`, without compiling: the StableHLO and the compile options that `train` and
 /// `generate` would use. `client` may be None (compiling ahead of time for a topology); the
 /// train step uses `Hyper::default()` (what `train` runs with no flags) with `dtype` and
-/// `remat`; `cache_len` is the KV cache of prefill and decode (default twice `seq`).
-pub fn lower(client: Option<&Client>, setup: &Setup, what: &str, dtype: DType, remat: Remat, cache_len: Option<u32>) -> Result<Lowered> {
+/// `remat`; `scan` runs the decoder layers of the train step and forward as one loop
+/// (`--scan-layers`); `cache_len` is the KV cache of prefill and decode (default twice `seq`).
+pub fn lower(
+    client: Option<&Client>,
+    setup: &Setup,
+    what: &str,
+    dtype: DType,
+    remat: Remat,
+    scan: bool,
+    cache_len: Option<u32>,
+) -> Result<Lowered> {
     let (batch, seq) = (setup.batch as i64, setup.seq as i64);
     let layout = setup.layout();
     let sharded = setup.mesh.num_devices() > 1;
@@ -62,7 +71,8 @@ pub fn lower(client: Option<&Client>, setup: &Setup, what: &str, dtype: DType, r
     Ok(match what {
         "forward" => {
             let jit = Jit::with_client("forward", client, |args: &Tree<Tensor>| {
-                gemma::model_with_layout(&setup.cfg, args, ModelOptions::default(), sharded.then(|| layout.clone()))
+                let opts = ModelOptions { scan, remat, ..ModelOptions::default() };
+                gemma::model_with_layout(&setup.cfg, args, opts, sharded.then(|| layout.clone()))
             })
             .with_mesh(setup.mesh.clone())
             .with_rule(|path, _| forward_spec(setup, path));
@@ -70,7 +80,7 @@ pub fn lower(client: Option<&Client>, setup: &Setup, what: &str, dtype: DType, r
             jit.lower(&with_specs(&types, |p| forward_spec(setup, p)))?
         }
         "train-step" => {
-            let hp = Hyper { compute: dtype, remat, ..Hyper::default() };
+            let hp = Hyper { compute: dtype, remat, scan_layers: scan, ..Hyper::default() };
             train::train_step_jit(client, setup, &hp).lower(&setup.train_args())?
         }
         "prefill" | "decode" => {

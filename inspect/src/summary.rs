@@ -15,7 +15,8 @@ pub const SPMD_PASS_RE: &str = "spmd-partitioning|shardy-xla";
 /// The files XLA wrote for one module, by the names XLA 0.x gives them:
 /// `module_NNNN.<name>.before_optimizations.txt`, `module_NNNN.<name>.<backend>_after_optimizations.txt`
 /// and its `-buffer-assignment.txt` and `-memory-usage-report.txt`, and the pass dump
-/// `module_NNNN.<name>.NNNN.spmd-partitioner.after_spmd-partitioning.before_<next pass>.txt`.
+/// `module_NNNN.<name>.NNNN.spmd-partitioner.after_spmd-partitioning.before_<next pass>.txt`
+/// (libtpu: `...xla-partitioner.after_tpu-spmd-partitioning...`).
 pub struct XlaFiles {
     /// The HLO before optimisation.
     pub before: PathBuf,
@@ -55,7 +56,8 @@ impl XlaFiles {
         let before = find(&|n| n.ends_with(".before_optimizations.txt")).ok_or_else(|| missing("before_optimizations.txt"))?;
         let buffers = find(&|n| n == format!("{stem}-buffer-assignment.txt")).ok_or_else(|| missing("buffer-assignment.txt"))?;
         let memory = find(&|n| n == format!("{stem}-memory-usage-report.txt"));
-        let after_spmd = find(&|n| n.contains(".after_spmd-partitioning."));
+        // The CPU and GPU compilers name the pass spmd-partitioning, libtpu tpu-spmd-partitioning.
+        let after_spmd = find(&|n| n.contains(".after_spmd-partitioning.") || n.contains(".after_tpu-spmd-partitioning."));
         if sharded && after_spmd.is_none() {
             return Err(missing("spmd-partitioner.after_spmd-partitioning pass dump"));
         }
@@ -181,7 +183,7 @@ fn collective_lines(hlo: &Hlo, sources: &HashMap<String, String>, mesh: &Mesh) -
     out
 }
 
-const COLLECTIVES: [&str; 9] = [
+pub(crate) const COLLECTIVES: [&str; 9] = [
     "all-reduce",
     "all-reduce-start",
     "all-gather",
@@ -194,12 +196,12 @@ const COLLECTIVES: [&str; 9] = [
 ];
 
 /// One HLO instruction line.
-struct Instr {
-    computation: String,
-    name: String,
-    shape: String,
-    opcode: String,
-    line: String,
+pub(crate) struct Instr {
+    pub(crate) computation: String,
+    pub(crate) name: String,
+    pub(crate) shape: String,
+    pub(crate) opcode: String,
+    pub(crate) line: String,
 }
 
 struct Hlo {
@@ -239,7 +241,7 @@ impl Hlo {
 }
 
 /// `[ROOT ]%name = shape opcode(operands), attributes`.
-fn parse_instr(line: &str, computation: &str) -> Option<Instr> {
+pub(crate) fn parse_instr(line: &str, computation: &str) -> Option<Instr> {
     let line_body = line.strip_prefix("ROOT ").unwrap_or(line);
     let (name, rest) = line_body.split_once(" = ")?;
     let name = name.trim_start_matches('%').to_string();
@@ -265,7 +267,7 @@ fn parse_instr(line: &str, computation: &str) -> Option<Instr> {
 }
 
 /// `f32[4,64]{1,0}` -> `f32[4,64]` (also inside tuples).
-fn strip_layout(shape: &str) -> String {
+pub(crate) fn strip_layout(shape: &str) -> String {
     let mut out = String::new();
     let mut depth = 0;
     for c in shape.chars() {
@@ -281,7 +283,7 @@ fn strip_layout(shape: &str) -> String {
 
 /// The value of `key` in an instruction line (up to the next top-level `, ` ; braces,
 /// brackets and quotes kept together).
-fn attr<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn attr<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!(" {key}")).map(|i| i + 1).or_else(|| line.find(&format!(",{key}")).map(|i| i + 1))? + key.len();
     let rest = &line[start..];
     let (mut depth, mut quoted) = (0i32, false);
@@ -372,7 +374,7 @@ impl Located {
 }
 
 /// `{{0,1},{2,3}}`, or the iota form `[G,S]<=[d0,d1,...]` with an optional `T(perm)`.
-fn expand_groups(text: &str) -> Option<Vec<Vec<i64>>> {
+pub(crate) fn expand_groups(text: &str) -> Option<Vec<Vec<i64>>> {
     let text = text.trim();
     if let Some(rest) = text.strip_prefix('[') {
         let (shape, rest) = rest.split_once("]<=[")?;
@@ -413,7 +415,7 @@ fn expand_groups(text: &str) -> Option<Vec<Vec<i64>>> {
 
 /// XLA's mesh form `mesh['axis_0'=2,'axis_1'=2] {'axis_1'}`: the devices that differ only
 /// along the listed axes (XLA's axis_k is the k-th axis of our mesh when the sizes agree).
-fn mesh_groups(text: &str, mesh: &Mesh) -> Option<Vec<Vec<i64>>> {
+pub(crate) fn mesh_groups(text: &str, mesh: &Mesh) -> Option<Vec<Vec<i64>>> {
     let rest = text.trim().strip_prefix("mesh[")?;
     let (axes, listed) = rest.split_once(']')?;
     let sizes: Vec<(String, i64)> = axes
@@ -449,7 +451,7 @@ fn format_groups(groups: &[Vec<i64>]) -> String {
 
 /// The mesh axes whose coordinate changes within the groups (device i of the mesh is
 /// partition i).
-fn axes_of(groups: &[Vec<i64>], mesh: &Mesh) -> String {
+pub(crate) fn axes_of(groups: &[Vec<i64>], mesh: &Mesh) -> String {
     let mut axes: Vec<&str> = Vec::new();
     for (k, (axis, _)) in mesh.axes().iter().enumerate() {
         if groups.iter().any(|g| g.iter().any(|&d| d < mesh.num_devices() && mesh.coords(d)[k] != mesh.coords(g[0])[k])) {

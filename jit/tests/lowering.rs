@@ -39,6 +39,17 @@ fn case(prim: &'static str, inputs: Vec<(DType, Vec<i64>, Vec<f64>)>, build: fn(
     Case { prim, inputs, build }
 }
 
+fn scanned(x: &[Tensor], reverse: bool) -> Tensor {
+    let count = x[0].tracer().scalar(DType::S32, 0.0);
+    let opts = graph::ScanOptions { reverse, remat: graph::Remat::None };
+    let (c, ys) = graph::scan("step", &[x[0].clone(), count], &[x[1].clone()], &[x[2].clone()], opts, |c, xs, k| {
+        let h = (c[0].matmul(&k[0]) * 0.5 + &xs[0]).tanh();
+        (vec![h.clone(), &c[1] + 1.0], vec![&h * &xs[0]])
+    })
+    .expect("a valid scan");
+    &c[0] + &ys[0].sum(&[0]) + c[1].convert(DType::F64)
+}
+
 fn table() -> Vec<Case> {
     let a = || f(&[2, 3], 1);
     let b = || f(&[2, 3], 2);
@@ -92,6 +103,10 @@ fn table() -> Vec<Case> {
         case("reduce_sum", vec![f(&[2, 3, 4], 18)], |x| x[0].sum(&[0, 2])),
         case("reduce_max", vec![f(&[2, 3, 4], 19)], |x| x[0].max_over(&[1])),
         case("optimization_barrier", vec![a(), a()], |x| x[0].barrier(&[&x[1]]).exp() + &x[1]),
+        // A loop carrying a matrix and a step count, over stacked inputs with an invariant
+        // weight; run backwards, reading a stacked output (scan_result) and the final carry.
+        case("scan", vec![a(), f(&[4, 2, 3], 7), f(&[3, 3], 8)], |x| scanned(x, true)),
+        case("scan_result", vec![a(), f(&[4, 2, 3], 9), f(&[3, 3], 10)], |x| scanned(x, false)),
         case("sharding_constraint", vec![a()], |x| x[0].with_sharding_constraint(&runtime::PartitionSpec::new(&[&["data"], &[]])).exp()),
         case("gather", vec![f(&[5, 3], 20), int(DType::S32, &[2, 2], &[4, 0, 7, -1])], |x| x[0].gather(&x[1])),
         case("scatter_add", vec![f(&[4, 3], 21), int(DType::S32, &[3], &[1, 9, 1]), f(&[3, 3], 22)], |x| x[0].scatter_add(&x[1], &x[2])),

@@ -1,0 +1,112 @@
+//! Decoder layers as a loop (`ModelOptions::scan`) compute what the unrolled layers compute:
+//! loss, logits, per-layer values and every gradient, in f64 through `graph::eval` (no
+//! plugin), for Gemma 1, Gemma 2's alternating layers and Gemma 3's 5:1 pattern (whole
+//! periods in the loop, the rest after it), under every remat policy and with LoRA adapters.
+use gemma::lora::Lora;
+use gemma::LayerKind;
+use gemma::{Config, ModelOptions};
+use graph::{DType, Remat, Tensor, TensorType, Tree};
+use ndarray::{ArrayD, IxDyn};
+use std::path::PathBuf;
+
+fn values(dims: &[i64], seed: u64, scale: f64) -> ArrayD<f64> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+    ArrayD::from_shape_fn(IxDyn(&shape), |_| {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0 * scale
+    })
+}
+
+fn fixture_config(name: &str) -> Config {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/gemma23").join(name).join("config.json");
+    Config::from_json_file(&path).unwrap()
+}
+
+/// `cfg` with `layers` layers, the kinds continuing its pattern.
+fn deeper(mut cfg: Config, layers: usize) -> Config {
+    let per = gemma::layer_period(&cfg);
+    let kinds: Vec<LayerKind> = (0..layers).map(|i| cfg.layer_types[i % per]).collect();
+    cfg.layer_types = kinds;
+    cfg.num_hidden_layers = layers;
+    cfg
+}
+
+/// Every output of value_and_grad(model) over random weights (and adapters), by name.
+fn run(cfg: &Config, opts: ModelOptions, lora: Option<&Lora>) -> Vec<(String, ArrayD<f64>)> {
+    let mut types = gemma::model_args(cfg, DType::F64, 2, 7, opts);
+    if let Some(l) = lora {
+        for (n, d) in l.shapes(cfg) {
+            types.insert(format!("params.{n}"), TensorType::new(DType::F64, &d)).unwrap();
+        }
+    }
+    let f = graph::trace_tree("model", &types, |a: &Tree<Tensor>| gemma::model_with_adapters(cfg, a, opts, None, lora).unwrap()).unwrap();
+    let g = graph::value_and_grad_tree(&f, "loss", "params").unwrap();
+    // The forward loop and its backward loop, or none.
+    assert_eq!(g.count("scan"), if opts.scan { 2 } else { 0 }, "scan: {}", opts.scan);
+    let args: Vec<ArrayD<f64>> = g
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if p.name == "tokens" {
+                values(&p.ty.dims, 9, 1.0).mapv(|v| ((v + 1.0) * (cfg.vocab_size as f64 / 2.0 - 1.0)).floor())
+            } else {
+                values(&p.ty.dims, i as u64 + 1, 0.3)
+            }
+        })
+        .collect();
+    g.outputs.iter().map(|o| o.name.clone()).zip(graph::eval(&g, &args).unwrap()).collect()
+}
+
+fn assert_same(what: &str, got: &[(String, ArrayD<f64>)], want: &[(String, ArrayD<f64>)]) {
+    let names = |v: &[(String, ArrayD<f64>)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(got), names(want), "{what}: outputs");
+    for ((name, x), (_, y)) in got.iter().zip(want) {
+        let worst = (x - y).mapv(f64::abs).fold(0.0, |m: f64, &v| m.max(v));
+        assert!(worst <= 1e-12, "{what}: {name} differs by {worst}");
+    }
+}
+
+#[test]
+fn scanned_layers_give_the_unrolled_values_and_gradients() {
+    let cases = [
+        ("gemma 1, 3 layers", deeper(Config::preset("tiny").unwrap(), 3)),
+        ("gemma 2, 4 layers (2 periods)", fixture_config("gemma2")),
+        ("gemma 2, 5 layers (2 periods and 1 more)", deeper(fixture_config("gemma2"), 5)),
+        ("gemma 3, 8 layers (1 period and 2 more)", deeper(fixture_config("gemma3"), 8)),
+    ];
+    for (what, cfg) in &cases {
+        for remat in [Remat::None, Remat::Full, Remat::SaveDots] {
+            let opts = ModelOptions { layers: true, remat, ..ModelOptions::default() };
+            let want = run(cfg, opts, None);
+            let got = run(cfg, ModelOptions { scan: true, ..opts }, None);
+            assert_same(&format!("{what}, remat {remat}"), &got, &want);
+        }
+    }
+}
+
+#[test]
+fn scanned_layers_train_lora_adapters_like_unrolled_ones() {
+    let cfg = deeper(Config::preset("tiny").unwrap(), 3);
+    let targets: Vec<String> = ["q_proj", "v_proj", "down_proj"].iter().map(|s| s.to_string()).collect();
+    let lora = Lora::new(&cfg, 2, 4.0, &targets).unwrap();
+    let opts = ModelOptions::default();
+    assert_same("lora", &run(&cfg, ModelOptions { scan: true, ..opts }, Some(&lora)), &run(&cfg, opts, Some(&lora)));
+}
+
+#[test]
+fn the_scanned_program_does_not_grow_with_depth() {
+    let size = |layers: usize, scan: bool| {
+        let cfg = deeper(Config::preset("tiny").unwrap(), layers);
+        let f = gemma::trace_model(&cfg, DType::F32, 2, 8, ModelOptions { scan, ..ModelOptions::default() }).unwrap();
+        let g = graph::value_and_grad_tree(&f, "loss", "params").unwrap();
+        let text = g.to_stablehlo().unwrap();
+        text.matches("stablehlo.dot_general").count()
+    };
+    // Unrolled: each layer adds its matmuls and their gradients; scanned: the loop bodies
+    // hold one layer's, whatever the depth.
+    assert!(size(8, false) > size(2, false));
+    assert_eq!(size(8, true), size(2, true));
+    assert!(size(8, true) < size(8, false));
+}
