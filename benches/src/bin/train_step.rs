@@ -10,11 +10,12 @@
 //! train_step startup CONFIG BATCH SEQ CACHE_DIR  one JSON line: trace + lower + compile of the
 //!                                               one-device f32 step, with the persistent
 //!                                               compilation cache in CACHE_DIR (cold or warm)
-//! train_step specs CONFIG MESH                  the rules' PartitionSpec of every parameter (JSON)
+//! train_step specs CONFIG MESH [fsdp]           the rules' PartitionSpec of every parameter (JSON)
 //! train_step trace PRESET REPS                   trace + lower the whole bf16-compute train step
 //!                                               (batch 8 x 2048), shapes only: one JSON line
 //! ```
 //! CONFIG is a preset (tiny, 2b, 7b) or an HF config.json; MESH e.g. `data=1` or `data=2,model=2`.
+//! `--no-scan-layers` anywhere: step and startup with the layers unrolled (default: a loop).
 use anyhow::{bail, Context, Result};
 use gemma::{Config, Hyper};
 use graph::{DType, Tensor, TensorType, Tree};
@@ -60,7 +61,7 @@ fn step_flops(cfg: &Config, batch: i64, seq: i64) -> f64 {
 
 /// `cache`: measure start-up instead: the first call only (trace + lower + compile, or the
 /// executable loaded from a persistent compilation cache in that directory).
-fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute: DType, cache: Option<&Path>) -> Result<()> {
+fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute: DType, cache: Option<&Path>, scan: bool) -> Result<()> {
     let cfg = config(cfg_name)?;
     let mesh = Mesh::parse(mesh)?;
     let mut client = client(mesh.num_devices() as usize)?;
@@ -70,7 +71,7 @@ fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute:
     let steps = if cache.is_some() { 0 } else { steps };
     // Exactly the step `gemma-xla train` runs with no flags but --dtype: the same program,
     // the same shardings (train::Setup over gemma::rules::state_spec).
-    let hp = Hyper { compute, ..Hyper::default() };
+    let hp = Hyper { compute, scan_layers: scan, ..Hyper::default() };
     let setup = train::Setup {
         cfg: cfg.clone(),
         mesh: mesh.clone(),
@@ -186,11 +187,11 @@ fn matmul(n: i64, reps: usize) -> Result<()> {
     Ok(())
 }
 
-fn specs(cfg_name: &str, mesh: &str) -> Result<()> {
+fn specs(cfg_name: &str, mesh: &str, fsdp: bool) -> Result<()> {
     let cfg = config(cfg_name)?;
     let mesh = Mesh::parse(mesh)?;
     let mut parts = Vec::new();
-    for (name, spec) in gemma::rules::param_specs(&cfg, &mesh, false)? {
+    for (name, spec) in gemma::rules::param_specs(&cfg, &mesh, fsdp)? {
         let dims: Vec<String> =
             spec.dims.iter().map(|axes| format!("[{}]", axes.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", "))).collect();
         parts.push(format!("\"{name}\": [{}]", dims.join(", ")));
@@ -243,7 +244,10 @@ fn trace(preset: &str, reps: usize) -> Result<()> {
 fn main() -> Result<()> {
     // As the gemma-xla binary does (`GLIBC_TUNABLES=` turns it off).
     runtime::host_malloc::reexec_with_huge_pages();
-    let a: Vec<String> = std::env::args().skip(1).collect();
+    // `--no-scan-layers` anywhere: the layers unrolled (step, startup), as `train` would run them.
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let scan = !all.iter().any(|x| x == "--no-scan-layers");
+    let a: Vec<String> = all.into_iter().filter(|x| x != "--no-scan-layers").collect();
     let arg = |i: usize| a.get(i).map(String::as_str).with_context(|| format!("missing argument {i} (see the file's header)"));
     let num = |i: usize| -> Result<i64> { Ok(arg(i)?.parse()?) };
     match arg(0)? {
@@ -253,11 +257,11 @@ fn main() -> Result<()> {
                 Some("bf16") => DType::Bf16,
                 Some(other) => bail!("compute dtype {other:?}: f32 or bf16"),
             };
-            step(arg(1)?, num(2)?, num(3)?, arg(4)?, num(5)? as usize, compute, None)
+            step(arg(1)?, num(2)?, num(3)?, arg(4)?, num(5)? as usize, compute, None, scan)
         }
-        "startup" => step(arg(1)?, num(2)?, num(3)?, "data=1", 0, DType::F32, Some(Path::new(arg(4)?))),
+        "startup" => step(arg(1)?, num(2)?, num(3)?, "data=1", 0, DType::F32, Some(Path::new(arg(4)?)), scan),
         "matmul" => matmul(num(1)?, num(2)? as usize),
-        "specs" => specs(arg(1)?, arg(2)?),
+        "specs" => specs(arg(1)?, arg(2)?, a.get(3).map(String::as_str) == Some("fsdp")),
         "trace" => trace(arg(1)?, num(2)? as usize),
         other => bail!("unknown command {other:?}: step, startup, matmul, specs or trace"),
     }
