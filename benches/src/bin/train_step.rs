@@ -61,7 +61,8 @@ fn step_flops(cfg: &Config, batch: i64, seq: i64) -> f64 {
 
 /// `cache`: measure start-up instead: the first call only (trace + lower + compile, or the
 /// executable loaded from a persistent compilation cache in that directory).
-fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute: DType, cache: Option<&Path>, scan: bool) -> Result<()> {
+/// `hp`: the compute dtype and whether the layers run as a loop (the rest is `Hyper::default()`).
+fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, hp: Hyper, cache: Option<&Path>) -> Result<()> {
     let cfg = config(cfg_name)?;
     let mesh = Mesh::parse(mesh)?;
     let mut client = client(mesh.num_devices() as usize)?;
@@ -71,7 +72,6 @@ fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, compute:
     let steps = if cache.is_some() { 0 } else { steps };
     // Exactly the step `gemma-xla train` runs with no flags but --dtype: the same program,
     // the same shardings (train::Setup over gemma::rules::state_spec).
-    let hp = Hyper { compute, scan_layers: scan, ..Hyper::default() };
     let setup = train::Setup {
         cfg: cfg.clone(),
         mesh: mesh.clone(),
@@ -257,9 +257,12 @@ fn main() -> Result<()> {
                 Some("bf16") => DType::Bf16,
                 Some(other) => bail!("compute dtype {other:?}: f32 or bf16"),
             };
-            step(arg(1)?, num(2)?, num(3)?, arg(4)?, num(5)? as usize, compute, None, scan)
+            step(arg(1)?, num(2)?, num(3)?, arg(4)?, num(5)? as usize, Hyper { compute, scan_layers: scan, ..Hyper::default() }, None)
         }
-        "startup" => step(arg(1)?, num(2)?, num(3)?, "data=1", 0, DType::F32, Some(Path::new(arg(4)?)), scan),
+        "startup" => {
+            let hp = Hyper { compute: DType::F32, scan_layers: scan, ..Hyper::default() };
+            step(arg(1)?, num(2)?, num(3)?, "data=1", 0, hp, Some(Path::new(arg(4)?)))
+        }
         "matmul" => matmul(num(1)?, num(2)? as usize),
         "specs" => specs(arg(1)?, arg(2)?, a.get(3).map(String::as_str) == Some("fsdp")),
         "trace" => trace(arg(1)?, num(2)? as usize),
