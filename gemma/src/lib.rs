@@ -10,6 +10,7 @@ pub mod lora;
 mod model;
 pub mod rng;
 pub mod rules;
+pub mod stack;
 mod train;
 
 pub use checkpoint::{
@@ -21,7 +22,9 @@ pub use model::{
     block, causal_attention_mask, default_positions, embed, forward, layer_period, loss, model, model_args, model_with_adapters,
     model_with_layout, param_shapes, param_types, trace_loss, trace_model, unembed, Activations, BlockOutput, ModelOptions, Params,
 };
-pub use train::{init_params, lora_train_args, train_args, train_args_weighted, train_step, train_step_with, Hyper, Schedule};
+pub use train::{
+    init_params, lora_train_args, train_args, train_args_weighted, train_args_with, train_step, train_step_with, Hyper, Schedule,
+};
 
 /// Why reading a config or checkpoint, saving files, or choosing shardings failed.
 #[derive(Debug, thiserror::Error)]

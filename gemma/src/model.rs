@@ -52,13 +52,19 @@ pub struct Params {
     scan: bool,
     /// With `scan`: also return each layer's attention and MLP outputs.
     layers: bool,
+    /// The layer weights come stacked (`model.stacked.<j>.<name>`, see `stack`); the layers
+    /// then always run as a loop.
+    stacked: bool,
 }
 
 impl Params {
     /// Checks that `tree` holds every tensor of `cfg` (checkpoint names, e.g.
     /// `model.layers.0.mlp.up_proj.weight`) with its shape; extra leaves are refused too.
     pub fn new(cfg: &Config, tree: Tree<Tensor>) -> Result<Params, graph::Error> {
-        let shapes = param_shapes(cfg);
+        // Stacked layer weights (`stack`) when the tree has any.
+        let stacking = crate::stack::Stacking::of(cfg);
+        let stacked = tree.paths().any(|p| stacking.parse(p).is_some());
+        let shapes = if stacked { stacking.shapes(cfg) } else { param_shapes(cfg) };
         for (name, dims) in &shapes {
             let t = tree.get(name).ok_or_else(|| graph::Error::Tree(format!("the model parameters have no {name}")))?;
             if &t.dims() != dims {
@@ -69,7 +75,7 @@ impl Params {
             let extra: Vec<&str> = tree.paths().filter(|p| !shapes.iter().any(|(n, _)| n == p)).collect();
             return Err(graph::Error::Tree(format!("unexpected model parameters: {}", extra.join(", "))));
         }
-        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: None, scan: false, layers: false })
+        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: None, scan: false, layers: false, stacked })
     }
 
     /// [`Params::new`] for a tree that also holds `lora`'s adapters (`lora.shapes(cfg)`
@@ -89,8 +95,10 @@ impl Params {
         if let Some((missing, _)) = adapters.iter().find(|(n, _)| tree.get(n).is_none()) {
             return Err(graph::Error::Tree(format!("the model parameters have no adapter {missing}")));
         }
-        Params::new(cfg, base)?;
-        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: Some(lora.clone()), scan: false, layers: false })
+        if Params::new(cfg, base)?.stacked {
+            return Err(graph::Error::Invalid("LoRA adapters apply to per-layer weights, not stacked ones".into()));
+        }
+        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: Some(lora.clone()), scan: false, layers: false, stacked: false })
     }
 
     /// The `params` subtree of `args`, with `lora`'s adapters when given.
@@ -280,8 +288,15 @@ fn remat_block(cfg: &Config, p: &Params, i: usize, x: &Tensor, positions: &Tenso
     }
     let traced = graph::trace_tree(&format!("layer_{i}"), &types, |a| {
         let layer = a.subtree("w").prefixed(&prefix).expect("internal: a valid prefix");
-        let inner =
-            Params { tree: layer, layout: p.layout.clone(), remat: graph::Remat::None, lora: p.lora.clone(), scan: false, layers: false };
+        let inner = Params {
+            tree: layer,
+            layout: p.layout.clone(),
+            remat: graph::Remat::None,
+            lora: p.lora.clone(),
+            scan: false,
+            layers: false,
+            stacked: false,
+        };
         let out = block(
             cfg,
             &inner,
@@ -337,12 +352,17 @@ fn scan_layers(cfg: &Config, p: &Params, x: &Tensor, positions: &Tensor, mask: &
     if groups == 0 {
         return None;
     }
-    // Weights by position in the period: names under `model.layers.<j>` (adapters included).
-    let names: Vec<Vec<String>> =
-        (0..per).map(|j| p.tree.subtree(&format!("model.layers.{j}")).paths().map(str::to_string).collect()).collect();
+    // Weights by position in the period: names under `model.layers.<j>` (adapters included),
+    // or under `model.stacked.<j>` when they come stacked.
+    let root = if p.stacked { crate::stack::STACKED } else { "model.layers" };
+    let names: Vec<Vec<String>> = (0..per).map(|j| p.tree.subtree(&format!("{root}.{j}")).paths().map(str::to_string).collect()).collect();
     let mut stacked = Vec::new();
     for (j, layer) in names.iter().enumerate() {
         for name in layer {
+            if p.stacked {
+                stacked.push(p.get(&format!("{root}.{j}.{name}")).clone());
+                continue;
+            }
             let parts: Vec<Tensor> = (0..groups)
                 .map(|g| {
                     let w = p.layer(g * per + j, name);
@@ -369,7 +389,15 @@ fn scan_layers(cfg: &Config, p: &Params, x: &Tensor, positions: &Tensor, mask: &
                 tree.insert(format!("model.layers.{j}.{name}"), t).expect("internal: checkpoint names are distinct paths");
             }
         }
-        let inner = Params { tree, layout: p.layout.clone(), remat: graph::Remat::None, lora: p.lora.clone(), scan: false, layers: false };
+        let inner = Params {
+            tree,
+            layout: p.layout.clone(),
+            remat: graph::Remat::None,
+            lora: p.lora.clone(),
+            scan: false,
+            layers: false,
+            stacked: false,
+        };
         let (positions, global) = (&k[0], &k[1]);
         let mut x = carry[0].clone();
         let mut ys = Vec::new();
@@ -445,7 +473,7 @@ pub fn forward(cfg: &Config, p: &Params, tokens: &Tensor, positions: &Tensor, ma
     let (mut attention, mut mlp) = (Vec::new(), Vec::new());
     let local = cfg.layer_types.contains(&LayerKind::Sliding).then(|| window_mask(mask, positions, positions, cfg.sliding_window));
     let mut first = 0;
-    if p.scan {
+    if p.scan || p.stacked {
         if let Some(done) = scan_layers(cfg, p, &x, positions, mask, local.as_ref()) {
             x = done.x;
             first = done.count;
@@ -563,14 +591,18 @@ pub struct ModelOptions {
     /// period of layer kinds per step) instead of one copy of the layer per layer in the
     /// program (`--scan-layers`); values are unchanged, and `remat` applies to the loop body.
     pub scan: bool,
+    /// The parameters' layer weights are stacked (`model.stacked.<j>.<name>` `[groups, ...]`,
+    /// see `stack`), as a train state for `scan` holds them; implies `scan`.
+    pub stacked: bool,
 }
 
 /// The argument types of `trace_model`: `params.<checkpoint name>` in `dtype`, `tokens`
 /// [B, T] (s32) and, with `opts.mask`, `mask` [B, T] (s32).
 pub fn model_args(cfg: &Config, dtype: DType, batch: i64, seq: i64, opts: ModelOptions) -> Tree<TensorType> {
     let mut t = Tree::new();
-    for (name, ty) in param_types(cfg, dtype) {
-        t.insert(format!("params.{name}"), ty).expect("internal: checkpoint names are distinct paths");
+    let shapes = if opts.stacked { crate::stack::Stacking::of(cfg).shapes(cfg) } else { param_shapes(cfg) };
+    for (name, dims) in shapes {
+        t.insert(format!("params.{name}"), TensorType::new(dtype, &dims)).expect("internal: checkpoint names are distinct paths");
     }
     let ids = TensorType::new(DType::S32, &[batch, seq]);
     t.insert("tokens", ids.clone()).expect("internal: fixed name");

@@ -250,6 +250,14 @@ fn try_specs(cfg: &Config, mesh: &Mesh, fsdp: bool) -> Result<Specs, Error> {
 /// The spec of checkpoint tensor `name` over `mesh` (with `fsdp`, also over `data`).
 pub fn param_spec(cfg: &Config, name: &str, mesh: &Mesh, fsdp: bool) -> Result<PartitionSpec, Error> {
     check_mesh(mesh)?;
+    // A stacked weight (`model.stacked.<j>.<name>`, see `stack`): its layers' split, the
+    // layer axis never split.
+    if let Some(first) = crate::stack::Stacking::of(cfg).layer_name(name, 0) {
+        let inner = param_spec(cfg, &first, mesh, fsdp)?;
+        let mut dims = vec![Vec::new()];
+        dims.extend(inner.dims);
+        return Ok(PartitionSpec { dims });
+    }
     let dims = param_shapes(cfg).into_iter().find(|(n, _)| n == name).ok_or_else(|| Error::UnknownTensor { name: name.into() })?.1;
     spec_of(cfg, name, &dims, mesh, fsdp)?.map_err(|f| sharding_error(cfg, mesh, fsdp, f, Vec::new()))
 }

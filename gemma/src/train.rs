@@ -131,8 +131,17 @@ pub fn train_args(cfg: &Config, batch: i64, seq: i64) -> Tree<TensorType> {
 /// [`train_args`], with `batch.weights` (f32 [batch, seq]: per-token loss weights, see
 /// `ModelOptions::weights`) when `weights`.
 pub fn train_args_weighted(cfg: &Config, batch: i64, seq: i64, weights: bool) -> Tree<TensorType> {
+    train_args_with(cfg, batch, seq, weights, false)
+}
+
+/// [`train_args_weighted`]; with `stacked` the layer weights (and their moments) are stacked
+/// `[groups, ...]` under `model.stacked.<j>.<name>` (see `stack::Stacking`), as a state for
+/// layers run as a loop holds them.
+pub fn train_args_with(cfg: &Config, batch: i64, seq: i64, weights: bool, stacked: bool) -> Tree<TensorType> {
     let mut t = Tree::new();
-    for (name, ty) in param_types(cfg, DType::F32) {
+    let shapes = if stacked { crate::stack::Stacking::of(cfg).shapes(cfg) } else { crate::model::param_shapes(cfg) };
+    for (name, dims) in shapes {
+        let ty = TensorType::new(DType::F32, &dims);
         for part in ["params", "opt.m", "opt.v"] {
             t.insert(format!("state.{part}.{name}"), ty.clone()).expect("internal: checkpoint names are distinct paths");
         }
@@ -198,7 +207,11 @@ pub fn train_step_with(
     let compute = hp.compute;
     // Conversations: per-token loss weights, sum(w CE) / sum(w) over the global batch.
     let weights = args.leaf("batch.weights").ok().cloned();
-    let opts = ModelOptions { remat: hp.remat, weights: weights.is_some(), scan: hp.scan_layers, ..ModelOptions::default() };
+    // A state with stacked layer weights (`stack`) runs its layers as a loop.
+    let stacking = crate::stack::Stacking::of(cfg);
+    let stacked = params.paths().any(|p| stacking.parse(p).is_some());
+    let opts =
+        ModelOptions { remat: hp.remat, weights: weights.is_some(), scan: hp.scan_layers || stacked, stacked, ..ModelOptions::default() };
     let mut loss_args = model_args(cfg, DType::F32, dims[0], dims[1], opts);
     if let Some(l) = lora {
         // The adapters are the differentiated `params`; the base weights ride along as `frozen`.
@@ -271,7 +284,9 @@ pub fn train_step_with(
         let m = args.leaf(&format!("state.opt.m.{name}"))? * hp.b1 + &g * (1.0 - hp.b1);
         let v = args.leaf(&format!("state.opt.v.{name}"))? * hp.b2 + &g * &g * (1.0 - hp.b2);
         let mut update = (&m / &b1c) / ((&v / &b2c).sqrt() + hp.eps);
-        if p.rank() >= 2 && hp.weight_decay != 0.0 {
+        // Matrices decay, vectors (norms) do not; a stacked weight's rank counts one layer's.
+        let rank = if stacking.parse(name).is_some() { p.rank() - 1 } else { p.rank() };
+        if rank >= 2 && hp.weight_decay != 0.0 {
             update = update + p * hp.weight_decay;
         }
         next.insert(format!("state.params.{name}"), p - &(update * &lr))?;

@@ -110,3 +110,60 @@ fn the_scanned_program_does_not_grow_with_depth() {
     assert_eq!(size(8, true), size(2, true));
     assert!(size(8, true) < size(8, false));
 }
+
+/// Values for a train-step argument by its path: weights and moments random (v positive),
+/// the step count 3, tokens in the vocabulary.
+fn state_value(cfg: &Config, path: &str, dims: &[i64]) -> ArrayD<f64> {
+    let seed = path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    match path {
+        "state.step" => ArrayD::from_elem(IxDyn(&[]), 3.0),
+        "batch.tokens" => values(dims, 9, 1.0).mapv(|v| ((v + 1.0) * (cfg.vocab_size as f64 / 2.0 - 1.0)).floor()),
+        p if p.starts_with("state.opt.v.") => values(dims, seed, 0.01).mapv(f64::abs),
+        _ => values(dims, seed, 0.05),
+    }
+}
+
+#[test]
+fn a_stacked_train_state_steps_like_the_per_layer_one() {
+    // Gemma 2 with 5 layers: layers 0-3 stacked as 2 periods of 2, layer 4 per layer.
+    let cfg = deeper(fixture_config("gemma2"), 5);
+    let stacking = gemma::stack::Stacking::of(&cfg);
+    let hp = gemma::Hyper { compute: DType::F32, ..gemma::Hyper::default() };
+    let step = |stacked: bool| {
+        let types = gemma::train_args_with(&cfg, 2, 7, false, stacked);
+        graph::trace_tree("step", &types, |a: &Tree<Tensor>| gemma::train_step(&cfg, &hp, None, a).unwrap()).unwrap()
+    };
+    let (plain, stacked) = (step(false), step(true));
+    assert!(stacked.params.iter().any(|p| p.name == "state.params.model.stacked.1.mlp.up_proj.weight"));
+    let arg = |name: &str, dims: &[i64]| -> ArrayD<f64> {
+        // A stacked tensor: its layers' values stacked, so both programs start alike.
+        let (prefix, rest) = name.split_at(name.find("model.").unwrap_or(0));
+        match stacking.parse(rest) {
+            Some(_) => {
+                let layers: Vec<ArrayD<f64>> =
+                    stacking.members(rest).iter().map(|m| state_value(&cfg, &format!("{prefix}{m}"), &dims[1..])).collect();
+                let views: Vec<_> = layers.iter().map(|a| a.view()).collect();
+                ndarray::stack(ndarray::Axis(0), &views).unwrap()
+            }
+            None => state_value(&cfg, name, dims),
+        }
+    };
+    let run = |f: &graph::Function| {
+        let args: Vec<ArrayD<f64>> = f.params.iter().map(|p| arg(&p.name, &p.ty.dims)).collect();
+        f.outputs.iter().map(|o| o.name.clone()).zip(graph::eval(f, &args).unwrap()).collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (want, got) = (run(&plain), run(&stacked));
+    let mut checked = 0;
+    for (name, w) in &want {
+        let (prefix, rest) = name.split_at(name.find("model.").unwrap_or(0));
+        let g = match stacking.stacked_name(rest) {
+            Some((s, g)) => got[&format!("{prefix}{s}")].index_axis(ndarray::Axis(0), g).to_owned(),
+            None => got[name].clone(),
+        };
+        let worst = (&g - w).mapv(f64::abs).fold(0.0, |m: f64, &v| m.max(v)) / w.mapv(f64::abs).fold(1.0, |m: f64, &v| m.max(v));
+        assert!(worst <= 2e-6, "{name} differs by {worst}");
+        checked += 1;
+    }
+    // Every state tensor (3 per checkpoint tensor), the step and the 3 metrics.
+    assert_eq!(checked, 3 * gemma::param_shapes(&cfg).len() + 4);
+}
