@@ -93,8 +93,17 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     if lora.is_some() && a.what != "train-step" {
         bail!("--lora-rank applies to --what train-step (forward, prefill and decode take no adapters here)");
     }
-    let setup =
-        Setup { cfg, mesh: mesh.clone(), fsdp, batch: batch as usize, seq: seq as usize, weights: false, lora, base_dtype: dtype.dtype() };
+    let setup = Setup {
+        cfg,
+        mesh: mesh.clone(),
+        fsdp,
+        batch: batch as usize,
+        seq: seq as usize,
+        weights: false,
+        lora,
+        base_dtype: dtype.dtype(),
+        stacked: a.remat.scan(),
+    };
     if topo.num_processes() > 1 {
         for line in host_layout(&topo, &setup, &ids)? {
             println!("{line}");

@@ -67,6 +67,7 @@ pub fn dump(a: &DumpArgs) -> Result<()> {
         weights: false,
         lora: None,
         base_dtype: graph::DType::F32,
+        stacked: a.remat.scan(),
     };
     let phase = crate::progress::Phase::start(&format!("dump: tracing and lowering {}", a.what));
     let lowered = dump::lower(Some(&client), &setup, &a.what, dtype.dtype(), a.remat.remat(), a.remat.scan(), a.cache_len)?;

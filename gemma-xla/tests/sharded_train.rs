@@ -152,7 +152,11 @@ fn the_partitioned_step_has_the_collectives_a_user_expects() {
     // layers as a loop (the default) the 9 weights of a layer are summed in the backward
     // loop's body, once per layer: 4 + 9 in the program; unrolled, all 20.
     let data_sums = |hlo: &str| -> (usize, bool) {
-        let sums: Vec<&str> = ops(hlo, "all-reduce").into_iter().filter(|l| l.contains("{'axis_0'}")).collect();
+        // XLA writes the data groups {0,2},{1,3} in its mesh form or its iota form.
+        let sums: Vec<&str> = ops(hlo, "all-reduce")
+            .into_iter()
+            .filter(|l| l.contains("{'axis_0'}") || l.contains("replica_groups=[2,2]<=[2,2]T(1,0)"))
+            .collect();
         let operands: usize = sums.iter().map(|l| l.split(" all-reduce(").next().unwrap().matches("f32[").count()).sum();
         (operands, sums.iter().any(|l| l.contains("f32[128,64]")))
     };

@@ -44,6 +44,9 @@ pub struct Setup {
     pub lora: Option<gemma::lora::Lora>,
     /// The dtype the frozen base weights are held in (LoRA only; the compute dtype).
     pub base_dtype: graph::DType,
+    /// The state holds the layer weights stacked `[groups, ...]` (`gemma::stack`; the layers
+    /// run as a loop, `--scan-layers`); checkpoints keep the per-layer names. Not with LoRA.
+    pub stacked: bool,
 }
 
 impl Setup {
@@ -69,8 +72,15 @@ impl Setup {
     pub fn trainable(&self) -> Vec<(String, Vec<i64>)> {
         match &self.lora {
             Some(l) => l.shapes(&self.cfg),
+            None if self.stacks() => gemma::stack::Stacking::of(&self.cfg).shapes(&self.cfg),
             None => gemma::param_shapes(&self.cfg),
         }
+    }
+
+    /// Whether the state stacks layer weights: `stacked`, without LoRA, and at least one
+    /// whole period of layers to stack.
+    pub fn stacks(&self) -> bool {
+        self.stacked && self.lora.is_none() && gemma::stack::Stacking::of(&self.cfg).any()
     }
 
     /// The argument types of the train step with their specs (unlisted paths replicated).
@@ -78,7 +88,7 @@ impl Setup {
         let (b, t) = (self.batch as i64, self.seq as i64);
         let types = match &self.lora {
             Some(l) => gemma::lora_train_args(&self.cfg, l, self.base_dtype, b, t, self.weights),
-            None => gemma::train_args_weighted(&self.cfg, b, t, self.weights),
+            None => gemma::train_args_with(&self.cfg, b, t, self.weights, self.stacks()),
         };
         types.map(|path, ty| (ty.clone(), self.sharding(path, ty.rank()).spec))
     }

@@ -157,6 +157,8 @@ pub struct Trainer {
     cluster: Cluster,
     /// LoRA: the base weights on the devices (never donated, never updated).
     frozen: Option<Tree<DeviceArray>>,
+    /// With a stacked state: the program that copies stacked tensors out as their layers.
+    unstack: Option<Jit<'static, StepFn>>,
 }
 
 /// A setting a resumed run changed from its checkpoint's, allowed by an override.
@@ -433,14 +435,29 @@ impl Trainer {
         cluster: Cluster,
     ) -> Result<Trainer> {
         let own = cluster.ownership().clone();
+        let stacking = gemma::stack::Stacking::of(&setup.cfg);
         // Each device's region is read from the source: a host reads only what its devices hold.
+        // A stacked tensor's region [g0..g1, rest] is its layers' regions `rest`, in order.
         let placed = |part: &str, key: &str| -> Result<Tree<DeviceArray>> {
             let mut tree = Tree::new();
             for (name, dims) in setup.trainable() {
                 let sharding = setup.sharding(&format!("state.{part}.{name}"), dims.len());
                 let ty = graph::TensorType::new(DType::F32, &dims);
                 let array = DeviceArray::place_with(client, &own, &sharding, &ty, |_, region| {
-                    host.region(key, &name, region).map_err(|e| runtime::Error::Argument(e.to_string()))
+                    let read = |name: &str, region: &[std::ops::Range<i64>]| {
+                        host.region(key, name, region).map_err(|e| runtime::Error::Argument(e.to_string()))
+                    };
+                    if stacking.parse(&name).is_none() {
+                        return read(&name, region);
+                    }
+                    let mut bytes = Vec::new();
+                    for g in region[0].clone() {
+                        let layer = usize::try_from(g).ok().and_then(|g| stacking.layer_name(&name, g));
+                        let layer = layer.ok_or_else(|| runtime::Error::Argument(format!("{name} has no entry {g}")))?;
+                        bytes.extend_from_slice(read(&layer, &region[1..])?.bytes());
+                    }
+                    let extent: Vec<i64> = region.iter().map(|r| r.end - r.start).collect();
+                    HostArray::from_bytes(DType::F32, &extent, bytes)
                 })?;
                 tree.insert(name.clone(), array)?;
             }
@@ -456,6 +473,7 @@ impl Trainer {
             step: DeviceArray::place_with(client, &own, &setup.sharding("state.step", 0), &step.ty(), |_, _| Ok(step.clone()))?,
         };
         let jit = train_step_jit(Some(client), &setup, &spec.hyper);
+        let unstack = setup.stacks().then(|| unstack_jit(client, &setup));
         if cluster.is_multi() {
             // Every host must compile the same program over the same data and settings.
             let lowered = jit.lower(&setup.train_args())?;
@@ -485,6 +503,7 @@ impl Trainer {
             changed: Vec::new(),
             cluster,
             frozen: None,
+            unstack,
         })
     }
 
@@ -713,7 +732,8 @@ impl Trainer {
     /// With several hosts every host must call it at the same step: each writes the pieces
     /// its devices hold and host 0 commits the checkpoint (see [`checkpoints::save_sharded`]).
     pub fn save(&self, out: &Path, keep: usize) -> Result<PathBuf> {
-        let flat = self.flat_view()?;
+        let copies = self.layer_copies(&["params", "opt.m", "opt.v"])?;
+        let flat = self.layer_view(&copies)?;
         if self.cluster.is_multi() {
             return checkpoints::save_sharded(out, &self.setup.cfg, &flat, self.step, &self.meta(), keep, &self.cluster);
         }
@@ -726,7 +746,8 @@ impl Trainer {
     /// program that replicates it), host 0 writes it and drops it before the next, so no
     /// host holds more than one whole tensor; the other hosts write nothing.
     pub fn export(&self, out: &Path) -> Result<()> {
-        let flat = self.flat_view()?;
+        let copies = self.layer_copies(&["params"])?;
+        let flat = self.layer_view(&copies)?;
         if let Some(l) = &self.setup.lora {
             // The adapters, in PEFT's format.
             let shapes = l.shapes(&self.setup.cfg);
@@ -833,6 +854,82 @@ impl Trainer {
         let s = self.state()?;
         TrainState { params: view(&s.params), opt: AdamState { m: view(&s.opt.m), v: view(&s.opt.v) }, step: &s.step }.flatten()
     }
+
+    /// Copies of the stacked tensors of the state parts `parts` (`params`, `opt.m`, `opt.v`)
+    /// as their layers, on the devices, under the step's paths with checkpoint names
+    /// (`state.params.model.layers.3.mlp.up_proj.weight`); empty for a per-layer state.
+    fn layer_copies(&self, parts: &[&str]) -> Result<Tree<DeviceArray>> {
+        let Some(unstack) = &self.unstack else { return Ok(Tree::new()) };
+        let stacking = gemma::stack::Stacking::of(&self.setup.cfg);
+        let mut args: Tree<Arg> = Tree::new();
+        for (path, a) in self.flat_view()?.into_leaves() {
+            let name = path.split_at(path.find("model.").unwrap_or(path.len())).1;
+            if stacking.parse(name).is_some()
+                && parts.iter().any(|p| path.strip_prefix("state.").is_some_and(|r| r.starts_with(&format!("{p}."))))
+            {
+                args.insert(path, Arg::Keep(a))?;
+            }
+        }
+        if args.is_empty() {
+            return Ok(Tree::new());
+        }
+        Ok(unstack.call(args)?)
+    }
+
+    /// The state under the step's paths with checkpoint names: per-layer tensors as they are,
+    /// stacked ones from `copies` (see `layer_copies`).
+    fn layer_view<'a>(&'a self, copies: &'a Tree<DeviceArray>) -> Result<Tree<&'a DeviceArray>> {
+        let stacking = gemma::stack::Stacking::of(&self.setup.cfg);
+        let mut out: Tree<&DeviceArray> = Tree::new();
+        for (path, a) in self.flat_view()?.into_leaves() {
+            let name = path.split_at(path.find("model.").unwrap_or(path.len())).1;
+            if stacking.parse(name).is_none() {
+                out.insert(path, a)?;
+            }
+        }
+        for (path, a) in copies.iter() {
+            out.insert(path.to_string(), a)?;
+        }
+        Ok(out)
+    }
+
+    /// The whole state fetched to the host under the step's paths with checkpoint names
+    /// (`state.params.<name>`, `state.opt.m.<name>`, `state.opt.v.<name>`, `state.step`),
+    /// whether the devices hold it per layer or stacked. For checks and small models: it
+    /// holds every tensor on the host at once.
+    pub fn fetch_state(&self) -> Result<Tree<HostArray>> {
+        let copies = self.layer_copies(&["params", "opt.m", "opt.v"])?;
+        let mut out = Tree::new();
+        for (path, a) in self.layer_view(&copies)?.into_leaves() {
+            out.insert(path, a.fetch()?)?;
+        }
+        Ok(out)
+    }
+}
+
+/// The program that copies stacked state tensors (`state.<part>.model.stacked.<j>.<name>`)
+/// out as their layers (`state.<part>.model.layers.<i>.<name>`), each split as the rules
+/// split it; the stacked tensors are kept.
+fn unstack_jit(client: &Client, setup: &Setup) -> Jit<'static, StepFn> {
+    let cfg = setup.cfg.clone();
+    let f: StepFn = Box::new(move |a: &Tree<graph::Tensor>| {
+        let stacking = gemma::stack::Stacking::of(&cfg);
+        let mut out = Tree::new();
+        for (path, t) in a.iter() {
+            let (prefix, name) = path.split_at(path.find("model.").unwrap_or(path.len()));
+            let dims = t.dims();
+            for g in 0..stacking.groups {
+                let layer = stacking.layer_name(name, g).ok_or_else(|| graph::Error::Invalid(format!("{path} is not a stacked tensor")))?;
+                let (mut start, mut limit) = (vec![0; dims.len()], dims.clone());
+                start[0] = g as i64;
+                limit[0] = g as i64 + 1;
+                out.insert(format!("{prefix}{layer}"), t.slice(&start, &limit, &vec![1; dims.len()]).reshape(&dims[1..]))?;
+            }
+        }
+        Ok(out)
+    });
+    let rules = setup.clone();
+    Jit::with_client("unstack_state", Some(client), f).with_mesh(setup.mesh.clone()).with_rule(move |path, _| rules.spec(path))
 }
 
 /// The setup of `spec` on `data`, checked against the client before anything is placed.
@@ -860,6 +957,7 @@ fn check(client: &Client, spec: &TrainSpec, data: &Dataset) -> Result<Setup> {
         weights: data.has_weights(),
         lora: spec.lora.clone(),
         base_dtype: spec.hyper.compute,
+        stacked: spec.hyper.scan_layers,
     })
 }
 

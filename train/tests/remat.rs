@@ -98,6 +98,7 @@ fn sharded_train_steps_with_remat_match_and_the_program_has_barriers() -> Result
         weights: false,
         lora: None,
         base_dtype: graph::DType::F32,
+        stacked: false,
     };
     let hp = Hyper { remat: Remat::Full, scan_layers: false, ..Hyper::default() };
     let lowered = train::train_step_jit(None, &setup, &hp).lower(&setup.train_args())?;
@@ -106,6 +107,7 @@ fn sharded_train_steps_with_remat_match_and_the_program_has_barriers() -> Result
     // fewer values per layer for the backward loop (results of its stablehlo.while).
     let forward_results = |remat| -> Result<usize> {
         let hp = Hyper { remat, ..Hyper::default() };
+        let setup = Setup { stacked: true, ..setup.clone() };
         let text = train::train_step_jit(None, &setup, &hp).lower(&setup.train_args())?.stablehlo;
         let line = text.lines().find(|l| l.contains("\"stablehlo.while\"")).expect("a loop");
         Ok(line.split(':').nth(1).and_then(|n| n.split_whitespace().next()).and_then(|n| n.parse().ok()).expect("%w:N"))

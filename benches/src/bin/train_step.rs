@@ -81,11 +81,16 @@ fn step(cfg_name: &str, batch: i64, seq: i64, mesh: &str, steps: usize, hp: Hype
         weights: false,
         lora: None,
         base_dtype: graph::DType::F32,
+        stacked: hp.scan_layers,
     };
     let sharding = |path: &str, rank: usize| setup.sharding(path, rank);
     let jit = train::train_step_jit(Some(&client), &setup, &hp);
     let mut state: Tree<DeviceArray> = Tree::new();
-    for (name, dims, values) in gemma::init_params(&cfg, 0) {
+    // The state as `train` holds it: layer weights stacked when the layers run as a loop.
+    let stacking = gemma::stack::Stacking::of(&cfg);
+    let init: std::collections::HashMap<String, Vec<f32>> = gemma::init_params(&cfg, 0).into_iter().map(|(n, _, v)| (n, v)).collect();
+    for (name, dims) in setup.trainable() {
+        let values: Vec<f32> = stacking.members(&name).iter().flat_map(|m| init[m].iter().copied()).collect();
         let zeros = HostArray::from_vec(&dims, vec![0f32; values.len()])?;
         let p = format!("state.params.{name}");
         state.insert(&p, DeviceArray::place(&client, &HostArray::from_vec(&dims, values)?, &sharding(&p, dims.len()))?)?;
