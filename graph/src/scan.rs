@@ -389,7 +389,7 @@ pub(crate) fn vjp(s: &Scan, node: &Tensor, x: &[Tensor], needs: &[bool], cts: &[
     let saveable =
         |j: usize| j < nb && all[j] && !v.nodes[j].inputs.is_empty() && !matches!(v.nodes[j].prim, Prim::Param(_) | Prim::Scan(_));
     let saved: Vec<usize> = match s.remat {
-        Remat::None => (0..nb).filter(|&j| saveable(j) && read_back[j]).collect(),
+        Remat::None => saved_without_remat(&v, nb, &read_back, &saveable),
         Remat::Full => Vec::new(),
         Remat::SaveDots => (0..nb).filter(|&j| saveable(j) && matches!(v.nodes[j].prim, Prim::DotGeneral(_))).collect(),
     };
@@ -530,6 +530,66 @@ pub(crate) fn vjp(s: &Scan, node: &Tensor, x: &[Tensor], needs: &[bool], cts: &[
         grads[k] = r.next();
     }
     Ok(grads)
+}
+
+/// What the forward loop saves when nothing is to be recomputed (`Remat::None`): the values
+/// the backward step reads, except that an elementwise or layout op (a convert, a tanh, a
+/// broadcast) is recomputed from its operands rather than stored for every step, its
+/// operands being saved (or recomputed) in its place. So the loop stores the results of
+/// matmuls, reductions and other ops that are costly to redo, as XLA keeps them when it
+/// fuses an unrolled program, not every intermediate of a norm or an activation.
+fn saved_without_remat(v: &Function, nb: usize, read_back: &[bool], saveable: &dyn Fn(usize) -> bool) -> Vec<usize> {
+    let cheap = |p: &Prim| {
+        use Prim::*;
+        matches!(
+            p,
+            Neg | Exp
+                | Log
+                | Sqrt
+                | Rsqrt
+                | Tanh
+                | Logistic
+                | Abs
+                | Sign
+                | Sin
+                | Cos
+                | Convert { .. }
+                | BitcastConvert { .. }
+                | StopGradient
+                | Add
+                | Sub
+                | Mul
+                | Div
+                | Pow
+                | Max
+                | Min
+                | And
+                | Or
+                | ShiftRightLogical
+                | Compare(_)
+                | Select
+                | BroadcastInDim { .. }
+                | Reshape { .. }
+                | Transpose { .. }
+                | ShardingConstraint { .. }
+        )
+    };
+    let mut needed: Vec<bool> = read_back[..nb].to_vec();
+    let mut saved = Vec::new();
+    for j in (0..nb).rev() {
+        if !needed[j] || !saveable(j) {
+            continue;
+        }
+        if cheap(&v.nodes[j].prim) {
+            for &k in &v.nodes[j].inputs {
+                needed[k] = true;
+            }
+        } else {
+            saved.push(j);
+        }
+    }
+    saved.reverse();
+    saved
 }
 
 /// Copies the live nodes of `f` into the trace of `tracer`, node `i` standing for `subst[i]`
