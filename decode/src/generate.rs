@@ -9,7 +9,7 @@ use gemma::rules::Layout;
 use gemma::Config;
 use graph::{DType, Tensor, Tree};
 use jit::Jit;
-use runtime::{Arg, AsHostView, Client, DeviceArray, HostArray, Mesh, NamedSharding, PartitionSpec};
+use runtime::{Arg, AsHostView, Client, DeviceArray, HostArray, HostView, Mesh, NamedSharding, PartitionSpec};
 use std::time::{Duration, Instant};
 
 /// The smallest prefill program: prompts are padded up to a power of two of at least this
@@ -159,12 +159,17 @@ pub struct Placement {
     pub mesh: Mesh,
     /// Weights also split over `data`.
     pub fsdp: bool,
+    /// Run the decoder layers as one loop (`--scan-layers`): the layer weights and the cache
+    /// are stacked on the devices (`gemma::stack`, `decode::cache_types_with`), so prefill and
+    /// decode compile once per shape whatever the depth. Adapters (LoRA) keep per-layer
+    /// weights and unrolled layers.
+    pub scan: bool,
 }
 
 impl Placement {
-    /// One device, no splitting.
+    /// One device, no splitting, the layers as a loop.
     pub fn single(dtype: DType) -> Placement {
-        Placement { dtype, mesh: Mesh::single(), fsdp: false }
+        Placement { dtype, mesh: Mesh::single(), fsdp: false, scan: true }
     }
 }
 
@@ -176,6 +181,8 @@ pub struct Generator {
     cfg: Config,
     mesh: Mesh,
     fsdp: bool,
+    /// Weights and cache stacked by layer (`Placement::scan`, without adapters).
+    stacked: bool,
     dtype: DType,
     batch: usize,
     cache_len: usize,
@@ -212,7 +219,9 @@ impl Generator {
         cache_len: usize,
         lora: Option<&gemma::lora::Lora>,
     ) -> Result<Generator> {
-        let Placement { dtype, mesh, fsdp } = placement;
+        let Placement { dtype, mesh, fsdp, scan } = placement;
+        let stacking = gemma::stack::Stacking::of(cfg);
+        let stacked = scan && lora.is_none() && stacking.any();
         if batch == 0 || cache_len == 0 {
             return Err(Error::Unsupported(format!("a generator needs rows and slots, got batch {batch}, cache {cache_len}")));
         }
@@ -235,11 +244,35 @@ impl Generator {
         let (jit, scorer, copier) = (on_devices("generate", f), on_devices("score", s), on_devices("copy_rows", copy));
         let mut placed = Tree::new();
         let adapters = lora.map(|l| l.shapes(cfg)).unwrap_or_default();
-        for (name, _) in gemma::param_shapes(cfg).into_iter().chain(adapters) {
-            let host = params.get(&name).ok_or_else(|| Error::Unsupported(format!("the parameters have no {name}")))?.host_view();
+        let shapes = if stacked { stacking.shapes(cfg) } else { gemma::param_shapes(cfg) };
+        let host_of = |name: &str| {
+            Ok::<_, Error>(params.get(name).ok_or_else(|| Error::Unsupported(format!("the parameters have no {name}")))?.host_view())
+        };
+        let own = std::sync::Arc::new(runtime::Ownership::single(mesh.num_devices() as usize));
+        for (name, dims) in shapes.into_iter().chain(adapters) {
+            let path = format!("params.{name}");
+            if stacking.parse(&name).is_some() && stacked {
+                // Each device's region of a stacked weight, read layer by layer from the
+                // checkpoint's tensors: no stacked copy of the model in host memory.
+                let members: Vec<HostView> = stacking.members(&name).iter().map(|m| host_of(m)).collect::<Result<_>>()?;
+                let spec = decode::extend_spec(cfg, &path, &mesh, fsdp).unwrap_or_else(|| PartitionSpec::replicated(dims.len()));
+                let ty = graph::TensorType::new(dtype, &dims);
+                let array = DeviceArray::place_with(client, &own, &NamedSharding::new(mesh.clone(), spec)?, &ty, |_, region| {
+                    let mut bytes = Vec::new();
+                    for g in region[0].clone() {
+                        let piece = members[g as usize].slice(&region[1..])?;
+                        let piece = if piece.dtype() == dtype { piece } else { piece.host_view().convert_float(dtype)? };
+                        bytes.extend_from_slice(piece.bytes());
+                    }
+                    let extent: Vec<i64> = region.iter().map(|r| r.end - r.start).collect();
+                    HostArray::from_bytes(dtype, &extent, bytes)
+                })?;
+                placed.insert(name, array).map_err(graph_error)?;
+                continue;
+            }
+            let host = host_of(&name)?;
             let converted = (host.dtype != dtype).then(|| host.convert_float(dtype)).transpose()?;
             let view = converted.as_ref().map_or(host, |c| c.host_view());
-            let path = format!("params.{name}");
             let spec = decode::extend_spec(cfg, &path, &mesh, fsdp).unwrap_or_else(|| PartitionSpec::replicated(view.dims.len()));
             let array = DeviceArray::place(client, &view, &NamedSharding::new(mesh.clone(), spec)?)?;
             placed.insert(name, array).map_err(graph_error)?;
@@ -249,6 +282,7 @@ impl Generator {
             cfg: cfg.clone(),
             mesh,
             fsdp,
+            stacked,
             dtype,
             batch,
             cache_len,
@@ -273,6 +307,12 @@ impl Generator {
         self.cache_len
     }
 
+    /// Whether the layers run as a loop over stacked weights and cache (`Placement::scan`,
+    /// no adapters, at least one whole period of layers).
+    pub fn scans_layers(&self) -> bool {
+        self.stacked
+    }
+
     /// Programs compiled so far.
     pub fn compiles(&self) -> usize {
         self.jit.stats().compiles + self.scorer.stats().compiles + self.copier.stats().compiles
@@ -284,8 +324,8 @@ impl Generator {
 
     fn empty_cache(&self) -> Result<Tree<DeviceArray>> {
         let mut cache = Tree::new();
-        let spec = decode::cache_spec(&self.cfg, &self.mesh);
-        for (path, ty) in decode::cache_types(&self.cfg, self.dtype, self.batch as i64, self.cache_len as i64) {
+        for (path, ty) in decode::cache_types_with(&self.cfg, self.dtype, self.batch as i64, self.cache_len as i64, self.stacked) {
+            let spec = decode::extend_spec(&self.cfg, &path, &self.mesh, self.fsdp).unwrap_or_else(|| PartitionSpec::replicated(ty.rank()));
             let zeros =
                 HostArray::from_bytes(ty.dtype, &ty.dims, vec![0; ty.dims.iter().product::<i64>() as usize * ty.dtype.size_bytes()])?;
             let array = DeviceArray::place(&self.client, &zeros, &NamedSharding::new(self.mesh.clone(), spec.clone())?)?;

@@ -119,8 +119,9 @@ fn the_checks_see_an_off_by_one_window_and_a_missing_cap() {
 }
 
 /// Greedy generation with the KV cache against transformers' `generate(do_sample=False)`,
-/// token for token, past twice the sliding window; on one device and on data=2,model=2.
-fn greedy_matches(name: &str, mesh: &str) {
+/// token for token, past twice the sliding window; on one device and on data=2,model=2, with
+/// the layers as a loop over a stacked cache or unrolled over a cache per layer.
+fn greedy_matches(name: &str, mesh: &str, scan: bool) {
     let d = dir(name);
     let cfg = Config::from_json_file(&d.join("config.json")).unwrap();
     let ck = data::checkpoint::open(&d).unwrap();
@@ -132,20 +133,23 @@ fn greedy_matches(name: &str, mesh: &str) {
     let (prompts, new_tokens) = (ids(&want["prompts"]), ids(&want["new_tokens"]));
     let mesh = runtime::Mesh::parse(mesh).unwrap();
     let (client, _cache) = testkit::cpu_client(mesh.num_devices() as usize);
-    let placement = decode::Placement { dtype: DType::F32, mesh, fsdp: false };
+    let placement = decode::Placement { dtype: DType::F32, mesh, fsdp: false, scan };
     let mut g = decode::Generator::new(&client, &cfg, &params, placement, 2, 32).unwrap();
+    assert_eq!(g.scans_layers(), scan);
     let refs: Vec<&[i32]> = prompts.iter().map(Vec::as_slice).collect();
     let n = new_tokens[0].len();
     assert!(prompts[0].len() + n > 2 * cfg.sliding_window as usize);
     let out = decode::generate(&mut g, &refs, &[0, 0], n, &mut decode::Sampler::greedy(), &[], |_, _| Ok(false)).unwrap();
-    assert_eq!(out.new_tokens, new_tokens, "{name}: greedy tokens differ from transformers'");
+    assert_eq!(out.new_tokens, new_tokens, "{name} (scan {scan}): greedy tokens differ from transformers'");
 }
 
 #[test]
 fn greedy_generation_matches_transformers_past_twice_the_window() {
     for name in ["gemma2", "gemma3"] {
-        greedy_matches(name, "data=1");
-        greedy_matches(name, "data=2,model=2");
+        for scan in [true, false] {
+            greedy_matches(name, "data=1", scan);
+            greedy_matches(name, "data=2,model=2", scan);
+        }
     }
 }
 

@@ -66,6 +66,11 @@ fn argmax(x: &[f32]) -> i32 {
 /// Greedy prefill + decode of `new` tokens per row on `mesh`, checking every step's logits
 /// against recomputation; returns the new tokens.
 fn check_against_recompute(name: &str, mesh: &str, new: usize) -> Result<Vec<Vec<i32>>> {
+    check_against_recompute_with(name, mesh, new, true)
+}
+
+/// [`check_against_recompute`], the layers as a loop (`scan`) or unrolled.
+fn check_against_recompute_with(name: &str, mesh: &str, new: usize, scan: bool) -> Result<Vec<Vec<i32>>> {
     let dir = fixture(name);
     let cfg = Config::from_json_file(&dir.join("config.json"))?;
     let ck = Checkpoint::open(&dir)?;
@@ -73,7 +78,7 @@ fn check_against_recompute(name: &str, mesh: &str, new: usize) -> Result<Vec<Vec
     let mesh = Mesh::parse(mesh)?;
     let client = Client::open(&PluginSpec::Cpu, Some(4))?;
     let rows = prompts(&dir)?;
-    let mut g = Generator::new(&client, &cfg, &p, Placement { dtype: DType::F32, mesh, fsdp: false }, 2, 32)?;
+    let mut g = Generator::new(&client, &cfg, &p, Placement { dtype: DType::F32, mesh, fsdp: false, scan }, 2, 32)?;
     let mut seqs = rows.clone();
     let refs: Vec<&[i32]> = rows.iter().map(Vec::as_slice).collect();
     let mut logits = g.extend(&refs, &[0, 0])?;
@@ -121,6 +126,9 @@ fn sharded_generation_equals_one_device() -> Result<()> {
     // gqa has 2 kv heads: model=2 splits heads and cache, data=2 the rows.
     let one = check_against_recompute("gqa", "data=1", 6)?;
     assert_eq!(check_against_recompute("gqa", "data=2,model=2", 6)?, one);
+    // Unrolled layers with a cache per layer (--no-scan-layers) generate the same tokens.
+    assert_eq!(check_against_recompute_with("gqa", "data=1", 6, false)?, one);
+    assert_eq!(check_against_recompute_with("gqa", "data=2,model=2", 6, false)?, one);
     Ok(())
 }
 

@@ -211,6 +211,25 @@ impl RematArg {
     }
 }
 
+/// `--scan-layers` / `--no-scan-layers` where nothing is differentiated (generate, eval).
+#[derive(clap::Args, Clone)]
+pub struct ScanArg {
+    /// Run the decoder layers as one loop over their stacked weights and a stacked KV cache (the default): prefill and decode compile in the same time whatever the depth
+    #[arg(long = "scan-layers", overrides_with = "no_scan_layers")]
+    pub scan_layers: bool,
+    /// Unroll the decoder layers, one copy of the layer per layer in the program, with a cache per layer
+    #[arg(long = "no-scan-layers", overrides_with = "scan_layers")]
+    pub no_scan_layers: bool,
+}
+
+impl ScanArg {
+    /// Whether the decoder layers run as a loop (`--scan-layers`, unless `--no-scan-layers`
+    /// comes last).
+    pub fn scan(&self) -> bool {
+        !self.no_scan_layers
+    }
+}
+
 /// Writes to stdout; a reader that stops early (`| head`) is not an error.
 pub fn emit(text: &str) -> Result<()> {
     use std::io::Write;

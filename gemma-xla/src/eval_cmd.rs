@@ -1,6 +1,6 @@
 //! `gemma-xla eval`: scores an HF Gemma checkpoint on a task file (the `eval` crate) as
 //! lm-evaluation-harness does, with the weights and the key/value cache on the devices.
-use crate::args::{model_config, with_adapter, AdapterArg, Dtype, DtypeArg, MeshArgs, PluginArgs};
+use crate::args::{model_config, with_adapter, AdapterArg, Dtype, DtypeArg, MeshArgs, PluginArgs, ScanArg};
 use anyhow::{Context, Result};
 use decode::text::{ModelText, TextTokenizer};
 use decode::{Generator, Placement};
@@ -35,6 +35,8 @@ pub struct EvalArgs {
     plugin: PluginArgs,
     #[command(flatten)]
     adapter: AdapterArg,
+    #[command(flatten)]
+    scan: ScanArg,
 }
 
 /// `scores.jsonl` -> `scores.summary.json`.
@@ -73,7 +75,7 @@ pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
     let adapter = a.adapter.load(&cfg)?;
     let params = with_adapter(data::checkpoint::param_views(&ck, &cfg)?, &adapter)?;
-    let placement = Placement { dtype, mesh, fsdp: a.mesh.fsdp };
+    let placement = Placement { dtype, mesh, fsdp: a.mesh.fsdp, scan: a.scan.scan() };
     let lora = adapter.as_ref().map(|(l, _)| l);
     let mut g = Generator::with_adapters(&client, &cfg, &params, placement, a.batch as usize, eval::cache_len(&items, info.context), lora)?;
     drop(params);

@@ -1,7 +1,7 @@
 //! `gemma-xla generate`: text or token continuations of an HF Gemma checkpoint, with a key/
 //! value cache kept on the devices (`decode::Generator`), or an interactive chat
 //! (`decode::ChatSession`).
-use crate::args::{model_config, with_adapter, AdapterArg, Dtype, DtypeArg, MeshArgs, PluginArgs};
+use crate::args::{model_config, with_adapter, AdapterArg, Dtype, DtypeArg, MeshArgs, PluginArgs, ScanArg};
 use anyhow::{bail, Context, Result};
 use data::npy;
 use decode::text::{ModelText, Stream, TextTokenizer};
@@ -59,6 +59,8 @@ pub struct GenerateArgs {
     plugin: PluginArgs,
     #[command(flatten)]
     adapter: AdapterArg,
+    #[command(flatten)]
+    scan: ScanArg,
 }
 
 /// Prompt ids from a .npy: int32/int64 [batch, len], len >= 1, every id in the vocabulary.
@@ -145,7 +147,7 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     let client = a.plugin.open(Some(mesh.num_devices() as usize))?;
     let adapter = a.adapter.load(&cfg)?;
     let params = with_adapter(data::checkpoint::param_views(&ck, &cfg)?, &adapter)?;
-    let placement = Placement { dtype, mesh: mesh.clone(), fsdp: a.mesh.fsdp };
+    let placement = Placement { dtype, mesh: mesh.clone(), fsdp: a.mesh.fsdp, scan: a.scan.scan() };
     let lora = adapter.as_ref().map(|(l, _)| l);
     let mut g = Generator::with_adapters(&client, &cfg, &params, placement, batch, cache_len, lora)?;
     drop(params);

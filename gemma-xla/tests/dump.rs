@@ -104,29 +104,25 @@ fn bad_input_is_refused() {
 fn prefill_and_decode_programs_dump_on_a_mesh() {
     // gqa has 2 kv heads, so model=2 splits the cache by heads and data=2 its rows.
     let config = "fixtures/gemma/gqa/config.json";
-    for what in ["prefill", "decode"] {
+    for (what, scan) in [("prefill", true), ("decode", true), ("prefill", false), ("decode", false)] {
         let out = scratch(what);
-        let stdout = ok(&[
-            "dump",
-            "--config",
-            config,
-            "--what",
-            what,
-            "--mesh",
-            "data=2,model=2",
-            "--batch",
-            "2",
-            "--seq",
-            "16",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let mut args = vec!["dump", "--config", config, "--what", what, "--mesh", "data=2,model=2", "--batch", "2", "--seq", "16"];
+        if !scan {
+            args.push("--no-scan-layers");
+        }
+        args.extend(["--out", out.to_str().unwrap()]);
+        let stdout = ok(&args);
         for f in ["stablehlo.mlir", "before_optimizations.hlo", "after_spmd_partitioning.hlo", "after_optimizations.hlo", "summary.txt"] {
             assert!(out.join(f).is_file(), "{what}: no {f}");
         }
         let mlir = std::fs::read_to_string(out.join("stablehlo.mlir")).unwrap();
-        // The cache (2 layers x k, v) is donated; prefill takes 16 new tokens per row, decode 1.
-        assert_eq!(mlir.matches("jax.buffer_donor = true").count(), 4, "{what}");
+        // The cache is donated: with the layers as a loop, k and v stacked [layers, rows,
+        // slots, kv heads, head dim] (cache of twice --seq); unrolled, k and v per layer.
+        // Prefill takes 16 new tokens per row, decode 1.
+        let (donated, loops) = if scan { (2, 1) } else { (4, 0) };
+        assert_eq!(mlir.matches("jax.buffer_donor = true").count(), donated, "{what} scan {scan}");
+        assert_eq!(mlir.matches("stablehlo.while").count(), loops, "{what} scan {scan}");
+        assert_eq!(mlir.contains("tensor<2x2x32x2x"), scan, "{what}: the stacked cache");
         let tokens = if what == "prefill" { "tensor<2x16xi32>" } else { "tensor<2x1xi32>" };
         assert!(mlir.contains(tokens), "{what}: no {tokens} argument");
         assert!(total_bytes(&stdout) > 0.0, "{stdout}");

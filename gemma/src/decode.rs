@@ -17,6 +17,7 @@
 use crate::config::{Config, LayerKind};
 use crate::model::{attention_output, embed, finish_block, project_qkv, unembed, Params};
 use crate::rules::{self, Layout};
+use crate::stack::Stacking;
 use graph::{DType, Tensor, TensorType, Tree};
 
 /// The cache's shape for `batch` rows of `cache_len` slots: [B, S, K, H].
@@ -36,12 +37,37 @@ pub fn layer_slots(cfg: &Config, i: usize, cache_len: i64) -> i64 {
 /// The cache's tensors by path: `cache.<layer>.k` and `cache.<layer>.v`, in `dtype`, each
 /// [B, slots, K, H] (see [`layer_slots`]).
 pub fn cache_types(cfg: &Config, dtype: DType, batch: i64, cache_len: i64) -> Vec<(String, TensorType)> {
-    (0..cfg.num_hidden_layers)
-        .flat_map(|i| {
-            let ty = TensorType::new(dtype, &cache_dims(cfg, batch, layer_slots(cfg, i, cache_len)));
-            [(format!("cache.{i}.k"), ty.clone()), (format!("cache.{i}.v"), ty)]
-        })
-        .collect()
+    cache_types_with(cfg, dtype, batch, cache_len, false)
+}
+
+/// The prefix of a cache stacked by layer (see [`cache_types_with`]).
+pub const CACHE_STACKED: &str = "cache.stacked";
+
+/// [`cache_types`]; with `stacked` (the layer weights stacked, `stack::Stacking`) the layers
+/// of the whole periods share `cache.stacked.<j>.k` and `.v` [groups, B, slots, K, H] by
+/// their position `j` in the period (entry `g` is layer `g * period + j`'s), so the layer
+/// loop reads and writes its slice; the layers after the last whole period keep their own.
+pub fn cache_types_with(cfg: &Config, dtype: DType, batch: i64, cache_len: i64, stacked: bool) -> Vec<(String, TensorType)> {
+    let st = Stacking::of(cfg);
+    let mut out = Vec::new();
+    let first = if stacked && st.any() {
+        for j in 0..st.period {
+            let mut dims = vec![st.groups as i64];
+            dims.extend(cache_dims(cfg, batch, layer_slots(cfg, j, cache_len)));
+            let ty = TensorType::new(dtype, &dims);
+            out.push((format!("{CACHE_STACKED}.{j}.k"), ty.clone()));
+            out.push((format!("{CACHE_STACKED}.{j}.v"), ty));
+        }
+        st.groups * st.period
+    } else {
+        0
+    };
+    for i in first..cfg.num_hidden_layers {
+        let ty = TensorType::new(dtype, &cache_dims(cfg, batch, layer_slots(cfg, i, cache_len)));
+        out.push((format!("cache.{i}.k"), ty.clone()));
+        out.push((format!("cache.{i}.v"), ty));
+    }
+    out
 }
 
 pub use crate::rules::{cache_spec, extend_spec};
@@ -58,11 +84,18 @@ pub enum Head {
 /// The argument types of `extend`: `params.<checkpoint name>` and the cache in `dtype`,
 /// `tokens` `[B, T]`, `start` `[B]` and `lengths` `[B]` (s32).
 pub fn extend_args(cfg: &Config, dtype: DType, batch: i64, tokens: i64, cache_len: i64) -> Tree<TensorType> {
+    extend_args_with(cfg, dtype, batch, tokens, cache_len, false)
+}
+
+/// [`extend_args`]; with `stacked` the layer weights are stacked (`stack::Stacking`) and the
+/// cache with them ([`cache_types_with`]): `extend` then runs the layers as a loop.
+pub fn extend_args_with(cfg: &Config, dtype: DType, batch: i64, tokens: i64, cache_len: i64, stacked: bool) -> Tree<TensorType> {
     let mut t = Tree::new();
-    for (name, ty) in crate::model::param_types(cfg, dtype) {
-        t.insert(format!("params.{name}"), ty).expect("internal: checkpoint names are distinct paths");
+    let shapes = if stacked { Stacking::of(cfg).shapes(cfg) } else { crate::model::param_shapes(cfg) };
+    for (name, dims) in shapes {
+        t.insert(format!("params.{name}"), TensorType::new(dtype, &dims)).expect("internal: checkpoint names are distinct paths");
     }
-    for (path, ty) in cache_types(cfg, dtype, batch, cache_len) {
+    for (path, ty) in cache_types_with(cfg, dtype, batch, cache_len, stacked && Stacking::of(cfg).any()) {
         t.insert(path, ty).expect("internal: distinct cache paths");
     }
     t.insert("tokens", TensorType::new(DType::S32, &[batch, tokens])).expect("internal: fixed name");
@@ -102,105 +135,87 @@ pub fn extend_with(
         }
     }
     let dtype = p.get("model.embed_tokens.weight").dtype();
+    // Stacked weights come with a stacked cache, and the layers of the whole periods run as
+    // one loop over both.
+    let st = Stacking::of(cfg);
+    let stacked = p.is_stacked();
     // S: the slots of a global layer's cache (every layer's, when none slides).
     let full = (0..cfg.num_hidden_layers).find(|&i| cfg.layer_types.get(i) != Some(&LayerKind::Sliding)).unwrap_or(0);
-    let s = args.leaf(&format!("cache.{full}.k")).map(|c| c.dims().get(1).copied().unwrap_or(0)).unwrap_or(0);
+    let (full_path, slot_axis) = match stacked && full < st.groups * st.period {
+        true => (format!("{CACHE_STACKED}.{}.k", full % st.period), 2),
+        false => (format!("cache.{full}.k"), 1),
+    };
+    let s = args.leaf(&full_path).map(|c| c.dims().get(slot_axis).copied().unwrap_or(0)).unwrap_or(0);
     if s < 1 {
         return Err(invalid("the cache needs at least one slot".into()));
     }
-    for (path, want) in cache_types(cfg, dtype, b, s) {
-        let c = args.leaf(&path)?;
-        if c.ty() != want {
+    let types = cache_types_with(cfg, dtype, b, s, stacked);
+    for (path, want) in &types {
+        let c = args.leaf(path)?;
+        if &c.ty() != want {
             return Err(invalid(format!("{path} must be {want} (for a cache of {s} slots), got {}", c.ty())));
         }
     }
-    if args.subtree("cache").len() != 2 * cfg.num_hidden_layers {
-        return Err(invalid(format!("the cache must hold exactly cache.<0..{}>.k and .v", cfg.num_hidden_layers)));
+    if args.subtree("cache").len() != types.len() {
+        let names: Vec<&str> = types.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(invalid(format!("the cache must hold exactly {} tensors: {}", types.len(), names.join(", "))));
     }
 
-    let tr = tokens.tracer();
-    let s32 = |dims: &[i64]| TensorType::new(DType::S32, dims);
+    let geo = Geometry { b, t, s, k: cfg.num_key_value_heads, h: cfg.head_dim };
+    let masks = Masks::new(cfg, tokens, start, lengths, &geo);
     let tokens = tokens.convert(DType::S32);
-    // positions [B, T] = start + t
-    let positions = &start.broadcast_in_dim(&[b, t], &[0]) + &tr.iota(&s32(&[b, t]), 1);
-    // query t of row b sees slots s <= its position: [B, T, S]
-    let slot = tr.iota(&s32(&[b, t, s]), 2);
-    let allowed = slot.le(&positions.broadcast_in_dim(&[b, t, s], &[0, 1]));
-    // Rows of the cache flattened to [B*S, K*H]: new token (b, t) goes to row b*S + position,
-    // or nowhere (row B*S, out of range, dropped by the scatter) past the last slot.
-    let inside = positions.lt(&positions.scalar_like(s as f64));
-    let row = &tr.iota(&s32(&[b, t]), 0) * (s as f64) + &positions;
-    let rows = Tensor::select(&inside, &row, &row.scalar_like((b * s) as f64));
-    // The slots being written, [B, S]: start <= s < start + T.
-    let slot_bs = tr.iota(&s32(&[b, s]), 1);
-    let first = start.broadcast_in_dim(&[b, s], &[0]);
-    let written = slot_bs.ge(&first).and(&slot_bs.lt(&(&first + (t as f64))));
-    let (k, h) = (cfg.num_key_value_heads, cfg.head_dim);
-    let cache_dims = [b, s, k, h];
-    let cache_axes = rules::cache_logical(cfg);
-    let write = |cache: &Tensor, new: &Tensor| -> Tensor {
-        let keep = written.broadcast_in_dim(&cache_dims, &[0, 1]);
-        let cleared = Tensor::select(&keep, &cache.scalar_like(0.0), cache);
-        let flat = cleared.reshape(&[b * s, k * h]);
-        let updates = new.convert(cache.dtype()).reshape(&[b, t, k * h]);
-        p.constrain(flat.scatter_add(&rows, &updates).reshape(&cache_dims), &cache_axes)
-    };
-
-    // Sliding layers: a ring of R slots (position p in slot p mod R). Their keys are the
-    // ring's earlier positions then the T new tokens, masked by position: valid, causal and
-    // within the window.
-    let ring = cfg.layer_types.contains(&LayerKind::Sliding).then(|| {
-        let r = cfg.sliding_window.min(s);
-        let last = start - 1.0; // [B]: the last position already in the cache (-1: none)
-        let slot = tr.iota(&s32(&[b, r]), 1);
-        // The position in slot j: the largest p <= last with p = j mod R (negative: empty).
-        let x = &last.broadcast_in_dim(&[b, r], &[0]) - &slot + (r as f64); // >= 0
-        let d = &x - &(&x.div(&x.scalar_like(r as f64)) * (r as f64));
-        let old_pos = &last.broadcast_in_dim(&[b, r], &[0]) - &d;
-        let key_pos = old_pos.concat(&[&positions], 1); // [B, R + T]
-        let valid = old_pos.ge(&old_pos.scalar_like(0.0)).concat(&[&positions.ge(&positions.scalar_like(0.0))], 1);
-        let dims = [b, t, r + t];
-        let kp = key_pos.broadcast_in_dim(&dims, &[0, 2]);
-        let qp = positions.broadcast_in_dim(&dims, &[0, 1]);
-        let mask = valid.broadcast_in_dim(&dims, &[0, 2]).and(&kp.le(&qp)).and(&(&qp - &kp).lt(&qp.scalar_like(cfg.sliding_window as f64)));
-        // What is written: the real new tokens among the last R of them, at p mod R.
-        let tt = tr.iota(&s32(&[b, t]), 1);
-        let len = lengths.broadcast_in_dim(&[b, t], &[0]);
-        let keep = tt.lt(&len).and(&tt.ge(&(&len - (r as f64))));
-        let p_mod = &positions - &(&positions.div(&positions.scalar_like(r as f64)) * (r as f64));
-        let row = &tr.iota(&s32(&[b, t]), 0) * (r as f64) + &p_mod;
-        let rows = Tensor::select(&keep, &row, &row.scalar_like((b * r) as f64));
-        let ones = Tensor::select(&keep, &row.scalar_like(1.0), &row.scalar_like(0.0)).convert(DType::F32).reshape(&[b, t, 1]);
-        let hit = tr.scalar(DType::F32, 0.0).broadcast_in_dim(&[b * r, 1], &[]).scatter_add(&rows, &ones).reshape(&[b, r]);
-        let written = hit.gt(&hit.scalar_like(0.0));
-        (r, mask, rows, written)
-    });
-    let ring_write = |old: &Tensor, new: &Tensor, r: i64, rows: &Tensor, written: &Tensor| -> Tensor {
-        let dims = [b, r, k, h];
-        let fresh = old.zeros_like().reshape(&[b * r, k * h]).scatter_add(rows, &new.convert(old.dtype()).reshape(&[b, t, k * h]));
-        let put = Tensor::select(&written.broadcast_in_dim(&dims, &[0, 1]), &fresh.reshape(&dims), old);
-        p.constrain(put, &cache_axes)
-    };
     let mut out = Tree::new();
     let mut x = embed(cfg, &p, &tokens);
-    for i in 0..cfg.num_hidden_layers {
-        let normed = x.rms_norm(p.layer(i, "input_layernorm.weight"), cfg.rms_norm_eps);
-        let (q, k_new, v_new) = project_qkv(cfg, &p, i, &normed, &positions);
+    let first = if stacked && st.any() {
+        // One loop step runs a period of layers: its weights' and its caches' slices.
+        let mut names = Vec::new();
+        let mut xs = Vec::new();
+        for j in 0..st.period {
+            let weights = p.stacked_at(j);
+            names.push(weights.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+            xs.extend(weights.into_iter().map(|(_, w)| w));
+        }
+        for j in 0..st.period {
+            xs.push(args.leaf(&format!("{CACHE_STACKED}.{j}.k"))?.clone());
+            xs.push(args.leaf(&format!("{CACHE_STACKED}.{j}.v"))?.clone());
+        }
+        let opts = graph::ScanOptions { reverse: false, remat: graph::Remat::None };
+        let r = masks.ring.as_ref().map(|g| g.r);
+        let (carry, ys) = graph::scan("layers", std::slice::from_ref(&x), &xs, &masks.to_vec(), opts, |carry, sl, consts| {
+            let mut tree = Tree::new();
+            let mut it = sl.iter();
+            for (j, layer) in names.iter().enumerate() {
+                for name in layer {
+                    let w = it.next().expect("internal: one slice per stacked weight").clone();
+                    tree.insert(format!("model.layers.{j}.{name}"), w).expect("internal: checkpoint names are distinct paths");
+                }
+            }
+            let inner = p.step_params(tree);
+            let m = Masks::from_vec(consts, r);
+            let mut x = carry[0].clone();
+            let mut ys = Vec::new();
+            for j in 0..st.period {
+                let (k_old, v_old) = (it.next().expect("internal: a k cache per position"), it.next().expect("internal: a v cache"));
+                let (next, k_all, v_all) = layer_step(cfg, &inner, j, &x, k_old, v_old, &m, &geo);
+                x = next;
+                ys.push(k_all);
+                ys.push(v_all);
+            }
+            (vec![x], ys)
+        })?;
+        x = carry[0].clone();
+        for j in 0..st.period {
+            out.insert(format!("{CACHE_STACKED}.{j}.k"), ys[2 * j].clone())?;
+            out.insert(format!("{CACHE_STACKED}.{j}.v"), ys[2 * j + 1].clone())?;
+        }
+        st.groups * st.period
+    } else {
+        0
+    };
+    for i in first..cfg.num_hidden_layers {
         let (k_old, v_old) = (args.leaf(&format!("cache.{i}.k"))?, args.leaf(&format!("cache.{i}.v"))?);
-        let (attention, k_all, v_all) = match (&ring, cfg.layer_types[i]) {
-            (Some((r, mask, rows, written)), LayerKind::Sliding) => {
-                let keys = k_old.concat(&[&k_new.convert(k_old.dtype())], 1);
-                let values = v_old.concat(&[&v_new.convert(v_old.dtype())], 1);
-                let attention = attention_output(cfg, &p, i, &q, &keys, &values, mask);
-                (attention, ring_write(k_old, &k_new, *r, rows, written), ring_write(v_old, &v_new, *r, rows, written))
-            }
-            _ => {
-                let (k_all, v_all) = (write(k_old, &k_new), write(v_old, &v_new));
-                let attention = attention_output(cfg, &p, i, &q, &k_all, &v_all, &allowed);
-                (attention, k_all, v_all)
-            }
-        };
-        x = finish_block(cfg, &p, i, &x, attention).x;
+        let (next, k_all, v_all) = layer_step(cfg, &p, i, &x, k_old, v_old, &masks, &geo);
+        x = next;
         out.insert(format!("cache.{i}.k"), k_all)?;
         out.insert(format!("cache.{i}.v"), v_all)?;
     }
@@ -211,13 +226,162 @@ pub fn extend_with(
         Head::Last => {
             // x at t = lengths - 1 of each row (clamped into the row): [B, 1, D]
             let last = (lengths - 1.0).max(&lengths.scalar_like(0.0)).min(&lengths.scalar_like((t - 1) as f64));
-            let ids = &tr.iota(&s32(&[b]), 0) * (t as f64) + &last;
+            let ids = &x.tracer().iota(&TensorType::new(DType::S32, &[b]), 0) * (t as f64) + &last;
             let x_last = x.reshape(&[b * t, d]).gather(&ids).reshape(&[b, 1, d]);
             unembed(cfg, &p, &x_last).1.reshape(&[b, cfg.vocab_size])
         }
     };
     out.insert("logits", logits.convert(wide))?;
     Ok(out)
+}
+
+/// The sizes `extend` works with: B rows of T new tokens, S slots per global layer's cache,
+/// K kv heads of H dims.
+#[derive(Clone, Copy)]
+struct Geometry {
+    b: i64,
+    t: i64,
+    s: i64,
+    k: i64,
+    h: i64,
+}
+
+/// What every layer of one `extend` call shares: where the new tokens are and which slots
+/// each query sees.
+struct Masks {
+    /// [B, T] s32: start + t.
+    positions: Tensor,
+    /// [B, T, S]: query t of row b sees slot s of a global cache (s <= its position).
+    allowed: Tensor,
+    /// [B, T] s32: the row of the flattened [B*S, K*H] global cache each new token goes to
+    /// (B*S, dropped by the scatter, past the last slot).
+    rows: Tensor,
+    /// [B, S]: the slots being written (start <= s < start + T).
+    written: Tensor,
+    /// Sliding layers' ring of R slots, when any layer slides.
+    ring: Option<Ring>,
+}
+
+struct Ring {
+    r: i64,
+    /// [B, T, R + T]: the ring's earlier positions then the new tokens, valid, causal and
+    /// within the window.
+    mask: Tensor,
+    /// [B, T] s32: the ring row each real new token among the last R goes to (or B*R).
+    rows: Tensor,
+    /// [B, R]: the ring slots written.
+    written: Tensor,
+}
+
+impl Masks {
+    fn new(cfg: &Config, tokens: &Tensor, start: &Tensor, lengths: &Tensor, g: &Geometry) -> Masks {
+        let Geometry { b, t, s, .. } = *g;
+        let tr = tokens.tracer();
+        let s32 = |dims: &[i64]| TensorType::new(DType::S32, dims);
+        let positions = &start.broadcast_in_dim(&[b, t], &[0]) + &tr.iota(&s32(&[b, t]), 1);
+        let slot = tr.iota(&s32(&[b, t, s]), 2);
+        let allowed = slot.le(&positions.broadcast_in_dim(&[b, t, s], &[0, 1]));
+        let inside = positions.lt(&positions.scalar_like(s as f64));
+        let row = &tr.iota(&s32(&[b, t]), 0) * (s as f64) + &positions;
+        let rows = Tensor::select(&inside, &row, &row.scalar_like((b * s) as f64));
+        let slot_bs = tr.iota(&s32(&[b, s]), 1);
+        let first = start.broadcast_in_dim(&[b, s], &[0]);
+        let written = slot_bs.ge(&first).and(&slot_bs.lt(&(&first + (t as f64))));
+        // Sliding layers: a ring of R slots (position p in slot p mod R). Their keys are the
+        // ring's earlier positions then the T new tokens, masked by position: valid, causal
+        // and within the window.
+        let ring = cfg.layer_types.contains(&LayerKind::Sliding).then(|| {
+            let r = cfg.sliding_window.min(s);
+            let last = start - 1.0; // [B]: the last position already in the cache (-1: none)
+            let slot = tr.iota(&s32(&[b, r]), 1);
+            // The position in slot j: the largest p <= last with p = j mod R (negative: empty).
+            let x = &last.broadcast_in_dim(&[b, r], &[0]) - &slot + (r as f64); // >= 0
+            let d = &x - &(&x.div(&x.scalar_like(r as f64)) * (r as f64));
+            let old_pos = &last.broadcast_in_dim(&[b, r], &[0]) - &d;
+            let key_pos = old_pos.concat(&[&positions], 1); // [B, R + T]
+            let valid = old_pos.ge(&old_pos.scalar_like(0.0)).concat(&[&positions.ge(&positions.scalar_like(0.0))], 1);
+            let dims = [b, t, r + t];
+            let kp = key_pos.broadcast_in_dim(&dims, &[0, 2]);
+            let qp = positions.broadcast_in_dim(&dims, &[0, 1]);
+            let window = qp.scalar_like(cfg.sliding_window as f64);
+            let mask = valid.broadcast_in_dim(&dims, &[0, 2]).and(&kp.le(&qp)).and(&(&qp - &kp).lt(&window));
+            // What is written: the real new tokens among the last R of them, at p mod R.
+            let tt = tr.iota(&s32(&[b, t]), 1);
+            let len = lengths.broadcast_in_dim(&[b, t], &[0]);
+            let keep = tt.lt(&len).and(&tt.ge(&(&len - (r as f64))));
+            let p_mod = &positions - &(&positions.div(&positions.scalar_like(r as f64)) * (r as f64));
+            let row = &tr.iota(&s32(&[b, t]), 0) * (r as f64) + &p_mod;
+            let rows = Tensor::select(&keep, &row, &row.scalar_like((b * r) as f64));
+            let ones = Tensor::select(&keep, &row.scalar_like(1.0), &row.scalar_like(0.0)).convert(DType::F32).reshape(&[b, t, 1]);
+            let hit = tr.scalar(DType::F32, 0.0).broadcast_in_dim(&[b * r, 1], &[]).scatter_add(&rows, &ones).reshape(&[b, r]);
+            let written = hit.gt(&hit.scalar_like(0.0));
+            Ring { r, mask, rows, written }
+        });
+        Masks { positions, allowed, rows, written, ring }
+    }
+
+    /// The tensors, in the order [`Masks::from_vec`] reads them (a layer loop's constants).
+    fn to_vec(&self) -> Vec<Tensor> {
+        let mut v = vec![self.positions.clone(), self.allowed.clone(), self.rows.clone(), self.written.clone()];
+        if let Some(g) = &self.ring {
+            v.extend([g.mask.clone(), g.rows.clone(), g.written.clone()]);
+        }
+        v
+    }
+
+    fn from_vec(v: &[Tensor], r: Option<i64>) -> Masks {
+        let ring = r.map(|r| Ring { r, mask: v[4].clone(), rows: v[5].clone(), written: v[6].clone() });
+        Masks { positions: v[0].clone(), allowed: v[1].clone(), rows: v[2].clone(), written: v[3].clone(), ring }
+    }
+}
+
+/// Layer `i` of `p` (the weights `model.layers.<i>.*`, the kind `cfg.layer_types[i]`) over
+/// x [B, T, D] with its caches: the layer's output and the new caches.
+#[allow(clippy::too_many_arguments)]
+fn layer_step(
+    cfg: &Config,
+    p: &Params,
+    i: usize,
+    x: &Tensor,
+    k_old: &Tensor,
+    v_old: &Tensor,
+    m: &Masks,
+    g: &Geometry,
+) -> (Tensor, Tensor, Tensor) {
+    let Geometry { b, t, s, k, h } = *g;
+    let cache_axes = rules::cache_logical(cfg);
+    // A global cache: the slots being written cleared, then the new rows added.
+    let write = |cache: &Tensor, new: &Tensor| -> Tensor {
+        let dims = [b, s, k, h];
+        let keep = m.written.broadcast_in_dim(&dims, &[0, 1]);
+        let cleared = Tensor::select(&keep, &cache.scalar_like(0.0), cache);
+        let flat = cleared.reshape(&[b * s, k * h]);
+        let updates = new.convert(cache.dtype()).reshape(&[b, t, k * h]);
+        p.constrain(flat.scatter_add(&m.rows, &updates).reshape(&dims), &cache_axes)
+    };
+    let ring_write = |old: &Tensor, new: &Tensor, ring: &Ring| -> Tensor {
+        let dims = [b, ring.r, k, h];
+        let fresh =
+            old.zeros_like().reshape(&[b * ring.r, k * h]).scatter_add(&ring.rows, &new.convert(old.dtype()).reshape(&[b, t, k * h]));
+        let put = Tensor::select(&ring.written.broadcast_in_dim(&dims, &[0, 1]), &fresh.reshape(&dims), old);
+        p.constrain(put, &cache_axes)
+    };
+    let normed = x.rms_norm(p.layer(i, "input_layernorm.weight"), cfg.rms_norm_eps);
+    let (q, k_new, v_new) = project_qkv(cfg, p, i, &normed, &m.positions);
+    let (attention, k_all, v_all) = match (&m.ring, cfg.layer_types[i]) {
+        (Some(ring), LayerKind::Sliding) => {
+            let keys = k_old.concat(&[&k_new.convert(k_old.dtype())], 1);
+            let values = v_old.concat(&[&v_new.convert(v_old.dtype())], 1);
+            let attention = attention_output(cfg, p, i, &q, &keys, &values, &ring.mask);
+            (attention, ring_write(k_old, &k_new, ring), ring_write(v_old, &v_new, ring))
+        }
+        _ => {
+            let (k_all, v_all) = (write(k_old, &k_new), write(v_old, &v_new));
+            let attention = attention_output(cfg, p, i, &q, &k_all, &v_all, &m.allowed);
+            (attention, k_all, v_all)
+        }
+    };
+    (finish_block(cfg, p, i, x, attention).x, k_all, v_all)
 }
 
 /// `extend` that scores the new tokens instead of returning logits: with `targets` [B, T]
@@ -261,10 +425,21 @@ pub fn copy_rows(args: &Tree<Tensor>) -> Result<Tree<Tensor>, graph::Error> {
     let source = args.leaf("source")?;
     let mut out = Tree::new();
     for (path, c) in args.subtree("cache").iter() {
-        if source.rank() != 1 || source.dims()[0] != c.dims()[0] {
-            return Err(invalid(format!("source must be [{}] (one row index per cache row), got {}", c.dims()[0], source.ty())));
+        // A stacked cache (`cache.stacked.*`) has its rows on dimension 1.
+        let row_axis = usize::from(path.starts_with("stacked."));
+        let rows = c.dims().get(row_axis).copied().unwrap_or(0);
+        if source.rank() != 1 || source.dims()[0] != rows {
+            return Err(invalid(format!("source must be [{rows}] (one row index per row of cache.{path}), got {}", source.ty())));
         }
-        out.insert(format!("cache.{path}"), c.gather(source))?;
+        let copied = match row_axis {
+            0 => c.gather(source),
+            _ => {
+                let mut perm: Vec<usize> = (0..c.rank()).collect();
+                perm.swap(0, 1);
+                c.transpose(&perm).gather(source).transpose(&perm)
+            }
+        };
+        out.insert(format!("cache.{path}"), copied)?;
     }
     Ok(out)
 }

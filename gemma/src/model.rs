@@ -162,6 +162,35 @@ impl Params {
     pub(crate) fn layer(&self, i: usize, name: &str) -> &Tensor {
         self.get(&format!("model.layers.{i}.{name}"))
     }
+
+    /// Whether the layer weights come stacked (`model.stacked.<j>.<name>`, see `stack`).
+    pub(crate) fn is_stacked(&self) -> bool {
+        self.stacked
+    }
+
+    /// The stacked weights of position `j` in the period: (name within the layer, tensor
+    /// `[groups, ...]`). Empty unless the weights come stacked.
+    pub(crate) fn stacked_at(&self, j: usize) -> Vec<(String, Tensor)> {
+        if !self.stacked {
+            return Vec::new();
+        }
+        self.tree.subtree(&format!("{}.{j}", crate::stack::STACKED)).iter().map(|(name, t)| (name.to_string(), t.clone())).collect()
+    }
+
+    /// The weights of one step of a layer loop, `tree` by checkpoint names
+    /// (`model.layers.<j>.<name>`, `j` the position in the period), with this model's layout
+    /// and adapters.
+    pub(crate) fn step_params(&self, tree: Tree<Tensor>) -> Params {
+        Params {
+            tree,
+            layout: self.layout.clone(),
+            remat: graph::Remat::None,
+            lora: self.lora.clone(),
+            scan: false,
+            layers: false,
+            stacked: false,
+        }
+    }
 }
 
 /// x [B, T, D] times a torch-layout weight [out, D]: [B, T, out].

@@ -374,8 +374,15 @@ pub fn extend_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<
     if let Some(name) = path.strip_prefix("params.") {
         return adapter_spec(cfg, name, mesh, fsdp).or_else(|| param_spec(cfg, name, mesh, fsdp).ok());
     }
-    if path.starts_with("cache.") {
-        return Some(cache_spec(cfg, mesh));
+    if let Some(rest) = path.strip_prefix("cache.") {
+        let spec = cache_spec(cfg, mesh);
+        // A stacked cache (`decode::cache_types_with`): the layer axis first, never split.
+        if rest.starts_with("stacked.") {
+            let mut dims = vec![Vec::new()];
+            dims.extend(spec.dims);
+            return Some(PartitionSpec { dims });
+        }
+        return Some(spec);
     }
     let batch = batch_spec(mesh);
     match path {

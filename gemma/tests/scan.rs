@@ -167,3 +167,80 @@ fn a_stacked_train_state_steps_like_the_per_layer_one() {
     // Every state tensor (3 per checkpoint tensor), the step and the 3 metrics.
     assert_eq!(checked, 3 * gemma::param_shapes(&cfg).len() + 4);
 }
+
+/// A value for a per-layer `extend` argument by path (weights, caches, tokens, start, lengths).
+fn extend_value(cfg: &Config, path: &str, dims: &[i64]) -> ArrayD<f64> {
+    let seed = path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    match path {
+        "tokens" => values(dims, 9, 1.0).mapv(|v| ((v + 1.0) * (cfg.vocab_size as f64 / 2.0 - 1.0)).floor()),
+        // Row 0 fills an empty cache; row 1 continues after 3 cached positions with 2 real tokens.
+        "start" => ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.0, 3.0]).unwrap(),
+        "lengths" => ArrayD::from_shape_vec(IxDyn(&[2]), vec![5.0, 2.0]).unwrap(),
+        _ => values(dims, seed, 0.3),
+    }
+}
+
+#[test]
+fn a_stacked_cache_extends_like_the_per_layer_one() {
+    // Prefill into stacked weights and a stacked cache (the layers as a loop) against the
+    // unrolled layers with a cache per layer: the same logits and the same new caches, for
+    // whole periods only and with layers after the last period, global and sliding layers.
+    let cases = [
+        ("gemma 1, 3 layers", deeper(Config::preset("tiny").unwrap(), 3)),
+        ("gemma 2, 5 layers", deeper(fixture_config("gemma2"), 5)),
+        ("gemma 3, 8 layers", deeper(fixture_config("gemma3"), 8)),
+    ];
+    for (what, cfg) in &cases {
+        let stacking = gemma::stack::Stacking::of(cfg);
+        let trace = |stacked: bool| {
+            let types = gemma::decode::extend_args_with(cfg, DType::F64, 2, 5, 12, stacked);
+            graph::trace_tree("extend", &types, |a: &Tree<Tensor>| gemma::decode::extend(cfg, a, gemma::decode::Head::All, None).unwrap())
+                .unwrap()
+        };
+        let (plain, stacked) = (trace(false), trace(true));
+        assert_eq!(plain.count("scan"), 0, "{what}");
+        assert_eq!(stacked.count("scan"), 1, "{what}");
+        // The per-layer name of entry g of a stacked argument or output.
+        let member = |name: &str, g: usize| -> Option<String> {
+            if let Some(rest) = name.strip_prefix("params.") {
+                return stacking.layer_name(rest, g).map(|n| format!("params.{n}"));
+            }
+            let (j, kv) = name.strip_prefix("cache.stacked.")?.split_once('.')?;
+            Some(format!("cache.{}.{kv}", g * stacking.period + j.parse::<usize>().ok()?))
+        };
+        let arg = |name: &str, dims: &[i64]| -> ArrayD<f64> {
+            match member(name, 0) {
+                Some(_) => {
+                    let parts: Vec<ArrayD<f64>> =
+                        (0..stacking.groups).map(|g| extend_value(cfg, &member(name, g).unwrap(), &dims[1..])).collect();
+                    let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
+                    ndarray::stack(ndarray::Axis(0), &views).unwrap()
+                }
+                None => extend_value(cfg, name, dims),
+            }
+        };
+        let run = |f: &graph::Function| {
+            let args: Vec<ArrayD<f64>> = f.params.iter().map(|p| arg(&p.name, &p.ty.dims)).collect();
+            f.outputs.iter().map(|o| o.name.clone()).zip(graph::eval(f, &args).unwrap()).collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let (want, got) = (run(&plain), run(&stacked));
+        let mut unstacked = std::collections::BTreeMap::new();
+        for (name, v) in &got {
+            match member(name, 0) {
+                Some(_) => {
+                    for g in 0..stacking.groups {
+                        unstacked.insert(member(name, g).unwrap(), v.index_axis(ndarray::Axis(0), g).to_owned());
+                    }
+                }
+                None => {
+                    unstacked.insert(name.clone(), v.clone());
+                }
+            }
+        }
+        assert_eq!(unstacked.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{what}: outputs");
+        for (name, w) in &want {
+            let worst = (&unstacked[name] - w).mapv(f64::abs).fold(0.0, |m: f64, &v| m.max(v));
+            assert!(worst <= 1e-12, "{what}: {name} differs by {worst}");
+        }
+    }
+}

@@ -52,8 +52,8 @@ pub fn write_dump(
 /// dtype `dtype`, without compiling: the StableHLO and the compile options that `train` and
 /// `generate` would use. `client` may be None (compiling ahead of time for a topology); the
 /// train step uses `Hyper::default()` (what `train` runs with no flags) with `dtype` and
-/// `remat`; `scan` runs the decoder layers of the train step and forward as one loop
-/// (`--scan-layers`); `cache_len` is the KV cache of prefill and decode (default twice `seq`).
+/// `remat`; `scan` runs the decoder layers of the train step, forward, prefill and decode as
+/// one loop (`--scan-layers`); `cache_len` is the KV cache of prefill and decode (default twice `seq`).
 pub fn lower(
     client: Option<&Client>,
     setup: &Setup,
@@ -95,7 +95,8 @@ pub fn lower(
             .with_mesh(mesh.clone())
             .donate("cache")
             .with_rule(|path, _| rules::extend_spec(cfg, path, mesh, fsdp));
-            let types = gemma::decode::extend_args(cfg, dtype, batch, new, cache_len);
+            // With `scan`, weights and cache stacked by layer, as `generate` places them.
+            let types = gemma::decode::extend_args_with(cfg, dtype, batch, new, cache_len, scan);
             jit.lower(&with_specs(&types, |p| rules::extend_spec(cfg, p, mesh, fsdp)))?
         }
         other => bail!("--what {other}: unknown program (one of {})", PROGRAMS.join(", ")),

@@ -438,6 +438,9 @@ impl Pinned {
         let mut cmd = Command::new(python());
         cmd.args(["-c", wrapper, "install", "--quiet", "--no-deps", "--require-hashes", "--target"]).arg(target).arg("-r").arg(&req);
         cmd.args(self.pip_args);
+        // No advice on stderr (running as root, a newer pip): through the environment, which
+        // a pip too old for these options ignores.
+        cmd.env("PIP_ROOT_USER_ACTION", "ignore").env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
         if offline {
             cmd.arg("--no-index");
         }

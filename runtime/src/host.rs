@@ -81,6 +81,18 @@ impl HostView<'_> {
     pub fn type_string(&self) -> String {
         self.ty().to_string()
     }
+
+    /// The box `region` (one range per dimension) of the array, as a new array.
+    pub fn slice(&self, region: &[Range<i64>]) -> Result<HostArray> {
+        if region.len() != self.dims.len() || region.iter().zip(self.dims).any(|(r, &n)| r.start < 0 || r.start > r.end || r.end > n) {
+            return Err(Error::Argument(format!("region {region:?} is not inside {}", self.type_string())));
+        }
+        let extent: Vec<i64> = region.iter().map(|r| r.end - r.start).collect();
+        let mut out = vec![0u8; element_count(&extent)? * self.dtype.size_bytes()];
+        let (at, zero): (Vec<i64>, Vec<i64>) = region.iter().map(|r| (r.start, 0)).unzip();
+        sharding::copy_box(self.bytes, self.dims, &at, &mut out, &extent, &zero, &extent, self.dtype.size_bytes());
+        HostArray::from_bytes(self.dtype, &extent, out)
+    }
 }
 
 /// Anything that can be read as a host array without copying.
@@ -202,14 +214,7 @@ impl HostArray {
 
     /// The box `region` (one range per dimension) of the array, as a new array.
     pub fn slice(&self, region: &[Range<i64>]) -> Result<HostArray> {
-        if region.len() != self.dims.len() || region.iter().zip(&self.dims).any(|(r, &n)| r.start < 0 || r.start > r.end || r.end > n) {
-            return Err(Error::Argument(format!("region {region:?} is not inside {}", self.type_string())));
-        }
-        let extent: Vec<i64> = region.iter().map(|r| r.end - r.start).collect();
-        let mut out = vec![0u8; element_count(&extent)? * self.dtype.size_bytes()];
-        let (at, zero): (Vec<i64>, Vec<i64>) = region.iter().map(|r| (r.start, 0)).unzip();
-        sharding::copy_box(&self.data, &self.dims, &at, &mut out, &extent, &zero, &extent, self.dtype.size_bytes());
-        HostArray::from_bytes(self.dtype, &extent, out)
+        self.host_view().slice(region)
     }
 
     /// The array at the top-left corner of a zero array of the larger shape `dims` (a shard
