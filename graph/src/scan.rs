@@ -471,6 +471,20 @@ pub(crate) fn vjp(s: &Scan, node: &Tensor, x: &[Tensor], needs: &[bool], cts: &[
         for &id in &pv[c + nx..c + nx + nk] {
             subst.insert(id, it.next().expect("internal: counted"));
         }
+        // With remat, what the step recomputes from (saved carries and values, this step's
+        // slices) goes through an optimization barrier with the incoming cotangents, as a
+        // rematerialised block outside a loop does: XLA then keeps the recomputation apart
+        // from the backward step's own work.
+        if s.remat != Remat::None {
+            let after: Vec<Tensor> = ct_carry.iter().chain(&ct_y).cloned().collect();
+            let refs: Vec<&Tensor> = after.iter().collect();
+            let fenced: Vec<usize> =
+                saved_carries.iter().map(|&k| pv[k]).chain(used_xs.iter().map(|&j| pv[c + j])).chain(saved.iter().copied()).collect();
+            for id in fenced {
+                let t = subst[&id].barrier(&refs);
+                subst.insert(id, t);
+            }
+        }
         // The VJP's cotangent parameters: one per body output, after the body's parameters.
         let tracer = Tracer::current().expect("internal: inside trace");
         for o in 0..body.outputs.len() {

@@ -123,6 +123,14 @@ fn remat_policies_decide_what_the_forward_loop_saves() {
     assert_eq!(full, 3 + 1, "full: only the carry h is saved");
     assert_eq!(dots, 3 + 2, "save-dots: the carry h and the dot");
     assert_eq!(none, 3 + 2, "none: the carry h and the dot");
+    // With remat the backward step recomputes behind optimization barriers (so XLA keeps the
+    // recomputation apart, as for a rematerialised block outside a loop); without, none.
+    let barriers = |remat| {
+        let g = value_and_grad(&scanned(ScanOptions { reverse: false, remat }), &[0, 1, 2, 3]).unwrap();
+        g.to_stablehlo().unwrap().matches("stablehlo.optimization_barrier").count()
+    };
+    assert_eq!(barriers(Remat::None), 0);
+    assert!(barriers(Remat::Full) > 0 && barriers(Remat::SaveDots) > 0);
 }
 
 #[test]

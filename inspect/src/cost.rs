@@ -52,6 +52,28 @@ pub struct StepCost {
     pub matmul_flops_once: f64,
     /// Collectives by kind and axes, in order of first appearance.
     pub collectives: Vec<Collectives>,
+    /// Every collective instruction, in program order: where the totals come from.
+    pub instances: Vec<Instance>,
+}
+
+/// One collective instruction of the program.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// The opcode, as in [`Collectives::op`].
+    pub op: String,
+    /// The mesh axes its groups span, as in [`Collectives::axes`].
+    pub axes: String,
+    /// The instruction's name.
+    pub name: String,
+    /// The computation it is in.
+    pub computation: String,
+    /// Runs per step (loop trips included).
+    pub runs: u64,
+    /// Bytes of its result per chip, per run.
+    pub bytes: u64,
+    /// Its `op_name` metadata, which names the source op (`reshape.204`, or JAX's
+    /// `jit(step)/transpose(jvp())/while/body/...`).
+    pub op_name: String,
 }
 
 impl StepCost {
@@ -384,6 +406,15 @@ pub fn step_cost(after: &str, mesh: &Mesh) -> StepCost {
             "reduce-scatter" => (g - 1.0) * bytes as f64,
             _ => bytes as f64,
         };
+        cost.instances.push(Instance {
+            op: op.clone(),
+            axes: axes.clone(),
+            name: i.name.clone(),
+            computation: i.computation.clone(),
+            runs: r,
+            bytes,
+            op_name: crate::summary::op_name(&i.line).unwrap_or_default().to_string(),
+        });
         match cost.collectives.iter_mut().find(|c| c.op == op && c.axes == axes) {
             Some(c) => {
                 c.instructions += 1;

@@ -302,7 +302,7 @@ pub(crate) fn attr<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     Some(rest)
 }
 
-fn op_name(line: &str) -> Option<&str> {
+pub(crate) fn op_name(line: &str) -> Option<&str> {
     let meta = attr(line, "metadata=")?;
     let start = meta.find("op_name=\"")? + 9;
     meta[start..].split('"').next()
@@ -414,7 +414,9 @@ pub(crate) fn expand_groups(text: &str) -> Option<Vec<Vec<i64>>> {
 }
 
 /// XLA's mesh form `mesh['axis_0'=2,'axis_1'=2] {'axis_1'}`: the devices that differ only
-/// along the listed axes (XLA's axis_k is the k-th axis of our mesh when the sizes agree).
+/// along the listed axes, every axis when none are listed (`mesh['axis_0'=4]`: one group of
+/// all). XLA's axis_k is the k-th axis of our mesh when the sizes agree, or the k-th of our
+/// axes longer than 1 (XLA leaves out axes of size 1).
 pub(crate) fn mesh_groups(text: &str, mesh: &Mesh) -> Option<Vec<Vec<i64>>> {
     let rest = text.trim().strip_prefix("mesh[")?;
     let (axes, listed) = rest.split_once(']')?;
@@ -425,17 +427,29 @@ pub(crate) fn mesh_groups(text: &str, mesh: &Mesh) -> Option<Vec<Vec<i64>>> {
             Some((n.trim().trim_matches('\'').to_string(), s.trim().parse().ok()?))
         })
         .collect::<Option<_>>()?;
-    if sizes.len() != mesh.axes().len() || sizes.iter().zip(mesh.axes()).any(|((_, a), (_, b))| a != b) {
+    let ours = mesh.axes();
+    let same = |picked: &[usize]| picked.len() == sizes.len() && picked.iter().zip(&sizes).all(|(&k, (_, n))| ours[k].1 == *n);
+    let all: Vec<usize> = (0..ours.len()).collect();
+    let longer: Vec<usize> = (0..ours.len()).filter(|&k| ours[k].1 > 1).collect();
+    let to_ours = if same(&all) {
+        all
+    } else if same(&longer) {
+        longer
+    } else {
         return None;
-    }
-    let listed: Vec<usize> = listed
-        .trim()
-        .trim_start_matches('{')
-        .trim_end_matches('}')
-        .split(',')
-        .filter(|a| !a.trim().is_empty())
-        .map(|a| sizes.iter().position(|(n, _)| n == a.trim().trim_matches('\'')))
-        .collect::<Option<_>>()?;
+    };
+    let listed = listed.trim();
+    let listed: Vec<usize> = if listed.is_empty() {
+        to_ours.clone()
+    } else {
+        listed
+            .trim_start_matches('{')
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| sizes.iter().position(|(n, _)| n == a.trim().trim_matches('\'')).map(|i| to_ours[i]))
+            .collect::<Option<_>>()?
+    };
     let mut groups: BTreeMap<Vec<i64>, Vec<i64>> = BTreeMap::new();
     for d in 0..mesh.num_devices() {
         let key: Vec<i64> = mesh.coords(d).iter().enumerate().filter(|(k, _)| !listed.contains(k)).map(|(_, c)| *c).collect();
@@ -550,6 +564,17 @@ mod tests {
         assert_eq!(axes_of(&[vec![0, 1, 2, 3]], &mesh), "data+model");
         assert_eq!(mesh_groups("mesh['axis_0'=2,'axis_1'=2] {'axis_0'}", &mesh), Some(vec![vec![0, 2], vec![1, 3]]));
         assert_eq!(mesh_groups("mesh['axis_0'=2,'axis_1'=2] {'axis_1'}", &mesh), Some(vec![vec![0, 1], vec![2, 3]]));
+        // No axes listed: one group of every device.
+        assert_eq!(mesh_groups("mesh['axis_0'=2,'axis_1'=2]", &mesh), Some(vec![vec![0, 1, 2, 3]]));
+        // XLA leaves out our axes of size 1: its axis_0 is our data=4.
+        let fsdp = Mesh::parse("data=4,model=1").unwrap();
+        let groups = mesh_groups("mesh['axis_0'=4]", &fsdp).unwrap();
+        assert_eq!((groups.clone(), axes_of(&groups, &fsdp)), (vec![vec![0, 1, 2, 3]], "data".to_string()));
+        let tp = Mesh::parse("data=1,model=2").unwrap();
+        assert_eq!(axes_of(&mesh_groups("mesh['axis_0'=2] {'axis_0'}", &tp).unwrap(), &tp), "model");
+        assert_eq!(mesh_groups("mesh['axis_0'=3]", &fsdp), None, "sizes that match no axes");
+        let line = "%ag = bf16[8]{0} all-gather(%x), channel_id=1, replica_groups=mesh['axis_0'=4], dimensions={0}";
+        assert_eq!(attr(line, "replica_groups="), Some("mesh['axis_0'=4]"));
     }
 
     #[test]

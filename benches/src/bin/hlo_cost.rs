@@ -3,7 +3,9 @@
 //! without the trips, and collectives by kind with bytes per chip. Used by benches/compile.sh
 //! on both our program and JAX's.
 //!
-//! hlo_cost HLO.txt MESH      (MESH e.g. data=2,model=2) prints one JSON line
+//! hlo_cost HLO.txt MESH [--each]   (MESH e.g. data=2,model=2) prints one JSON line; with
+//! `--each`, then one line per collective instruction: runs, op, axes, bytes per run, name,
+//! computation and op_name, most bytes first.
 use anyhow::{Context, Result};
 
 fn main() -> Result<()> {
@@ -31,5 +33,12 @@ fn main() -> Result<()> {
         c.sent(),
         coll.join(", ")
     );
+    if a.iter().any(|x| x == "--each") {
+        let mut each = c.instances.clone();
+        each.sort_by_key(|i| std::cmp::Reverse(i.runs * i.bytes));
+        for i in each {
+            println!("{:>6} {} over {} {} B {} in {} ({})", i.runs, i.op, i.axes, i.bytes, i.name, i.computation, i.op_name);
+        }
+    }
     Ok(())
 }
