@@ -547,13 +547,16 @@ pub(crate) fn vjp(s: &Scan, node: &Tensor, x: &[Tensor], needs: &[bool], cts: &[
 }
 
 /// What the forward loop saves when nothing is to be recomputed (`Remat::None`): the values
-/// the backward step reads, except that a conversion or layout op (a convert, a broadcast, a
-/// reshape, a transpose, a sharding constraint) is redone from its operand rather than stored
-/// for every step, its operand being saved (or redone) in its place. So the loop stores no
-/// broadcast copies or f32 copies of bf16 values; the results of arithmetic, however cheap,
-/// are stored, as JAX's `lax.scan` stores them: recomputing them too halves the stored values
-/// again (28-layer step on v5e:2x2: 1.19 against 2.38 GiB of temporaries) but makes XLA's
-/// TPU compile about 10% slower (more work in the fused backward kernels).
+/// the backward step reads, except that a conversion, layout op (convert, broadcast,
+/// reshape, transpose, sharding constraint) or simple arithmetic (add, subtract, multiply,
+/// negate, min/max, compare, select) is redone from its operands rather than stored for
+/// every step, its operands being saved (or redone) in its place. Matmuls, reductions and
+/// transcendental functions (tanh, exp, rsqrt, ...) are stored. Measured on the 28-layer step
+/// for v5e:2x2 (benches/compile.sh): storing also the arithmetic (as JAX's `lax.scan` does)
+/// takes 2.38 instead of 1.48 GiB of temporaries per chip, and for Gemma 2B FSDP lets XLA
+/// gather weights more often (28.5 against 26.2 GiB sent per chip per step); redoing also
+/// the transcendental functions saves more memory (1.19 GiB) but makes XLA's TPU compile
+/// about 10% slower.
 fn saved_without_remat(v: &Function, nb: usize, read_back: &[bool], saveable: &dyn Fn(usize) -> bool) -> Vec<usize> {
     let cheap = |p: &Prim| {
         use Prim::*;
@@ -566,6 +569,16 @@ fn saved_without_remat(v: &Function, nb: usize, read_back: &[bool], saveable: &d
                 | Reshape { .. }
                 | Transpose { .. }
                 | ShardingConstraint { .. }
+                | Neg
+                | Add
+                | Sub
+                | Mul
+                | Max
+                | Min
+                | And
+                | Or
+                | Compare(_)
+                | Select
         )
     };
     let mut needed: Vec<bool> = read_back[..nb].to_vec();

@@ -117,12 +117,12 @@ fn remat_policies_decide_what_the_forward_loop_saves() {
         forward.unwrap()
     };
     // Carries (2) and ys (1), then: Full saves only the float carry h, SaveDots the carry and
-    // the dot; None what the backward step reads but for layout ops: the carry h, the tanh
-    // (its VJP reads it) and h' (the product with x reads it).
+    // the dot; None what the backward step reads but for layout ops and simple arithmetic:
+    // the carry h and the tanh (its VJP reads it; h' = tanh + x is redone from it).
     let (none, full, dots) = (results(Remat::None), results(Remat::Full), results(Remat::SaveDots));
     assert_eq!(full, 3 + 1, "full: only the carry h is saved");
     assert_eq!(dots, 3 + 2, "save-dots: the carry h and the dot");
-    assert_eq!(none, 3 + 3, "none: the carry h, the tanh and h'");
+    assert_eq!(none, 3 + 2, "none: the carry h and the tanh");
     // With remat the backward step recomputes behind optimization barriers (so XLA keeps the
     // recomputation apart, as for a rematerialised block outside a loop); without, none.
     let barriers = |remat| {
