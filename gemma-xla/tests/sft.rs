@@ -33,7 +33,10 @@ fn chat_fine_tuning_matches_a_float64_reference() {
         // f32 against float64. With the model axis split, XLA sums the matmuls' partial
         // products across devices in another order; after three AdamW updates at lr 1e-2 the
         // gradient norm then moves by up to 6e-5 relative (measured), the loss by under 2e-6.
-        let norm_tolerance = if mesh.contains("model=2") { 1e-4 } else { 2e-5 };
+        // On one device, with the layers as a loop (the default), XLA fuses the backward
+        // step's recomputed values differently from the unrolled program's: 2.5e-5 measured
+        // at step 4 (under 2e-5 unrolled).
+        let norm_tolerance = if mesh.contains("model=2") { 1e-4 } else { 4e-5 };
         for (s, m) in metrics.iter().enumerate() {
             let (l, g) = (m["loss"].as_f64().unwrap(), m["grad_norm"].as_f64().unwrap());
             assert!((l - loss[s]).abs() <= 2e-5 * loss[s], "{mesh} step {}: loss {l} vs {}", s + 1, loss[s]);
@@ -52,9 +55,10 @@ fn chat_fine_tuning_matches_a_float64_reference() {
             }
         }
         eprintln!("{mesh}: final weights within {worst:e} of the reference (scaled by the tensor's largest value)");
-        // Measured: 8.2e-5 on one device, 3.1e-4 with the model axis split (the same f32
-        // reduction-order drift as the gradient norm, through AdamW's normalised updates).
-        let weight_tolerance = if mesh.contains("model=2") { 5e-4 } else { 1e-4 };
+        // Measured: 8.2e-5 on one device with the layers unrolled, 1.2e-4 with them as a loop
+        // (the default), 3.1e-4 with the model axis split (the same f32 reduction-order drift
+        // as the gradient norm, through AdamW's normalised updates).
+        let weight_tolerance = if mesh.contains("model=2") { 5e-4 } else { 2e-4 };
         assert!(worst <= weight_tolerance, "{mesh}: final weights differ by {worst:e} (scaled)");
     }
 }
