@@ -182,15 +182,8 @@ pub fn extend_with(
         let opts = graph::ScanOptions { reverse: false, remat: graph::Remat::None };
         let r = masks.ring.as_ref().map(|g| g.r);
         let (carry, ys) = graph::scan("layers", std::slice::from_ref(&x), &xs, &masks.to_vec(), opts, |carry, sl, consts| {
-            let mut tree = Tree::new();
             let mut it = sl.iter();
-            for (j, layer) in names.iter().enumerate() {
-                for name in layer {
-                    let w = it.next().expect("internal: one slice per stacked weight").clone();
-                    tree.insert(format!("model.layers.{j}.{name}"), w).expect("internal: checkpoint names are distinct paths");
-                }
-            }
-            let inner = p.step_params(tree);
+            let inner = p.step_params(&names, &mut it);
             let m = Masks::from_vec(consts, r);
             let mut x = carry[0].clone();
             let mut ys = Vec::new();

@@ -177,10 +177,17 @@ impl Params {
         self.tree.subtree(&format!("{}.{j}", crate::stack::STACKED)).iter().map(|(name, t)| (name.to_string(), t.clone())).collect()
     }
 
-    /// The weights of one step of a layer loop, `tree` by checkpoint names
-    /// (`model.layers.<j>.<name>`, `j` the position in the period), with this model's layout
-    /// and adapters.
-    pub(crate) fn step_params(&self, tree: Tree<Tensor>) -> Params {
+    /// The weights of one step of a layer loop, with this model's layout and adapters: the
+    /// next slices of `slices` named, in order, `model.layers.<j>.<name>` for each `name` of
+    /// `names[j]` (`j` the position in the period).
+    pub(crate) fn step_params<'a>(&self, names: &[Vec<String>], slices: &mut impl Iterator<Item = &'a Tensor>) -> Params {
+        let mut tree = Tree::new();
+        for (j, layer) in names.iter().enumerate() {
+            for name in layer {
+                let w = slices.next().expect("internal: one slice per stacked weight").clone();
+                tree.insert(format!("model.layers.{j}.{name}"), w).expect("internal: checkpoint names are distinct paths");
+            }
+        }
         Params {
             tree,
             layout: self.layout.clone(),
@@ -410,23 +417,7 @@ fn scan_layers(cfg: &Config, p: &Params, x: &Tensor, positions: &Tensor, mask: &
     let opts = graph::ScanOptions { reverse: false, remat: p.remat };
     let collect = p.layers;
     let traced = graph::scan("layers", std::slice::from_ref(x), &stacked, &consts, opts, |carry, w, k| {
-        let mut tree = Tree::new();
-        let mut it = w.iter();
-        for (j, layer) in names.iter().enumerate() {
-            for name in layer {
-                let t = it.next().expect("internal: one slice per stacked weight").clone();
-                tree.insert(format!("model.layers.{j}.{name}"), t).expect("internal: checkpoint names are distinct paths");
-            }
-        }
-        let inner = Params {
-            tree,
-            layout: p.layout.clone(),
-            remat: graph::Remat::None,
-            lora: p.lora.clone(),
-            scan: false,
-            layers: false,
-            stacked: false,
-        };
+        let inner = p.step_params(&names, &mut w.iter());
         let (positions, global) = (&k[0], &k[1]);
         let mut x = carry[0].clone();
         let mut ys = Vec::new();
