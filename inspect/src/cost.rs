@@ -160,24 +160,9 @@ impl Module {
 fn operands(line: &str) -> Option<Vec<&str>> {
     let body = line.strip_prefix("ROOT ").unwrap_or(line);
     let (_, rest) = body.split_once(" = ")?;
-    // Skip the result shape (a layout may hold parentheses, `{:T(128)}`): the operand list
-    // follows the opcode.
-    let start = if rest.starts_with('(') {
-        let mut depth = 0;
-        let end = rest.char_indices().find_map(|(i, c)| {
-            match c {
-                '(' => depth += 1,
-                ')' => depth -= 1,
-                _ => {}
-            }
-            (depth == 0).then_some(i)
-        })?;
-        end + 1 + rest[end + 1..].find('(')?
-    } else {
-        let space = rest.find(' ')?;
-        space + rest[space..].find('(')?
-    };
-    let inner = &rest[start + 1..];
+    // The operand list follows the result shape and the opcode.
+    let (_, after) = crate::summary::split_shape(rest)?;
+    let inner = &after[after.find('(')? + 1..];
     let (mut depth, mut parts, mut from) = (0i32, Vec::new(), 0);
     for (i, c) in inner.char_indices() {
         match c {

@@ -240,25 +240,30 @@ impl Hlo {
     }
 }
 
+/// What follows `name = ` in an instruction line, split into the result shape (a tuple's
+/// parentheses, layouts such as `{:T(128)}` included) and the rest (`opcode(operands), ...`).
+pub(crate) fn split_shape(rest: &str) -> Option<(&str, &str)> {
+    if !rest.starts_with('(') {
+        return rest.split_once(' ');
+    }
+    let mut depth = 0;
+    let end = rest.char_indices().find_map(|(i, c)| {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        (depth == 0).then_some(i)
+    })?;
+    Some((&rest[..=end], rest[end + 1..].trim_start()))
+}
+
 /// `[ROOT ]%name = shape opcode(operands), attributes`.
 pub(crate) fn parse_instr(line: &str, computation: &str) -> Option<Instr> {
     let line_body = line.strip_prefix("ROOT ").unwrap_or(line);
     let (name, rest) = line_body.split_once(" = ")?;
     let name = name.trim_start_matches('%').to_string();
-    let (shape, rest) = if rest.starts_with('(') {
-        let mut depth = 0;
-        let end = rest.char_indices().find_map(|(i, c)| {
-            match c {
-                '(' => depth += 1,
-                ')' => depth -= 1,
-                _ => {}
-            }
-            (depth == 0).then_some(i)
-        })?;
-        (&rest[..=end], rest[end + 1..].trim_start())
-    } else {
-        rest.split_once(' ')?
-    };
+    let (shape, rest) = split_shape(rest)?;
     let opcode = rest.split('(').next()?.trim().to_string();
     if opcode.is_empty() || opcode.contains(' ') {
         return None;
