@@ -115,7 +115,7 @@ fn eval_node(node: &Node, x: &[&Arr], from: DType, args: &[Arr]) -> Result<Arr, 
             algorithm's output to the implementation), so there is no reference for it"
             .into()),
         Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Logistic | Abs | Sign | Sin | Cos | StopGradient => Ok(x[0].mapv(unary(&node.prim))),
-        ShardingConstraint { .. } | OptimizationBarrier => Ok(x[0].clone()),
+        ShardingConstraint { .. } | OptimizationBarrier | CotangentBarrier => Ok(x[0].clone()),
         Convert { dtype: to } => Ok(x[0].mapv(|v| convert(from, *to, v))),
         BitcastConvert { dtype: to } => Ok(x[0].mapv(|v| from_bits(*to, to_bits(from, v)))),
         Add | Sub | Mul | Div | Pow | Max | Min | And | Or | ShiftRightLogical | Compare(_) => {

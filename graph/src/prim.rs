@@ -224,6 +224,10 @@ pub enum Prim {
     /// Operand 0 unchanged, available only once every operand is (XLA's
     /// `optimization_barrier`); the cotangent goes to operand 0 only.
     OptimizationBarrier,
+    /// Operand 0 unchanged (it lowers to nothing); its cotangent goes through an
+    /// `OptimizationBarrier`, so XLA computes the cotangent once, into memory, instead of
+    /// fusing its computation into every op that reads it.
+    CotangentBarrier,
     // loops
     /// A loop over the leading axis of stacked operands (JAX's `lax.scan`): the operands are
     /// the initial carries, the stacked inputs `[length, ...]` and the loop-invariant
@@ -310,7 +314,7 @@ impl Prim {
             Gather | ScatterAdd => Family::Indexing,
             RngBitGenerator { .. } => Family::Random,
             ShardingConstraint { .. } => Family::Sharding,
-            OptimizationBarrier => Family::Barrier,
+            OptimizationBarrier | CotangentBarrier => Family::Barrier,
             Scan(_) | ScanResult { .. } => Family::Loop,
         }
     }

@@ -569,6 +569,7 @@ fn saved_without_remat(v: &Function, nb: usize, read_back: &[bool], saveable: &d
                 | Reshape { .. }
                 | Transpose { .. }
                 | ShardingConstraint { .. }
+                | CotangentBarrier
                 | Neg
                 | Add
                 | Sub

@@ -60,3 +60,26 @@ fn the_backward_pass_recomputes_behind_barriers() {
     let text = full.to_stablehlo().unwrap();
     assert_eq!(text.matches("\"stablehlo.optimization_barrier\"").count(), 4, "{text}");
 }
+
+#[test]
+fn a_cotangent_barrier_fences_the_cotangent_and_changes_no_value() {
+    let f = |fenced: bool| {
+        trace("f", &[("x", f64t(&[4, 3])), ("w", f64t(&[3, 3]))], move |a| {
+            let y = a[0].matmul(&a[1]);
+            let y = if fenced { y.cotangent_barrier() } else { y };
+            // The cotangent of y is elementwise work read by both matmuls of the backward pass.
+            vec![(y.tanh() * 0.5).exp().sum_all()]
+        })
+        .unwrap()
+    };
+    let (plain, fenced) = (f(false), f(true));
+    // The forward program has nothing for it; the backward one one barrier, on y's cotangent.
+    assert_eq!(fenced.to_stablehlo().unwrap().matches("optimization_barrier").count(), 0);
+    let g = value_and_grad(&fenced, &[0, 1]).unwrap();
+    let text = g.to_stablehlo().unwrap();
+    assert_eq!(text.matches("\"stablehlo.optimization_barrier\"").count(), 1, "{text}");
+    assert_eq!(g.count("dot_general"), value_and_grad(&plain, &[0, 1]).unwrap().count("dot_general"));
+    let args = [arr(&[4, 3], 3), arr(&[3, 3], 4)];
+    assert_eq!(eval(&g, &args).unwrap(), eval(&value_and_grad(&plain, &[0, 1]).unwrap(), &args).unwrap());
+    assert_eq!(eval(&fenced, &args).unwrap(), eval(&plain, &args).unwrap());
+}

@@ -103,6 +103,7 @@ fn table() -> Vec<Case> {
         case("reduce_sum", vec![f(&[2, 3, 4], 18)], |x| x[0].sum(&[0, 2])),
         case("reduce_max", vec![f(&[2, 3, 4], 19)], |x| x[0].max_over(&[1])),
         case("optimization_barrier", vec![a(), a()], |x| x[0].barrier(&[&x[1]]).exp() + &x[1]),
+        case("cotangent_barrier", vec![a()], |x| x[0].cotangent_barrier().exp() * &x[0]),
         // A loop carrying a matrix and a step count, over stacked inputs with an invariant
         // weight; run backwards, reading a stacked output (scan_result) and the final carry.
         case("scan", vec![a(), f(&[4, 2, 3], 7), f(&[3, 3], 8)], |x| scanned(x, true)),

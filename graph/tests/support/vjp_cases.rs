@@ -62,6 +62,7 @@ pub fn table() -> Vec<Case> {
         case("reduce_sum", &[(&[2, 3, 2], -1.0, 1.0)], |x| x[0].exp().sum(&[0, 2])),
         case("reduce_max", &[(&[2, 3, 2], -1.0, 1.0)], |x| x[0].max_over(&[1])),
         case("optimization_barrier", &[any, any], |x| x[0].barrier(&[&x[1]]).exp() * &x[1]),
+        case("cotangent_barrier", &[any], |x| (x[0].cotangent_barrier().exp() * &x[0]).tanh()),
         case("sharding_constraint", &[any], |x| x[0].with_sharding_constraint(&sharding::PartitionSpec::new(&[&["data"], &[]])).exp()),
     ];
     let mut convert = case("convert", &[any], |x| x[0].convert(DType::F32).exp().convert(DType::F64));
