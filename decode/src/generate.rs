@@ -161,8 +161,8 @@ pub struct Placement {
     pub fsdp: bool,
     /// Run the decoder layers as one loop (`--scan-layers`): the layer weights and the cache
     /// are stacked on the devices (`gemma::stack`, `decode::cache_types_with`), so prefill and
-    /// decode compile once per shape whatever the depth. Adapters (LoRA) keep per-layer
-    /// weights and unrolled layers.
+    /// decode compile once per shape whatever the depth. LoRA adapters are stacked with
+    /// their weights.
     pub scan: bool,
 }
 
@@ -181,7 +181,7 @@ pub struct Generator {
     cfg: Config,
     mesh: Mesh,
     fsdp: bool,
-    /// Weights and cache stacked by layer (`Placement::scan`, without adapters).
+    /// Weights (adapters included) and cache stacked by layer (`Placement::scan`).
     stacked: bool,
     dtype: DType,
     batch: usize,
@@ -221,7 +221,7 @@ impl Generator {
     ) -> Result<Generator> {
         let Placement { dtype, mesh, fsdp, scan } = placement;
         let stacking = gemma::stack::Stacking::of(cfg);
-        let stacked = scan && lora.is_none() && stacking.any();
+        let stacked = scan && stacking.any();
         if batch == 0 || cache_len == 0 {
             return Err(Error::Unsupported(format!("a generator needs rows and slots, got batch {batch}, cache {cache_len}")));
         }
@@ -243,7 +243,7 @@ impl Generator {
         };
         let (jit, scorer, copier) = (on_devices("generate", f), on_devices("score", s), on_devices("copy_rows", copy));
         let mut placed = Tree::new();
-        let adapters = lora.map(|l| l.shapes(cfg)).unwrap_or_default();
+        let adapters = lora.map(|l| if stacked { stacking.stack_shapes(l.shapes(cfg)) } else { l.shapes(cfg) }).unwrap_or_default();
         let shapes = if stacked { stacking.shapes(cfg) } else { gemma::param_shapes(cfg) };
         let host_of = |name: &str| {
             Ok::<_, Error>(params.get(name).ok_or_else(|| Error::Unsupported(format!("the parameters have no {name}")))?.host_view())
@@ -307,8 +307,8 @@ impl Generator {
         self.cache_len
     }
 
-    /// Whether the layers run as a loop over stacked weights and cache (`Placement::scan`,
-    /// no adapters, at least one whole period of layers).
+    /// Whether the layers run as a loop over stacked weights and cache (`Placement::scan`
+    /// and at least one whole period of layers).
     pub fn scans_layers(&self) -> bool {
         self.stacked
     }

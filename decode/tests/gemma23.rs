@@ -186,3 +186,69 @@ fn local_layers_keep_a_window_sized_ring_and_uneven_prefills_work() {
         }
     }
 }
+
+/// LoRA adapters (random, so that B is not zero) applied unmerged while generating: with the
+/// layers as a loop the adapters are stacked like their weights, and the greedy tokens and the
+/// scored log-probabilities are those of the unrolled program; Gemma 2 whole (two periods of
+/// two layers, also on data=2,model=2), cut to 3 layers (one period and a layer after it) and
+/// Gemma 3 (one period of 6).
+#[test]
+fn adapters_are_applied_inside_the_layer_loop() {
+    for (name, layers) in [("gemma2", 4), ("gemma2", 3), ("gemma3", 6)] {
+        let d = dir(name);
+        let mut cfg = Config::from_json_file(&d.join("config.json")).unwrap();
+        cfg.num_hidden_layers = layers;
+        cfg.layer_types.truncate(layers);
+        let ck = data::checkpoint::open(&d).unwrap();
+        let targets: Vec<String> = ["q_proj", "v_proj", "down_proj"].iter().map(|s| s.to_string()).collect();
+        let lora = gemma::lora::Lora::new(&cfg, 4, 8.0, &targets).unwrap();
+        let mut seed = 7u64;
+        let adapters: Vec<(String, runtime::HostArray)> = lora
+            .shapes(&cfg)
+            .into_iter()
+            .map(|(n, dims)| {
+                let count = dims.iter().product::<i64>() as usize;
+                let v: Vec<f32> = (0..count)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        ((seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * 0.2
+                    })
+                    .collect();
+                (n, runtime::HostArray::from_vec(&dims, v).unwrap())
+            })
+            .collect();
+        let base = data::checkpoint::param_views(&ck, &cfg).unwrap();
+        let mut params = data::checkpoint::param_views(&ck, &cfg).unwrap();
+        for (n, a) in &adapters {
+            params.insert(n.clone(), runtime::AsHostView::host_view(a)).unwrap();
+        }
+        let rows: Vec<Vec<i32>> = vec![vec![2, 9, 17, 33, 8, 41, 12, 5], vec![2, 30, 7]];
+        let refs: Vec<&[i32]> = rows.iter().map(Vec::as_slice).collect();
+        // Each position's target: the next token (and 1 after the last).
+        let next: Vec<Vec<i32>> = rows.iter().map(|r| r[1..].iter().copied().chain([1]).collect()).collect();
+        let next_refs: Vec<&[i32]> = next.iter().map(Vec::as_slice).collect();
+        let meshes: &[&str] = if layers == 4 { &["data=1", "data=2,model=2"] } else { &["data=1"] };
+        for &mesh in meshes {
+            let run = |scan: bool, with: bool| {
+                let mesh = runtime::Mesh::parse(mesh).unwrap();
+                let (client, _cache) = testkit::cpu_client(mesh.num_devices() as usize);
+                let placement = decode::Placement { dtype: DType::F32, mesh, fsdp: false, scan };
+                let (p, l) = if with { (&params, Some(&lora)) } else { (&base, None) };
+                let mut g = decode::Generator::with_adapters(&client, &cfg, p, placement, 2, 24, l).unwrap();
+                assert_eq!(g.scans_layers(), scan);
+                let scores = g.score(&refs, &[0, 0], &next_refs).unwrap();
+                let out = decode::generate(&mut g, &refs, &[0, 0], 6, &mut decode::Sampler::greedy(), &[], |_, _| Ok(false)).unwrap();
+                (out.new_tokens, scores.into_iter().flat_map(|(lp, _)| lp).collect::<Vec<f32>>())
+            };
+            let (looped, unrolled, plain) = (run(true, true), run(false, true), run(true, false));
+            let what = format!("{name} with {layers} layers on {mesh}");
+            assert_eq!(looped.0, unrolled.0, "{what}: greedy tokens differ");
+            assert_eq!(looped.1.len(), unrolled.1.len());
+            for (a, b) in looped.1.iter().zip(&unrolled.1) {
+                assert!((a - b).abs() <= 2e-5 * b.abs().max(1.0), "{what}: log-prob {a} in the loop, {b} unrolled");
+            }
+            let moved = looped.1.iter().zip(&plain.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(moved > 1e-3, "{what}: the adapters change nothing ({moved:e})");
+        }
+    }
+}

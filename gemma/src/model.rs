@@ -80,8 +80,12 @@ impl Params {
 
     /// [`Params::new`] for a tree that also holds `lora`'s adapters (`lora.shapes(cfg)`
     /// names and shapes), applied on their projections.
+    /// With the layer weights stacked (`stack`), the adapters of the stacked layers come
+    /// stacked the same way (`model.stacked.<j>.<module>.lora_A.weight` `[groups, r, in]`).
     pub fn with_adapters(cfg: &Config, tree: Tree<Tensor>, lora: &crate::lora::Lora) -> Result<Params, graph::Error> {
-        let adapters = lora.shapes(cfg);
+        let stacking = crate::stack::Stacking::of(cfg);
+        let stacked = tree.paths().any(|p| stacking.parse(p).is_some());
+        let adapters = if stacked { stacking.stack_shapes(lora.shapes(cfg)) } else { lora.shapes(cfg) };
         let mut base = Tree::new();
         for (path, t) in tree.iter() {
             match adapters.iter().find(|(n, _)| n == path) {
@@ -95,10 +99,8 @@ impl Params {
         if let Some((missing, _)) = adapters.iter().find(|(n, _)| tree.get(n).is_none()) {
             return Err(graph::Error::Tree(format!("the model parameters have no adapter {missing}")));
         }
-        if Params::new(cfg, base)?.stacked {
-            return Err(graph::Error::Invalid("LoRA adapters apply to per-layer weights, not stacked ones".into()));
-        }
-        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: Some(lora.clone()), scan: false, layers: false, stacked: false })
+        let stacked = Params::new(cfg, base)?.stacked;
+        Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: Some(lora.clone()), scan: false, layers: false, stacked })
     }
 
     /// The `params` subtree of `args`, with `lora`'s adapters when given.

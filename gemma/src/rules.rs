@@ -411,6 +411,14 @@ pub fn state_spec(cfg: &Config, path: &str, mesh: &Mesh, fsdp: bool) -> Option<P
 /// any other name): B [out, r] split over the axes of its weight's out dimension, A [r, in]
 /// replicated. So the adapter runs on every mesh its weight trains on, and B A has W's layout.
 pub fn adapter_spec(cfg: &Config, name: &str, mesh: &Mesh, fsdp: bool) -> Option<PartitionSpec> {
+    // A stacked adapter (`model.stacked.<j>...lora_B.weight`): its layers' split, the layer
+    // axis never split.
+    if let Some(first) = crate::stack::Stacking::of(cfg).layer_name(name, 0) {
+        let inner = adapter_spec(cfg, &first, mesh, fsdp)?;
+        let mut dims = vec![Vec::new()];
+        dims.extend(inner.dims);
+        return Some(PartitionSpec { dims });
+    }
     let (base, is_b) = crate::lora::adapter_base(name)?;
     let w = param_spec(cfg, &base, mesh, fsdp).ok()?;
     let out = if is_b { w.dims.first().cloned().unwrap_or_default() } else { Vec::new() };
@@ -428,6 +436,20 @@ mod tests {
 
     fn mesh(text: &str) -> Mesh {
         Mesh::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_stacked_adapter_splits_like_its_layers_with_the_layer_axis_whole() {
+        let cfg = Config::preset("2b").unwrap();
+        let m = mesh("data=2,model=2");
+        for name in ["self_attn.q_proj.lora_A.weight", "self_attn.q_proj.lora_B.weight", "mlp.down_proj.lora_B.weight"] {
+            let per = adapter_spec(&cfg, &format!("model.layers.0.{name}"), &m, true).unwrap();
+            let stacked = adapter_spec(&cfg, &format!("model.stacked.0.{name}"), &m, true).unwrap();
+            assert_eq!(stacked.dims.len(), 3, "{name}");
+            assert!(stacked.dims[0].is_empty(), "{name}: the layer axis is split");
+            assert_eq!(stacked.dims[1..], per.dims[..], "{name}");
+        }
+        assert!(adapter_spec(&cfg, "model.stacked.0.self_attn.q_proj.lora_B.weight", &m, false).unwrap().dims[1] == ["model"]);
     }
 
     fn spec_text(cfg: &Config, name: &str, m: &Mesh, fsdp: bool) -> String {

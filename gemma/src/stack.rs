@@ -62,8 +62,14 @@ impl Stacking {
     /// The state's tensors with the layers stacked, in checkpoint order of their first layer:
     /// names and shapes (`[groups, ...]` for stacked ones).
     pub fn shapes(&self, cfg: &Config) -> Vec<(String, Vec<i64>)> {
+        self.stack_shapes(crate::model::param_shapes(cfg))
+    }
+
+    /// Per-layer tensors (checkpoint names and shapes, in layer order, e.g. a LoRA adapter's
+    /// `lora::Lora::shapes`) with the layers stacked as `shapes` stacks the weights.
+    pub fn stack_shapes(&self, per_layer: Vec<(String, Vec<i64>)>) -> Vec<(String, Vec<i64>)> {
         let mut out = Vec::new();
-        for (name, dims) in crate::model::param_shapes(cfg) {
+        for (name, dims) in per_layer {
             match self.stacked_name(&name) {
                 Some((stacked, 0)) => {
                     let mut d = vec![self.groups as i64];
@@ -115,5 +121,22 @@ mod tests {
             ["model.layers.0.mlp.up_proj.weight", "model.layers.2.mlp.up_proj.weight"]
         );
         assert_eq!(cfg.layer_types[4], LayerKind::Sliding);
+        // LoRA adapters stack like their weights; layer 4's keep their names.
+        let lora = crate::lora::Lora::new(&cfg, 4, 8.0, &["q_proj".to_string()]).unwrap();
+        let stacked = s.stack_shapes(lora.shapes(&cfg));
+        let names: Vec<&str> = stacked.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "model.stacked.0.self_attn.q_proj.lora_A.weight",
+                "model.stacked.0.self_attn.q_proj.lora_B.weight",
+                "model.stacked.1.self_attn.q_proj.lora_A.weight",
+                "model.stacked.1.self_attn.q_proj.lora_B.weight",
+                "model.layers.4.self_attn.q_proj.lora_A.weight",
+                "model.layers.4.self_attn.q_proj.lora_B.weight",
+            ]
+        );
+        assert_eq!(stacked[0].1, vec![2, 4, 2304]);
+        assert_eq!(stacked[4].1, vec![4, 2304]);
     }
 }
