@@ -380,10 +380,14 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     // A multi-host run cannot stop one host between steps (the others would wait for it at
     // the next checkpoint): Ctrl-C ends it at once, and --resume continues from the last
     // committed checkpoint.
-    let stop = trainer.stop_handle();
+    // The handler only records the request; the step loop reads it once per step and then
+    // both saves and stops the trainer itself, so a Ctrl-C that lands while a step's metrics
+    // are being logged cannot end the run with that step unsaved.
+    let interrupt = train::StopHandle::default();
     let multi = trainer.cluster().is_multi();
+    let handler = interrupt.clone();
     let _ = ctrlc::set_handler(move || {
-        if multi || stop.stop() {
+        if multi || handler.stop() {
             std::process::exit(130);
         }
     });
@@ -418,7 +422,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             device_before = t.device_time();
             eprintln!("train step: traced, lowered and compiled in {:.2} s{}", t.compile_time().as_secs_f64(), cache_note(t.client()));
         }
-        let last = t.is_done() || t.stop_handle().is_stopped();
+        let interrupted = interrupt.is_stopped();
+        let last = t.is_done() || interrupted;
         let keep_going = |r: Result<()>| r.map_err(|e| train::Error::Invalid(format!("{e:#}")));
         if let Some(log) = log.as_mut() {
             if step % a.log_every.max(1) == 0 || last {
@@ -434,6 +439,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 keep_going(write_final(t, &a.out, &tokenizer, a.merge))?;
             }
             saved += saving.elapsed().as_secs_f64();
+        }
+        if interrupted {
+            // Saved above: the run ends after this step.
+            t.stop_handle().stop();
         }
         Ok(())
     })?;
