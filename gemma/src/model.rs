@@ -99,7 +99,14 @@ impl Params {
         if let Some((missing, _)) = adapters.iter().find(|(n, _)| tree.get(n).is_none()) {
             return Err(graph::Error::Tree(format!("the model parameters have no adapter {missing}")));
         }
-        let stacked = Params::new(cfg, base)?.stacked;
+        // Stacked adapters on per-layer weights (the other way round, the weights' stacked
+        // names are left over in `base` and refused by `Params::new`).
+        if Params::new(cfg, base)?.stacked != stacked {
+            return Err(graph::Error::Invalid(
+                "the LoRA adapters are stacked (model.stacked.<j>...) but the weights they adapt are per layer: stack both or neither"
+                    .into(),
+            ));
+        }
         Ok(Params { tree, layout: None, remat: graph::Remat::None, lora: Some(lora.clone()), scan: false, layers: false, stacked })
     }
 

@@ -112,3 +112,40 @@ fn adapters_act_as_their_merged_weight() {
         assert!((x - y).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v)) <= 1e-12, "{n}");
     }
 }
+
+#[test]
+fn adapters_must_be_stacked_like_their_weights() {
+    let cfg = Config::preset("tiny").unwrap();
+    let lora = Lora::new(&cfg, 2, 4.0, &["q_proj".to_string()]).unwrap();
+    let stacking = gemma::stack::Stacking::of(&cfg);
+    let types = |weights: Vec<(String, Vec<i64>)>, adapters: Vec<(String, Vec<i64>)>| {
+        let mut t: Tree<TensorType> = Tree::new();
+        for (n, d) in weights.into_iter().chain(adapters) {
+            t.insert(format!("params.{n}"), TensorType::new(DType::F32, &d)).unwrap();
+        }
+        t.insert("tokens", TensorType::new(DType::S32, &[1, 4])).unwrap();
+        t
+    };
+    let model = |t: &Tree<TensorType>| {
+        let mut err = None;
+        let _ = graph::trace_tree("lora", t, |a: &Tree<Tensor>| {
+            match gemma::model_with_adapters(&cfg, a, ModelOptions::default(), None, Some(&lora)) {
+                Ok(out) => out,
+                Err(e) => {
+                    err = Some(e.to_string());
+                    Tree::new().with("loss", a.leaf("tokens").unwrap().convert(DType::F32)).unwrap()
+                }
+            }
+        });
+        err
+    };
+    // Both stacked, and both per layer: fine.
+    assert_eq!(model(&types(stacking.shapes(&cfg), stacking.stack_shapes(lora.shapes(&cfg)))), None);
+    assert_eq!(model(&types(gemma::param_shapes(&cfg), lora.shapes(&cfg))), None);
+    // Stacked adapters on per-layer weights: a clear error, not a lookup that fails later.
+    let err = model(&types(gemma::param_shapes(&cfg), stacking.stack_shapes(lora.shapes(&cfg)))).unwrap();
+    assert!(err.contains("stacked") && err.contains("per layer"), "{err}");
+    // Per-layer adapters on stacked weights: named as missing.
+    let err = model(&types(stacking.shapes(&cfg), lora.shapes(&cfg))).unwrap();
+    assert!(err.contains("model.stacked.0.self_attn.q_proj.lora_A.weight"), "{err}");
+}
